@@ -1,0 +1,3 @@
+//! # compat-tests — psample against emulated and real kernels
+//!
+//! (in progress)

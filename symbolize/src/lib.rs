@@ -1,0 +1,3 @@
+//! # symbolize — addresses to frames
+//!
+//! (in progress)

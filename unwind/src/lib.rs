@@ -1,0 +1,3 @@
+//! # unwind — process address spaces and user-stack unwinding
+//!
+//! (in progress)
