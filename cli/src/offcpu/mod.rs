@@ -1,0 +1,1 @@
+//! Off-CPU profiling (in progress)
