@@ -1,1 +1,338 @@
-//! (in progress)
+//! Opening sets of events and reading them through one ring per CPU.
+//!
+//! A [`Session`] holds every event of one recording. The first event opened on a CPU gets a
+//! ring mapped; every later event on that CPU is redirected into it with
+//! `PERF_EVENT_IOC_SET_OUTPUT`. That is the only layout that works for all targets: the
+//! kernel refuses to map inherited per-task events opened with cpu = -1, and SET_OUTPUT only
+//! joins events of the same CPU. So `-p PID` opens one event per (thread, CPU), `-a` one per
+//! CPU, and each CPU's ring carries everything that happened there.
+//!
+//! All events in a session share one sample layout (sample_type, regs mask, sample_id_all)
+//! with PERF_SAMPLE_ID, so a sample's event is identified by its id wherever it lands.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::attr::{sample, RawAttr};
+use crate::features::{Feature, Ladder, OpenError, Support};
+use crate::record::SampleFormat;
+use crate::ring::{RingBuffer, RingStats};
+use crate::sys::{Errno, Ioctl, Kernel};
+
+/// Errors from building or reading a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    #[error("mapping the ring buffer for CPU {cpu} failed even at {pages} pages: {errno} ({}). \
+             Raise the limit with `sysctl kernel.perf_event_mlock_kb=2048` or `ulimit -l`",
+             errno.desc())]
+    Mmap {
+        cpu: u32,
+        pages: usize,
+        errno: Errno,
+    },
+    #[error("redirecting an event into CPU {cpu}'s ring failed: {errno} ({})", errno.desc())]
+    SetOutput { cpu: u32, errno: Errno },
+    #[error("the kernel's ring header for CPU {cpu} is invalid: {detail}")]
+    Ring { cpu: u32, detail: String },
+    #[error("events in one session must share a sample layout (event {0} differs)")]
+    MixedLayout(String),
+    #[error("ioctl {what} failed: {errno} ({})", errno.desc())]
+    Ioctl { what: &'static str, errno: Errno },
+    #[error("poll failed: {0}")]
+    Poll(Errno),
+}
+
+/// read_format bit: include the event id in read().
+const READ_FORMAT_ID: u64 = 1 << 2;
+
+/// One kind of event in the session (e.g. "cpu-clock", "sched:sched_switch").
+#[derive(Debug, Clone)]
+pub struct EventSpec {
+    pub name: String,
+    pub attr: RawAttr,
+}
+
+#[derive(Debug)]
+struct OpenEvent {
+    fd: OwnedFd,
+    spec: usize,
+    cpu: u32,
+    tid: Option<u32>,
+}
+
+struct CpuRing {
+    cpu: u32,
+    ring: RingBuffer,
+    /// Index into `events` of the event whose fd owns the mapping.
+    owner: usize,
+}
+
+/// All open events of one recording and their per-CPU rings.
+pub struct Session {
+    kernel: Arc<dyn Kernel>,
+    pub ladder: Ladder,
+    specs: Vec<EventSpec>,
+    events: Vec<OpenEvent>,
+    rings: Vec<CpuRing>,
+    ids: HashMap<u64, usize>,
+    format: Option<SampleFormat>,
+    ring_pages: usize,
+    /// Notes on what was degraded while opening (ring shrunk, …).
+    pub notes: Vec<String>,
+}
+
+impl Session {
+    /// `ring_pages`: data pages per CPU ring (a power of two).
+    pub fn new(kernel: Arc<dyn Kernel>, ring_pages: usize) -> Session {
+        Session {
+            kernel,
+            ladder: Ladder::new(),
+            specs: Vec::new(),
+            events: Vec::new(),
+            rings: Vec::new(),
+            ids: HashMap::new(),
+            format: None,
+            ring_pages: ring_pages.max(1).next_power_of_two(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn kernel(&self) -> &Arc<dyn Kernel> {
+        &self.kernel
+    }
+
+    /// Register an event kind; PERF_SAMPLE_ID is added so samples can be told apart.
+    pub fn add_spec(&mut self, name: &str, mut attr: RawAttr) -> usize {
+        attr.sample_type |= sample::ID;
+        // PERF_FORMAT_ID lets read() report the id on kernels without PERF_EVENT_IOC_ID.
+        attr.read_format |= READ_FORMAT_ID;
+        self.specs.push(EventSpec {
+            name: name.to_string(),
+            attr,
+        });
+        self.specs.len() - 1
+    }
+
+    pub fn spec(&self, index: usize) -> &EventSpec {
+        &self.specs[index]
+    }
+
+    /// The record layout shared by every event (known after the first open).
+    pub fn sample_format(&self) -> Option<SampleFormat> {
+        self.format
+    }
+
+    /// Which spec produced a sample or record with this id.
+    pub fn spec_for_id(&self, id: u64) -> Option<usize> {
+        self.ids.get(&id).copied()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Open `spec` for `pid`/`tid` (-1 for any task) on `cpu`, walking the ladder, and route it
+    /// into that CPU's ring. Returns the errno-level error unchanged so callers can tell a
+    /// vanished thread (ESRCH) from a real failure.
+    pub fn open(&mut self, spec: usize, tid: i32, cpu: u32) -> Result<(), SessionError> {
+        let wanted = self.specs[spec].attr;
+        let (fd, accepted) =
+            self.ladder
+                .open(self.kernel.as_ref(), &wanted, tid, cpu as i32, None)?;
+        let fmt = accepted.sample_format();
+        match self.format {
+            None => self.format = Some(fmt),
+            Some(f)
+                if f.sample_type == fmt.sample_type
+                    && f.regs_user_mask == fmt.regs_user_mask
+                    && f.sample_id_all == fmt.sample_id_all => {}
+            Some(_) => return Err(SessionError::MixedLayout(self.specs[spec].name.clone())),
+        }
+        // Later opens of the same spec start from what the kernel accepted.
+        self.specs[spec].attr = accepted;
+        let id = self.event_id(&fd)?;
+        self.ids.insert(id, spec);
+        let index = self.events.len();
+        self.events.push(OpenEvent {
+            fd,
+            spec,
+            cpu,
+            tid: (tid >= 0).then_some(tid as u32),
+        });
+        self.route(index)
+    }
+
+    fn event_id(&mut self, fd: &OwnedFd) -> Result<u64, SessionError> {
+        if self.ladder.support(Feature::IocId) != Support::No {
+            match self.kernel.ioctl(fd.as_fd(), Ioctl::Id) {
+                Ok(id) => {
+                    self.ladder.set_support(Feature::IocId, Support::Yes);
+                    return Ok(id);
+                }
+                Err(Errno::ENOTTY | Errno::EINVAL) => {
+                    self.ladder.set_support(Feature::IocId, Support::No);
+                }
+                Err(errno) => return Err(SessionError::Ioctl { what: "ID", errno }),
+            }
+        }
+        // Before 3.12: read() returns {value, id} when read_format has PERF_FORMAT_ID.
+        // Sessions set read_format ID on every attr for this reason.
+        let mut buf = [0u8; 16];
+        // SAFETY: reading into a local buffer from an fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 16 {
+            Ok(u64::from_ne_bytes(buf[8..16].try_into().unwrap_or([0; 8])))
+        } else {
+            Err(SessionError::Ioctl {
+                what: "ID (read fallback)",
+                errno: Errno::last(),
+            })
+        }
+    }
+
+    fn route(&mut self, index: usize) -> Result<(), SessionError> {
+        let cpu = self.events[index].cpu;
+        if let Some(r) = self.rings.iter().find(|r| r.cpu == cpu) {
+            let owner = self.events[r.owner].fd.as_fd();
+            return self
+                .kernel
+                .ioctl(self.events[index].fd.as_fd(), Ioctl::SetOutput(owner))
+                .map(|_| ())
+                .map_err(|errno| SessionError::SetOutput { cpu, errno });
+        }
+        // First event on this CPU: map its ring, halving on mlock-limit refusals.
+        let mut pages = self.ring_pages;
+        let mem = loop {
+            match self.kernel.mmap_ring(self.events[index].fd.as_fd(), pages) {
+                Ok(mem) => break mem,
+                Err(Errno::EPERM | Errno::ENOMEM) if pages > 1 => pages /= 2,
+                Err(errno) => return Err(SessionError::Mmap { cpu, pages, errno }),
+            }
+        };
+        if pages < self.ring_pages {
+            self.notes.push(format!(
+                "ring for CPU {cpu} shrunk to {pages} pages (mlock limit); raise \
+                 kernel.perf_event_mlock_kb to avoid lost records"
+            ));
+            // Use the size that worked for the other CPUs too.
+            self.ring_pages = pages;
+        }
+        let ring = RingBuffer::new(mem).map_err(|e| SessionError::Ring {
+            cpu,
+            detail: e.to_string(),
+        })?;
+        if ring.used_header_fallback() {
+            self.ladder
+                .set_support(Feature::RingDataOffset, Support::No);
+        } else if self.ladder.support(Feature::RingDataOffset) == Support::Unknown {
+            self.ladder
+                .set_support(Feature::RingDataOffset, Support::Yes);
+        }
+        self.rings.push(CpuRing {
+            cpu,
+            ring,
+            owner: index,
+        });
+        Ok(())
+    }
+
+    /// Enable every event (they are opened disabled unless enable_on_exec is used).
+    pub fn enable(&self) -> Result<(), SessionError> {
+        for e in &self.events {
+            self.kernel
+                .ioctl(e.fd.as_fd(), Ioctl::Enable)
+                .map_err(|errno| SessionError::Ioctl {
+                    what: "ENABLE",
+                    errno,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Disable every event, so a final drain sees a stable ring.
+    pub fn disable(&self) {
+        for e in &self.events {
+            let _ = self.kernel.ioctl(e.fd.as_fd(), Ioctl::Disable);
+        }
+    }
+
+    /// Install an ftrace filter on every open event of `spec`.
+    pub fn set_filter(&self, spec: usize, filter: &str) -> Result<(), SessionError> {
+        for e in self.events.iter().filter(|e| e.spec == spec) {
+            self.kernel
+                .ioctl(e.fd.as_fd(), Ioctl::SetFilter(filter))
+                .map_err(|errno| SessionError::Ioctl {
+                    what: "SET_FILTER",
+                    errno,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// File descriptors of one spec's events (e.g. to attach a BPF program).
+    pub fn fds_of(&self, spec: usize) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        self.events
+            .iter()
+            .filter(move |e| e.spec == spec)
+            .map(|e| e.fd.as_fd())
+    }
+
+    /// Threads that have an event of `spec` open.
+    pub fn threads_of(&self, spec: usize) -> impl Iterator<Item = u32> + '_ {
+        self.events
+            .iter()
+            .filter(move |e| e.spec == spec)
+            .filter_map(|e| e.tid)
+    }
+
+    /// Wait until a ring has data or `timeout_ms` passes. Returns whether any ring has data,
+    /// and whether every ring's event reported POLLHUP (all targets gone).
+    pub fn wait(&self, timeout_ms: i32) -> Result<(bool, bool), SessionError> {
+        let mut fds: Vec<libc::pollfd> = self
+            .rings
+            .iter()
+            .map(|r| libc::pollfd {
+                fd: self.events[r.owner].fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            return Ok((false, true));
+        }
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                return Ok((false, false));
+            }
+            return Err(SessionError::Poll(e));
+        }
+        let hup = fds.iter().all(|p| p.revents & libc::POLLHUP != 0);
+        let data = self.rings.iter().any(|r| r.ring.has_data());
+        Ok((data, hup))
+    }
+
+    /// Hand every pending record of every ring to `f(cpu, bytes)`. Returns records read.
+    pub fn drain(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
+        let mut n = 0;
+        for r in &mut self.rings {
+            let cpu = r.cpu;
+            n += r.ring.read_records(|bytes| f(cpu, bytes));
+        }
+        n
+    }
+
+    /// Lost-record accounting per CPU ring.
+    pub fn ring_stats(&self) -> Vec<(u32, RingStats)> {
+        self.rings.iter().map(|r| (r.cpu, r.ring.stats())).collect()
+    }
+}
