@@ -307,14 +307,10 @@ impl Session {
         if fds.is_empty() {
             return Ok((false, true));
         }
-        // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if rc < 0 {
-            let e = Errno::last();
-            if e == Errno::EINTR {
-                return Ok((false, false));
-            }
-            return Err(SessionError::Poll(e));
+        match self.kernel.poll(&mut fds, timeout_ms) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok((false, false)),
+            Err(e) => return Err(SessionError::Poll(e)),
         }
         let hup = fds.iter().all(|p| p.revents & libc::POLLHUP != 0);
         let data = self.rings.iter().any(|r| r.ring.has_data());

@@ -7,6 +7,7 @@
 //!   files) with the real Linux implementation, so tests can substitute an emulated kernel;
 //! - [`features`]: the fallback ladder — which attr features this kernel accepts, learned
 //!   from errno on refusal, never from the version string;
+//! - [`probe`]: asking the kernel feature by feature, for `psample check`;
 //! - [`event`]: opening sets of events per thread or per CPU, redirecting many events into
 //!   one ring per CPU with `PERF_EVENT_IOC_SET_OUTPUT`;
 //! - [`ring`]: the mmap'd ring buffer reader (acquire/release on head/tail, wrapped records);
@@ -21,6 +22,7 @@ pub mod attr;
 pub mod bpf;
 pub mod event;
 pub mod features;
+pub mod probe;
 pub mod record;
 pub mod ring;
 pub mod sys;

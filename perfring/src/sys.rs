@@ -70,6 +70,18 @@ pub trait Kernel: Send + Sync {
 
     fn page_size(&self) -> usize;
 
+    /// poll(2) on event fds. Emulated kernels override it to produce the records that the
+    /// elapsed time would have produced.
+    fn poll(&self, fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {
+        // SAFETY: fds is a valid, exclusively borrowed array of pollfd.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
     /// Online CPU numbers (from /sys/devices/system/cpu/online).
     fn online_cpus(&self) -> io::Result<Vec<u32>> {
         let text = self.read_file(Path::new("/sys/devices/system/cpu/online"))?;
