@@ -1,0 +1,114 @@
+/*
+ * sleep_pipe: a known off-CPU split for checking an off-CPU profiler.
+ *
+ * Each iteration the parent sleeps 7 ms in nanosleep (sleep_phase), then tells a forked child
+ * to go and blocks reading a pipe (wait_phase); the child sleeps 3 ms before writing. So the
+ * parent spends ~70 % of its blocked time under sleep_phase and ~30 % under wait_phase, and
+ * almost no CPU. The child is a separate process so a per-process profile of the parent does
+ * not include its sleeps.
+ *
+ * usage: sleep_pipe [-s SECONDS] [-a SLEEP_MS] [-b PIPE_WAIT_MS]
+ */
+#include "common.h"
+
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#define NOINL __attribute__((noinline, noclone))
+
+static atomic_uint_fast64_t iterations;
+static double seconds = 10;
+static long sleep_ms = 7;
+static long wait_ms = 3;
+
+static uint64_t wl_total_ops(void)
+{
+    return atomic_load(&iterations);
+}
+
+static void sleep_ms_exact(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    /* Resume after a signal (SIGUSR1 marks): the split must not depend on signal timing. */
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR && !wl_stopped()) {
+    }
+}
+
+NOINL void sleep_phase(void)
+{
+    sleep_ms_exact(sleep_ms);
+}
+
+/* Returns 0 when the child is gone or we are stopping. */
+NOINL int wait_phase(int go_fd, int back_fd)
+{
+    char c = 'g';
+    if (write(go_fd, &c, 1) != 1)
+        return 0;
+    for (;;) {
+        ssize_t r = read(back_fd, &c, 1);
+        if (r == 1)
+            return 1;
+        if (r < 0 && errno == EINTR && !wl_stopped())
+            continue;
+        return 0;
+    }
+}
+
+static void child_loop(int go_fd, int back_fd)
+{
+    char c;
+    /* Die with the parent even if it is SIGKILLed, so no stray child outlives a benchmark. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    while (read(go_fd, &c, 1) == 1) {
+        sleep_ms_exact(wait_ms);
+        if (write(back_fd, &c, 1) != 1)
+            break;
+    }
+    _exit(0);
+}
+
+static void set_opt(char o, const char *v)
+{
+    switch (o) {
+    case 's': seconds = wl_parse_seconds(v); break;
+    case 'a': sleep_ms = wl_parse_long(v, 1, 10000, "sleep ms"); break;
+    case 'b': wait_ms = wl_parse_long(v, 1, 10000, "pipe wait ms"); break;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    wl_getopt(argc, argv, "sab",
+              "[-s SECONDS (0 = until SIGINT)] [-a SLEEP_MS (7)] [-b PIPE_WAIT_MS (3)]", set_opt);
+    int go[2], back[2];
+    if (pipe2(go, O_CLOEXEC) < 0 || pipe2(back, O_CLOEXEC) < 0)
+        wl_die("pipe");
+    pid_t child = fork();
+    if (child < 0)
+        wl_die("fork");
+    if (child == 0) {
+        close(go[1]);
+        close(back[0]);
+        child_loop(go[0], back[1]);
+    }
+    close(go[0]);
+    close(back[1]);
+    wl_start(seconds);
+    printf("pid=%d name=sleep_pipe child=%d sleep_ms=%ld wait_ms=%ld\n", (int)getpid(),
+           (int)child, sleep_ms, wait_ms);
+    while (!wl_stopped()) {
+        sleep_phase();
+        if (wl_stopped() || !wait_phase(go[1], back[0]))
+            break;
+        atomic_fetch_add(&iterations, 1);
+    }
+    close(go[1]);
+    close(back[0]);
+    waitpid(child, NULL, 0);
+    wl_report("sleep_pipe");
+    return 0;
+}
