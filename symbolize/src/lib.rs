@@ -1,3 +1,305 @@
 //! # symbolize — addresses to frames
 //!
-//! (in progress)
+//! Names code addresses of profiled processes the way the target process sees its files:
+//! through `/proc/PID/root` and `/proc/PID/map_files` (containers, deleted or replaced
+//! binaries), with ELF `.symtab`/`.dynsym`, DWARF inline frames, separate debug files (build-id
+//! and `.gnu_debuglink`), MiniDebugInfo, the vDSO, JIT perf maps and `/proc/kallsyms`.
+//!
+//! Usage: register every mapping with [`Symbolizer::add_module`] (cheap), then ask
+//! [`Symbolizer::symbolize`] for each distinct address once, after collection. Files are
+//! opened lazily and shared between all mappings of the same file.
+
+mod bytes;
+mod demangle;
+mod dwarf;
+mod kallsyms;
+mod loaded_object;
+pub mod locate;
+mod minidebuginfo;
+mod perf_map;
+mod procfs;
+mod symbol_table;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+pub use demangle::demangle;
+
+use kallsyms::KernelSymbols;
+use loaded_object::LoadedObject;
+use locate::FileKey;
+use perf_map::PerfMaps;
+
+/// How frames are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolizeOptions {
+    /// Report inlined callees as their own frames (`--no-inline` turns this off).
+    pub inline: bool,
+    /// Demangle Rust and C++ names (`--no-demangle` turns this off).
+    pub demangle: bool,
+    /// Extra roots searched for debug files before /usr/lib/debug (`--debug-dir`).
+    pub debug_dirs: Vec<PathBuf>,
+    /// Name kernel addresses from /proc/kallsyms; when false they are all `[kernel]`.
+    pub kernel: bool,
+}
+
+impl Default for SymbolizeOptions {
+    fn default() -> Self {
+        SymbolizeOptions {
+            inline: true,
+            demangle: true,
+            debug_dirs: Vec::new(),
+            kernel: true,
+        }
+    }
+}
+
+/// What backs a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    /// A file-backed mapping (possibly deleted, possibly in another mount namespace).
+    File,
+    /// The `[vdso]` mapping.
+    Vdso,
+    /// Anonymous executable memory: JIT code, named through /tmp/perf-PID.map.
+    Anon,
+}
+
+/// One mapping of one process, as the profiler saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModuleSpec {
+    pub kind: ModuleKind,
+    /// Exactly as in /proc/PID/maps or the MMAP record (may end in " (deleted)").
+    pub path: String,
+    /// A process that maps it: used for /proc/PID/root, /proc/PID/map_files and NSpid.
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+    /// The build-id the kernel reported (MMAP2 build-id variant), if any.
+    pub build_id: Option<Vec<u8>>,
+    /// (major, minor, inode) of the mapped file, if known.
+    pub inode: Option<(u32, u32, u64)>,
+}
+
+/// A registered mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleHandle(u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    User,
+    Kernel,
+    /// An inlined callee (shown as `name_[i]`).
+    Inline,
+    /// JIT-compiled code named by a perf map (shown as `name_[j]`).
+    Jit,
+}
+
+/// One named frame; `name` carries no `_[k]`/`_[i]`/`_[j]` suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Frame {
+    pub name: String,
+    pub kind: FrameKind,
+}
+
+struct ModuleEntry {
+    spec: ModuleSpec,
+    /// `None` until first used; then the index of its object, or `None` inside if no file
+    /// could be found or trusted.
+    object: Option<Option<usize>>,
+}
+
+/// Turns addresses into frames; caches parsed files and answers for its whole lifetime.
+pub struct Symbolizer {
+    opts: SymbolizeOptions,
+    modules: Vec<ModuleEntry>,
+    objects: Vec<LoadedObject>,
+    objects_by_key: HashMap<FileKey, usize>,
+    perf_maps: PerfMaps,
+    kernel: Option<KernelSymbols>,
+    warnings: Vec<String>,
+    warned: HashSet<String>,
+}
+
+impl Symbolizer {
+    pub fn new(opts: SymbolizeOptions) -> Symbolizer {
+        Symbolizer {
+            opts,
+            modules: Vec::new(),
+            objects: Vec::new(),
+            objects_by_key: HashMap::new(),
+            perf_maps: PerfMaps::default(),
+            kernel: None,
+            warnings: Vec::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// Registers a mapping. Cheap: the file is opened on first use and parsed once per file
+    /// identity, so many processes mapping the same library share one parsed object.
+    pub fn add_module(&mut self, spec: ModuleSpec) -> ModuleHandle {
+        let handle = ModuleHandle(u32::try_from(self.modules.len()).unwrap_or(u32::MAX));
+        self.modules.push(ModuleEntry { spec, object: None });
+        handle
+    }
+
+    /// Frames for one runtime address, innermost first (inlined callees before the function
+    /// that contains them). An address nothing names yields one frame
+    /// `basename+0xFILEOFFSET`, so it can be looked up later with addr2line.
+    pub fn symbolize(&mut self, module: ModuleHandle, addr: u64) -> Vec<Frame> {
+        let Some(entry) = self.modules.get(module.0 as usize) else {
+            return vec![Frame {
+                name: "[unknown]".into(),
+                kind: FrameKind::User,
+            }];
+        };
+        let spec = entry.spec.clone();
+        let file_offset = addr.wrapping_sub(spec.start).wrapping_add(spec.pgoff);
+        let frames = match spec.kind {
+            ModuleKind::Anon => self.jit_frame(&spec, addr).into_iter().collect(),
+            ModuleKind::File | ModuleKind::Vdso => {
+                match self.object_for(module.0 as usize) {
+                    Some(idx) => {
+                        let opts = &self.opts;
+                        let obj = &mut self.objects[idx];
+                        match obj.file_offset_to_vaddr(file_offset) {
+                            Some(vaddr) => obj.frames(vaddr, opts),
+                            None => Vec::new(),
+                        }
+                    }
+                    // Code in memfd or other unreadable files may still be a JIT's.
+                    None if spec.kind == ModuleKind::File => {
+                        self.jit_frame(&spec, addr).into_iter().collect()
+                    }
+                    None => Vec::new(),
+                }
+            }
+        };
+        if frames.is_empty() {
+            return vec![Frame {
+                name: format!("{}+0x{file_offset:x}", unknown_label(&spec)),
+                kind: FrameKind::User,
+            }];
+        }
+        frames
+    }
+
+    /// The kernel function containing `addr` (module symbols included), or `[kernel]` when
+    /// addresses are hidden (kptr_restrict) or kernel naming is off.
+    pub fn symbolize_kernel(&mut self, addr: u64) -> Frame {
+        let unknown = Frame {
+            name: "[kernel]".into(),
+            kind: FrameKind::Kernel,
+        };
+        if !self.opts.kernel {
+            return unknown;
+        }
+        if self.kernel.is_none() {
+            let loaded = match KernelSymbols::load() {
+                Ok(k) => k,
+                Err(e) => {
+                    self.warn(format!("{e}; kernel frames shown as [kernel]"));
+                    KernelSymbols::Hidden
+                }
+            };
+            if matches!(loaded, KernelSymbols::Hidden) {
+                self.warn(
+                    "kernel symbol addresses are hidden (kernel.kptr_restrict or missing \
+                     privilege); kernel frames shown as [kernel]"
+                        .into(),
+                );
+            }
+            self.kernel = Some(loaded);
+        }
+        match self.kernel.as_ref().and_then(|k| k.lookup(addr)) {
+            Some(name) => Frame {
+                name: if self.opts.demangle {
+                    demangle(name).into_owned()
+                } else {
+                    name.to_string()
+                },
+                kind: FrameKind::Kernel,
+            },
+            None => unknown,
+        }
+    }
+
+    /// Everything worth telling the user, each message once: hidden kernel addresses, refused
+    /// perf maps, files that did not match their mapping, unusable debug data.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    fn warn(&mut self, msg: String) {
+        // Thousands of short-lived processes must not turn into thousands of lines.
+        const MAX_WARNINGS: usize = 100;
+        if self.warnings.len() > MAX_WARNINGS || !self.warned.insert(msg.clone()) {
+            return;
+        }
+        if self.warnings.len() == MAX_WARNINGS {
+            self.warnings
+                .push("further symbolization warnings suppressed".into());
+        } else {
+            self.warnings.push(msg);
+        }
+    }
+
+    fn warn_all(&mut self, notes: Vec<String>) {
+        for n in notes {
+            self.warn(n);
+        }
+    }
+
+    fn jit_frame(&mut self, spec: &ModuleSpec, addr: u64) -> Option<Frame> {
+        let mut notes = Vec::new();
+        let name = self.perf_maps.lookup(spec.pid, addr, &mut notes);
+        self.warn_all(notes);
+        name.map(|name| Frame {
+            name,
+            kind: FrameKind::Jit,
+        })
+    }
+
+    /// Resolves (once) the object behind a module.
+    fn object_for(&mut self, module: usize) -> Option<usize> {
+        let entry = self.modules.get(module)?;
+        if let Some(done) = entry.object {
+            return done;
+        }
+        let spec = entry.spec.clone();
+        let mut notes = Vec::new();
+        let idx = match locate::resolve(&spec, &mut notes) {
+            Ok(resolved) => Some(match self.objects_by_key.get(&resolved.key) {
+                Some(&idx) => idx,
+                None => {
+                    let obj = LoadedObject::load(&spec, &resolved, &self.opts, &mut notes);
+                    self.objects.push(obj);
+                    let idx = self.objects.len() - 1;
+                    self.objects_by_key.insert(resolved.key, idx);
+                    idx
+                }
+            }),
+            Err(why) => {
+                notes.push(format!("cannot symbolize {}: {why}", spec.path));
+                None
+            }
+        };
+        self.warn_all(notes);
+        if let Some(entry) = self.modules.get_mut(module) {
+            entry.object = Some(idx);
+        }
+        idx
+    }
+}
+
+fn unknown_label(spec: &ModuleSpec) -> String {
+    let path = spec.path.as_str();
+    if path.is_empty() || path.starts_with("//anon") {
+        "[anon]".into()
+    } else if path.starts_with('[') {
+        path.to_string()
+    } else {
+        locate::basename(path).to_string()
+    }
+}

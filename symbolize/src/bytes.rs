@@ -1,0 +1,130 @@
+//! Shared, immutable file contents: either a read-only mapping of a file or bytes we produced
+//! ourselves (decompressed MiniDebugInfo, a vDSO image copied out of a process).
+//!
+//! DWARF readers keep sub-slices of these alive for as long as the parsed context lives, so
+//! the backing storage is reference counted and never moves.
+
+use std::fmt;
+use std::fs::File;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+enum Backing {
+    Mapped(Mmap),
+    Owned(Box<[u8]>),
+}
+
+/// The bytes of one file as the target process sees it. Cheap to clone.
+#[derive(Clone)]
+pub struct FileBytes(Arc<Backing>);
+
+impl FileBytes {
+    /// Maps `file` read-only.
+    ///
+    /// The mapping is private and read-only; a file truncated underneath us could still raise
+    /// SIGBUS, the same trade-off perf and addr2line make to avoid copying large debug files.
+    pub fn map(file: &File) -> std::io::Result<FileBytes> {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(FileBytes::owned(Vec::new()));
+        }
+        // SAFETY: the mapping is read-only and private; we never hand out mutable access.
+        let map = unsafe { Mmap::map(file)? };
+        Ok(FileBytes(Arc::new(Backing::Mapped(map))))
+    }
+
+    pub fn owned(data: Vec<u8>) -> FileBytes {
+        FileBytes(Arc::new(Backing::Owned(data.into_boxed_slice())))
+    }
+
+    /// A stable sub-range usable as a gimli reader; `None` if `part` does not lie inside `self`.
+    pub(crate) fn section_of(&self, part: &[u8]) -> Option<SectionBytes> {
+        let base = self.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).checked_sub(base)?;
+        let end = start.checked_add(part.len())?;
+        if end > self.len() {
+            return None;
+        }
+        Some(SectionBytes {
+            file: self.clone(),
+            start,
+            end,
+        })
+    }
+
+    pub(crate) fn whole(&self) -> SectionBytes {
+        SectionBytes {
+            file: self.clone(),
+            start: 0,
+            end: self.len(),
+        }
+    }
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &*self.0 {
+            Backing::Mapped(m) => m,
+            Backing::Owned(b) => b,
+        }
+    }
+}
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileBytes({} bytes)", self.len())
+    }
+}
+
+/// A range of a [`FileBytes`], the storage type behind our gimli readers.
+#[derive(Clone)]
+pub(crate) struct SectionBytes {
+    file: FileBytes,
+    start: usize,
+    end: usize,
+}
+
+impl Deref for SectionBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.file.get(self.start..self.end).unwrap_or(&[])
+    }
+}
+
+impl fmt::Debug for SectionBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SectionBytes({}..{})", self.start, self.end)
+    }
+}
+
+// SAFETY: the bytes live in an `Arc`-owned mapping or boxed slice that is never mutated or
+// moved while any clone is alive, so the dereferenced address is stable across moves and
+// clones of `SectionBytes`.
+unsafe impl gimli::StableDeref for SectionBytes {}
+// SAFETY: clones share the same `Arc` backing, hence the same address (see above).
+unsafe impl gimli::CloneStableDeref for SectionBytes {}
+
+pub(crate) type Reader = gimli::EndianReader<gimli::RunTimeEndian, SectionBytes>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_of_rejects_foreign_slices() {
+        let a = FileBytes::owned(vec![1, 2, 3, 4]);
+        let b = vec![9u8; 4];
+        assert!(a.section_of(&b).is_none());
+        let s = a.section_of(&a[1..3]).expect("inside");
+        assert_eq!(&*s, &[2, 3]);
+    }
+}

@@ -1,0 +1,195 @@
+//! One ELF image (binary, shared library or vDSO) with everything that names its code: symbol
+//! tables of the file, its separate debug file and its MiniDebugInfo, plus DWARF for inline
+//! frames. Shared by every mapping of the same file; answers are cached per address.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::demangle::demangle;
+use crate::dwarf::{has_debug_info, DwarfInfo};
+use crate::locate::{self, Resolved};
+use crate::minidebuginfo;
+use crate::symbol_table::SymbolTable;
+use crate::{Frame, FrameKind, ModuleSpec, SymbolizeOptions};
+
+#[derive(Debug, Clone, Copy)]
+struct LoadSegment {
+    offset: u64,
+    filesz: u64,
+    vaddr: u64,
+}
+
+pub(crate) struct LoadedObject {
+    segments: Vec<LoadSegment>,
+    symbols: SymbolTable,
+    dwarf: Option<DwarfInfo>,
+    cache: HashMap<u64, Vec<Frame>>,
+}
+
+impl LoadedObject {
+    pub fn load(
+        spec: &ModuleSpec,
+        resolved: &Resolved,
+        opts: &SymbolizeOptions,
+        notes: &mut Vec<String>,
+    ) -> LoadedObject {
+        let mut me = LoadedObject {
+            segments: Vec::new(),
+            symbols: SymbolTable::default(),
+            dwarf: None,
+            cache: HashMap::new(),
+        };
+        let data = &resolved.data;
+        let obj = match object::File::parse(&**data) {
+            Ok(o) => o,
+            Err(e) => {
+                notes.push(format!(
+                    "{}: not a readable ELF file ({e})",
+                    resolved.path.display()
+                ));
+                return me;
+            }
+        };
+        me.segments = obj
+            .segments()
+            .filter_map(|s| {
+                let (offset, filesz) = s.file_range();
+                (filesz > 0).then_some(LoadSegment {
+                    offset,
+                    filesz,
+                    vaddr: s.address(),
+                })
+            })
+            .collect();
+
+        let main_has_symtab = obj.section_by_name(".symtab").is_some();
+        let main_has_dwarf = has_debug_info(&obj);
+        let debug = if main_has_dwarf && main_has_symtab {
+            None
+        } else {
+            locate::find_debug(spec, &obj, &opts.debug_dirs)
+        };
+        let debug_obj = debug
+            .as_ref()
+            .and_then(|(_, d)| object::File::parse(&**d).ok());
+
+        // MiniDebugInfo only matters when nothing better provides a full symbol table.
+        let mini_data = if main_has_symtab
+            || debug_obj
+                .as_ref()
+                .is_some_and(|d| d.section_by_name(".symtab").is_some())
+        {
+            None
+        } else {
+            mini_debuginfo(&obj, &resolved.path, notes)
+        };
+        let mini_obj = mini_data
+            .as_ref()
+            .and_then(|d| object::File::parse(&d[..]).ok());
+
+        let mut sources: Vec<&object::File<'_>> = vec![&obj];
+        sources.extend(debug_obj.as_ref());
+        sources.extend(mini_obj.as_ref());
+        me.symbols = SymbolTable::build(&sources);
+
+        // Without inline frames the symbol table names functions just as well, and building the
+        // DWARF context is the most expensive part of loading.
+        me.dwarf = if opts.inline || me.symbols.is_empty() {
+            let loaded = if main_has_dwarf {
+                guarded(|| DwarfInfo::load(&obj, data))
+            } else {
+                match (&debug, &debug_obj) {
+                    (Some((_, d)), Some(o)) => guarded(|| DwarfInfo::load(o, d)),
+                    _ => None,
+                }
+            };
+            loaded.flatten()
+        } else {
+            None
+        };
+        me
+    }
+
+    /// ELF virtual address of a file offset, through the PT_LOAD segments (the same rule for
+    /// non-PIE executables, PIE executables and shared libraries).
+    pub fn file_offset_to_vaddr(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.offset && offset - s.offset < s.filesz)
+            .map(|s| s.vaddr.wrapping_add(offset - s.offset))
+    }
+
+    /// Frames at `vaddr`, innermost first; empty when nothing names it.
+    pub fn frames(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<Frame> {
+        if let Some(f) = self.cache.get(&vaddr) {
+            return f.clone();
+        }
+        let frames = self.compute(vaddr, opts);
+        self.cache.insert(vaddr, frames.clone());
+        frames
+    }
+
+    fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<Frame> {
+        let mut names = match &self.dwarf {
+            Some(d) => match guarded(|| d.frames(vaddr)) {
+                Some(n) => n,
+                None => {
+                    // A panic inside the DWARF reader means this file's DWARF is unusable.
+                    self.dwarf = None;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let outer = names
+            .pop()
+            .flatten()
+            .or_else(|| self.symbols.lookup(vaddr).map(str::to_string));
+        let Some(outer) = outer else {
+            return Vec::new();
+        };
+        let name = |raw: &str| {
+            if opts.demangle {
+                demangle(raw).into_owned()
+            } else {
+                raw.to_string()
+            }
+        };
+        let mut out = Vec::new();
+        if opts.inline {
+            out.extend(names.iter().flatten().map(|n| Frame {
+                name: name(n),
+                kind: FrameKind::Inline,
+            }));
+        }
+        out.push(Frame {
+            name: name(&outer),
+            kind: FrameKind::User,
+        });
+        out
+    }
+}
+
+fn mini_debuginfo(
+    obj: &object::File<'_>,
+    path: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    let sec = obj.section_by_name(".gnu_debugdata")?;
+    let xz = sec.data().ok()?;
+    match minidebuginfo::decompress(xz) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            notes.push(format!("{}: MiniDebugInfo unusable: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// Runs parsing code over untrusted input so that a bug in a dependency degrades to "no
+/// answer" instead of taking the profiler down.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
