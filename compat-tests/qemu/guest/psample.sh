@@ -1,0 +1,8 @@
+# Guest script for the psample run: capability report, on-CPU and off-CPU profiles of the
+# two workloads, then the folded outputs for the host to check.
+step uname uname -r
+step check /bin/psample check
+step record /bin/psample record -F 499 -d 2 -o /tmp/out.folded -- /bin/workload
+step offcpu /bin/psample offcpu -d 2 -o /tmp/off.folded -- /bin/sleep_workload
+step out.folded cat /tmp/out.folded
+step off.folded cat /tmp/off.folded
