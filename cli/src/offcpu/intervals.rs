@@ -1,0 +1,882 @@
+//! The off-CPU interval engine: turns a time-ordered stream of switch-outs, switch-ins,
+//! wakeups, lost-record notices and task lifecycle events into blocked time per stack.
+//!
+//! An interval runs from a task's switch-out in a blocked state to its next switch-in. The
+//! engine never invents time: when records may have been lost while an interval was open, it
+//! counts only the part that is certain and reports the rest as dropped.
+
+use std::collections::HashMap;
+
+use perfring::tracepoint::TaskState;
+
+/// Stacks are interned by the caller; the engine only groups by id.
+pub type StackId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffcpuEvent {
+    /// A per-task `sched_switch` sample: `tid` leaves the CPU in `state`, with its stack.
+    SwitchOut {
+        time: u64,
+        cpu: u32,
+        pid: u32,
+        tid: u32,
+        state: TaskState,
+        stack: StackId,
+    },
+    /// `tid` starts running: a SWITCH record that is not a switch-out, a SWITCH_CPU_WIDE
+    /// record's next task, or a CPU-wide `sched_switch`'s `next_pid`.
+    SwitchIn {
+        time: u64,
+        cpu: u32,
+        tid: u32,
+    },
+    /// `sched_wakeup`/`sched_wakeup_new` of `target_tid`, sampled in the waker's context.
+    Wakeup {
+        time: u64,
+        cpu: u32,
+        target_tid: u32,
+        waker_pid: u32,
+        waker_tid: u32,
+        waker_stack: StackId,
+    },
+    /// A PERF_RECORD_LOST from `cpu`'s ring (`time` from sample_id_all when available).
+    Lost {
+        cpu: u32,
+        time: Option<u64>,
+        count: u64,
+    },
+    Exit {
+        time: u64,
+        pid: u32,
+        tid: u32,
+    },
+    Exec {
+        time: u64,
+        pid: u32,
+    },
+}
+
+impl OffcpuEvent {
+    pub fn time(&self) -> Option<u64> {
+        match *self {
+            OffcpuEvent::SwitchOut { time, .. }
+            | OffcpuEvent::SwitchIn { time, .. }
+            | OffcpuEvent::Wakeup { time, .. }
+            | OffcpuEvent::Exit { time, .. }
+            | OffcpuEvent::Exec { time, .. } => Some(time),
+            OffcpuEvent::Lost { time, .. } => time,
+        }
+    }
+}
+
+/// Which switch-out states open an interval (`--state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateFilter {
+    /// Every state in which the task is waiting: S, D, I, stopped, traced, parked, unknown.
+    #[default]
+    Blocked,
+    /// Blocked states plus preemptions (time spent runnable but not running).
+    Any,
+    /// `S` only.
+    Interruptible,
+    /// `D` only.
+    Uninterruptible,
+}
+
+impl StateFilter {
+    pub fn accepts(self, state: TaskState) -> bool {
+        match (self, state) {
+            // A dead task never switches back in; its last switch-out is not a wait.
+            (_, TaskState::Dead) => false,
+            (StateFilter::Any, _) => true,
+            (StateFilter::Blocked, TaskState::Runnable) => false,
+            (StateFilter::Blocked, _) => true,
+            (StateFilter::Interruptible, s) => s == TaskState::Interruptible,
+            (StateFilter::Uninterruptible, s) => s == TaskState::Uninterruptible,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Intervals shorter than this are not reported (`-m`, in ns).
+    pub min_ns: u64,
+    /// Intervals longer than this are not reported (`-M`, in ns).
+    pub max_ns: Option<u64>,
+    pub states: StateFilter,
+    /// Attribute each interval to the stack that woke it (`--wakers`).
+    pub wakers: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WakerKey {
+    pub pid: u32,
+    pub tid: u32,
+    pub stack: StackId,
+}
+
+/// What blocked time is aggregated by. `tid` is kept so the caller can label by thread
+/// name (bcc's offcputime folds by the thread's comm) and merge as it likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub pid: u32,
+    pub tid: u32,
+    pub stack: StackId,
+    /// `None` without `--wakers`, or when no wakeup was seen for the interval.
+    pub waker: Option<WakerKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ThreadTotals {
+    pub pid: u32,
+    pub blocked_ns: u64,
+    pub intervals: u64,
+}
+
+/// The engine's result. Every interval the engine opened ends up in exactly one place:
+/// counted (possibly capped), filtered, dropped, or discarded at exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Blocked nanoseconds per stack.
+    pub by_stack: HashMap<StackKey, u64>,
+    /// Per thread id.
+    pub per_thread: HashMap<u32, ThreadTotals>,
+    pub counted_intervals: u64,
+    /// Upper bound of blocked time not counted because the interval's end may have been in
+    /// lost records.
+    pub dropped_ns_lost: u64,
+    /// Intervals of which nothing was counted because of lost records.
+    pub dropped_intervals: u64,
+    /// Intervals counted only up to the start of a loss window.
+    pub capped_intervals: u64,
+    /// Intervals outside `min_ns`/`max_ns`.
+    pub filtered: u64,
+    /// Switch-outs whose state the filter rejects (preemptions, by default).
+    pub not_blocked: u64,
+    /// Sum of PERF_RECORD_LOST counts.
+    pub lost_records: u64,
+    /// Threads reported blocked at start that turned out to be running (their switch-in
+    /// happened between the /proc read and enabling the events).
+    pub start_unconfirmed: u64,
+    /// Intervals still open at the task's exit (its switch-in was never seen).
+    pub discarded_at_exit: u64,
+    /// Intervals counted up to the stop time.
+    pub open_at_stop: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interval {
+    start: u64,
+    pid: u32,
+    stack: StackId,
+    waker: Option<WakerKey>,
+    at_start: bool,
+    /// Earliest start of a loss window seen while open: the interval is certain only up to here.
+    certain_until: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Thread {
+    open: Option<Interval>,
+    /// Saw its exit and no switch-in since: a later switch-out is its final one.
+    exited: bool,
+}
+
+pub struct Engine {
+    opts: Options,
+    start_time: u64,
+    /// Latest event time processed; event times are clamped to it so that a stray
+    /// out-of-order event cannot make intervals overlap.
+    now: u64,
+    threads: HashMap<u32, Thread>,
+    /// Time of the last record seen from each CPU's ring: where a loss window on it begins.
+    cpu_last: HashMap<u32, u64>,
+    report: Report,
+}
+
+impl Engine {
+    pub fn new(opts: Options, start_time: u64) -> Engine {
+        Engine {
+            opts,
+            start_time,
+            now: start_time,
+            threads: HashMap::new(),
+            cpu_last: HashMap::new(),
+            report: Report::default(),
+        }
+    }
+
+    /// A thread found blocked (from /proc) when recording started. Its interval counts from
+    /// `start_time` under `stack`, which the caller builds with a "[blocked at start]" frame.
+    /// Call before pushing events; a later call starts the interval at the latest event time.
+    pub fn blocked_at_start(&mut self, pid: u32, tid: u32, state: TaskState, stack: StackId) {
+        if tid == 0 {
+            return;
+        }
+        if !self.opts.states.accepts(state) {
+            self.report.not_blocked += 1;
+            return;
+        }
+        let start = self.now;
+        let thread = self.threads.entry(tid).or_default();
+        if thread.open.is_none() {
+            thread.open = Some(Interval {
+                start,
+                pid,
+                stack,
+                waker: None,
+                at_start: true,
+                certain_until: None,
+            });
+        }
+    }
+
+    /// Feeds one event; events must come in time order (see [`super::reorder::Reorder`]).
+    pub fn push(&mut self, event: OffcpuEvent) {
+        let time = event.time().map_or(self.now, |t| t.max(self.now));
+        self.now = time;
+        match event {
+            OffcpuEvent::SwitchOut {
+                cpu,
+                pid,
+                tid,
+                state,
+                stack,
+                ..
+            } => {
+                self.cpu_last.insert(cpu, time);
+                self.switch_out(time, pid, tid, state, stack);
+            }
+            OffcpuEvent::SwitchIn { cpu, tid, .. } => {
+                self.cpu_last.insert(cpu, time);
+                self.switch_in(time, tid);
+            }
+            OffcpuEvent::Wakeup {
+                cpu,
+                target_tid,
+                waker_pid,
+                waker_tid,
+                waker_stack,
+                ..
+            } => {
+                self.cpu_last.insert(cpu, time);
+                if !self.opts.wakers {
+                    return;
+                }
+                if let Some(open) = self
+                    .threads
+                    .get_mut(&target_tid)
+                    .and_then(|t| t.open.as_mut())
+                {
+                    // The last wakeup before the switch-in is the one that made it runnable.
+                    open.waker = Some(WakerKey {
+                        pid: waker_pid,
+                        tid: waker_tid,
+                        stack: waker_stack,
+                    });
+                }
+            }
+            OffcpuEvent::Lost {
+                cpu,
+                time: lost_time,
+                count,
+            } => self.lost(cpu, lost_time.map(|_| time), count),
+            OffcpuEvent::Exit { tid, .. } => self.exit(time, tid),
+            OffcpuEvent::Exec { pid, .. } => {
+                // A non-leader thread that execs takes over the leader's tid, which has just
+                // reported its exit: that tid is alive again.
+                if let Some(thread) = self.threads.get_mut(&pid) {
+                    thread.exited = false;
+                }
+            }
+        }
+    }
+
+    fn switch_out(&mut self, time: u64, pid: u32, tid: u32, state: TaskState, stack: StackId) {
+        if tid == 0 {
+            return;
+        }
+        let thread = self.threads.entry(tid).or_default();
+        if thread.exited {
+            return;
+        }
+        if let Some(open) = thread.open.take() {
+            if open.at_start && open.certain_until.is_none() {
+                self.report.start_unconfirmed += 1;
+            } else {
+                // The task ran in between, so its switch-in was lost.
+                self.close_uncertain(tid, open, time);
+            }
+        }
+        if !self.opts.states.accepts(state) {
+            if state != TaskState::Dead {
+                self.report.not_blocked += 1;
+            }
+            return;
+        }
+        let thread = self.threads.entry(tid).or_default();
+        thread.open = Some(Interval {
+            start: time,
+            pid,
+            stack,
+            waker: None,
+            at_start: false,
+            certain_until: None,
+        });
+    }
+
+    fn switch_in(&mut self, time: u64, tid: u32) {
+        if tid == 0 {
+            return;
+        }
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        thread.exited = false;
+        if let Some(open) = thread.open.take() {
+            self.close(tid, open, time);
+        }
+    }
+
+    /// `loss_end` is the LOST record's time when it had one.
+    fn lost(&mut self, cpu: u32, loss_end: Option<u64>, count: u64) {
+        self.report.lost_records = self.report.lost_records.saturating_add(count);
+        let window_start = self.cpu_last.get(&cpu).copied().unwrap_or(self.start_time);
+        // A switch-in lost from any CPU's ring may belong to any open interval (tasks
+        // migrate), so every interval open now is only certain up to the window's start.
+        for open in self.threads.values_mut().filter_map(|t| t.open.as_mut()) {
+            let limit = window_start.max(open.start);
+            open.certain_until = Some(open.certain_until.map_or(limit, |c| c.min(limit)));
+        }
+        if let Some(end) = loss_end {
+            self.cpu_last.insert(cpu, end);
+        }
+    }
+
+    fn exit(&mut self, time: u64, tid: u32) {
+        if tid == 0 {
+            return;
+        }
+        let thread = self.threads.entry(tid).or_default();
+        thread.exited = true;
+        if let Some(open) = thread.open.take() {
+            // It ran to exit, so its switch-in was lost: count only what is certain.
+            self.report.discarded_at_exit += 1;
+            self.close_uncertain(tid, open, time);
+        }
+    }
+
+    /// Closes an interval whose end is unknown (somewhere before `time`): only the part
+    /// before a loss window counts, and without a loss window nothing does.
+    fn close_uncertain(&mut self, tid: u32, mut open: Interval, time: u64) {
+        open.certain_until = Some(open.certain_until.unwrap_or(open.start));
+        self.close(tid, open, time);
+    }
+
+    fn close(&mut self, tid: u32, open: Interval, end: u64) {
+        let end = end.max(open.start);
+        let counted_end = match open.certain_until {
+            Some(certain) if certain < end => {
+                let certain = certain.max(open.start);
+                self.report.dropped_ns_lost =
+                    self.report.dropped_ns_lost.saturating_add(end - certain);
+                if certain == open.start {
+                    self.report.dropped_intervals += 1;
+                    return;
+                }
+                self.report.capped_intervals += 1;
+                certain
+            }
+            _ => end,
+        };
+        let len = counted_end - open.start;
+        if len == 0 {
+            return;
+        }
+        if len < self.opts.min_ns || self.opts.max_ns.is_some_and(|max| len > max) {
+            self.report.filtered += 1;
+            return;
+        }
+        let key = StackKey {
+            pid: open.pid,
+            tid,
+            stack: open.stack,
+            waker: open.waker,
+        };
+        let total = self.report.by_stack.entry(key).or_default();
+        *total = total.saturating_add(len);
+        let thread = self.report.per_thread.entry(tid).or_insert(ThreadTotals {
+            pid: open.pid,
+            ..ThreadTotals::default()
+        });
+        thread.pid = open.pid;
+        thread.blocked_ns = thread.blocked_ns.saturating_add(len);
+        thread.intervals += 1;
+        self.report.counted_intervals += 1;
+    }
+
+    /// Ends recording: intervals still open count up to `stop_time`.
+    pub fn finish(mut self, stop_time: u64) -> Report {
+        let mut open: Vec<(u32, Interval)> = self
+            .threads
+            .iter_mut()
+            .filter_map(|(&tid, t)| t.open.take().map(|o| (tid, o)))
+            .collect();
+        // Deterministic order keeps reports reproducible; HashMap order is not.
+        open.sort_by_key(|&(tid, o)| (o.start, tid));
+        for (tid, interval) in open {
+            self.report.open_at_stop += 1;
+            self.close(tid, interval, stop_time);
+        }
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use TaskState::{Interruptible as S, Runnable as R, Uninterruptible as D};
+
+    const MS: u64 = 1_000_000;
+
+    fn out(time: u64, tid: u32, state: TaskState, stack: StackId) -> OffcpuEvent {
+        OffcpuEvent::SwitchOut {
+            time,
+            cpu: 0,
+            pid: 100,
+            tid,
+            state,
+            stack,
+        }
+    }
+
+    fn sin(time: u64, tid: u32) -> OffcpuEvent {
+        OffcpuEvent::SwitchIn { time, cpu: 1, tid }
+    }
+
+    fn wake(time: u64, target_tid: u32, waker_tid: u32, waker_stack: StackId) -> OffcpuEvent {
+        OffcpuEvent::Wakeup {
+            time,
+            cpu: 1,
+            target_tid,
+            waker_pid: 200,
+            waker_tid,
+            waker_stack,
+        }
+    }
+
+    fn run(opts: Options, start: u64, stop: u64, events: &[OffcpuEvent]) -> Report {
+        let mut engine = Engine::new(opts, start);
+        for &e in events {
+            engine.push(e);
+        }
+        engine.finish(stop)
+    }
+
+    fn key(tid: u32, stack: StackId) -> StackKey {
+        StackKey {
+            pid: 100,
+            tid,
+            stack,
+            waker: None,
+        }
+    }
+
+    #[test]
+    fn blocked_interval_runs_from_switch_out_to_switch_in() {
+        let r = run(
+            Options::default(),
+            0,
+            100 * MS,
+            &[
+                out(10 * MS, 7, S, 1),
+                sin(17 * MS, 7),
+                out(20 * MS, 7, D, 2),
+                sin(23 * MS, 7),
+            ],
+        );
+        assert_eq!(r.by_stack[&key(7, 1)], 7 * MS);
+        assert_eq!(r.by_stack[&key(7, 2)], 3 * MS);
+        assert_eq!(r.per_thread[&7].blocked_ns, 10 * MS);
+        assert_eq!(r.per_thread[&7].intervals, 2);
+        assert_eq!(r.per_thread[&7].pid, 100);
+        assert_eq!(r.counted_intervals, 2);
+    }
+
+    #[test]
+    fn preemption_counts_only_with_state_any() {
+        let events = [out(10, 7, R, 1), sin(30, 7)];
+        let r = run(Options::default(), 0, 100, &events);
+        assert!(r.by_stack.is_empty());
+        assert_eq!(r.not_blocked, 1);
+        let any = Options {
+            states: StateFilter::Any,
+            ..Options::default()
+        };
+        let r = run(any, 0, 100, &events);
+        assert_eq!(r.by_stack[&key(7, 1)], 20);
+    }
+
+    #[test]
+    fn state_filter_selects_s_or_d() {
+        let events = [out(10, 7, S, 1), sin(20, 7), out(30, 7, D, 2), sin(45, 7)];
+        let only = |states| Options {
+            states,
+            ..Options::default()
+        };
+        let r = run(only(StateFilter::Interruptible), 0, 100, &events);
+        assert_eq!(r.by_stack.len(), 1);
+        assert_eq!(r.by_stack[&key(7, 1)], 10);
+        let r = run(only(StateFilter::Uninterruptible), 0, 100, &events);
+        assert_eq!(r.by_stack.len(), 1);
+        assert_eq!(r.by_stack[&key(7, 2)], 15);
+        assert!(!StateFilter::Any.accepts(TaskState::Dead));
+        assert!(StateFilter::Blocked.accepts(TaskState::Idle));
+        assert!(StateFilter::Blocked.accepts(TaskState::Other(0x4000)));
+    }
+
+    #[test]
+    fn waker_is_the_last_wakeup_between_switch_out_and_in() {
+        let opts = Options {
+            wakers: true,
+            ..Options::default()
+        };
+        let events = [
+            wake(5, 7, 50, 90), // before the switch-out: not this interval's waker
+            out(10, 7, S, 1),
+            wake(12, 7, 51, 91),
+            wake(14, 7, 52, 92),
+            sin(15, 7),
+            wake(16, 7, 53, 93), // after the switch-in
+            out(20, 7, S, 1),
+            sin(25, 7),
+        ];
+        let r = run(opts, 0, 100, &events);
+        let woken_by = |tid, stack| StackKey {
+            waker: Some(WakerKey {
+                pid: 200,
+                tid,
+                stack,
+            }),
+            ..key(7, 1)
+        };
+        assert_eq!(r.by_stack[&woken_by(52, 92)], 5);
+        assert_eq!(r.by_stack[&key(7, 1)], 5, "second interval had no wakeup");
+        assert_eq!(r.by_stack.len(), 2);
+
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(
+            r.by_stack[&key(7, 1)],
+            10,
+            "without --wakers keys carry no waker"
+        );
+    }
+
+    #[test]
+    fn second_switch_out_without_switch_in_drops_the_interval() {
+        let r = run(
+            Options::default(),
+            0,
+            100,
+            &[out(10, 7, S, 1), out(40, 7, S, 2), sin(45, 7)],
+        );
+        assert_eq!(r.by_stack.get(&key(7, 1)), None, "never invent time");
+        assert_eq!(r.dropped_intervals, 1);
+        assert_eq!(r.dropped_ns_lost, 30, "bounded by the second switch-out");
+        assert_eq!(r.by_stack[&key(7, 2)], 5);
+    }
+
+    #[test]
+    fn lost_records_cap_open_intervals_at_the_loss_window() {
+        // CPU 1's last record before the loss is at 20; anything after may be missing.
+        let events = [
+            out(10, 7, S, 1),
+            OffcpuEvent::SwitchIn {
+                time: 20,
+                cpu: 1,
+                tid: 9,
+            },
+            OffcpuEvent::Lost {
+                cpu: 1,
+                time: Some(50),
+                count: 3,
+            },
+            sin(60, 7),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(r.by_stack[&key(7, 1)], 10, "counted 10..20 only");
+        assert_eq!(r.capped_intervals, 1);
+        assert_eq!(r.dropped_ns_lost, 40);
+        assert_eq!(r.lost_records, 3);
+    }
+
+    #[test]
+    fn a_loss_window_older_than_the_interval_drops_it_entirely() {
+        let events = [
+            out(30, 7, S, 1),
+            OffcpuEvent::Lost {
+                cpu: 3, // never delivered a record: window starts at the start time
+                time: None,
+                count: 1,
+            },
+            sin(60, 7),
+            out(70, 7, S, 1),
+            sin(80, 7),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(r.dropped_intervals, 1);
+        assert_eq!(r.dropped_ns_lost, 30);
+        assert_eq!(
+            r.by_stack[&key(7, 1)],
+            10,
+            "intervals after the loss are whole"
+        );
+    }
+
+    #[test]
+    fn lost_switch_in_after_a_loss_keeps_the_certain_part() {
+        let events = [
+            out(10, 7, S, 1),
+            OffcpuEvent::SwitchIn {
+                time: 25,
+                cpu: 2,
+                tid: 9,
+            },
+            OffcpuEvent::Lost {
+                cpu: 2,
+                time: Some(40),
+                count: 1,
+            },
+            out(60, 7, S, 2), // the switch-in fell into the loss
+            sin(65, 7),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(r.by_stack[&key(7, 1)], 15);
+        assert_eq!(r.dropped_ns_lost, 35);
+        assert_eq!(r.by_stack[&key(7, 2)], 5);
+    }
+
+    #[test]
+    fn exit_discards_and_the_final_switch_out_is_not_a_wait() {
+        let events = [
+            out(10, 7, S, 1),
+            OffcpuEvent::Exit {
+                time: 30,
+                pid: 100,
+                tid: 7,
+            },
+            out(31, 7, TaskState::Other(0x40), 2), // final switch-out, state undecodable
+            out(32, 8, TaskState::Dead, 3),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert!(r.by_stack.is_empty(), "{:?}", r.by_stack);
+        assert_eq!(r.discarded_at_exit, 1);
+        assert_eq!(r.dropped_ns_lost, 20);
+        assert_eq!(r.open_at_stop, 0);
+    }
+
+    #[test]
+    fn exec_keeps_the_thread() {
+        let events = [
+            out(10, 100, S, 1),
+            sin(20, 100),
+            OffcpuEvent::Exec { time: 25, pid: 100 },
+            out(30, 100, S, 2),
+            sin(35, 100),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(r.per_thread[&100].blocked_ns, 15);
+        assert_eq!(r.per_thread[&100].intervals, 2);
+    }
+
+    #[test]
+    fn exec_by_a_non_leader_revives_the_leader_tid() {
+        // Thread 101 execs: the leader 100 is reaped (EXIT) and 101 continues as tid 100.
+        let events = [
+            OffcpuEvent::Exit {
+                time: 10,
+                pid: 100,
+                tid: 100,
+            },
+            OffcpuEvent::Exec { time: 11, pid: 100 },
+            out(20, 100, S, 1),
+            sin(30, 100),
+        ];
+        let r = run(Options::default(), 0, 100, &events);
+        assert_eq!(r.by_stack[&key(100, 1)], 10);
+    }
+
+    #[test]
+    fn threads_blocked_at_start_count_from_the_start() {
+        let mut engine = Engine::new(Options::default(), 1000);
+        engine.blocked_at_start(100, 7, S, 50);
+        engine.blocked_at_start(100, 8, D, 51);
+        engine.blocked_at_start(100, 9, R, 52);
+        engine.blocked_at_start(100, 10, S, 53);
+        engine.push(sin(1400, 7));
+        engine.push(out(1500, 10, S, 1)); // was running after all
+        let r = engine.finish(3000);
+        assert_eq!(r.by_stack[&key(7, 50)], 400);
+        assert_eq!(
+            r.by_stack[&key(8, 51)],
+            2000,
+            "blocked for the whole window"
+        );
+        assert_eq!(r.by_stack.get(&key(9, 52)), None);
+        assert_eq!(r.not_blocked, 1);
+        assert_eq!(r.start_unconfirmed, 1);
+        assert_eq!(r.by_stack[&key(10, 1)], 1500);
+        assert_eq!(r.open_at_stop, 2);
+    }
+
+    #[test]
+    fn intervals_open_at_stop_count_up_to_stop() {
+        let r = run(Options::default(), 0, 100, &[out(60, 7, D, 1)]);
+        assert_eq!(r.by_stack[&key(7, 1)], 40);
+        assert_eq!(r.open_at_stop, 1);
+    }
+
+    #[test]
+    fn min_and_max_filter_by_length() {
+        let opts = Options {
+            min_ns: 5,
+            max_ns: Some(20),
+            ..Options::default()
+        };
+        let events = [
+            out(0, 7, S, 1),
+            sin(4, 7), // 4: too short
+            out(10, 7, S, 2),
+            sin(15, 7), // 5: kept (bounds inclusive)
+            out(20, 7, S, 3),
+            sin(41, 7), // 21: too long
+            out(50, 7, S, 4),
+            sin(70, 7), // 20: kept
+        ];
+        let r = run(opts, 0, 100, &events);
+        assert_eq!(r.filtered, 2);
+        let stacks: Vec<_> = {
+            let mut s: Vec<_> = r.by_stack.keys().map(|k| k.stack).collect();
+            s.sort();
+            s
+        };
+        assert_eq!(stacks, vec![2, 4]);
+    }
+
+    #[test]
+    fn the_idle_task_is_never_reported() {
+        let events = [
+            OffcpuEvent::SwitchOut {
+                time: 1,
+                cpu: 0,
+                pid: 0,
+                tid: 0,
+                state: S,
+                stack: 1,
+            },
+            sin(50, 0),
+        ];
+        let mut engine = Engine::new(Options::default(), 0);
+        engine.blocked_at_start(0, 0, S, 2);
+        for e in events {
+            engine.push(e);
+        }
+        let r = engine.finish(100);
+        assert!(r.by_stack.is_empty());
+        assert!(r.per_thread.is_empty());
+    }
+
+    #[test]
+    fn a_late_event_cannot_make_intervals_overlap() {
+        let r = run(
+            Options::default(),
+            0,
+            100,
+            &[out(10, 7, S, 1), sin(50, 7), out(20, 7, S, 1), sin(60, 7)],
+        );
+        // The stray switch-out at 20 is treated as happening at 50.
+        assert_eq!(r.per_thread[&7].blocked_ns, 50);
+    }
+
+    fn arbitrary_event(start: u64, stop: u64) -> impl Strategy<Value = OffcpuEvent> {
+        let time = start..=stop;
+        let tid = 0u32..3;
+        let state = prop_oneof![
+            Just(R),
+            Just(S),
+            Just(D),
+            Just(TaskState::Dead),
+            any::<u64>().prop_map(TaskState::Other)
+        ];
+        prop_oneof![
+            (time.clone(), 0u32..3, tid.clone(), state, 0u32..4).prop_map(
+                |(time, cpu, tid, state, stack)| OffcpuEvent::SwitchOut {
+                    time,
+                    cpu,
+                    pid: 100,
+                    tid,
+                    state,
+                    stack
+                }
+            ),
+            (time.clone(), 0u32..3, tid.clone())
+                .prop_map(|(time, cpu, tid)| OffcpuEvent::SwitchIn { time, cpu, tid }),
+            (time.clone(), tid.clone(), tid.clone(), 0u32..4).prop_map(
+                |(time, target_tid, waker_tid, waker_stack)| OffcpuEvent::Wakeup {
+                    time,
+                    cpu: 0,
+                    target_tid,
+                    waker_pid: 1,
+                    waker_tid,
+                    waker_stack
+                }
+            ),
+            (0u32..3, proptest::option::of(time.clone()), 0u64..10)
+                .prop_map(|(cpu, time, count)| OffcpuEvent::Lost { cpu, time, count }),
+            (time.clone(), tid.clone()).prop_map(|(time, tid)| OffcpuEvent::Exit {
+                time,
+                pid: 100,
+                tid
+            }),
+            time.prop_map(|time| OffcpuEvent::Exec { time, pid: 100 }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn reported_time_never_exceeds_the_window(
+            (start, stop, mut events) in (0u64..1_000, 1u64..200).prop_flat_map(|(start, len)| {
+                let stop = start + len;
+                (
+                    Just(start),
+                    Just(stop),
+                    proptest::collection::vec(arbitrary_event(start, stop), 0..80),
+                )
+            }),
+            at_start in proptest::collection::vec((0u32..3, 0u32..4), 0..3),
+            wakers in any::<bool>(),
+            sorted in any::<bool>(),
+        ) {
+            if sorted {
+                events.sort_by_key(|e| e.time().unwrap_or(0));
+            }
+            let opts = Options { wakers, states: StateFilter::Any, ..Options::default() };
+            let mut engine = Engine::new(opts, start);
+            for (tid, stack) in at_start {
+                engine.blocked_at_start(100, tid, S, stack);
+            }
+            for e in events {
+                engine.push(e);
+            }
+            let report = engine.finish(stop);
+            for (tid, totals) in &report.per_thread {
+                prop_assert!(*tid != 0);
+                prop_assert!(totals.blocked_ns <= stop - start, "{tid}: {totals:?}");
+            }
+            let by_stack: u64 = report.by_stack.values().sum();
+            let by_thread: u64 = report.per_thread.values().map(|t| t.blocked_ns).sum();
+            prop_assert_eq!(by_stack, by_thread);
+        }
+    }
+}
