@@ -125,7 +125,7 @@ fn ioctl_all(fds: &[OwnedFd], enable: bool) {
 /// Resolves addresses of one process's main executable to its function symbols, the way a
 /// symbolizer would: /proc/PID/maps gives the file offset, ELF segments the link address.
 struct ExeSymbols {
-    maps: Vec<(u64, u64, u64)>, // start, end, file offset
+    maps: Vec<(u64, u64, u64)>,     // start, end, file offset
     segments: Vec<(u64, u64, u64)>, // file offset, file size, vaddr
     funcs: Vec<(u64, u64, String)>, // vaddr, size, name
 }
@@ -221,7 +221,8 @@ fn counts_frame_pointer_stacks_of_a_busy_child() {
         let mut attr = base_attr(sys::bindings::PERF_COUNT_SW_CPU_CLOCK);
         attr.set_freq(1);
         attr.__bindgen_anon_1.sample_freq = FREQ;
-        attr.sample_type = u64::from(sys::bindings::PERF_SAMPLE_IP | sys::bindings::PERF_SAMPLE_TID);
+        attr.sample_type =
+            u64::from(sys::bindings::PERF_SAMPLE_IP | sys::bindings::PERF_SAMPLE_TID);
         let fd = perf_open(&mut attr, pid as i32, cpu);
         counter
             .attach(fd.as_fd())
@@ -268,7 +269,10 @@ fn counts_frame_pointer_stacks_of_a_busy_child() {
         (0.7..=1.3).contains(&ratio),
         "{total} samples, expected ≈{expected:.0} (ratio {ratio:.2})"
     );
-    assert!(counts.iter().all(|c| c.pid == pid && c.tid == pid), "foreign pid/tid in {counts:?}");
+    assert!(
+        counts.iter().all(|c| c.pid == pid && c.tid == pid),
+        "foreign pid/tid in {counts:?}"
+    );
     assert_eq!(missing.dropped_samples(), 0, "{missing:?}");
     assert_eq!(missing.lost_stacks(), 0, "{missing:?}");
 
@@ -309,7 +313,10 @@ fn counts_frame_pointer_stacks_of_a_busy_child() {
         leaf_under_caller as f64 > 0.9 * in_leaf as f64,
         "only {leaf_under_caller}/{in_leaf} psample_leaf samples have caller+main frames"
     );
-    assert!(in_read > 0, "no in-kernel sample has a user stack through psample_caller");
+    assert!(
+        in_read > 0,
+        "no in-kernel sample has a user stack through psample_caller"
+    );
     assert!(with_kernel > 0, "no sample carried a kernel stack");
 
     // Everything was consumed: a second drain right away finds nothing new.

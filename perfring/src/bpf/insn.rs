@@ -356,10 +356,8 @@ impl Asm {
                 .flatten()
                 .ok_or(AsmError::Unbound(label.0))?;
             let delta = target as i64 - (at as i64 + 1);
-            let off = i16::try_from(delta).map_err(|_| AsmError::OutOfRange {
-                at,
-                label: label.0,
-            })?;
+            let off =
+                i16::try_from(delta).map_err(|_| AsmError::OutOfRange { at, label: label.0 })?;
             if let Some(insn) = self.insns.get_mut(at) {
                 insn.off = off;
             }
@@ -392,31 +390,58 @@ mod tests {
     // llvm-objdump produce for these instructions.
     #[test]
     fn alu_encodings() {
-        assert_eq!(one(|a| { a.mov64_reg(R6, R1); }), [[0xbf, 0x16, 0, 0, 0, 0, 0, 0]]);
-        assert_eq!(one(|a| { a.mov64_reg(R2, FP); }), [[0xbf, 0xa2, 0, 0, 0, 0, 0, 0]]);
         assert_eq!(
-            one(|a| { a.mov64_imm(R0, 0); }),
+            one(|a| {
+                a.mov64_reg(R6, R1);
+            }),
+            [[0xbf, 0x16, 0, 0, 0, 0, 0, 0]]
+        );
+        assert_eq!(
+            one(|a| {
+                a.mov64_reg(R2, FP);
+            }),
+            [[0xbf, 0xa2, 0, 0, 0, 0, 0, 0]]
+        );
+        assert_eq!(
+            one(|a| {
+                a.mov64_imm(R0, 0);
+            }),
             [[0xb7, 0x00, 0, 0, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.mov64_imm(R3, 256); }),
+            one(|a| {
+                a.mov64_imm(R3, 256);
+            }),
             [[0xb7, 0x03, 0, 0, 0x00, 0x01, 0, 0]]
         );
-        assert_eq!(one(|a| { a.mov32_reg(R1, R0); }), [[0xbc, 0x01, 0, 0, 0, 0, 0, 0]]);
         assert_eq!(
-            one(|a| { a.alu64_imm(alu::ADD, R2, -16); }),
+            one(|a| {
+                a.mov32_reg(R1, R0);
+            }),
+            [[0xbc, 0x01, 0, 0, 0, 0, 0, 0]]
+        );
+        assert_eq!(
+            one(|a| {
+                a.alu64_imm(alu::ADD, R2, -16);
+            }),
             [[0x07, 0x02, 0, 0, 0xf0, 0xff, 0xff, 0xff]]
         );
         assert_eq!(
-            one(|a| { a.alu64_imm(alu::LSH, R1, 32); }),
+            one(|a| {
+                a.alu64_imm(alu::LSH, R1, 32);
+            }),
             [[0x67, 0x01, 0, 0, 0x20, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.alu64_imm(alu::RSH, R0, 32); }),
+            one(|a| {
+                a.alu64_imm(alu::RSH, R0, 32);
+            }),
             [[0x77, 0x00, 0, 0, 0x20, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.alu64_reg(alu::ADD, R1, R2); }),
+            one(|a| {
+                a.alu64_reg(alu::ADD, R1, R2);
+            }),
             [[0x0f, 0x21, 0, 0, 0, 0, 0, 0]]
         );
     }
@@ -424,36 +449,52 @@ mod tests {
     #[test]
     fn memory_encodings() {
         assert_eq!(
-            one(|a| { a.store_reg(size::W, FP, -16, R0); }),
+            one(|a| {
+                a.store_reg(size::W, FP, -16, R0);
+            }),
             [[0x63, 0x0a, 0xf0, 0xff, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.store_reg(size::DW, FP, -8, R1); }),
+            one(|a| {
+                a.store_reg(size::DW, FP, -8, R1);
+            }),
             [[0x7b, 0x1a, 0xf8, 0xff, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.store_imm(size::DW, FP, -24, 1); }),
+            one(|a| {
+                a.store_imm(size::DW, FP, -24, 1);
+            }),
             [[0x7a, 0x0a, 0xe8, 0xff, 1, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.store_imm(size::W, FP, -28, 3); }),
+            one(|a| {
+                a.store_imm(size::W, FP, -28, 3);
+            }),
             [[0x62, 0x0a, 0xe4, 0xff, 3, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.load(size::DW, R0, R1, 8); }),
+            one(|a| {
+                a.load(size::DW, R0, R1, 8);
+            }),
             [[0x79, 0x10, 8, 0, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.load(size::W, R2, R6, 0); }),
+            one(|a| {
+                a.load(size::W, R2, R6, 0);
+            }),
             [[0x61, 0x62, 0, 0, 0, 0, 0, 0]]
         );
         // Historic BPF_STX | BPF_XADD | BPF_DW == 0xdb with imm 0.
         assert_eq!(
-            one(|a| { a.atomic_add(size::DW, R0, 0, R1); }),
+            one(|a| {
+                a.atomic_add(size::DW, R0, 0, R1);
+            }),
             [[0xdb, 0x10, 0, 0, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.atomic_add(size::W, R0, 4, R1); }),
+            one(|a| {
+                a.atomic_add(size::W, R0, 4, R1);
+            }),
             [[0xc3, 0x10, 4, 0, 0, 0, 0, 0]]
         );
     }
@@ -461,11 +502,15 @@ mod tests {
     #[test]
     fn wide_immediates() {
         assert_eq!(
-            one(|a| { a.ld_map_fd(R1, 5); }),
+            one(|a| {
+                a.ld_map_fd(R1, 5);
+            }),
             [[0x18, 0x11, 0, 0, 5, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
         );
         assert_eq!(
-            one(|a| { a.ld_imm64(R2, 0x1122_3344_5566_7788); }),
+            one(|a| {
+                a.ld_imm64(R2, 0x1122_3344_5566_7788);
+            }),
             [
                 [0x18, 0x02, 0, 0, 0x88, 0x77, 0x66, 0x55],
                 [0, 0, 0, 0, 0x44, 0x33, 0x22, 0x11]
@@ -475,8 +520,18 @@ mod tests {
 
     #[test]
     fn control_flow_encodings() {
-        assert_eq!(one(|a| { a.call(14); }), [[0x85, 0, 0, 0, 14, 0, 0, 0]]);
-        assert_eq!(one(|a| { a.exit(); }), [[0x95, 0, 0, 0, 0, 0, 0, 0]]);
+        assert_eq!(
+            one(|a| {
+                a.call(14);
+            }),
+            [[0x85, 0, 0, 0, 14, 0, 0, 0]]
+        );
+        assert_eq!(
+            one(|a| {
+                a.exit();
+            }),
+            [[0x95, 0, 0, 0, 0, 0, 0, 0]]
+        );
         let prog = one(|a| {
             let l = a.new_label();
             a.jmp_imm(jmp::JEQ, R0, 0, l)
@@ -532,6 +587,9 @@ mod tests {
             a.mov64_imm(Reg::R0, 0);
         }
         a.bind(l);
-        assert!(matches!(a.finish(), Err(AsmError::OutOfRange { at: 0, .. })));
+        assert!(matches!(
+            a.finish(),
+            Err(AsmError::OutOfRange { at: 0, .. })
+        ));
     }
 }

@@ -112,7 +112,10 @@ fn object_name(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (slot, b) in out
         .iter_mut()
-        .zip(name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.'))
+        .zip(
+            name.bytes()
+                .filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.'),
+        )
         .take(15)
     {
         *slot = b;
@@ -250,7 +253,9 @@ pub fn prog_load(req: ProgLoad<'_>) -> Result<OwnedFd, Errno> {
     let (log_level, log_size, log_buf) = match req.log {
         Some(buf) if !buf.is_empty() => (
             1,
-            u32::try_from(buf.len()).unwrap_or(MAX_LOG_SIZE).min(MAX_LOG_SIZE),
+            u32::try_from(buf.len())
+                .unwrap_or(MAX_LOG_SIZE)
+                .min(MAX_LOG_SIZE),
             buf.as_mut_ptr() as u64,
         ),
         _ => (0, 0, 0),
