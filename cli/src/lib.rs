@@ -1,6 +1,57 @@
 //! # psample (cli) — commands, aggregation and output writers
 //!
 //! The `psample` binary is a thin `main.rs` over this library so that aggregation and output
-//! code can be benchmarked and tested without a terminal.
+//! code can be benchmarked and tested without a terminal. Layout:
+//!
+//! - [`args`]: the command line, one definition per flag;
+//! - [`target`]: which processes/threads to attach to, launching `-- CMD`;
+//! - [`session`]: attaching a perfring session to a target and the batched read loop;
+//! - [`tracker`]: process names and address spaces from side-band records;
+//! - [`stack`], [`profile`]: raw stacks and their aggregation before symbolization;
+//! - [`fold`]: symbolizing each distinct frame once and rendering folded stacks;
+//! - [`output`]: folded and SVG writers (atomic);
+//! - [`record`], [`offcpu`], [`check`]: the commands.
 
+pub mod args;
+pub mod check;
+pub mod error;
+pub mod fold;
 pub mod offcpu;
+pub mod output;
+pub mod perms;
+pub mod profile;
+pub mod progress;
+pub mod record;
+pub mod session;
+pub mod signals;
+pub mod stack;
+pub mod summary;
+pub mod symbols;
+pub mod target;
+pub mod tracing;
+pub mod tracker;
+
+use clap::Parser;
+
+/// Parse the command line, run the command, and return the process exit code.
+pub fn run() -> i32 {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Record(a) => record::run(a),
+        args::Command::Offcpu(a) => offcpu_command(a),
+        args::Command::Check(a) => check::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("psample: error: {e}");
+            e.code
+        }
+    }
+}
+
+fn offcpu_command(_a: args::OffcpuArgs) -> Result<i32, error::CliError> {
+    Err(error::CliError::new(
+        "offcpu is not available in this build yet",
+    ))
+}

@@ -1,0 +1,265 @@
+//! Command-line definitions. Each flag is defined once, in a group shared by the commands
+//! that take it (target selection, call-graph mode, output, symbolization).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "psample",
+    version,
+    about = "Sampling profiler for Linux: on-CPU and off-CPU flame graphs from perf_event, \
+             on kernels from 3.10 up",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Sample on-CPU stacks (user + kernel) of processes, threads, a command or all CPUs.
+    Record(RecordArgs),
+    /// Measure blocked (off-CPU) time by stack, optionally with the waker's stack.
+    Offcpu(OffcpuArgs),
+    /// Report what this host and user allow, and what psample will use.
+    Check(CheckArgs),
+}
+
+/// What to profile. Exactly one of -p, -t, -a or a command after `--`.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Profile these processes (all their threads, including threads created later).
+    #[arg(short = 'p', long = "pid", value_delimiter = ',', value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Profile only these threads.
+    #[arg(
+        short = 't',
+        long = "tid",
+        value_delimiter = ',',
+        value_name = "TID",
+        conflicts_with = "pids"
+    )]
+    pub tids: Vec<u32>,
+    /// Profile every CPU (system-wide).
+    #[arg(short = 'a', long = "all-cpus", conflicts_with_all = ["pids", "tids"])]
+    pub all_cpus: bool,
+    /// Run as root even when started through sudo (by default a command launched under sudo
+    /// runs as the invoking user, SUDO_UID/SUDO_GID).
+    #[arg(long)]
+    pub keep_root: bool,
+    /// Launch this command and profile it until it exits.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// How user stacks are collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallGraph {
+    /// Frame pointers walked by the kernel.
+    Fp,
+    /// DWARF CFI unwinding in psample from a copy of the user stack of this many bytes.
+    Dwarf(u32),
+}
+
+pub const DEFAULT_DWARF_STACK: u32 = 16384;
+
+pub fn parse_call_graph(s: &str) -> Result<CallGraph, String> {
+    let (mode, size) = match s.split_once(',') {
+        Some((m, sz)) => (m, Some(sz)),
+        None => (s, None),
+    };
+    match (mode, size) {
+        ("fp", None) => Ok(CallGraph::Fp),
+        ("fp", Some(_)) => Err("fp takes no size".into()),
+        ("dwarf", None) => Ok(CallGraph::Dwarf(DEFAULT_DWARF_STACK)),
+        ("dwarf", Some(sz)) => {
+            let n: u32 = sz
+                .parse()
+                .map_err(|_| format!("stack size {sz:?} is not a number of bytes"))?;
+            if n == 0 || n > perfring::attr::MAX_STACK_USER || n % 8 != 0 {
+                return Err(format!(
+                    "stack size must be a multiple of 8 between 8 and {} (got {n})",
+                    perfring::attr::MAX_STACK_USER
+                ));
+            }
+            Ok(CallGraph::Dwarf(n))
+        }
+        _ => Err(format!(
+            "unknown call-graph mode {mode:?}: use fp or dwarf[,SIZE]"
+        )),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CallGraphArgs {
+    /// Collect stacks with frame pointers (the default; same as --call-graph fp).
+    #[arg(short = 'g')]
+    pub g: bool,
+    /// fp, or dwarf[,SIZE] for binaries built without frame pointers (SIZE: bytes of user
+    /// stack copied per sample, default 16384, at most 65528).
+    #[arg(long = "call-graph", value_parser = parse_call_graph, value_name = "MODE")]
+    pub call_graph: Option<CallGraph>,
+}
+
+impl CallGraphArgs {
+    pub fn mode(&self) -> CallGraph {
+        self.call_graph.unwrap_or(CallGraph::Fp)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SymbolArgs {
+    /// Do not show inlined functions as their own frames.
+    #[arg(long)]
+    pub no_inline: bool,
+    /// Show mangled C++/Rust names.
+    #[arg(long)]
+    pub no_demangle: bool,
+    /// Extra directory to search for separate debug files (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Output file: .svg writes a flame graph, anything else folded stacks (default: stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Say which kernel features and fallbacks were used, and more.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Data pages per CPU ring buffer (a power of two; default depends on the mode).
+    #[arg(long = "mmap-pages", value_name = "PAGES")]
+    pub mmap_pages: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BpfMode {
+    Auto,
+    Never,
+    Always,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Samples per second per CPU/thread.
+    #[arg(short = 'F', long = "freq", default_value_t = 99, value_name = "HZ")]
+    pub freq: u64,
+    /// Event to sample: cpu-clock (default), task-clock, cycles, or tracepoint:SUBSYS:NAME.
+    #[arg(
+        short = 'e',
+        long = "event",
+        default_value = "cpu-clock",
+        value_name = "EVENT"
+    )]
+    pub event: String,
+    #[command(flatten)]
+    pub call_graph: CallGraphArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+    /// In-kernel stack aggregation with eBPF: auto uses it when it gives the same result
+    /// (frame-pointer stacks) and the kernel allows it.
+    #[arg(long, value_enum, default_value_t = BpfMode::Auto)]
+    pub bpf: BpfMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateFilter {
+    /// Every switch-out, including preemption.
+    Any,
+    /// Interruptible sleep only.
+    #[value(name = "S")]
+    S,
+    /// Uninterruptible sleep only (typically disk I/O).
+    #[value(name = "D")]
+    D,
+}
+
+#[derive(Args, Debug)]
+pub struct OffcpuArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Ignore blocked intervals shorter than this many microseconds.
+    #[arg(
+        short = 'm',
+        long = "min-us",
+        default_value_t = 1,
+        value_name = "MIN_US"
+    )]
+    pub min_us: u64,
+    /// Ignore blocked intervals longer than this many microseconds.
+    #[arg(short = 'M', long = "max-us", value_name = "MAX_US")]
+    pub max_us: Option<u64>,
+    /// Which switch-out states count (default: any blocked state, not preemption).
+    #[arg(long, value_enum)]
+    pub state: Option<StateFilter>,
+    /// Append the waker's stack to each blocked stack (offwaketime style).
+    #[arg(long)]
+    pub wakers: bool,
+    #[command(flatten)]
+    pub call_graph: CallGraphArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also print every probe's raw errno.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn call_graph_modes() {
+        assert_eq!(parse_call_graph("fp"), Ok(CallGraph::Fp));
+        assert_eq!(
+            parse_call_graph("dwarf"),
+            Ok(CallGraph::Dwarf(DEFAULT_DWARF_STACK))
+        );
+        assert_eq!(parse_call_graph("dwarf,8192"), Ok(CallGraph::Dwarf(8192)));
+        assert!(parse_call_graph("dwarf,100000").is_err());
+        assert!(parse_call_graph("dwarf,12").is_err());
+        assert!(parse_call_graph("lbr").is_err());
+    }
+
+    #[test]
+    fn conflicting_targets_are_rejected() {
+        assert!(Cli::try_parse_from(["psample", "record", "-p", "1", "-a"]).is_err());
+        assert!(Cli::try_parse_from(["psample", "record", "-p", "1", "-t", "2"]).is_err());
+        let c = Cli::try_parse_from(["psample", "record", "-p", "1,2", "-F", "999"]).unwrap();
+        match c.command {
+            Command::Record(r) => {
+                assert_eq!(r.target.pids, vec![1, 2]);
+                assert_eq!(r.freq, 999);
+            }
+            _ => panic!("wrong command"),
+        }
+        let c = Cli::try_parse_from(["psample", "record", "--", "ls", "-l"]).unwrap();
+        match c.command {
+            Command::Record(r) => assert_eq!(r.target.command, vec!["ls", "-l"]),
+            _ => panic!("wrong command"),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Turning an aggregated raw profile into folded lines: every distinct frame is symbolized
+//! exactly once, then stacks are rendered root first and merged (different addresses in the
+//! same function collapse into one line, as stackcollapse-perf does).
+
+use std::collections::{BTreeMap, HashMap};
+
+use symbolize::{FrameKind, ModuleHandle, ModuleKind, ModuleSpec, Symbolizer};
+use unwind::{MappingId, Processes};
+
+use crate::output::folded::{escape_comm, escape_frame};
+use crate::profile::Profile;
+use crate::stack::Frame;
+
+/// Names of frames that were named at collection time (see [`Frame::Named`]).
+#[derive(Default)]
+pub struct NamedFrames {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl NamedFrames {
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("[?]", String::as_str)
+    }
+}
+
+/// Symbolizes frames, remembering each answer.
+pub struct Folder<'a> {
+    sym: &'a mut Symbolizer,
+    procs: &'a Processes,
+    named: &'a NamedFrames,
+    modules: HashMap<MappingId, ModuleHandle>,
+    /// Frame → rendered names, root-most first (an inlined chain expands to several).
+    cache: HashMap<Frame, Vec<String>>,
+}
+
+impl<'a> Folder<'a> {
+    pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a NamedFrames) -> Self {
+        Folder {
+            sym,
+            procs,
+            named,
+            modules: HashMap::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    fn module(&mut self, id: MappingId) -> ModuleHandle {
+        if let Some(h) = self.modules.get(&id) {
+            return *h;
+        }
+        let m = self.procs.mapping(id);
+        let kind = if m.path == "[vdso]" {
+            ModuleKind::Vdso
+        } else if m.path.is_empty() || m.path.starts_with('[') || m.path.starts_with("//anon") {
+            ModuleKind::Anon
+        } else {
+            ModuleKind::File
+        };
+        let h = self.sym.add_module(ModuleSpec {
+            kind,
+            path: m.path.clone(),
+            pid: m.pid,
+            start: m.start,
+            end: m.end,
+            pgoff: m.pgoff,
+            build_id: m.build_id.clone(),
+            inode: m.inode,
+        });
+        self.modules.insert(id, h);
+        h
+    }
+
+    fn names(&mut self, frame: Frame) -> &[String] {
+        if !self.cache.contains_key(&frame) {
+            let names = match frame {
+                Frame::Kernel(addr) => {
+                    let f = self.sym.symbolize_kernel(addr);
+                    vec![format!("{}_[k]", escape_frame(&f.name))]
+                }
+                Frame::User { mapping, addr } => {
+                    let h = self.module(mapping);
+                    let mut v: Vec<String> = self
+                        .sym
+                        .symbolize(h, addr)
+                        .into_iter()
+                        .map(|f| {
+                            let n = escape_frame(&f.name);
+                            match f.kind {
+                                FrameKind::Inline => format!("{n}_[i]"),
+                                FrameKind::Jit => format!("{n}_[j]"),
+                                FrameKind::Kernel => format!("{n}_[k]"),
+                                FrameKind::User => n,
+                            }
+                        })
+                        .collect();
+                    // The symbolizer answers innermost first; folded stacks read root first.
+                    v.reverse();
+                    if v.is_empty() {
+                        v.push("[unknown]".into());
+                    }
+                    v
+                }
+                Frame::Unmapped(_) => vec!["[unknown]".into()],
+                Frame::Label(l) => vec![l.to_string()],
+                Frame::Named(id) => vec![escape_frame(self.named.get(id))],
+            };
+            self.cache.insert(frame, names);
+        }
+        &self.cache[&frame]
+    }
+
+    /// Render a leaf-first raw stack as a root-first folded stack under `comm`.
+    pub fn render(&mut self, comm: &str, frames: &[Frame]) -> String {
+        let mut s = escape_comm(comm);
+        for f in frames.iter().rev() {
+            for n in self.names(*f) {
+                s.push(';');
+                s.push_str(n);
+            }
+        }
+        s
+    }
+
+    /// Fold a whole profile into sorted, merged lines.
+    pub fn fold(&mut self, profile: &Profile) -> Vec<(String, u64)> {
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for (name, frames, count) in profile.iter() {
+            let line = self.render(profile.name(name), frames);
+            *merged.entry(line).or_insert(0) += count;
+        }
+        merged.into_iter().collect()
+    }
+
+    pub fn distinct_frames(&self) -> usize {
+        self.cache.len()
+    }
+}

@@ -1,0 +1,152 @@
+//! Write-to-temp-then-rename files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A file being written under a temporary name next to its destination.
+pub struct AtomicFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Fail early (before sampling starts) if `path` cannot be written.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let dir = parent_of(path);
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        format!(
+            "output directory {} is not usable: {e}; create it first (mkdir -p {})",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "output path {} is a directory; give a file name such as {}/profile.svg",
+            path.display(),
+            path.display()
+        ));
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("output directory {} contains a NUL byte", dir.display()))?;
+    // SAFETY: access(2) with a valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(format!(
+            "output directory {} is not writable: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+impl AtomicFile {
+    pub fn create(dest: &Path) -> io::Result<AtomicFile> {
+        let dir = parent_of(dest);
+        let base = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "profile".into());
+        // O_EXCL + O_NOFOLLOW: never write through a link someone planted in a shared dir.
+        for attempt in 0..100u32 {
+            let tmp = dir.join(format!(".{base}.{}.{attempt}.tmp", std::process::id()));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+            {
+                Ok(file) => {
+                    return Ok(AtomicFile {
+                        file: Some(file),
+                        tmp,
+                        dest: dest.to_path_buf(),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", tmp.display()),
+                    ))
+                }
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "could not find a free temporary file name",
+        ))
+    }
+
+    pub fn as_file_mut(&mut self) -> &mut File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// fsync and rename into place.
+    pub fn commit(mut self) -> io::Result<()> {
+        if let Some(f) = self.file.take() {
+            f.sync_all()?;
+        }
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot rename into {}: {e}", self.dest.display()),
+            )
+        })
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn commit_renames_and_drop_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.folded");
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.as_file_mut().write_all(b"a;b 1\n").unwrap();
+        assert!(!dest.exists());
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "a;b 1\n");
+
+        let dest2 = dir.path().join("other.folded");
+        drop(AtomicFile::create(&dest2).unwrap());
+        assert!(!dest2.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unwritable_destinations_are_reported_before_sampling() {
+        assert!(check_writable(Path::new("/nonexistent-dir/x.svg"))
+            .unwrap_err()
+            .contains("mkdir -p"));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(dir.path())
+            .unwrap_err()
+            .contains("directory"));
+        assert!(check_writable(&dir.path().join("ok.folded")).is_ok());
+    }
+}

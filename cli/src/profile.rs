@@ -1,0 +1,63 @@
+//! Aggregation: identical raw stacks merged with a count, before any symbolization.
+
+use std::collections::HashMap;
+
+use crate::stack::Frame;
+
+/// Counts per (thread name, raw stack). Stacks are stored leaf first, as collected.
+#[derive(Default)]
+pub struct Profile {
+    names: Vec<String>,
+    name_ids: HashMap<String, u32>,
+    /// name id → stack → count. Two levels so a repeated stack is found by borrowed slice
+    /// (`Box<[Frame]>: Borrow<[Frame]>`) and costs no allocation.
+    counts: HashMap<u32, HashMap<Box<[Frame]>, u64>>,
+    total: u64,
+}
+
+impl Profile {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Intern a process/thread name (comm) so per-sample keys stay small.
+    pub fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.name_ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.name_ids.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("?", String::as_str)
+    }
+
+    /// Add `count` to a stack. `frames` is leaf first.
+    pub fn add(&mut self, name: u32, frames: &[Frame], count: u64) {
+        self.total += count;
+        let stacks = self.counts.entry(name).or_default();
+        match stacks.get_mut(frames) {
+            Some(c) => *c += count,
+            None => {
+                stacks.insert(frames.into(), count);
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn distinct_stacks(&self) -> usize {
+        self.counts.values().map(HashMap::len).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[Frame], u64)> {
+        self.counts
+            .iter()
+            .flat_map(|(n, stacks)| stacks.iter().map(move |(f, c)| (*n, &f[..], *c)))
+    }
+}

@@ -1,0 +1,405 @@
+//! `psample record`: sampled on-CPU stacks, user + kernel.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
+use perfring::event::Session;
+use perfring::features::{Feature, Support};
+use perfring::record::{Record, Sample};
+use unwind::{StopReason, UnwindResult, Unwinder, UserRegs};
+
+use crate::args::{CallGraph, RecordArgs};
+use crate::error::CliError;
+use crate::fold::{Folder, NamedFrames};
+use crate::output::{self, Labels};
+use crate::profile::Profile;
+use crate::session::{self, Attach, Reader, StopCause, Stopper};
+use crate::stack::{split_callchain, Frame};
+use crate::summary::Summary;
+use crate::target::{self, Launched, Target};
+use crate::tracker::Tracker;
+use crate::{progress, symbols};
+
+/// Parse `-e`: returns the event and a printable name.
+pub fn parse_event(
+    spec: &str,
+    kernel: &dyn perfring::sys::Kernel,
+) -> Result<(EventKind, String), CliError> {
+    match spec {
+        "cpu-clock" => Ok((EventKind::CpuClock, spec.into())),
+        "task-clock" => Ok((EventKind::TaskClock, spec.into())),
+        "cycles" | "cpu-cycles" => Ok((EventKind::Cycles, "cycles".into())),
+        _ => {
+            let rest = spec
+                .strip_prefix("tracepoint:")
+                .or_else(|| spec.strip_prefix("t:"));
+            let Some((subsys, name)) = rest.and_then(|r| r.split_once(':')) else {
+                return Err(CliError::new(format!(
+                    "unknown event {spec:?}: use cpu-clock, task-clock, cycles or \
+                     tracepoint:SUBSYS:NAME (see /sys/kernel/tracing/available_events)"
+                )));
+            };
+            let tracing = crate::tracing::locate(kernel)?;
+            let id = tracing
+                .event_id(&crate::tracing::Fs(kernel), subsys, name)
+                .map_err(|e| CliError::new(format!("tracepoint {subsys}:{name}: {e}")))?;
+            Ok((EventKind::Tracepoint(id), format!("{subsys}:{name}")))
+        }
+    }
+}
+
+/// Clamp to kernel.perf_event_max_sample_rate (the kernel lowers it at run time when
+/// sampling interrupts take too long), warning when we do.
+pub fn clamp_frequency(
+    hz: u64,
+    kernel: &dyn perfring::sys::Kernel,
+    warnings: &mut Vec<String>,
+) -> u64 {
+    let hz = hz.max(1);
+    match kernel.sysctl_i64("kernel/perf_event_max_sample_rate") {
+        Some(max) if max > 0 && hz > max as u64 => {
+            warnings.push(format!(
+                "-F {hz} is above kernel.perf_event_max_sample_rate ({max}); sampling at {max} Hz"
+            ));
+            max as u64
+        }
+        _ => hz,
+    }
+}
+
+/// The sampling attr for record.
+pub fn sampling_attr(
+    kind: EventKind,
+    hz: u64,
+    mode: CallGraph,
+    inherit: bool,
+    on_exec: bool,
+) -> RawAttr {
+    let mut st =
+        sample::IP | sample::TID | sample::TIME | sample::CPU | sample::PERIOD | sample::CALLCHAIN;
+    let mut b = AttrBuilder::new(kind);
+    if let CallGraph::Dwarf(size) = mode {
+        st |= sample::REGS_USER | sample::STACK_USER;
+        b = b
+            .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
+            .sample_stack_user(size)
+            .exclude_callchain_user(true);
+    }
+    let b = if matches!(kind, EventKind::Tracepoint(_)) {
+        b.period(1)
+    } else {
+        b.frequency(hz)
+    };
+    b.sample_type(st)
+        .disabled(true)
+        .enable_on_exec(on_exec)
+        .inherit(inherit)
+        .mmap(true)
+        .mmap2(true)
+        .comm(true)
+        .comm_exec(true)
+        .task(true)
+        .sample_id_all(true)
+        .exclude_hv(true)
+        .wakeup_watermark(0)
+        .build()
+}
+
+/// Unwinding and completeness accounting for user stacks.
+#[derive(Default)]
+pub struct UnwindStats {
+    pub samples: u64,
+    pub complete: u64,
+    pub reasons: std::collections::BTreeMap<String, u64>,
+}
+
+impl UnwindStats {
+    pub fn add(&mut self, r: &UnwindResult) {
+        self.samples += 1;
+        if r.reason == StopReason::ReachedEntry {
+            self.complete += 1;
+        } else {
+            *self.reasons.entry(format!("{:?}", r.reason)).or_insert(0) += 1;
+        }
+    }
+}
+
+/// Per-sample state reused across samples so the hot path does not allocate.
+pub struct StackBuilder {
+    pub mode: CallGraph,
+    pub unwinder: Unwinder,
+    kernel: Vec<u64>,
+    user: Vec<u64>,
+    pub frames: Vec<Frame>,
+    pub unwind_stats: UnwindStats,
+}
+
+impl StackBuilder {
+    pub fn new(mode: CallGraph) -> Self {
+        StackBuilder {
+            mode,
+            unwinder: Unwinder::new(),
+            kernel: Vec::new(),
+            user: Vec::new(),
+            frames: Vec::new(),
+            unwind_stats: UnwindStats::default(),
+        }
+    }
+
+    /// Build `self.frames` (leaf first) from a sample.
+    pub fn build(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
+        self.kernel.clear();
+        self.user.clear();
+        self.frames.clear();
+        if let Some(cc) = &s.callchain {
+            split_callchain(cc.iter(), &mut self.kernel, &mut self.user);
+        }
+        if let CallGraph::Dwarf(_) = self.mode {
+            // The kernel's user callchain (if exclude_callchain_user was refused) is replaced
+            // by our own unwinding of the copied stack.
+            self.user.clear();
+            if let (Some(regs), Some(stack)) = (&s.regs_user, s.stack_user) {
+                let (ip, sp, bp) = (
+                    regs.get(unwind::arch::x86_64::PERF_REG_IP as u32),
+                    regs.get(unwind::arch::x86_64::PERF_REG_SP as u32),
+                    regs.get(unwind::arch::x86_64::PERF_REG_BP as u32),
+                );
+                if let (Some(ip), Some(sp), Some(bp)) = (ip, sp, bp) {
+                    let r = self.unwinder.unwind_dwarf(
+                        &tracker.procs,
+                        pid,
+                        UserRegs { ip, sp, bp },
+                        stack,
+                        &mut self.user,
+                    );
+                    self.unwind_stats.add(&r);
+                    for a in self.user.iter_mut().skip(1) {
+                        *a = a.wrapping_sub(1);
+                    }
+                }
+            }
+        }
+        self.frames
+            .extend(self.kernel.iter().map(|a| Frame::Kernel(*a)));
+        for &a in &self.user {
+            self.frames.push(match tracker.procs.find(pid, a) {
+                Some(mapping) => Frame::User { mapping, addr: a },
+                None => Frame::Unmapped(a),
+            });
+        }
+    }
+}
+
+pub fn run(args: RecordArgs) -> Result<i32, CliError> {
+    run_with_kernel(args, session::linux_kernel())
+}
+
+/// `record` against any [`perfring::sys::Kernel`] (compat-tests pass emulated kernels).
+pub fn run_with_kernel(
+    args: RecordArgs,
+    kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
+) -> Result<i32, CliError> {
+    let target = Target::from_args(&args.target).map_err(CliError::new)?;
+    if let Some(p) = &args.common.output {
+        output::check_writable(p).map_err(CliError::new)?;
+    }
+    let mut summary = Summary::new("record");
+    let hz = clamp_frequency(args.freq, kernel.as_ref(), &mut summary.warnings);
+    let (kind, event_name) = parse_event(&args.event, kernel.as_ref())?;
+    let mode = args.call_graph.mode();
+    let is_cmd = matches!(target, Target::Command(_));
+    let inherit = !matches!(target, Target::Tids(_) | Target::AllCpus);
+    let attr = sampling_attr(kind, hz, mode, inherit, is_cmd);
+    let pages = args.common.mmap_pages.unwrap_or(match mode {
+        CallGraph::Fp => 64,
+        CallGraph::Dwarf(_) => 512,
+    });
+    let mut session = Session::new(kernel.clone(), pages);
+    session.ladder.allow_user_only = !crate::perms::is_root();
+    let spec = session.add_spec(&event_name, attr);
+
+    let mut launched = match &target {
+        Target::Command(argv) => Some(
+            Launched::spawn(argv, target::sudo_user(args.target.keep_root))
+                .map_err(|e| CliError::new(format!("cannot start {:?}: {e}", argv[0])))?,
+        ),
+        _ => None,
+    };
+    crate::signals::install();
+    let pids = session::attach(
+        Attach {
+            session: &mut session,
+            task_specs: &[spec],
+            cpu_specs: &[],
+        },
+        &target,
+        launched.as_ref(),
+    )?;
+    if session.ladder.support(Feature::Hardware) == Support::No && kind.is_hardware() {
+        summary
+            .warnings
+            .push("no hardware PMU here: sampling cpu-clock instead of cycles".into());
+    }
+    let fmt = session
+        .sample_format()
+        .ok_or_else(|| CliError::new("no event was opened"))?;
+    let comm_exec = session.ladder.support(Feature::CommExec) == Support::Yes;
+    let mut tracker = Tracker::new(comm_exec);
+    if !matches!(target, Target::Command(_)) {
+        for &pid in &pids {
+            tracker.load_process(pid);
+        }
+    }
+    if !is_cmd {
+        session.enable().map_err(|e| CliError::new(e.to_string()))?;
+    }
+    if let Some(l) = launched.as_mut() {
+        l.start()
+            .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
+    }
+
+    let mut profile = Profile::new();
+    let mut builder = StackBuilder::new(mode);
+    let mut reader = Reader::new();
+    let mut stopper = Stopper::new(args.common.duration, &target, &pids);
+    let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
+    let mut samples: u64 = 0;
+    let mut foreign: u64 = 0;
+    let own_pid = std::process::id();
+    let cause = loop {
+        if let Some(c) = stopper.check(launched.as_ref()) {
+            break c;
+        }
+        match session.wait(stopper.poll_timeout_ms()) {
+            Ok(_) => {}
+            Err(e) => {
+                summary.warnings.push(format!("stopping early: {e}"));
+                break StopCause::Signal;
+            }
+        }
+        reader.pump(&mut session, &fmt, |_cpu, rec| {
+            handle(
+                rec,
+                &mut tracker,
+                &mut builder,
+                &mut profile,
+                &mut samples,
+                &mut foreign,
+                own_pid,
+            )
+        });
+        progress.tick(samples);
+    };
+    session.disable();
+    let stop_started = Instant::now();
+    reader.pump(&mut session, &fmt, |_cpu, rec| {
+        handle(
+            rec,
+            &mut tracker,
+            &mut builder,
+            &mut profile,
+            &mut samples,
+            &mut foreign,
+            own_pid,
+        )
+    });
+    progress.finish();
+    let elapsed = stopper.elapsed();
+
+    let mut sym = symbols::symbolizer(&args.symbols);
+    let named = NamedFrames::default();
+    let lines = Folder::new(&mut sym, &tracker.procs, &named).fold(&profile);
+    output::write_profile(
+        args.common.output.as_ref(),
+        &lines,
+        &Labels {
+            title: "psample record".into(),
+            count_name: "samples".into(),
+        },
+    )
+    .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+
+    summary.line("stopped", cause.describe());
+    summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
+    summary.line(
+        "event",
+        format!(
+            "{event_name} at {hz} Hz, call graph {}",
+            describe_mode(mode)
+        ),
+    );
+    summary.line("samples", samples.to_string());
+    summary.line("threads seen", tracker.threads_seen.len().to_string());
+    summary.line(
+        "stacks",
+        format!(
+            "{} distinct, {} folded lines",
+            profile.distinct_stacks(),
+            lines.len()
+        ),
+    );
+    summary.add_lost(&session, reader.parse_errors);
+    if tracker.stats.throttles > 0 {
+        summary.line(
+            "throttled",
+            format!(
+                "{} times (kernel lowered the sample rate)",
+                tracker.stats.throttles
+            ),
+        );
+    }
+    if let CallGraph::Dwarf(_) = mode {
+        summary.add_unwind(&builder.unwind_stats);
+    }
+    summary.add_fallbacks(&session);
+    summary.line(
+        "output ready",
+        format!("{} ms after stop", stop_started.elapsed().as_millis()),
+    );
+    if let Some(p) = &args.common.output {
+        summary.line("written", p.display().to_string());
+    }
+    for w in sym.warnings() {
+        summary.warnings.push(w);
+    }
+    summary.print(args.common.verbose);
+    if samples == 0 {
+        eprintln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
+    }
+    Ok(0)
+}
+
+fn describe_mode(mode: CallGraph) -> String {
+    match mode {
+        CallGraph::Fp => "fp".into(),
+        CallGraph::Dwarf(n) => format!("dwarf ({n} bytes of stack)"),
+    }
+}
+
+fn handle(
+    rec: &Record<'_>,
+    tracker: &mut Tracker,
+    builder: &mut StackBuilder,
+    profile: &mut Profile,
+    samples: &mut u64,
+    foreign: &mut u64,
+    own_pid: u32,
+) {
+    if tracker.on_record(rec) {
+        return;
+    }
+    let Record::Sample(s) = rec else { return };
+    let (Some(pid), Some(tid)) = (s.pid, s.tid) else {
+        return;
+    };
+    if pid == own_pid {
+        *foreign += 1;
+        return;
+    }
+    tracker.threads_seen.insert(tid);
+    builder.build(tracker, s, pid);
+    let name = profile.name_id(tracker.comm(pid, tid));
+    profile.add(name, &builder.frames, 1);
+    *samples += 1;
+}

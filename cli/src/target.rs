@@ -1,0 +1,240 @@
+//! Resolving what to profile: processes and their threads, or a command we launch.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::args::TargetArgs;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Pids(Vec<u32>),
+    Tids(Vec<u32>),
+    AllCpus,
+    Command(Vec<String>),
+}
+
+impl Target {
+    pub fn from_args(a: &TargetArgs) -> Result<Target, String> {
+        let chosen = [
+            !a.pids.is_empty(),
+            !a.tids.is_empty(),
+            a.all_cpus,
+            !a.command.is_empty(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if chosen == 0 {
+            return Err("nothing to profile: give -p PID, -t TID, -a, or -- COMMAND".into());
+        }
+        if chosen > 1 {
+            return Err("choose one target: -p, -t, -a or -- COMMAND".into());
+        }
+        Ok(if !a.pids.is_empty() {
+            Target::Pids(a.pids.clone())
+        } else if !a.tids.is_empty() {
+            Target::Tids(a.tids.clone())
+        } else if a.all_cpus {
+            Target::AllCpus
+        } else {
+            Target::Command(a.command.clone())
+        })
+    }
+}
+
+/// Threads of a process from /proc/PID/task.
+pub fn threads_of(pid: u32) -> io::Result<Vec<u32>> {
+    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The process (thread group) a thread belongs to, from /proc/TID/status.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub fn comm_of(tid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // kill(pid, 0) would miss zombies' state; /proc/PID/stat state 'Z' means gone for us.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn thread_alive(tid: u32) -> bool {
+    process_alive(tid)
+}
+
+/// All process ids on the system.
+pub fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A command forked and held before exec until events are attached to it.
+pub struct Launched {
+    pub pid: u32,
+    go: Option<OwnedFd>,
+}
+
+/// Credentials to drop to in the child (from sudo's SUDO_UID/SUDO_GID).
+#[derive(Clone, Copy, Debug)]
+pub struct DropTo {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The invoking user when running as root under sudo, unless `keep_root`.
+pub fn sudo_user(keep_root: bool) -> Option<DropTo> {
+    // SAFETY: getuid has no preconditions.
+    if keep_root || unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    if uid == 0 {
+        return None;
+    }
+    Some(DropTo { uid, gid })
+}
+
+impl Launched {
+    /// Fork; the child waits on a pipe, then (optionally) drops privileges and execs `argv`.
+    pub fn spawn(argv: &[String], drop_to: Option<DropTo>) -> io::Result<Launched> {
+        let cargs: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in command"))?;
+        if cargs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+        }
+        let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fds from pipe2, owned here.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: the child only calls async-signal-safe functions (read, setgroups,
+        // setgid, setuid, execvp, write, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            unsafe {
+                drop(wr);
+                let mut b = 0u8;
+                let n = libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                if n != 1 {
+                    // The profiler went away before starting us: do not run unprofiled.
+                    libc::_exit(126);
+                }
+                if let Some(d) = drop_to {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(d.gid) != 0
+                        || libc::setuid(d.uid) != 0
+                    {
+                        libc::_exit(126);
+                    }
+                }
+                libc::execvp(ptrs[0], ptrs.as_ptr());
+                let msg = b"psample: cannot execute the command\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            }
+        }
+        drop(rd);
+        Ok(Launched {
+            pid: pid as u32,
+            go: Some(wr),
+        })
+    }
+
+    /// Let the child exec.
+    pub fn start(&mut self) -> io::Result<()> {
+        if let Some(fd) = self.go.take() {
+            let b = 1u8;
+            // SAFETY: writing one byte from a local to an fd we own.
+            let n = unsafe { libc::write(fd.as_raw_fd(), (&b as *const u8).cast(), 1) };
+            if n != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Non-blocking: has the child exited? Returns its exit status if so.
+    pub fn try_wait(&self) -> Option<i32> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let rc = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+        if rc == self.pid as i32 {
+            if libc::WIFEXITED(status) {
+                Some(libc::WEXITSTATUS(status))
+            } else {
+                Some(128 + libc::WTERMSIG(status))
+            }
+        } else if rc < 0 {
+            Some(-1)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_threads_and_liveness() {
+        let me = std::process::id();
+        assert!(threads_of(me).unwrap().contains(&me));
+        assert_eq!(tgid_of(me), Some(me));
+        assert!(process_alive(me));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn launched_command_waits_for_start() {
+        let mut l = Launched::spawn(&["true".to_string()], None).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(l.try_wait(), None, "child must wait for start()");
+        l.start().unwrap();
+        let mut status = None;
+        for _ in 0..200 {
+            status = l.try_wait();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(status, Some(0));
+    }
+}
