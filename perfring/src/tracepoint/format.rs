@@ -18,7 +18,7 @@ pub struct Field {
     pub name: String,
     /// The declared type without the name and array suffix, e.g. `char` for `char prev_comm[16]`.
     pub type_name: String,
-    /// `Some(n)` for `name[n]` arrays, `Some(0)` for `name[]` (as in `__data_loc char[]`).
+    /// `Some(n)` for `name[n]` arrays, `Some(0)` for `name[]`.
     pub array_len: Option<usize>,
     pub offset: usize,
     pub size: usize,
@@ -160,11 +160,15 @@ fn split_declaration(decl: &str) -> Result<(String, String, Option<usize>), &'st
         });
         rest = stripped[..open].trim_end();
     }
-    let split_at = rest
-        .rfind(|c: char| c.is_whitespace() || c == '*')
+    // Split after the last separator character; measured in chars because hostile input
+    // may use multi-byte whitespace.
+    let (at, sep) = rest
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| c.is_whitespace() || c == '*')
         .ok_or("declaration has no type")?;
-    let name = &rest[split_at + 1..];
-    let type_part = rest[..=split_at].trim();
+    let (type_part, name) = rest.split_at(at + sep.len_utf8());
+    let type_part = type_part.trim();
     let name_ok = !name.is_empty()
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !type_part.is_empty();
@@ -248,6 +252,7 @@ mod tests {
         let d = split_declaration("unsigned long *ptr").unwrap();
         assert_eq!(d, ("unsigned long *".into(), "ptr".into(), None));
         assert!(split_declaration("justone").is_err());
+        assert_eq!(split_declaration("int\u{3000}x").unwrap().1, "x");
         assert!(split_declaration("int x[abc]").is_err());
     }
 
