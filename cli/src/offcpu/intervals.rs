@@ -133,8 +133,8 @@ pub struct ThreadTotals {
     pub intervals: u64,
 }
 
-/// The engine's result. Every interval the engine opened ends up in exactly one place:
-/// counted (possibly capped), filtered, dropped, or discarded at exit.
+/// The engine's result. Counters describe what happened to intervals that were not counted
+/// whole; `discarded_at_exit` intervals are also reflected in the dropped/capped counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Blocked nanoseconds per stack.
