@@ -65,7 +65,13 @@ fn every_fixture_parses_with_the_fields_offcpu_needs() {
         let switch = parsed(v, "sched_switch");
         assert_eq!(switch.name, "sched_switch");
         assert!(switch.id.is_some(), "{v}");
-        for name in ["prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid"] {
+        for name in [
+            "prev_comm",
+            "prev_pid",
+            "prev_state",
+            "next_comm",
+            "next_pid",
+        ] {
             assert!(switch.field(name).is_some(), "{v}: {name}");
         }
         assert_eq!(switch.field("prev_comm").unwrap().array_len, Some(16));
@@ -83,14 +89,42 @@ fn layouts_differ_across_versions_and_are_read_from_the_file() {
     assert_eq!(old.field("common_lock_depth").unwrap().offset, 8);
     assert_eq!(old.field("prev_pid").unwrap().offset, 28);
     assert_eq!(old.field("prev_state").unwrap().offset, 40);
-    assert_eq!(parsed("6.18", "sched_switch").field("prev_state").unwrap().offset, 32);
+    assert_eq!(
+        parsed("6.18", "sched_switch")
+            .field("prev_state")
+            .unwrap()
+            .offset,
+        32
+    );
     // sched_wakeup lost `success` in 5.14, moving target_cpu from 36 to 32.
-    assert_eq!(parsed("5.4", "sched_wakeup").field("target_cpu").unwrap().offset, 36);
-    assert_eq!(parsed("5.15", "sched_wakeup").field("target_cpu").unwrap().offset, 32);
+    assert_eq!(
+        parsed("5.4", "sched_wakeup")
+            .field("target_cpu")
+            .unwrap()
+            .offset,
+        36
+    );
+    assert_eq!(
+        parsed("5.15", "sched_wakeup")
+            .field("target_cpu")
+            .unwrap()
+            .offset,
+        32
+    );
     assert!(parsed("5.15", "sched_wakeup").field("success").is_none());
     // char arrays are signed before 6.2 (x86 char), unsigned after -funsigned-char.
-    assert!(parsed("5.15", "sched_switch").field("prev_comm").unwrap().signed);
-    assert!(!parsed("6.18", "sched_switch").field("prev_comm").unwrap().signed);
+    assert!(
+        parsed("5.15", "sched_switch")
+            .field("prev_comm")
+            .unwrap()
+            .signed
+    );
+    assert!(
+        !parsed("6.18", "sched_switch")
+            .field("prev_comm")
+            .unwrap()
+            .signed
+    );
 }
 
 /// (version, raw prev_state, expected) as each kernel records it.
@@ -158,7 +192,10 @@ fn the_same_bit_means_different_things_on_different_kernels() {
     let decode = |v: &str, raw| {
         let format = parsed(v, "sched_switch");
         let decoder = SchedSwitchDecoder::new(&format).unwrap();
-        decoder.decode(&switch_payload(&format, raw)).unwrap().prev_state
+        decoder
+            .decode(&switch_payload(&format, raw))
+            .unwrap()
+            .prev_state
     };
     assert_eq!(decode("3.10-rhel7", 1024 | 1), TaskState::Runnable);
     assert_eq!(decode("4.9", 1024 | 1), TaskState::Interruptible);
