@@ -1,0 +1,699 @@
+//! psample on real Debian kernels (5.10, 6.1, 6.12) booted under QEMU's TCG emulator.
+//!
+//! Opt-in: runs only with `PSAMPLE_QEMU=1` (CI sets it; `.ci/setup-qemu` installs what it
+//! needs). Each kernel boots a tiny initramfs (static busybox, the static musl psample, two C
+//! workloads) whose /init runs a guest script and frames every step's output with markers on
+//! the serial console; this test parses that console log and checks the folded profiles.
+//!
+//! Environment:
+//! - `PSAMPLE_QEMU=1`: run (otherwise the test reports that it was skipped, and passes).
+//! - `PSAMPLE_QEMU_KERNELS`: series to boot, space separated (default `5.10 6.1 6.12`).
+//! - `PSAMPLE_QEMU_GUEST=smoke`: boot with `qemu/guest/smoke.sh` instead, which needs no
+//!   psample (proves kernels, console and workloads on their own).
+//! - `PSAMPLE_QEMU_BIN`: a prebuilt static psample (default: build it with
+//!   `cargo build --release --target x86_64-unknown-linux-musl -p psample`).
+//! - `PSAMPLE_QEMU_CACHE`, `PSAMPLE_QEMU_OFFLINE`: see `qemu/fetch-kernels.sh`.
+//!
+//! Console logs are kept in `<cache>/run/console-<series>.log` for post-mortems.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
+/// Per-VM limit. Three guests boot and run concurrently on two host cores in ~30-60 s; this
+/// only bounds a hung guest.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(200);
+const RECORD_HZ: u64 = 499;
+const RECORD_SECONDS: u64 = 2;
+
+// ---------------------------------------------------------------------------------------
+// Console protocol (see qemu/init)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct GuestRun {
+    /// `uname -r` as printed by /init; None if the guest never reached userspace.
+    release: Option<String>,
+    /// The script ran to its end (a panic or timeout leaves this false).
+    done: bool,
+    steps: BTreeMap<String, Step>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Step {
+    output: String,
+    /// None when the step began but its end marker never came (guest died inside it).
+    rc: Option<i32>,
+}
+
+/// The text after `tag` inside a `@@...@@` marker on this line, if any. Markers can follow
+/// terminal reset sequences that the firmware leaves on the first line, so they are searched
+/// for anywhere in the line rather than at its start.
+fn marker<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
+    let start = line.find(&format!("@@{tag}"))? + 2 + tag.len();
+    let rest = &line[start..];
+    let end = rest.find("@@")?;
+    Some(rest[..end].trim())
+}
+
+fn parse_console(log: &str) -> GuestRun {
+    let mut run = GuestRun::default();
+    let mut current: Option<(String, Vec<&str>)> = None;
+    for raw in log.lines() {
+        let line = raw.trim_end_matches('\r');
+        if let Some(release) = marker(line, "PSQ-BOOT") {
+            run.release = Some(release.to_string());
+        } else if marker(line, "PSQ-DONE").is_some() {
+            run.done = true;
+        } else if let Some(name) = marker(line, "PSQ-BEGIN") {
+            current = Some((name.to_string(), Vec::new()));
+        } else if let Some(end) = marker(line, "PSQ-END") {
+            let (name, rc) = match end.rsplit_once(" rc=") {
+                Some((name, rc)) => (name.trim(), rc.trim().parse().ok()),
+                None => (end, None),
+            };
+            if let Some((begun, lines)) = current.take() {
+                if begun == name {
+                    // /init adds an empty line so the end marker always starts a line.
+                    let output = lines.join("\n").trim_end().to_string();
+                    run.steps.insert(begun, Step { output, rc });
+                }
+            }
+        } else if let Some((_, lines)) = current.as_mut() {
+            lines.push(line);
+        }
+    }
+    if let Some((name, lines)) = current {
+        run.steps.insert(
+            name,
+            Step {
+                output: lines.join("\n"),
+                rc: None,
+            },
+        );
+    }
+    run
+}
+
+// ---------------------------------------------------------------------------------------
+// Folded stacks
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Folded {
+    stacks: Vec<(Vec<String>, u64)>,
+}
+
+fn parse_folded(text: &str) -> Result<Folded, String> {
+    let mut stacks = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("line {}: no count: {line:?}", n + 1))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| format!("line {}: count is not an integer: {line:?}", n + 1))?;
+        stacks.push((stack.split(';').map(str::to_string).collect(), count));
+    }
+    Ok(Folded { stacks })
+}
+
+/// Whether a folded frame names `function`, allowing a `module`` prefix and the palette
+/// annotations (`_[k]`, `_[i]`, ...) or a trailing offset/suffix after a non-identifier
+/// character.
+fn frame_is(frame: &str, function: &str) -> bool {
+    let base = frame.rsplit('`').next().unwrap_or(frame);
+    let Some(rest) = base.strip_prefix(function) else {
+        return false;
+    };
+    rest.is_empty()
+        || ["_[k]", "_[i]", "_[j]", "_[w]"].contains(&rest)
+        || rest
+            .chars()
+            .next()
+            .is_some_and(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+}
+
+impl Folded {
+    fn total(&self) -> u64 {
+        self.stacks.iter().map(|(_, c)| c).sum()
+    }
+
+    /// Total weight of stacks containing `function` anywhere.
+    fn weight_of(&self, function: &str) -> u64 {
+        self.stacks
+            .iter()
+            .filter(|(frames, _)| frames.iter().any(|f| frame_is(f, function)))
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// Weight of stacks containing both `caller` and, somewhere after it, `callee`.
+    fn weight_of_path(&self, caller: &str, callee: &str) -> u64 {
+        self.stacks
+            .iter()
+            .filter(|(frames, _)| {
+                let Some(c) = frames.iter().position(|f| frame_is(f, caller)) else {
+                    return false;
+                };
+                frames.iter().skip(c + 1).any(|f| frame_is(f, callee))
+            })
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    fn stacks_with<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a [String]> + 'a {
+        self.stacks
+            .iter()
+            .filter(move |(frames, _)| frames.iter().any(|f| frame_is(f, function)))
+            .map(|(frames, _)| frames.as_slice())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks on one guest's output
+// ---------------------------------------------------------------------------------------
+
+/// Append a failure message to `errs` unless `ok`.
+fn expect(errs: &mut Vec<String>, ok: bool, msg: impl FnOnce() -> String) {
+    if !ok {
+        errs.push(msg());
+    }
+}
+
+fn step<'a>(run: &'a GuestRun, name: &str, errs: &mut Vec<String>) -> Option<&'a Step> {
+    match run.steps.get(name) {
+        None => {
+            errs.push(format!("step {name:?} never ran"));
+            None
+        }
+        Some(s) if s.rc != Some(0) => {
+            errs.push(format!(
+                "step {name:?} failed (exit status {:?}); its output:\n{}",
+                s.rc,
+                indent(&s.output)
+            ));
+            None
+        }
+        Some(s) => Some(s),
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    | {l}\n")).collect()
+}
+
+fn check_boot(run: &GuestRun, series: &str, errs: &mut Vec<String>) {
+    match &run.release {
+        None => errs.push("the guest never reached /init".into()),
+        Some(r) => expect(errs, r.starts_with(&format!("{series}.")), || {
+            format!("guest runs kernel {r}, expected series {series}")
+        }),
+    }
+    expect(errs, run.done, || {
+        "the guest script did not run to its end (panic, hang or timeout; see the log)".into()
+    });
+}
+
+fn check_smoke(run: &GuestRun, series: &str, errs: &mut Vec<String>) {
+    check_boot(run, series, errs);
+    if let Some(s) = step(run, "uname", errs) {
+        expect(
+            errs,
+            s.output.trim().starts_with(&format!("{series}.")),
+            || format!("uname -r printed {:?}", s.output),
+        );
+    }
+    if let Some(s) = step(run, "paranoid", errs) {
+        expect(errs, s.output.trim().parse::<i32>().is_ok(), || {
+            format!("perf_event_paranoid is not a number: {:?}", s.output)
+        });
+    }
+    // The off-CPU mode needs sched_switch from tracefs; its absence would be a harness
+    // problem (mount) rather than a psample one, so the smoke run is where it is caught.
+    step(run, "tracefs", errs);
+    step(run, "workload", errs);
+    step(run, "sleep_workload", errs);
+}
+
+fn check_psample(run: &GuestRun, series: &str, errs: &mut Vec<String>) {
+    check_boot(run, series, errs);
+    step(run, "check", errs);
+    step(run, "record", errs);
+    step(run, "offcpu", errs);
+    if let Some(s) = step(run, "out.folded", errs) {
+        match parse_folded(&s.output) {
+            Err(e) => errs.push(format!("record output is not folded stacks: {e}")),
+            Ok(f) => check_record(&f, errs),
+        }
+    }
+    if let Some(s) = step(run, "off.folded", errs) {
+        match parse_folded(&s.output) {
+            Err(e) => errs.push(format!("offcpu output is not folded stacks: {e}")),
+            Ok(f) => check_offcpu(&f, errs),
+        }
+    }
+}
+
+fn check_record(f: &Folded, errs: &mut Vec<String>) {
+    let total = f.total();
+    let alpha = f.weight_of("psample_hot_alpha");
+    let beta = f.weight_of("psample_hot_beta");
+    let hot = alpha + beta;
+    // One busy thread at RECORD_HZ for RECORD_SECONDS. Under TCG, with three guests sharing
+    // two host cores, a vCPU can be descheduled long enough for timer expiries to merge, so
+    // the floor is generous; the ceiling catches double counting.
+    let nominal = RECORD_HZ * RECORD_SECONDS;
+    expect(
+        errs,
+        (nominal / 10..=nominal * 3 / 2).contains(&total),
+        || format!("record: {total} samples in total, expected about {nominal}"),
+    );
+    expect(errs, hot * 10 >= total * 6, || {
+        format!(
+            "record: only {hot} of {total} samples in psample_hot_alpha/beta \
+             (alpha {alpha}, beta {beta})"
+        )
+    });
+    // The workload gives alpha twice beta's work per round.
+    expect(errs, alpha > beta && beta * 20 >= hot, || {
+        format!("record: alpha {alpha} / beta {beta} samples, expected about 2:1")
+    });
+    // Frame-pointer callchains from the kernel must reach main on every kernel version.
+    let rooted = f.weight_of_path("main", "psample_hot_alpha")
+        + f.weight_of_path("main", "psample_hot_beta");
+    expect(errs, rooted * 2 >= hot, || {
+        format!("record: only {rooted} of {hot} hot samples unwind to main")
+    });
+    let bad_root = f
+        .stacks_with("psample_hot_alpha")
+        .find(|frames| !frames.first().is_some_and(|c| is_comm(c, "workload")));
+    expect(errs, bad_root.is_none(), || {
+        format!("record: stack not rooted at the workload's comm: {bad_root:?}")
+    });
+}
+
+fn check_offcpu(f: &Folded, errs: &mut Vec<String>) {
+    let nap = f.weight_of("psample_nap");
+    let pipe = f.weight_of("psample_wait_pipe");
+    let blocked = nap + pipe;
+    // Microseconds, as bcc's offcputime: the parent blocks almost all of the 2 s window, the
+    // child (if followed) as well. Off by 1000 either way would mean the wrong unit.
+    expect(errs, (500_000..=6_000_000).contains(&blocked), || {
+        format!(
+            "offcpu: {blocked} us blocked in psample_nap/psample_wait_pipe (nap {nap}, pipe \
+             {pipe}), expected 0.5-6 s of a 2 s run"
+        )
+    });
+    expect(errs, nap * 20 >= blocked && pipe * 20 >= blocked, || {
+        format!("offcpu: nap {nap} us / pipe wait {pipe} us: both should be substantial")
+    });
+    // Blocking happens in the kernel: an off-CPU stack without kernel frames has lost them.
+    let with_kernel = f
+        .stacks_with("psample_nap")
+        .chain(f.stacks_with("psample_wait_pipe"))
+        .any(|frames| frames.iter().any(|fr| fr.ends_with("_[k]")));
+    expect(errs, with_kernel, || {
+        "offcpu: no blocked stack carries kernel frames (_[k])".into()
+    });
+    let bad_root = f
+        .stacks_with("psample_wait_pipe")
+        .find(|frames| !frames.first().is_some_and(|c| is_comm(c, "sleep_workload")));
+    expect(errs, bad_root.is_none(), || {
+        format!("offcpu: stack not rooted at the workload's comm: {bad_root:?}")
+    });
+}
+
+/// `comm`, `comm-PID` or `comm-PID/TID` (stackcollapse-perf's --pid/--tid forms).
+fn is_comm(frame: &str, comm: &str) -> bool {
+    frame == comm
+        || frame.strip_prefix(comm).is_some_and(|rest| {
+            rest.strip_prefix('-')
+                .is_some_and(|ids| ids.chars().all(|c| c.is_ascii_digit() || c == '/'))
+        })
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side: building, fetching, booting
+// ---------------------------------------------------------------------------------------
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("compat-tests lives inside the workspace")
+        .to_path_buf()
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}): {cmd:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn require_tools() {
+    let missing: Vec<&str> = ["qemu-system-x86_64", "gcc", "dpkg-deb", "apt-get", "strip"]
+        .into_iter()
+        .filter(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .collect();
+    assert!(
+        missing.is_empty() && Path::new("/bin/busybox").exists(),
+        "PSAMPLE_QEMU=1 but tools are missing: {missing:?}{}; run .ci/setup-qemu",
+        if Path::new("/bin/busybox").exists() {
+            ""
+        } else {
+            " and /bin/busybox (busybox-static)"
+        }
+    );
+}
+
+fn build_workloads(qemu_dir: &Path, out: &Path) -> Vec<PathBuf> {
+    ["workload", "sleep_workload"]
+        .iter()
+        .map(|name| {
+            let exe = out.join(name);
+            run_ok(
+                Command::new("gcc")
+                    .args(["-static", "-O1", "-fno-omit-frame-pointer", "-o"])
+                    .arg(&exe)
+                    .arg(qemu_dir.join(format!("{name}.c"))),
+                "building a workload",
+            );
+            exe
+        })
+        .collect()
+}
+
+fn psample_binary(ws: &Path) -> PathBuf {
+    if let Some(bin) = env::var_os("PSAMPLE_QEMU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_ok(
+        Command::new(cargo).current_dir(ws).args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "-p",
+            "psample",
+        ]),
+        "building the static psample (rustup target add x86_64-unknown-linux-musl?)",
+    );
+    ws.join("target/x86_64-unknown-linux-musl/release/psample")
+}
+
+struct Kernel {
+    series: String,
+    vmlinuz: PathBuf,
+    package: String,
+}
+
+fn fetch_kernels(qemu_dir: &Path, series: &[String]) -> Vec<Kernel> {
+    let out = run_ok(
+        Command::new(qemu_dir.join("fetch-kernels.sh")).args(series),
+        "fetching kernel images",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kernels: Vec<Kernel> = text
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split('\t');
+            Some(Kernel {
+                series: cols.next()?.to_string(),
+                vmlinuz: PathBuf::from(cols.next()?),
+                package: cols.next()?.to_string(),
+            })
+        })
+        .collect();
+    assert_eq!(
+        kernels.len(),
+        series.len(),
+        "fetch-kernels.sh resolved {} of {series:?}:\n{text}",
+        kernels.len()
+    );
+    kernels
+}
+
+struct Boot {
+    log: String,
+    elapsed: Duration,
+    status: String,
+}
+
+fn boot(qemu_dir: &Path, kernel: &Kernel, initramfs: &Path, log_path: &Path) -> Boot {
+    let started = Instant::now();
+    let result = Command::new(qemu_dir.join("boot.sh"))
+        .arg(&kernel.vmlinuz)
+        .arg(initramfs)
+        .arg(BOOT_TIMEOUT.as_secs().to_string())
+        .output();
+    let elapsed = started.elapsed();
+    let (log, status) = match result {
+        Ok(out) => {
+            let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.push_str(&String::from_utf8_lossy(&out.stderr));
+            (log, out.status.to_string())
+        }
+        Err(e) => (String::new(), format!("boot.sh did not start: {e}")),
+    };
+    if let Err(e) = fs::write(log_path, &log) {
+        eprintln!("qemu_kernels: cannot save {}: {e}", log_path.display());
+    }
+    Boot {
+        log,
+        elapsed,
+        status,
+    }
+}
+
+#[test]
+fn psample_on_debian_kernels_under_qemu() {
+    if env::var("PSAMPLE_QEMU").as_deref() != Ok("1") {
+        eprintln!(
+            "\n*** qemu_kernels: SKIPPED — set PSAMPLE_QEMU=1 to boot Debian 5.10/6.1/6.12 \
+             under QEMU and run psample inside (needs .ci/setup-qemu; takes a few minutes) ***\n"
+        );
+        return;
+    }
+    require_tools();
+    let ws = workspace_root();
+    let qemu_dir = ws.join("compat-tests/qemu");
+    let cache = env::var_os("PSAMPLE_QEMU_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target/qemu-cache"));
+    let work = cache.join("run");
+    fs::create_dir_all(&work).expect("creating the qemu work directory");
+
+    let series: Vec<String> = match env::var("PSAMPLE_QEMU_KERNELS") {
+        Ok(s) if !s.trim().is_empty() => s.split_whitespace().map(str::to_string).collect(),
+        _ => DEFAULT_SERIES.iter().map(|s| s.to_string()).collect(),
+    };
+    let smoke = env::var("PSAMPLE_QEMU_GUEST").as_deref() == Ok("smoke");
+
+    let prep = Instant::now();
+    let workloads = build_workloads(&qemu_dir, &work);
+    let mut payload: Vec<PathBuf> = workloads;
+    if !smoke {
+        payload.push(psample_binary(&ws));
+    }
+    let kernels = fetch_kernels(&qemu_dir, &series);
+    let script = qemu_dir.join(if smoke {
+        "guest/smoke.sh"
+    } else {
+        "guest/psample.sh"
+    });
+    let initramfs = work.join("initramfs.cpio");
+    run_ok(
+        Command::new(qemu_dir.join("mkinitramfs.sh"))
+            .arg(&initramfs)
+            .arg(&script)
+            .args(&payload),
+        "building the initramfs",
+    );
+    eprintln!("qemu_kernels: prepared in {:.1?}", prep.elapsed());
+
+    // All guests at once: each is mostly single-threaded emulation, and booting them one
+    // after another would triple the wall time.
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = kernels
+            .iter()
+            .map(|k| {
+                let log = work.join(format!("console-{}.log", k.series));
+                let (qemu_dir, initramfs) = (&qemu_dir, &initramfs);
+                s.spawn(move || boot(qemu_dir, k, initramfs, &log))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("boot thread panicked"))
+            .collect()
+    });
+
+    let mut report = String::new();
+    let mut failed = false;
+    for (k, b) in kernels.iter().zip(&boots) {
+        let run = parse_console(&b.log);
+        let mut errs = Vec::new();
+        if smoke {
+            check_smoke(&run, &k.series, &mut errs);
+        } else {
+            check_psample(&run, &k.series, &mut errs);
+        }
+        let log_path = work.join(format!("console-{}.log", k.series));
+        report.push_str(&format!(
+            "{} ({}): {} in {:.1?}, qemu {}, log {}\n",
+            k.series,
+            k.package,
+            if errs.is_empty() { "ok" } else { "FAILED" },
+            b.elapsed,
+            b.status,
+            log_path.display()
+        ));
+        for e in &errs {
+            report.push_str(&format!("  - {}\n", e.trim_end()));
+        }
+        if !errs.is_empty() {
+            failed = true;
+            let tail: Vec<&str> = b.log.lines().rev().take(40).collect();
+            report.push_str("  last console lines:\n");
+            for l in tail.into_iter().rev() {
+                report.push_str(&format!("    | {}\n", l.trim_end_matches('\r')));
+            }
+        }
+    }
+    eprintln!(
+        "qemu_kernels ({} guest):\n{report}",
+        if smoke { "smoke" } else { "psample" }
+    );
+    assert!(!failed, "psample under QEMU failed:\n{report}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The parsers and checks themselves (always run: they decide what the opt-in test reports)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn console_steps_are_framed_by_markers() {
+    let log = "\x1bc\x1b[?7l\x1b[2J@@PSQ-BOOT 6.1.0-56-cloud-amd64@@\r\n\
+               @@PSQ-BEGIN uname@@\r\n6.1.0-56-cloud-amd64\r\n\r\n@@PSQ-END uname rc=0@@\r\n\
+               [    3.1] some kernel line\r\n\
+               @@PSQ-BEGIN record@@\r\nerror: no\r\n\r\n@@PSQ-END record rc=2@@\r\n\
+               @@PSQ-BEGIN offcpu@@\r\npartial\r\n";
+    let run = parse_console(log);
+    assert_eq!(run.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+    assert!(!run.done);
+    assert_eq!(
+        run.steps["uname"],
+        Step {
+            output: "6.1.0-56-cloud-amd64".into(),
+            rc: Some(0)
+        }
+    );
+    assert_eq!(run.steps["record"].rc, Some(2));
+    assert_eq!(run.steps["offcpu"].rc, None);
+    assert!(!run.steps.contains_key("[    3.1] some kernel line"));
+
+    let mut errs = Vec::new();
+    check_boot(&run, "6.12", &mut errs);
+    assert_eq!(errs.len(), 2, "{errs:?}"); // wrong series, and not done
+}
+
+#[test]
+fn frames_match_with_annotations_but_not_longer_names() {
+    assert!(frame_is("psample_nap", "psample_nap"));
+    assert!(frame_is("sleep_workload`psample_nap", "psample_nap"));
+    assert!(frame_is("psample_nap_[i]", "psample_nap"));
+    assert!(frame_is("psample_nap+0x12", "psample_nap"));
+    assert!(!frame_is("psample_nap2", "psample_nap"));
+    assert!(!frame_is("psample_nap_more", "psample_nap"));
+    assert!(!frame_is("x_psample_nap", "psample_nap"));
+    assert!(is_comm("workload", "workload"));
+    assert!(is_comm("workload-42/43", "workload"));
+    assert!(!is_comm("workload2", "workload"));
+    assert!(!is_comm("sleep_workload", "workload"));
+}
+
+fn record_errors(text: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    check_record(&parse_folded(text).unwrap(), &mut errs);
+    errs
+}
+
+#[test]
+fn record_checks_accept_a_plausible_profile_and_reject_broken_ones() {
+    let good = "workload;_start;__libc_start_main;main;spin_for;psample_hot_alpha 600\n\
+                workload;_start;__libc_start_main;main;spin_for;psample_hot_beta 300\n\
+                workload;psample_hot_alpha 20\n\
+                workload;clock_gettime 30\n";
+    assert_eq!(record_errors(good), Vec::<String>::new());
+    // Too few samples overall.
+    assert_eq!(
+        record_errors("workload;main;psample_hot_alpha 50\n").len(),
+        2
+    );
+    // Names missing (e.g. unsymbolized addresses).
+    assert!(!record_errors("workload;main;0x401234 900\n").is_empty());
+    // Inverted ratio.
+    assert!(!record_errors(
+        "workload;main;psample_hot_alpha 300\nworkload;main;psample_hot_beta 600\n"
+    )
+    .is_empty());
+    // Callchains that stop at the leaf.
+    assert!(
+        !record_errors("workload;psample_hot_alpha 600\nworkload;psample_hot_beta 300\n")
+            .is_empty()
+    );
+    // Wrong root frame.
+    assert!(
+        !record_errors("sh;main;psample_hot_alpha 600\nworkload;main;psample_hot_beta 300\n")
+            .is_empty()
+    );
+    assert!(parse_folded("a;b c\n").is_err());
+}
+
+#[test]
+fn offcpu_checks_want_microseconds_both_sites_and_kernel_frames() {
+    let check = |text: &str| {
+        let mut errs = Vec::new();
+        check_offcpu(&parse_folded(text).unwrap(), &mut errs);
+        errs
+    };
+    let good = "sleep_workload;main;psample_nap;entry_SYSCALL_64_[k];schedule_[k] 900000\n\
+                sleep_workload;main;psample_wait_pipe;entry_SYSCALL_64_[k];schedule_[k] 800000\n";
+    assert_eq!(check(good), Vec::<String>::new());
+    // Nanoseconds instead of microseconds.
+    assert!(!check(
+        "sleep_workload;main;psample_nap;schedule_[k] 900000000\n\
+         sleep_workload;main;psample_wait_pipe;schedule_[k] 800000000\n"
+    )
+    .is_empty());
+    // Only one of the two blocking sites.
+    assert!(!check("sleep_workload;main;psample_nap;schedule_[k] 1500000\n").is_empty());
+    // User stacks only.
+    assert!(!check(
+        "sleep_workload;main;psample_nap 900000\nsleep_workload;main;psample_wait_pipe 800000\n"
+    )
+    .is_empty());
+}
