@@ -71,7 +71,7 @@ pub fn check_open(
     } else {
         attr.size
     };
-    if given_size < size::VER0 || given_size > 4096 {
+    if !(size::VER0..=4096).contains(&given_size) {
         attr.size = p.attr_size;
         return Err(Errno::E2BIG);
     }
@@ -131,7 +131,7 @@ pub fn check_open(
     if pid == -1 && cpu == -1 {
         return Err(Errno::EINVAL);
     }
-    if cpu >= NR_CPUS || cpu < -1 {
+    if !(-1..NR_CPUS).contains(&cpu) {
         return Err(Errno::EINVAL);
     }
     match a.type_ {

@@ -34,7 +34,7 @@ const SW_CONTEXT_SWITCHES: u64 = 3;
 /// BPF program types SET_BPF accepts: tracepoint programs on tracepoints, perf_event
 /// programs (4.9+) on sampling events.
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
-const BPF_PROG_TYPE_PERF_EVENT: u32 = 20;
+const BPF_PROG_TYPE_PERF_EVENT: u32 = 7;
 
 /// One `perf_event_open` call as the emulator saw it, for tests of the ladder.
 #[derive(Debug, Clone)]
@@ -238,6 +238,13 @@ impl EmulatedKernel {
         let mut st = self.lock();
         let now = if all { u64::MAX } else { st.elapsed_ns() };
         self.advance(&mut st, now);
+    }
+
+    /// Delivers the steps up to `at_ns` of emulated time, regardless of the wall clock
+    /// (for tests that interleave delivery and reading).
+    pub fn run_until(&self, at_ns: u64) {
+        let mut st = self.lock();
+        self.advance(&mut st, at_ns);
     }
 
     fn advance(&self, st: &mut State, now_ns: u64) {
@@ -620,6 +627,9 @@ impl EmulatedKernel {
     }
 }
 
+/// Builds a side-band record from the event's attr and the record's origin.
+type SideRecord<'a> = Box<dyn Fn(&RawAttr, &Origin) -> Vec<u8> + 'a>;
+
 /// What one event sees of a step.
 enum Rec<'a> {
     Sample {
@@ -627,7 +637,7 @@ enum Rec<'a> {
         stack: &'a Stack,
         raw: Option<&'a [u8]>,
     },
-    Side(Box<dyn Fn(&RawAttr, &Origin) -> Vec<u8> + 'a>),
+    Side(SideRecord<'a>),
 }
 
 impl<'a> Rec<'a> {
