@@ -1,3 +1,24 @@
 //! # unwind — process address spaces and user-stack unwinding
 //!
-//! (in progress)
+//! [`Processes`] tracks every profiled process's mappings (from `/proc/PID/maps` and the
+//! kernel's MMAP2/FORK/COMM/EXIT records) in an arena addressed by [`MappingId`].
+//! [`Unwinder`] turns a sample's user registers and copied stack bytes into a list of
+//! return addresses while recording, using DWARF CFI via framehop and falling back to frame
+//! pointers per frame where a module has no CFI. Module unwind data is parsed once per file
+//! and shared across processes.
+//!
+//! Architecture-specific parts live in [`arch`].
+
+pub mod arch;
+mod maps;
+mod module_cache;
+mod module_file;
+mod processes;
+mod target_file;
+mod unwinder;
+mod vdso;
+
+pub use maps::ParsedMapLine;
+pub use module_cache::FileResolver;
+pub use processes::{Mapping, MappingId, Processes};
+pub use unwinder::{StopReason, UnwindResult, Unwinder, UserRegs, MAX_FRAMES};

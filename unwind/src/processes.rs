@@ -1,0 +1,416 @@
+//! Address spaces of all profiled processes, maintained from `/proc/PID/maps` and from the
+//! kernel's MMAP/MMAP2, FORK, COMM(exec) and EXIT records.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use crate::maps::{parse_maps, ParsedMapLine};
+
+/// Index of a [`Mapping`] in the [`Processes`] arena. Stable for the lifetime of the
+/// `Processes` value, even after the mapping is unmapped, so frames can be recorded as
+/// `(MappingId, addr)` and symbolized later.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct MappingId(pub u32);
+
+/// One mapped range of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub pgoff: u64,
+    pub path: String,
+    pub exec: bool,
+    /// `(major, minor, inode)` of the backing file when known.
+    pub inode: Option<(u32, u32, u64)>,
+    /// GNU build-id when the kernel reported it (MMAP2 with PERF_RECORD_MISC_MMAP_BUILD_ID).
+    pub build_id: Option<Vec<u8>>,
+    /// First process this mapping was seen in; identical mappings in other processes share it.
+    pub pid: u32,
+}
+
+impl Mapping {
+    fn same_identity(&self, other: &Mapping) -> bool {
+        self.start == other.start
+            && self.end == other.end
+            && self.pgoff == other.pgoff
+            && self.exec == other.exec
+            && self.inode == other.inode
+            && self.path == other.path
+            && self.build_id == other.build_id
+    }
+
+    fn identity_hash(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (self.start, self.end, self.pgoff, self.exec, self.inode).hash(&mut h);
+        self.path.hash(&mut h);
+        self.build_id.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// One process's current view of memory. `incarnation` changes whenever the space is
+/// replaced (exec, pid reuse after exit, maps reload) so per-process caches elsewhere can
+/// tell a stale view from a live one; `exec_version` changes whenever the set of executable
+/// mappings changes.
+#[derive(Clone, Debug)]
+pub(crate) struct AddressSpace {
+    pub(crate) incarnation: u64,
+    pub(crate) exec_version: u64,
+    maps: BTreeMap<u64, MappingId>,
+}
+
+/// All processes' address spaces, with mappings interned in one arena.
+#[derive(Default)]
+pub struct Processes {
+    arena: Vec<Mapping>,
+    by_identity: HashMap<u64, Vec<MappingId>>,
+    spaces: HashMap<u32, AddressSpace>,
+    next_stamp: u64,
+    removals: u64,
+}
+
+impl Processes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replace `pid`'s address space with the contents of `/proc/PID/maps`.
+    pub fn load_proc_maps(&mut self, pid: u32) -> std::io::Result<()> {
+        let bytes = std::fs::read(format!("/proc/{pid}/maps"))?;
+        self.load_maps_text(pid, &String::from_utf8_lossy(&bytes));
+        Ok(())
+    }
+
+    /// Replace `pid`'s address space with the given maps text (same format as
+    /// `/proc/PID/maps`); used for recorded fixtures and by [`Self::load_proc_maps`].
+    pub fn load_maps_text(&mut self, pid: u32, text: &str) {
+        let space = self.fresh_space();
+        self.spaces.insert(pid, space);
+        for line in parse_maps(text) {
+            self.insert_line(pid, &line);
+        }
+    }
+
+    fn insert_line(&mut self, pid: u32, line: &ParsedMapLine) {
+        self.on_mmap(
+            pid,
+            line.start,
+            line.end - line.start,
+            line.pgoff,
+            &line.path,
+            line.exec,
+            line.inode_triple(),
+            None,
+        );
+    }
+
+    /// Pure parser for `/proc/PID/maps` text; malformed lines are skipped.
+    pub fn parse_maps(text: &str) -> Vec<ParsedMapLine> {
+        parse_maps(text)
+    }
+
+    /// A new mapping (MMAP/MMAP2 record). Whatever was mapped in the range before is
+    /// replaced, as the kernel does for `MAP_FIXED` and for the ld.so segment dance.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_mmap(
+        &mut self,
+        pid: u32,
+        start: u64,
+        len: u64,
+        pgoff: u64,
+        path: &str,
+        exec: bool,
+        inode: Option<(u32, u32, u64)>,
+        build_id: Option<&[u8]>,
+    ) {
+        let Some(end) = start.checked_add(len).filter(|&end| end > start) else {
+            return;
+        };
+        if !self.spaces.contains_key(&pid) {
+            let space = self.fresh_space();
+            self.spaces.insert(pid, space);
+        }
+        let mut exec_changed = self.carve(pid, start, end);
+        // Anonymous data mappings carry nothing we need, and big processes have thousands.
+        if exec || !path.is_empty() {
+            let mapping = Mapping {
+                start,
+                end,
+                pgoff,
+                path: path.to_string(),
+                exec,
+                inode,
+                build_id: build_id.map(<[u8]>::to_vec),
+                pid,
+            };
+            if let Some(id) = self.intern(mapping) {
+                if let Some(space) = self.spaces.get_mut(&pid) {
+                    space.maps.insert(start, id);
+                }
+                exec_changed |= exec;
+            }
+        }
+        if exec_changed {
+            let stamp = self.stamp();
+            if let Some(space) = self.spaces.get_mut(&pid) {
+                space.exec_version = stamp;
+            }
+        }
+    }
+
+    /// A new process (not a thread) forked from `parent_pid`: it starts with a copy of the
+    /// parent's space. An unknown parent gives the child an empty space.
+    pub fn on_fork(&mut self, parent_pid: u32, child_pid: u32) {
+        if parent_pid == child_pid {
+            return;
+        }
+        let mut space = self.fresh_space();
+        if let Some(parent) = self.spaces.get(&parent_pid) {
+            space.maps = parent.maps.clone();
+        }
+        self.spaces.insert(child_pid, space);
+    }
+
+    /// The process exec'd (COMM record with the exec flag): its old mappings are gone and
+    /// the new image's MMAP records follow.
+    pub fn on_exec(&mut self, pid: u32) {
+        let space = self.fresh_space();
+        self.spaces.insert(pid, space);
+        self.removals += 1;
+    }
+
+    /// The process exited (EXIT record with pid == tid). Its mappings stay in the arena.
+    pub fn on_exit(&mut self, pid: u32) {
+        if self.spaces.remove(&pid).is_some() {
+            self.removals += 1;
+        }
+    }
+
+    /// The mapping containing `addr` in `pid`'s current space.
+    pub fn find(&self, pid: u32, addr: u64) -> Option<MappingId> {
+        let space = self.spaces.get(&pid)?;
+        let (_, &id) = space.maps.range(..=addr).next_back()?;
+        let mapping = self.get(id)?;
+        (addr < mapping.end).then_some(id)
+    }
+
+    /// The mapping behind an id handed out by this `Processes`.
+    ///
+    /// # Panics
+    /// If `id` did not come from this `Processes` (a caller bug, not a data problem).
+    pub fn mapping(&self, id: MappingId) -> &Mapping {
+        &self.arena[id.0 as usize]
+    }
+
+    /// Non-panicking variant of [`Self::mapping`].
+    pub fn get(&self, id: MappingId) -> Option<&Mapping> {
+        self.arena.get(id.0 as usize)
+    }
+
+    /// Whether `pid` has a known address space.
+    pub fn contains(&self, pid: u32) -> bool {
+        self.spaces.contains_key(&pid)
+    }
+
+    /// Current mappings of `pid`, in address order.
+    pub fn mappings(&self, pid: u32) -> impl Iterator<Item = MappingId> + '_ {
+        self.spaces
+            .get(&pid)
+            .into_iter()
+            .flat_map(|space| space.maps.values().copied())
+    }
+
+    /// Number of distinct mappings ever seen (the arena size).
+    pub fn mapping_count(&self) -> usize {
+        self.arena.len()
+    }
+
+    pub(crate) fn space(&self, pid: u32) -> Option<&AddressSpace> {
+        self.spaces.get(&pid)
+    }
+
+    /// Bumped whenever a space disappears or is replaced, so dependants can drop state.
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals
+    }
+
+    /// Executable mappings of a space, in address order.
+    pub(crate) fn exec_mappings<'a>(
+        &'a self,
+        space: &'a AddressSpace,
+    ) -> impl Iterator<Item = (MappingId, &'a Mapping)> + 'a {
+        space
+            .maps
+            .values()
+            .filter_map(|&id| Some((id, self.get(id)?)))
+            .filter(|(_, m)| m.exec)
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    fn fresh_space(&mut self) -> AddressSpace {
+        let stamp = self.stamp();
+        AddressSpace {
+            incarnation: stamp,
+            exec_version: stamp,
+            maps: BTreeMap::new(),
+        }
+    }
+
+    /// Remove `[start, end)` from `pid`'s space, keeping the parts of partially covered
+    /// mappings. Returns whether an executable mapping was affected.
+    fn carve(&mut self, pid: u32, start: u64, end: u64) -> bool {
+        let Some(space) = self.spaces.get(&pid) else {
+            return false;
+        };
+        let mut overlapped = Vec::new();
+        for (&key, &id) in space.maps.range(..end).rev() {
+            match self.get(id) {
+                Some(m) if m.end > start => overlapped.push((key, id)),
+                Some(_) => break,
+                None => overlapped.push((key, id)),
+            }
+        }
+        let mut exec_changed = false;
+        for (key, id) in overlapped {
+            if let Some(space) = self.spaces.get_mut(&pid) {
+                space.maps.remove(&key);
+            }
+            let Some(old) = self.get(id).cloned() else {
+                continue;
+            };
+            exec_changed |= old.exec;
+            let mut pieces = Vec::new();
+            if old.start < start {
+                pieces.push(Mapping {
+                    end: start,
+                    ..old.clone()
+                });
+            }
+            if old.end > end {
+                pieces.push(Mapping {
+                    start: end,
+                    pgoff: old.pgoff.wrapping_add(end - old.start),
+                    ..old
+                });
+            }
+            for piece in pieces {
+                let piece_start = piece.start;
+                if let Some(piece_id) = self.intern(piece) {
+                    if let Some(space) = self.spaces.get_mut(&pid) {
+                        space.maps.insert(piece_start, piece_id);
+                    }
+                }
+            }
+        }
+        exec_changed
+    }
+
+    fn intern(&mut self, mapping: Mapping) -> Option<MappingId> {
+        let hash = mapping.identity_hash();
+        if let Some(ids) = self.by_identity.get(&hash) {
+            for &id in ids {
+                if self.get(id).is_some_and(|m| m.same_identity(&mapping)) {
+                    return Some(id);
+                }
+            }
+        }
+        let id = MappingId(u32::try_from(self.arena.len()).ok()?);
+        self.arena.push(mapping);
+        self.by_identity.entry(hash).or_default().push(id);
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_map(p: &mut Processes, pid: u32, start: u64, len: u64, pgoff: u64, path: &str) {
+        p.on_mmap(pid, start, len, pgoff, path, true, Some((8, 1, 42)), None);
+    }
+
+    #[test]
+    fn find_respects_bounds() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 1, 0x1000, 0x1000, 0, "/a");
+        assert!(p.find(1, 0xfff).is_none());
+        let id = p.find(1, 0x1000).expect("start is inside");
+        assert_eq!(p.find(1, 0x1fff), Some(id));
+        assert!(p.find(1, 0x2000).is_none());
+        assert!(p.find(2, 0x1000).is_none());
+        assert_eq!(p.mapping(id).path, "/a");
+        assert_eq!(p.mapping(id).pid, 1);
+    }
+
+    #[test]
+    fn overlapping_mmap_splits_old_mapping() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 1, 0x10000, 0x10000, 0x1000, "/old");
+        exec_map(&mut p, 1, 0x14000, 0x2000, 0, "/new");
+        let left = p.mapping(p.find(1, 0x10000).expect("left piece"));
+        assert_eq!(
+            (left.start, left.end, left.pgoff),
+            (0x10000, 0x14000, 0x1000)
+        );
+        let mid = p.mapping(p.find(1, 0x15000).expect("new"));
+        assert_eq!(mid.path, "/new");
+        let right = p.mapping(p.find(1, 0x16000).expect("right piece"));
+        assert_eq!((right.start, right.end), (0x16000, 0x20000));
+        assert_eq!(right.pgoff, 0x1000 + 0x6000);
+        assert_eq!(right.path, "/old");
+        assert_eq!(p.mappings(1).count(), 3);
+    }
+
+    #[test]
+    fn fork_shares_ids_and_exec_clears() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 10, 0x1000, 0x1000, 0, "/bin/x");
+        p.on_fork(10, 11);
+        let a = p.find(10, 0x1800).expect("parent");
+        let b = p.find(11, 0x1800).expect("child");
+        assert_eq!(a, b);
+        // A new process mapping the identical range reuses the id too.
+        exec_map(&mut p, 12, 0x1000, 0x1000, 0, "/bin/x");
+        assert_eq!(p.find(12, 0x1000), Some(a));
+        assert_eq!(p.mapping_count(), 1);
+
+        p.on_exec(11);
+        assert!(p.find(11, 0x1800).is_none());
+        assert!(p.contains(11));
+        p.on_exit(10);
+        assert!(!p.contains(10));
+        // Ids stay resolvable after the process is gone.
+        assert_eq!(p.mapping(a).path, "/bin/x");
+    }
+
+    #[test]
+    fn degenerate_mmaps_are_ignored() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 1, u64::MAX - 10, 100, 0, "/overflow");
+        exec_map(&mut p, 1, 0x1000, 0, 0, "/empty");
+        assert_eq!(p.mapping_count(), 0);
+        p.on_fork(5, 5);
+        assert!(!p.contains(5));
+    }
+
+    #[test]
+    fn maps_text_load_replaces_space() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 3, 0x9000, 0x1000, 0, "/stale");
+        p.load_maps_text(
+            3,
+            "1000-2000 r-xp 00000000 08:01 5 /bin/true\n3000-4000 rw-p 00000000 00:00 0\n",
+        );
+        assert!(p.find(3, 0x9000).is_none());
+        let id = p.find(3, 0x1000).expect("loaded");
+        assert_eq!(p.mapping(id).inode, Some((8, 1, 5)));
+        // Anonymous data is not tracked.
+        assert!(p.find(3, 0x3000).is_none());
+    }
+}
