@@ -132,6 +132,22 @@ impl<'a> Folder<'a> {
         s
     }
 
+    /// Render a leaf-first stack leaf first (as offwaketime draws the waker's stack above the
+    /// blocked one), every name carrying `suffix` instead of its kind annotation.
+    pub fn render_reversed(&mut self, frames: &[Frame], suffix: &str) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for f in frames {
+            for n in self.names(*f).iter().rev() {
+                let base = ["_[k]", "_[i]", "_[j]"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .unwrap_or(n);
+                parts.push(format!("{base}{suffix}"));
+            }
+        }
+        parts.join(";")
+    }
+
     /// Fold a whole profile into sorted, merged lines.
     pub fn fold(&mut self, profile: &Profile) -> Vec<(String, u64)> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();

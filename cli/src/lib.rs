@@ -38,7 +38,7 @@ pub fn run() -> i32 {
     let cli = args::Cli::parse();
     let result = match cli.command {
         args::Command::Record(a) => record::run(a),
-        args::Command::Offcpu(a) => offcpu_command(a),
+        args::Command::Offcpu(a) => offcpu::command::run(a),
         args::Command::Check(a) => check::run(a),
     };
     match result {
@@ -48,10 +48,4 @@ pub fn run() -> i32 {
             e.code
         }
     }
-}
-
-fn offcpu_command(_a: args::OffcpuArgs) -> Result<i32, error::CliError> {
-    Err(error::CliError::new(
-        "offcpu is not available in this build yet",
-    ))
 }

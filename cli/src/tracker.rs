@@ -57,6 +57,11 @@ impl Tracker {
         }
     }
 
+    /// The process a thread belongs to, if seen.
+    pub fn pid_of(&self, tid: u32) -> Option<u32> {
+        self.pid_of.get(&tid).copied()
+    }
+
     /// The name to show for a thread: its own comm, else its process's.
     pub fn comm(&mut self, pid: u32, tid: u32) -> &str {
         if !self.comms.contains_key(&tid) {

@@ -130,6 +130,12 @@ impl Session {
         self.ids.get(&id).copied()
     }
 
+    /// A copy of the id → spec table, for readers that cannot borrow the session while
+    /// draining it.
+    pub fn id_table(&self) -> HashMap<u64, usize> {
+        self.ids.clone()
+    }
+
     pub fn event_count(&self) -> usize {
         self.events.len()
     }

@@ -7,6 +7,7 @@
 //!
 //! Both are pure logic with no syscalls, so they are tested on synthetic event streams.
 
+pub mod command;
 pub mod intervals;
 pub mod reorder;
 

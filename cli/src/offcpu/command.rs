@@ -1,0 +1,733 @@
+//! `psample offcpu`: blocked time by stack, and who woke it, from perf_event tracepoints.
+//!
+//! Mechanism (fallback-first, reported in the summary):
+//! - switch-outs with stacks: `sched:sched_switch` opened on the target tasks (with inherit,
+//!   one event per task and CPU); it fires in the blocked task's context, so its callchain
+//!   (or copied user stack, in DWARF mode) is the blocked stack;
+//! - switch-ins: context-switch records (attr.context_switch, 4.3+) on those same events;
+//!   where the kernel refuses them, CPU-wide `sched_switch` events whose `next_pid` is a
+//!   target thread (filtered in the kernel with PERF_EVENT_IOC_SET_FILTER where it accepts
+//!   the filter, and always in userspace);
+//! - wakers (`--wakers`): `sched:sched_wakeup` opened per CPU for every task and filtered
+//!   to the target threads (in the kernel where it takes the filter). The tracepoint runs in
+//!   the waker's context, so the sample's callchain is the waker's stack; per-task events
+//!   would only see wakeups the target performs, not the ones it receives.
+//!
+//! Sample times use CLOCK_MONOTONIC (use_clockid) so that the start and stop of the window
+//! are on the same clock as the events; without it the window is taken from the events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Instant;
+
+use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
+use perfring::event::Session;
+use perfring::features::{Feature, Support};
+use perfring::record::{Record, Sample};
+use perfring::sys::Kernel;
+use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
+
+use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StateFilter};
+use super::reorder::Reorder;
+use crate::args::{self, CallGraph, OffcpuArgs};
+use crate::error::CliError;
+use crate::fold::{Folder, NamedFrames};
+use crate::output::{self, folded::escape_comm, Labels};
+use crate::progress::Progress;
+use crate::record::StackBuilder;
+use crate::session::{self, Attach, Reader, Stopper};
+use crate::stack::Frame;
+use crate::summary::Summary;
+use crate::target::{self, Launched, Target};
+use crate::tracker::Tracker;
+
+/// Interned stacks (leaf first).
+#[derive(Default)]
+struct Stacks {
+    list: Vec<Box<[Frame]>>,
+    ids: HashMap<Box<[Frame]>, StackId>,
+}
+
+impl Stacks {
+    fn intern(&mut self, frames: &[Frame]) -> StackId {
+        if let Some(id) = self.ids.get(frames) {
+            return *id;
+        }
+        let id = self.list.len() as StackId;
+        self.list.push(frames.into());
+        self.ids.insert(frames.into(), id);
+        id
+    }
+
+    fn get(&self, id: StackId) -> &[Frame] {
+        self.list.get(id as usize).map_or(&[], |b| &b[..])
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn tracepoint_attr(
+    id: u64,
+    st: u64,
+    mode: CallGraph,
+    inherit: bool,
+    on_exec: bool,
+    sideband: bool,
+) -> RawAttr {
+    let mut b = AttrBuilder::new(EventKind::Tracepoint(id)).period(1);
+    if let CallGraph::Dwarf(size) = mode {
+        b = b
+            .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
+            .sample_stack_user(size)
+            .exclude_callchain_user(true);
+    }
+    b.sample_type(st)
+        .disabled(true)
+        .inherit(inherit)
+        .enable_on_exec(on_exec)
+        .mmap(sideband)
+        .mmap2(sideband)
+        .comm(sideband)
+        .comm_exec(sideband)
+        .task(sideband)
+        .sample_id_all(true)
+        .use_clockid(Some(libc::CLOCK_MONOTONIC))
+        .wakeup_watermark(0)
+        .build()
+}
+
+fn state_filter(s: Option<args::StateFilter>) -> StateFilter {
+    match s {
+        None => StateFilter::Blocked,
+        Some(args::StateFilter::Any) => StateFilter::Any,
+        Some(args::StateFilter::S) => StateFilter::Interruptible,
+        Some(args::StateFilter::D) => StateFilter::Uninterruptible,
+    }
+}
+
+/// Kernel frames of a blocked thread from /proc/PID/task/TID/stack (root only; lines look
+/// like `[<0>] do_nanosleep+0x6d/0x150`), leaf first.
+fn proc_kernel_stack(pid: u32, tid: u32, named: &mut NamedFrames) -> Vec<Frame> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .take(128)
+        .filter_map(|l| {
+            let sym = l.split_once(']').map_or(l, |(_, r)| r).trim();
+            let name = sym.split('+').next()?.trim();
+            (!name.is_empty()).then(|| Frame::Named(named.intern(&format!("{name}_[k]"))))
+        })
+        .collect()
+}
+
+fn thread_state(pid: u32, tid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// What the engine saw, for the summary.
+#[derive(Default)]
+struct Counts {
+    switch_outs: u64,
+    switch_ins: u64,
+    wakeups: u64,
+    decode_errors: u64,
+}
+
+struct Specs {
+    switch: usize,
+    wakeup: Option<usize>,
+    /// CPU-wide sched_switch for switch-ins when context-switch records are refused.
+    cpu_switch: Option<usize>,
+}
+
+pub fn run(args: OffcpuArgs) -> Result<i32, CliError> {
+    run_with_kernel(args, session::linux_kernel())
+}
+
+/// `offcpu` against any [`Kernel`] (compat-tests pass emulated kernels).
+pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32, CliError> {
+    let target = Target::from_args(&args.target).map_err(CliError::new)?;
+    if let Some(p) = &args.common.output {
+        output::check_writable(p).map_err(CliError::new)?;
+    }
+    if let Some(max) = args.max_us {
+        if max < args.min_us {
+            return Err(CliError::new(format!(
+                "-M {max} is below -m {}: no interval could match",
+                args.min_us
+            )));
+        }
+    }
+    let mut summary = Summary::new("offcpu");
+    let tracing = crate::tracing::locate(kernel.as_ref())?;
+    let fs = crate::tracing::Fs(kernel.as_ref());
+    let tp = |name: &str| -> Result<(u64, perfring::tracepoint::TracepointFormat), CliError> {
+        let id = tracing
+            .event_id(&fs, "sched", name)
+            .map_err(|e| CliError::new(format!("offcpu needs sched:{name}: {e}")))?;
+        let fmt = tracing
+            .format(&fs, "sched", name)
+            .map_err(|e| CliError::new(format!("reading sched:{name} format: {e}")))?;
+        Ok((id, fmt))
+    };
+    let (switch_id, switch_fmt) = tp("sched_switch")?;
+    let switch_dec = SchedSwitchDecoder::new(&switch_fmt)
+        .map_err(|e| CliError::new(format!("sched_switch format not understood: {e}")))?;
+    let wakeup = if args.wakers {
+        let (id, fmt) = tp("sched_wakeup")?;
+        let dec = SchedWakeupDecoder::new(&fmt)
+            .map_err(|e| CliError::new(format!("sched_wakeup format not understood: {e}")))?;
+        Some((id, dec))
+    } else {
+        None
+    };
+
+    let mode = args.call_graph.mode();
+    let system_wide = matches!(target, Target::AllCpus);
+    let is_cmd = matches!(target, Target::Command(_));
+    let inherit = !matches!(target, Target::Tids(_) | Target::AllCpus);
+    let mut st = sample::IP
+        | sample::TID
+        | sample::TIME
+        | sample::CPU
+        | sample::PERIOD
+        | sample::CALLCHAIN
+        | sample::RAW;
+    if let CallGraph::Dwarf(_) = mode {
+        st |= sample::REGS_USER | sample::STACK_USER;
+    }
+    let pages = args.common.mmap_pages.unwrap_or(match mode {
+        CallGraph::Fp => 128,
+        CallGraph::Dwarf(_) => 512,
+    });
+    let mut session = Session::new(kernel.clone(), pages);
+    session.ladder.allow_user_only = false;
+    let mut switch_attr = tracepoint_attr(switch_id, st, mode, inherit, is_cmd, true);
+    // System-wide, the CPU-wide sched_switch samples already carry next_pid.
+    switch_attr.set(perfring::attr::flag::CONTEXT_SWITCH, !system_wide);
+    let switch_spec = session.add_spec("sched:sched_switch", switch_attr);
+    // Wakeups are opened per CPU for every task: per-task events only see wakeups their own
+    // task performs (the tracepoint runs in the waker's context), not the ones it receives.
+    let wakeup_spec = wakeup.as_ref().map(|(id, _)| {
+        session.add_spec(
+            "sched:sched_wakeup",
+            tracepoint_attr(*id, st, mode, false, false, false),
+        )
+    });
+
+    let mut launched = match &target {
+        Target::Command(argv) => Some(
+            Launched::spawn(argv, target::sudo_user(args.target.keep_root))
+                .map_err(|e| CliError::new(format!("cannot start {:?}: {e}", argv[0])))?,
+        ),
+        _ => None,
+    };
+    crate::signals::install();
+    let cpu_specs: Vec<usize> = wakeup_spec.into_iter().collect();
+    let pids = session::attach(
+        Attach {
+            session: &mut session,
+            task_specs: &[switch_spec],
+            cpu_specs: &cpu_specs,
+        },
+        &target,
+        launched.as_ref(),
+    )?;
+    let mut specs = Specs {
+        switch: switch_spec,
+        wakeup: wakeup_spec,
+        cpu_switch: None,
+    };
+    let switch_records =
+        !system_wide && session.ladder.support(Feature::ContextSwitch) == Support::Yes;
+    let mut mechanisms = vec![format!(
+        "switch-outs: sched_switch {}",
+        if system_wide { "per CPU" } else { "per task" }
+    )];
+    if system_wide {
+        mechanisms.push("switch-ins: sched_switch next_pid (per CPU)".into());
+    } else if switch_records {
+        mechanisms.push("switch-ins: context-switch records".into());
+    } else {
+        // Fallback before 4.3: CPU-wide sched_switch, filtered to the target threads.
+        let mut a = tracepoint_attr(switch_id, st, mode, false, false, false);
+        a.set(perfring::attr::flag::CONTEXT_SWITCH, false);
+        let spec = session.add_spec("sched:sched_switch (cpu-wide)", a);
+        let cpus = kernel
+            .online_cpus()
+            .map_err(|e| CliError::new(format!("cannot list CPUs: {e}")))?;
+        for cpu in cpus {
+            session
+                .open(spec, -1, cpu)
+                .map_err(|e| CliError::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
+        }
+        specs.cpu_switch = Some(spec);
+        let tids: Vec<u32> = pids
+            .iter()
+            .flat_map(|p| target::threads_of(*p).unwrap_or_default())
+            .collect();
+        let filtered = !tids.is_empty()
+            && tids.len() <= 64
+            && session
+                .set_filter(spec, &field_filter("next_pid", &tids))
+                .is_ok();
+        mechanisms.push(format!(
+            "switch-ins: CPU-wide sched_switch, filtered {}",
+            if filtered {
+                "in the kernel and in psample"
+            } else {
+                "in psample"
+            }
+        ));
+    }
+    if let Some(spec) = wakeup_spec {
+        // Only wakeups of target threads matter: filter them in the kernel where it accepts
+        // the filter (new threads are still caught by the userspace check in the engine).
+        let tids: Vec<u32> = pids
+            .iter()
+            .flat_map(|p| target::threads_of(*p).unwrap_or_default())
+            .collect();
+        let filtered = !system_wide
+            && !tids.is_empty()
+            && tids.len() <= 64
+            && session
+                .set_filter(spec, &field_filter("pid", &tids))
+                .is_ok();
+        mechanisms.push(format!(
+            "wakers: sched_wakeup per CPU{}",
+            if filtered {
+                ", filtered in the kernel"
+            } else {
+                ""
+            }
+        ));
+    }
+    let fmt = session
+        .sample_format()
+        .ok_or_else(|| CliError::new("no event was opened"))?;
+    let clock_monotonic = session.ladder.support(Feature::UseClockid) == Support::Yes;
+    let comm_exec = session.ladder.support(Feature::CommExec) == Support::Yes;
+    let mut tracker = Tracker::new(comm_exec);
+    if !is_cmd {
+        for &pid in &pids {
+            tracker.load_process(pid);
+        }
+    }
+    let cpu_count = kernel
+        .online_cpus()
+        .map(|c| c.iter().max().map_or(1, |m| *m as usize + 1))
+        .unwrap_or(1);
+
+    if !is_cmd {
+        session.enable().map_err(|e| CliError::new(e.to_string()))?;
+    }
+    if let Some(l) = launched.as_mut() {
+        l.start()
+            .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
+    }
+    let start_ns = monotonic_ns();
+    let opts = Options {
+        min_ns: args.min_us.saturating_mul(1000),
+        max_ns: args.max_us.map(|m| m.saturating_mul(1000)),
+        states: state_filter(args.state),
+        wakers: args.wakers,
+    };
+    let mut engine = Engine::new(opts, if clock_monotonic { start_ns } else { 0 });
+    let mut stacks = Stacks::default();
+    let mut named = NamedFrames::default();
+    // Threads already blocked: counted from the start under a frame that says so.
+    if !system_wide && !is_cmd {
+        for &pid in &pids {
+            for tid in target::threads_of(pid).unwrap_or_default() {
+                let Some(letter) = thread_state(pid, tid) else {
+                    continue;
+                };
+                let state = TaskState::from_proc_letter(letter);
+                if state == TaskState::Runnable {
+                    continue;
+                }
+                let mut frames = proc_kernel_stack(pid, tid, &mut named);
+                frames.push(Frame::Label("[blocked at start]"));
+                let id = stacks.intern(&frames);
+                engine.blocked_at_start(pid, tid, state, id);
+            }
+        }
+    }
+
+    let mut c = Collector {
+        tracker,
+        builder: StackBuilder::new(mode),
+        stacks,
+        reorder: Reorder::new(cpu_count),
+        counts: Counts::default(),
+        specs,
+        ids: session.id_table(),
+        switch_dec,
+        wakeup_dec: wakeup.map(|(_, d)| d),
+        own_pid: std::process::id(),
+        system_wide,
+        targets: pids.iter().copied().collect(),
+        first_time: None,
+        last_time: 0,
+    };
+    let mut reader = Reader::new();
+    let mut stopper = Stopper::new(args.common.duration, &target, &pids);
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let cause = loop {
+        if let Some(cause) = stopper.check(launched.as_ref()) {
+            break cause;
+        }
+        if let Err(e) = session.wait(stopper.poll_timeout_ms()) {
+            summary.warnings.push(format!("stopping early: {e}"));
+            break session::StopCause::Signal;
+        }
+        reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
+        c.reorder.end_round(|_, e| engine.push(e));
+        progress.tick(c.counts.switch_outs);
+    };
+    session.disable();
+    let stop_ns = monotonic_ns();
+    let stop_started = Instant::now();
+    reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
+    c.reorder.drain_all(|_, e| engine.push(e));
+    progress.finish();
+    let Collector {
+        mut tracker,
+        stacks,
+        counts,
+        first_time,
+        last_time,
+        ..
+    } = c;
+    let elapsed = stopper.elapsed();
+    let stop_time = if clock_monotonic { stop_ns } else { last_time };
+    let report = engine.finish(stop_time);
+    let window_ns = if clock_monotonic {
+        stop_ns.saturating_sub(start_ns)
+    } else {
+        last_time.saturating_sub(first_time.unwrap_or(last_time))
+    };
+
+    let mut sym = crate::symbols::symbolizer(&args.symbols);
+    let lines = fold_report(&report, &stacks, &mut tracker, &mut sym, &named);
+    output::write_profile(
+        args.common.output.as_ref(),
+        &lines,
+        &Labels {
+            title: if args.wakers {
+                "psample offcpu (with wakers)".into()
+            } else {
+                "psample offcpu".into()
+            },
+            count_name: "us".into(),
+        },
+    )
+    .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+
+    summary.line("stopped", cause.describe());
+    summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
+    let total_ns: u64 = report.per_thread.values().map(|t| t.blocked_ns).sum();
+    summary.line(
+        "blocked time",
+        format!(
+            "{:.3} s in {} intervals ({} threads)",
+            total_ns as f64 / 1e9,
+            report.counted_intervals,
+            report.per_thread.len()
+        ),
+    );
+    let mut threads: Vec<(&u32, &super::intervals::ThreadTotals)> =
+        report.per_thread.iter().collect();
+    threads.sort_by(|a, b| b.1.blocked_ns.cmp(&a.1.blocked_ns).then(a.0.cmp(b.0)));
+    for (tid, t) in threads.iter().take(10) {
+        let comm = tracker.comm(t.pid, **tid).to_string();
+        let pct = if window_ns > 0 {
+            100.0 * t.blocked_ns as f64 / window_ns as f64
+        } else {
+            0.0
+        };
+        summary.line(
+            &format!("  {comm}/{tid}"),
+            format!(
+                "{:.3} s blocked ({pct:.0}% of the window), {} intervals",
+                t.blocked_ns as f64 / 1e9,
+                t.intervals
+            ),
+        );
+    }
+    summary.line(
+        "events",
+        format!(
+            "{} switch-outs, {} switch-ins, {} wakeups{}",
+            counts.switch_outs,
+            counts.switch_ins,
+            counts.wakeups,
+            if counts.decode_errors > 0 {
+                format!(", {} undecodable", counts.decode_errors)
+            } else {
+                String::new()
+            }
+        ),
+    );
+    summary.add_lost(&session, reader.parse_errors);
+    if report.dropped_intervals > 0 || report.capped_intervals > 0 {
+        summary.line(
+            "not counted",
+            format!(
+                "{} intervals dropped and {} capped around lost records (up to {:.3} s)",
+                report.dropped_intervals,
+                report.capped_intervals,
+                report.dropped_ns_lost as f64 / 1e9
+            ),
+        );
+    }
+    summary.line(
+        "filtered",
+        format!(
+            "{} preemptions/other states, {} outside -m/-M",
+            report.not_blocked, report.filtered
+        ),
+    );
+    summary.line("mechanisms", mechanisms.join("; "));
+    if !clock_monotonic {
+        summary
+            .warnings
+            .push("no use_clockid: the window is taken from the first and last event".into());
+    }
+    summary.add_fallbacks(&session);
+    summary.line(
+        "output ready",
+        format!("{} ms after stop", stop_started.elapsed().as_millis()),
+    );
+    if let Some(p) = &args.common.output {
+        summary.line("written", p.display().to_string());
+    }
+    summary.warnings.extend(sym.warnings());
+    summary.print(args.common.verbose);
+    Ok(0)
+}
+
+/// An ftrace filter matching any of `tids` in `field`.
+fn field_filter(field: &str, tids: &[u32]) -> String {
+    tids.iter()
+        .map(|t| format!("{field} == {t}"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+/// Turns records into engine events, in per-CPU ring order.
+struct Collector {
+    tracker: Tracker,
+    builder: StackBuilder,
+    stacks: Stacks,
+    reorder: Reorder<OffcpuEvent>,
+    counts: Counts,
+    specs: Specs,
+    /// Event id → spec, for telling switch, wakeup and CPU-wide samples apart.
+    ids: HashMap<u64, usize>,
+    switch_dec: SchedSwitchDecoder,
+    wakeup_dec: Option<SchedWakeupDecoder>,
+    own_pid: u32,
+    system_wide: bool,
+    targets: HashSet<u32>,
+    first_time: Option<u64>,
+    last_time: u64,
+}
+
+impl Collector {
+    fn on_record(&mut self, cpu: u32, rec: &Record<'_>) {
+        let time = crate::session::record_time(rec);
+        if time != 0 {
+            self.first_time.get_or_insert(time);
+            self.last_time = self.last_time.max(time);
+        }
+        let ring = cpu as usize;
+        match rec {
+            Record::Sample(s) => self.on_sample(cpu, s),
+            Record::Switch(sw) if !sw.out => {
+                if let Some(tid) = sw.sample_id.tid {
+                    self.counts.switch_ins += 1;
+                    self.reorder
+                        .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+                }
+            }
+            Record::SwitchCpuWide(sw) if !sw.out => {
+                self.counts.switch_ins += 1;
+                let tid = sw.next_prev_tid;
+                self.reorder
+                    .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+            }
+            Record::Lost(l) => {
+                // Untimed (no sample_id_all): it belongs after the ring's last record.
+                let t = l.sample_id.time.or(self.reorder.latest(ring));
+                let ev = OffcpuEvent::Lost {
+                    cpu,
+                    time: t,
+                    count: l.lost,
+                };
+                self.reorder.push(ring, t.unwrap_or(0), ev);
+            }
+            Record::Exit(e) => {
+                self.tracker.on_record(rec);
+                let ev = OffcpuEvent::Exit {
+                    time: e.time,
+                    pid: e.pid,
+                    tid: e.tid,
+                };
+                self.reorder.push(ring, e.time, ev);
+            }
+            Record::Comm(c) if c.exec => {
+                self.tracker.on_record(rec);
+                self.reorder
+                    .push(ring, time, OffcpuEvent::Exec { time, pid: c.pid });
+            }
+            _ => {
+                self.tracker.on_record(rec);
+            }
+        }
+    }
+
+    fn on_sample(&mut self, cpu: u32, s: &Sample<'_>) {
+        let (Some(pid), Some(tid), Some(time), Some(raw)) = (s.pid, s.tid, s.time, s.raw) else {
+            return;
+        };
+        let Some(spec) = s.id.and_then(|id| self.ids.get(&id).copied()) else {
+            return;
+        };
+        let ring = cpu as usize;
+        if spec == self.specs.switch || Some(spec) == self.specs.cpu_switch {
+            let Ok(sw) = self.switch_dec.decode(raw) else {
+                self.counts.decode_errors += 1;
+                return;
+            };
+            let next = sw.next_pid.max(0) as u32;
+            let cpu_wide_fallback = Some(spec) == self.specs.cpu_switch;
+            if self.system_wide || cpu_wide_fallback {
+                let wanted =
+                    self.system_wide || self.targets.contains(&pid_of_thread(&self.tracker, next));
+                if next != 0 && next != self.own_pid && wanted {
+                    self.counts.switch_ins += 1;
+                    self.reorder.push(
+                        ring,
+                        time,
+                        OffcpuEvent::SwitchIn {
+                            time,
+                            cpu,
+                            tid: next,
+                        },
+                    );
+                }
+                if cpu_wide_fallback {
+                    return;
+                }
+            }
+            // The sample runs in the context of prev: the blocked task.
+            if tid == 0 || pid == self.own_pid {
+                return;
+            }
+            self.tracker.threads_seen.insert(tid);
+            self.builder.build(&self.tracker, s, pid);
+            let stack = self.stacks.intern(&self.builder.frames);
+            self.counts.switch_outs += 1;
+            let state = sw.prev_state;
+            let ev = OffcpuEvent::SwitchOut {
+                time,
+                cpu,
+                pid,
+                tid,
+                state,
+                stack,
+            };
+            self.reorder.push(ring, time, ev);
+        } else if Some(spec) == self.specs.wakeup {
+            let Some(dec) = &self.wakeup_dec else { return };
+            let Ok(w) = dec.decode(raw) else {
+                self.counts.decode_errors += 1;
+                return;
+            };
+            // Before 4.3 the tracepoint also fires for wakeups that woke nothing.
+            if w.success == Some(false) || w.pid <= 0 {
+                return;
+            }
+            // Wakers are often outside the target (another process, an interrupt on top of
+            // any task): learn their address space and name the first time they show up.
+            if pid != 0 && !self.tracker.procs.contains(pid) {
+                self.tracker.load_process(pid);
+            }
+            self.builder.build(&self.tracker, s, pid);
+            let waker_stack = self.stacks.intern(&self.builder.frames);
+            self.counts.wakeups += 1;
+            let ev = OffcpuEvent::Wakeup {
+                time,
+                cpu,
+                target_tid: w.pid as u32,
+                waker_pid: pid,
+                waker_tid: tid,
+                waker_stack,
+            };
+            self.reorder.push(ring, time, ev);
+        }
+    }
+}
+
+fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {
+    tracker
+        .pid_of(tid)
+        .or_else(|| target::tgid_of(tid))
+        .unwrap_or(tid)
+}
+
+/// Render the report as folded lines with microsecond counts.
+fn fold_report(
+    report: &Report,
+    stacks: &Stacks,
+    tracker: &mut Tracker,
+    sym: &mut symbolize::Symbolizer,
+    named: &NamedFrames,
+) -> Vec<(String, u64)> {
+    let mut by_line: BTreeMap<String, u64> = BTreeMap::new();
+    let mut comms: HashMap<(u32, u32), String> = HashMap::new();
+    for key in report.by_stack.keys() {
+        for (p, t) in std::iter::once((key.pid, key.tid)).chain(key.waker.map(|w| (w.pid, w.tid))) {
+            comms.entry((p, t)).or_insert_with(|| {
+                if t == 0 {
+                    "swapper".to_string()
+                } else {
+                    tracker.comm(p, t).to_string()
+                }
+            });
+        }
+    }
+    let mut folder = Folder::new(sym, &tracker.procs, named);
+    for (key, ns) in &report.by_stack {
+        let comm = &comms[&(key.pid, key.tid)];
+        let mut line = folder.render(comm, stacks.get(key.stack));
+        if let Some(w) = key.waker {
+            line.push_str(";--");
+            let waker = folder.render_reversed(stacks.get(w.stack), "_[w]");
+            if !waker.is_empty() {
+                line.push(';');
+                line.push_str(&waker);
+            }
+            line.push(';');
+            line.push_str(&escape_comm(&comms[&(w.pid, w.tid)]));
+        }
+        *by_line.entry(line).or_insert(0) += ns;
+    }
+    by_line
+        .into_iter()
+        .map(|(l, ns)| (l, ns / 1000))
+        .filter(|(_, us)| *us > 0)
+        .collect()
+}
