@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -33,7 +34,7 @@ int main(int argc, char **argv) {
     /* Wait until the worker has renamed itself, so /proc shows the final names. */
     char name[32] = "";
     for (int tries = 0; tries < 2000; tries++) {
-        if (pthread_getname_np(t, name, sizeof name) == 0 && name[0] == 'e' && name[4] == 'w') break;
+        if (pthread_getname_np(t, name, sizeof name) == 0 && strcmp(name, "emu_worker") == 0) break;
         usleep(1000);
     }
     printf("ready\n");

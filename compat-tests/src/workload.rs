@@ -185,6 +185,13 @@ impl Workload {
             .into_iter()
             .find(|t| *t != pid)
             .ok_or("the workload has no worker thread")?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", w.worker_tid))
+            .unwrap_or_default();
+        if comm.trim_end() != WORKER_COMM {
+            return Err(format!(
+                "the worker thread is named {comm:?}, not {WORKER_COMM}"
+            ));
+        }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|e| format!("reading maps of {pid}: {e}"))?;
         let canonical = exe.canonicalize().unwrap_or(exe.clone());

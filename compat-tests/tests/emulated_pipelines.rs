@@ -1,0 +1,261 @@
+//! The whole `psample record` and `psample offcpu` pipelines against every emulated kernel.
+//!
+//! The workload is a real process (so /proc, maps and symbols are real); the emulated
+//! kernel produces that kernel version's records for a scripted timeline whose samples point
+//! into the workload's functions. Every profile must give byte-identical folded output, and
+//! that output must be exactly what the script implies.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::Parser;
+use compat_tests::profile::{self, KernelProfile};
+use compat_tests::workload::Workload;
+use compat_tests::{BlockState, EmulatedKernel, Script};
+use perfring::attr::{event_type, flag};
+use psample::args::{Cli, Command};
+
+const MS: u64 = 1_000_000;
+
+/// Runs `psample <args…> -p PID -o FILE` against `kernel` and returns the folded output.
+fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.folded");
+    let pid = pid.to_string();
+    let mut argv = vec!["psample"];
+    argv.extend_from_slice(args);
+    argv.extend(["-p", &pid, "-o", out.to_str().unwrap()]);
+    let cli = Cli::try_parse_from(&argv).unwrap();
+    let name = kernel.profile().name;
+    let code = match cli.command {
+        Command::Record(a) => psample::record::run_with_kernel(a, kernel.clone()),
+        Command::Offcpu(a) => psample::offcpu::command::run_with_kernel(a, kernel.clone()),
+        Command::Check(_) => panic!("not a pipeline"),
+    }
+    .unwrap_or_else(|e| panic!("{name}: psample {args:?} failed: {e}"));
+    assert_eq!(code, 0, "{name}");
+    assert!(
+        kernel.script_done(),
+        "{name}: the run ended before the script did"
+    );
+    read(&out)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+fn on_cpu_script(w: &Workload) -> Script {
+    let main = w.main_task();
+    let worker = w.worker_task();
+    let a = w
+        .stack(&["emu_leaf_a", "emu_work", "emu_run", "main"])
+        .unwrap();
+    let b = w
+        .stack(&["emu_leaf_b", "emu_work", "emu_run", "main"])
+        .unwrap();
+    let spin = w.stack(&["emu_worker_spin", "emu_worker_main"]).unwrap();
+    let mut s = Script::new();
+    // The text mapping again (as after an mprotect split): MMAP or MMAP2 by kernel.
+    s.push(
+        20 * MS,
+        0,
+        compat_tests::Action::Mmap {
+            task: main.clone(),
+            map: w.text_mapping(),
+        },
+    );
+    // Samples on both CPUs, interleaved in time, so rings are merged by timestamp.
+    s.on_cpu(&main, &a, 0, 25 * MS, MS, 30);
+    s.on_cpu(&main, &b, 1, 25 * MS + MS / 2, 2 * MS, 15);
+    s.on_cpu(&worker, &spin, 1, 26 * MS, MS, 20);
+    s
+}
+
+const RECORD_EXPECTED: &str = "\
+emu_worker;emu_worker_main;emu_worker_spin 20
+emu_workload;main;emu_run;emu_work;emu_leaf_a 30
+emu_workload;main;emu_run;emu_work;emu_leaf_b 15
+";
+
+/// Blocked 7 ms in emu_sleep_phase and 3 ms in emu_wait_phase, ten times each (woken by
+/// the worker), the worker blocked in D twice and preempted three times (not blocked time).
+fn off_cpu_script(w: &Workload) -> Script {
+    let main = w.main_task();
+    let worker = w.worker_task();
+    let sleep = w.stack(&["emu_sleep_phase", "main"]).unwrap();
+    let wait = w.stack(&["emu_wait_phase", "main"]).unwrap();
+    let waker = w.stack(&["emu_wake_peer", "emu_worker_main"]).unwrap();
+    let spin = w.stack(&["emu_worker_spin", "emu_worker_main"]).unwrap();
+    let run = w.stack(&["emu_run", "main"]).unwrap();
+    let mut s = Script::new();
+    for i in 0..10 {
+        let t = 30 * MS + i * 11 * MS;
+        s.block(
+            &main,
+            BlockState::Sleeping,
+            &sleep,
+            0,
+            t,
+            7 * MS,
+            (&worker, &waker, 1),
+        );
+        s.block(
+            &main,
+            BlockState::Sleeping,
+            &wait,
+            0,
+            t + 7 * MS + MS / 2,
+            3 * MS,
+            (&worker, &waker, 1),
+        );
+    }
+    for i in 0..2 {
+        let t = 32 * MS + i * 40 * MS;
+        s.block(
+            &worker,
+            BlockState::DiskWait,
+            &spin,
+            1,
+            t,
+            2 * MS,
+            (&main, &run, 0),
+        );
+    }
+    for i in 0..3 {
+        let t = 100 * MS + i * 10 * MS;
+        s.block(
+            &worker,
+            BlockState::Preempted,
+            &spin,
+            1,
+            t,
+            MS,
+            (&main, &run, 0),
+        );
+    }
+    s
+}
+
+/// Each interval ends at the switch-in, one microsecond after the wakeup.
+const OFFCPU_EXPECTED: &str = "\
+emu_worker;emu_worker_main;emu_worker_spin 4002
+emu_workload;main;emu_sleep_phase 70010
+emu_workload;main;emu_wait_phase 30010
+";
+
+fn kernel_for(
+    p: KernelProfile,
+    w: &Workload,
+    script: fn(&Workload) -> Script,
+) -> Arc<EmulatedKernel> {
+    Arc::new(EmulatedKernel::new(p, script(w)).expect("profile"))
+}
+
+fn record(p: KernelProfile) {
+    let w = Workload::start().expect("workload");
+    let k = kernel_for(p, &w, on_cpu_script);
+    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4"]);
+    assert_eq!(folded, RECORD_EXPECTED, "{}", k.profile().name);
+    let d = k.delivery();
+    let name = k.profile().name;
+    assert_eq!((d.samples, d.lost), (65, 0), "{name}");
+    // One MMAP-family record per ring that saw the step: MMAP2 only where mmap2 exists.
+    let mmap2 = k.profile().knows_flag(flag::MMAP2);
+    for (a, _, _) in k.open_events() {
+        assert_eq!(a.has(flag::MMAP2), mmap2, "{name}");
+        assert!(a.has(flag::MMAP), "{name}");
+    }
+}
+
+fn offcpu(p: KernelProfile) {
+    let name = p.name;
+    let switch_records = p.knows_flag(flag::CONTEXT_SWITCH);
+    let w = Workload::start().expect("workload");
+    let k = kernel_for(p, &w, off_cpu_script);
+    let folded = run_psample(k.clone(), w.pid, &["offcpu", "-d", "0.4"]);
+    assert_eq!(folded, OFFCPU_EXPECTED, "{name}");
+    // The same answer by different means: context-switch records from 4.3 (and RHEL 7.9),
+    // CPU-wide sched_switch filtered in the kernel before.
+    let switch_id = k.sched_events().switch_id();
+    let events = k.open_events();
+    let per_task = events
+        .iter()
+        .filter(|(a, pid, _)| a.config == switch_id && *pid > 0)
+        .collect::<Vec<_>>();
+    let cpu_wide: Vec<i32> = events
+        .iter()
+        .filter(|(a, pid, _)| a.type_ == event_type::TRACEPOINT && *pid == -1)
+        .map(|(_, _, cpu)| *cpu)
+        .collect();
+    assert_eq!(per_task.len(), 4, "{name}: two threads on two CPUs");
+    assert!(
+        per_task
+            .iter()
+            .all(|(a, _, _)| a.has(flag::CONTEXT_SWITCH) == switch_records),
+        "{name}"
+    );
+    if switch_records {
+        assert!(cpu_wide.is_empty(), "{name}");
+    } else {
+        assert_eq!(
+            cpu_wide,
+            vec![0, 1],
+            "{name}: CPU-wide sched_switch fallback"
+        );
+        let filters = k.ioctls().into_iter().filter(|i| i.name == "SET_FILTER");
+        assert!(filters.map(|i| i.result).all(|r| r == Ok(0)), "{name}");
+    }
+}
+
+fn offcpu_wakers(p: KernelProfile) -> String {
+    let w = Workload::start().expect("workload");
+    let k = kernel_for(p, &w, off_cpu_script);
+    run_psample(k, w.pid, &["offcpu", "--wakers", "-d", "0.4"])
+}
+
+/// The waker's stack follows `--`, root-last, and the waker's comm ends the line.
+const OFFCPU_WAKERS_EXPECTED: &str = "\
+emu_worker;emu_worker_main;emu_worker_spin;--;emu_run_[w];main_[w];emu_workload 4002
+emu_workload;main;emu_sleep_phase;--;emu_wake_peer_[w];emu_worker_main_[w];emu_worker 70010
+emu_workload;main;emu_wait_phase;--;emu_wake_peer_[w];emu_worker_main_[w];emu_worker 30010
+";
+
+macro_rules! per_profile {
+    ($($module:ident => $profile:expr),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn record_gives_the_scripted_profile() {
+                record($profile);
+            }
+
+            #[test]
+            fn offcpu_gives_the_scripted_blocked_time() {
+                offcpu($profile);
+            }
+
+            #[test]
+            fn offcpu_with_wakers_names_the_waker() {
+                assert_eq!(offcpu_wakers($profile), OFFCPU_WAKERS_EXPECTED);
+            }
+        }
+    )*};
+}
+
+per_profile! {
+    upstream_3_10 => profile::upstream_3_10(),
+    rhel_7_early => profile::rhel_7_early(),
+    rhel_7_9 => profile::rhel_7_9(),
+    v4_9 => profile::v4_9(),
+    v4_19 => profile::v4_19(),
+    v5_4 => profile::v5_4(),
+    v5_15 => profile::v5_15(),
+    v6_x => profile::v6_x(),
+}
+
+#[test]
+fn every_profile_is_covered() {
+    assert_eq!(profile::all().len(), 8);
+}
