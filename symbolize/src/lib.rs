@@ -154,31 +154,33 @@ impl Symbolizer {
                 kind: FrameKind::User,
             }];
         };
-        let spec = entry.spec.clone();
-        let file_offset = addr.wrapping_sub(spec.start).wrapping_add(spec.pgoff);
-        let frames = match spec.kind {
-            ModuleKind::Anon => self.jit_frame(&spec, addr).into_iter().collect(),
-            ModuleKind::File | ModuleKind::Vdso => {
-                match self.object_for(module.0 as usize) {
-                    Some(idx) => {
-                        let opts = &self.opts;
-                        let obj = &mut self.objects[idx];
-                        match obj.file_offset_to_vaddr(file_offset) {
-                            Some(vaddr) => obj.frames(vaddr, opts),
-                            None => Vec::new(),
-                        }
+        let (kind, start, pgoff) = (entry.spec.kind, entry.spec.start, entry.spec.pgoff);
+        let file_offset = addr.wrapping_sub(start).wrapping_add(pgoff);
+        let idx = module.0 as usize;
+        let frames = match kind {
+            ModuleKind::Anon => self.jit_frame(idx, addr).into_iter().collect(),
+            ModuleKind::File | ModuleKind::Vdso => match self.object_for(idx) {
+                Some(obj_idx) => {
+                    let opts = &self.opts;
+                    let obj = &mut self.objects[obj_idx];
+                    match obj.file_offset_to_vaddr(file_offset) {
+                        Some(vaddr) => obj.frames(vaddr, opts),
+                        None => Vec::new(),
                     }
-                    // Code in memfd or other unreadable files may still be a JIT's.
-                    None if spec.kind == ModuleKind::File => {
-                        self.jit_frame(&spec, addr).into_iter().collect()
-                    }
-                    None => Vec::new(),
                 }
-            }
+                // Code in memfd or other unreadable files may still be a JIT's.
+                None if kind == ModuleKind::File => self.jit_frame(idx, addr).into_iter().collect(),
+                None => Vec::new(),
+            },
         };
         if frames.is_empty() {
+            let label = self
+                .modules
+                .get(idx)
+                .map(|e| unknown_label(&e.spec))
+                .unwrap_or_default();
             return vec![Frame {
-                name: format!("{}+0x{file_offset:x}", unknown_label(&spec)),
+                name: format!("{label}+0x{file_offset:x}"),
                 kind: FrameKind::User,
             }];
         }
@@ -251,9 +253,10 @@ impl Symbolizer {
         }
     }
 
-    fn jit_frame(&mut self, spec: &ModuleSpec, addr: u64) -> Option<Frame> {
+    fn jit_frame(&mut self, module: usize, addr: u64) -> Option<Frame> {
+        let pid = self.modules.get(module)?.spec.pid;
         let mut notes = Vec::new();
-        let name = self.perf_maps.lookup(spec.pid, addr, &mut notes);
+        let name = self.perf_maps.lookup(pid, addr, &mut notes);
         self.warn_all(notes);
         name.map(|name| Frame {
             name,

@@ -563,3 +563,45 @@ fn node_perf_basic_prof_frames() {
     let frames = s.symbolize(h, start + 1);
     assert_eq!(names(&frames), vec![(name.as_str(), FrameKind::Jit)]);
 }
+
+#[test]
+fn perf_map_of_process_in_pid_and_mount_namespace() {
+    require_tool("unshare");
+    // The runtime inside the namespaces writes /tmp/perf-<its own pid>.map into its own /tmp,
+    // invisible on the host; only NSpid + /proc/PID/root find it.
+    let mut outer = Target::spawn(
+        Command::new("unshare")
+            .args(["-p", "-f", "-m", "--propagation", "private", "sh", "-c"])
+            .arg(
+                r#"mount -t tmpfs tmpfs /tmp && printf '7f0000000100 100 ns_jit_fn\n' > /tmp/perf-$$.map \
+                   && chmod 644 /tmp/perf-$$.map && echo $$ && exec sleep 1000"#,
+            ),
+    );
+    let ns_pid = outer.read_addrs()[0];
+    assert_eq!(ns_pid, 1, "sh should be pid 1 of its namespace");
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.pid()))
+        .expect("children of unshare");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("namespaced child");
+    // Killing unshare leaves its child; take it down explicitly, even if an assertion fails.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: plain kill(2) of the process this test started (through unshare).
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = KillOnDrop(pid);
+    assert!(!Path::new("/tmp/perf-1.map").exists() || pid != 1);
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(anon_spec(pid, 0x7f00_0000_0000, 0x7f00_0010_0000));
+    assert_eq!(
+        names(&s.symbolize(h, 0x7f00_0000_0180)),
+        vec![("ns_jit_fn", FrameKind::Jit)],
+        "{:?}",
+        s.warnings()
+    );
+}
