@@ -14,7 +14,7 @@ use crate::processes::{MappingId, Processes};
 pub const MAX_FRAMES: usize = 1024;
 
 /// Register values at the sample point (from PERF_SAMPLE_REGS_USER).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserRegs {
     pub ip: u64,
     pub sp: u64,

@@ -1,0 +1,140 @@
+//! Recorded unwind fixtures: a process's maps text, the module files it mapped, and
+//! captured (registers, stack bytes) samples. Used by the benchmark and tests so they run
+//! against committed binaries rather than whatever the host has installed.
+//!
+//! Sample file layout (little endian): magic `PSUWFX01`, u32 count, then per sample
+//! u32 tid, u64 ip, u64 sp, u64 bp, u32 len, `len` stack bytes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::{FileResolver, Mapping, Processes, UserRegs};
+
+const MAGIC: &[u8; 8] = b"PSUWFX01";
+/// perf never copies more than this much user stack per sample.
+const MAX_STACK: usize = 65528;
+
+/// One recorded sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixtureSample {
+    pub tid: u32,
+    pub regs: UserRegs,
+    pub stack: Vec<u8>,
+}
+
+/// Serialize samples in the fixture format.
+pub fn encode_samples(samples: &[FixtureSample]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    for s in samples {
+        let len = s.stack.len().min(MAX_STACK);
+        out.extend_from_slice(&s.tid.to_le_bytes());
+        for v in [s.regs.ip, s.regs.sp, s.regs.bp] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&s.stack[..len]);
+    }
+    out
+}
+
+/// Parse the fixture format; `None` on any truncation or inconsistency.
+pub fn decode_samples(bytes: &[u8]) -> Option<Vec<FixtureSample>> {
+    let mut rest = bytes.strip_prefix(MAGIC)?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let u32_of = |b: &[u8]| Some(u32::from_le_bytes(b.try_into().ok()?));
+    let u64_of = |b: &[u8]| Some(u64::from_le_bytes(b.try_into().ok()?));
+    let count = u32_of(take(4)?)?;
+    let mut samples = Vec::new();
+    for _ in 0..count {
+        let tid = u32_of(take(4)?)?;
+        let ip = u64_of(take(8)?)?;
+        let sp = u64_of(take(8)?)?;
+        let bp = u64_of(take(8)?)?;
+        let len = usize::try_from(u32_of(take(4)?)?).ok()?;
+        if len > MAX_STACK {
+            return None;
+        }
+        let stack = take(len)?.to_vec();
+        samples.push(FixtureSample {
+            tid,
+            regs: UserRegs { ip, sp, bp },
+            stack,
+        });
+    }
+    Some(samples)
+}
+
+/// A loaded fixture directory: `maps.txt`, `samples.bin`, and module files named by the
+/// basename of their mapped path.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub pid: u32,
+    pub processes: Processes,
+    pub samples: Vec<FixtureSample>,
+}
+
+impl Fixture {
+    pub fn load(dir: &Path) -> std::io::Result<Fixture> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let maps = std::fs::read(dir.join("maps.txt"))?;
+        let samples = decode_samples(&std::fs::read(dir.join("samples.bin"))?)
+            .ok_or_else(|| invalid("bad samples.bin"))?;
+        let pid = samples
+            .first()
+            .map(|s| s.tid)
+            .ok_or_else(|| invalid("no samples"))?;
+        let mut processes = Processes::new();
+        processes.load_maps_text(pid, &String::from_utf8_lossy(&maps));
+        Ok(Fixture {
+            dir: dir.to_path_buf(),
+            pid,
+            processes,
+            samples,
+        })
+    }
+
+    /// A resolver that opens only files committed with the fixture, never host files,
+    /// so a host libc update cannot change results.
+    pub fn resolver(&self) -> FileResolver {
+        let dir = self.dir.clone();
+        Box::new(move |_pid: u32, mapping: &Mapping| -> Option<File> {
+            let name = Path::new(&mapping.path).file_name()?;
+            File::open(dir.join(name)).ok()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_truncation() {
+        let samples = vec![FixtureSample {
+            tid: 7,
+            regs: UserRegs {
+                ip: 1,
+                sp: 2,
+                bp: 3,
+            },
+            stack: vec![9; 24],
+        }];
+        let bytes = encode_samples(&samples);
+        assert_eq!(decode_samples(&bytes), Some(samples));
+        for cut in 0..bytes.len() {
+            assert!(decode_samples(&bytes[..cut]).is_none(), "cut {cut}");
+        }
+        let mut huge = bytes.clone();
+        // Claim a stack longer than perf can produce.
+        let len_at = 8 + 4 + 4 + 24;
+        huge[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_samples(&huge).is_none());
+    }
+}
