@@ -605,3 +605,44 @@ fn perf_map_of_process_in_pid_and_mount_namespace() {
         s.warnings()
     );
 }
+
+#[test]
+fn exited_process_falls_back_to_host_path_only_when_identity_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = compile(dir.path(), "gone", SECRET_PROGRAM, &["-O0", "-g"]);
+    let mut t = Target::spawn(&mut Command::new(&bin));
+    let addr = t.read_addrs()[0] + 2;
+    let m = mapping_containing(t.pid(), addr);
+    let pid = t.pid();
+    drop(t);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(spec_for(pid, &m, true));
+    assert_eq!(
+        names(&s.symbolize(h, addr)),
+        vec![("secret_function", FrameKind::User)]
+    );
+
+    let mut wrong = spec_for(pid, &m, true);
+    wrong.inode = Some((m.dev.0, m.dev.1, m.inode + 1));
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(wrong);
+    assert!(s.symbolize(h, addr)[0].name.starts_with("gone+0x"));
+    assert!(
+        s.warnings().iter().any(|w| w.contains("inode differs")),
+        "{:?}",
+        s.warnings()
+    );
+
+    let mut by_build_id = spec_for(pid, &m, false);
+    by_build_id.build_id = Some(vec![0xde, 0xad, 0xbe, 0xef]);
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(by_build_id);
+    assert!(s.symbolize(h, addr)[0].name.starts_with("gone+0x"));
+    assert!(
+        s.warnings().iter().any(|w| w.contains("build-id differs")),
+        "{:?}",
+        s.warnings()
+    );
+}
