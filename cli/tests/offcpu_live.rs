@@ -1,0 +1,86 @@
+//! `psample offcpu` on real processes.
+
+mod support;
+
+use support::*;
+
+/// 7 ms nanosleep + ~3 ms pipe wait per iteration, single thread, -p for 3 s: a 70/30 split
+/// of blocked time and a total close to the wall time.
+#[test]
+fn sleep_and_pipe_waits_split_70_30() {
+    require_perf_access();
+    let _serial = serial();
+    let w = start("sleep_pipe", &["-s", "10"]);
+    let pid = w.pid.to_string();
+    let out = run_psample(&["offcpu", "-p", &pid, "-d", "3"]);
+    assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
+    let folded = parse_folded(&out.folded);
+    let sleep_us = count_with(&folded, "sleep_phase") as f64;
+    let pipe_us: f64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains("read") && !s.contains("sleep_phase"))
+        .map(|(_, c)| *c as f64)
+        .sum();
+    let total_us: f64 = folded.values().map(|c| *c as f64).sum();
+    let split = 100.0 * sleep_us / (sleep_us + pipe_us);
+    eprintln!("nanosleep {sleep_us} us, pipe {pipe_us} us, total {total_us} us, split {split:.1}%");
+    assert!(
+        (split - 70.0).abs() <= 5.0,
+        "split {split:.1}%, expected 70±5\n{}",
+        out.folded
+    );
+    // One thread blocked ~100% of the 3 s window (it runs only microseconds per iteration).
+    assert!(
+        (total_us - 3e6).abs() <= 0.1 * 3e6,
+        "total blocked {total_us} us, expected 3 s ±10%\n{}",
+        out.stderr
+    );
+    // Counts are microseconds and stacks end in the kernel's scheduler path.
+    assert!(folded
+        .keys()
+        .any(|s| s.contains("schedule_[k]") || s.contains("[blocked at start]")));
+}
+
+#[test]
+fn wakers_are_joined_offwaketime_style() {
+    require_perf_access();
+    let _serial = serial();
+    let w = start("sleep_pipe", &["-s", "10"]);
+    let pid = w.pid.to_string();
+    let out = run_psample(&["offcpu", "-p", &pid, "-d", "2", "--wakers"]);
+    assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
+    let folded = parse_folded(&out.folded);
+    let with_waker: Vec<&String> = folded.keys().filter(|s| s.contains(";--;")).collect();
+    assert!(!with_waker.is_empty(), "no waker stacks:\n{}", out.folded);
+    // The pipe wait is ended by the child's write(): its kernel path is in the waker part.
+    assert!(
+        with_waker.iter().any(|s| s
+            .split(";--;")
+            .nth(1)
+            .is_some_and(|w| w.contains("pipe_write"))),
+        "no pipe writer among the wakers:\n{}",
+        out.folded
+    );
+    // Waker frames are annotated and the waker's name is the last frame.
+    for s in &with_waker {
+        let waker = s.split(";--;").nth(1).unwrap();
+        let frames: Vec<&str> = waker.split(';').collect();
+        assert!(
+            frames[..frames.len() - 1]
+                .iter()
+                .all(|f| f.ends_with("_[w]")),
+            "{s}"
+        );
+        assert!(!frames.last().unwrap().ends_with("_[w]"), "{s}");
+    }
+}
+
+#[test]
+fn offcpu_rejects_impossible_filters() {
+    let o = std::process::Command::new(psample())
+        .args(["offcpu", "-p", "1", "-m", "100", "-M", "10"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("-M"));
+}
