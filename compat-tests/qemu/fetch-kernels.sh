@@ -48,25 +48,35 @@ if [ "$(id -u)" = 0 ]; then
 	apt_opts+=(-o "APT::Sandbox::User=root")
 fi
 
-# Pick the newest version of the metapackage within a series, then the kernel package it
-# depends on (e.g. 6.1.x -> linux-image-6.1.0-NN-cloud-amd64).
+if [ "${PSAMPLE_QEMU_OFFLINE:-0}" != 1 ]; then
+	# Kernel point releases land every few weeks: lists younger than a day are good enough,
+	# and skipping the update saves ~10 s per run.
+	if [ -z "$(find "$root/lists" -maxdepth 1 -name '*_Packages' -mmin -1440 2>/dev/null)" ]; then
+		apt-get "${apt_opts[@]}" -qq update >&2 ||
+			echo "fetch-kernels: apt-get update failed; falling back to cached resolutions" >&2
+	fi
+fi
+
+# Every version of the metapackage, as "version<TAB>depends" lines (one apt-cache call: each
+# call parses all five suites' lists).
+meta=$(apt-cache "${apt_opts[@]}" show linux-image-cloud-amd64 2>/dev/null |
+	awk '/^Version: /{v=$2} /^Depends: /{sub(/^Depends: /,""); print v "\t" $0}' || true)
+
+# The kernel package behind the newest metapackage version of a series
+# (e.g. 6.1 -> linux-image-6.1.0-NN-cloud-amd64).
 resolve() {
-	local s=$1 best="" v
-	for v in $(apt-cache "${apt_opts[@]}" show linux-image-cloud-amd64 2>/dev/null |
-		sed -n 's/^Version: //p'); do
+	local s=$1 best="" bestdeps="" v deps
+	while IFS=$'\t' read -r v deps; do
 		case $v in "$s".*) ;; *) continue ;; esac
-		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best=$v; fi
-	done
+		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then
+			best=$v
+			bestdeps=$deps
+		fi
+	done <<<"$meta"
 	[ -n "$best" ] || return 1
-	apt-cache "${apt_opts[@]}" show "linux-image-cloud-amd64=$best" 2>/dev/null |
-		sed -n 's/^Depends: //p' | head -n1 | tr ',' '\n' |
+	tr ',' '\n' <<<"$bestdeps" |
 		sed -n 's/^ *\(linux-image-[^ ]*-cloud-amd64\)\( .*\)\?$/\1/p' | head -n1
 }
-
-if [ "${PSAMPLE_QEMU_OFFLINE:-0}" != 1 ]; then
-	apt-get "${apt_opts[@]}" -qq update >&2 ||
-		echo "fetch-kernels: apt-get update failed; falling back to cached resolutions" >&2
-fi
 
 for s in "${series[@]}"; do
 	record=$cache/kernels/series-$s
