@@ -10,7 +10,8 @@
 //! - `PSAMPLE_QEMU_KERNELS`: series to boot, space separated (default `5.10 6.1 6.12`).
 //! - `PSAMPLE_QEMU_GUEST=smoke`: boot with `qemu/guest/smoke.sh` instead, which needs no
 //!   psample (proves kernels, console and workloads on their own).
-//! - `PSAMPLE_QEMU_BIN`: a prebuilt static psample (default: build it with
+//! - `PSAMPLE_QEMU_BIN`: a prebuilt static psample, relative to the workspace root or
+//!   absolute (default: build it with
 //!   `cargo build --release --target x86_64-unknown-linux-musl -p psample`).
 //! - `PSAMPLE_QEMU_CACHE`, `PSAMPLE_QEMU_OFFLINE`: see `qemu/fetch-kernels.sh`.
 //!
@@ -407,7 +408,11 @@ fn build_workloads(qemu_dir: &Path, out: &Path) -> Vec<PathBuf> {
 
 fn psample_binary(ws: &Path) -> PathBuf {
     if let Some(bin) = env::var_os("PSAMPLE_QEMU_BIN") {
-        return PathBuf::from(bin);
+        // Tests run in the package directory, not where cargo was started; the workspace
+        // root is the one directory a relative path can sensibly mean.
+        let bin = ws.join(bin);
+        assert!(bin.is_file(), "PSAMPLE_QEMU_BIN: no file {}", bin.display());
+        return bin;
     }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_ok(
