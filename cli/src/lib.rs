@@ -13,6 +13,7 @@
 //! - [`record`], [`offcpu`], [`check`]: the commands.
 
 pub mod args;
+pub mod bpf_mode;
 pub mod check;
 pub mod error;
 pub mod fold;

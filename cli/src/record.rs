@@ -19,7 +19,7 @@ use crate::stack::{split_callchain, Frame};
 use crate::summary::Summary;
 use crate::target::{self, Launched, Target};
 use crate::tracker::Tracker;
-use crate::{progress, symbols};
+use crate::{bpf_mode, progress, symbols};
 
 /// Parse `-e`: returns the event and a printable name.
 pub fn parse_event(
@@ -251,6 +251,15 @@ pub fn run_with_kernel(
             tracker.load_process(pid);
         }
     }
+    let mut bpf = match bpf_mode::setup(args.bpf, mode, &session, spec, args.common.verbose)? {
+        bpf_mode::Decision::Use(b) => Some(b),
+        bpf_mode::Decision::NotUsed(why) => {
+            if args.bpf != crate::args::BpfMode::Never {
+                summary.line("bpf", format!("not used: {why}"));
+            }
+            None
+        }
+    };
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
@@ -259,53 +268,64 @@ pub fn run_with_kernel(
             .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
     }
 
-    let mut profile = Profile::new();
-    let mut builder = StackBuilder::new(mode);
+    let mut rec = Recorder {
+        tracker,
+        builder: StackBuilder::new(mode),
+        profile: Profile::new(),
+        samples: 0,
+        own_pid: std::process::id(),
+    };
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
-    let mut samples: u64 = 0;
-    let mut foreign: u64 = 0;
-    let own_pid = std::process::id();
+    let mut last_bpf_drain = Instant::now();
     let cause = loop {
         if let Some(c) = stopper.check(launched.as_ref()) {
             break c;
         }
-        match session.wait(stopper.poll_timeout_ms()) {
-            Ok(_) => {}
-            Err(e) => {
-                summary.warnings.push(format!("stopping early: {e}"));
-                break StopCause::Signal;
+        if let Err(e) = session.wait(stopper.poll_timeout_ms()) {
+            summary.warnings.push(format!("stopping early: {e}"));
+            break StopCause::Signal;
+        }
+        reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
+        // Drain the BPF maps about once a second so they never fill on long runs.
+        if let Some(b) = bpf.as_mut() {
+            if last_bpf_drain.elapsed() >= std::time::Duration::from_secs(1) {
+                if let Err(e) = b.drain(&mut rec.tracker, &mut rec.profile, rec.own_pid) {
+                    summary.warnings.push(format!("reading BPF counts: {e}"));
+                }
+                last_bpf_drain = Instant::now();
             }
         }
-        reader.pump(&mut session, &fmt, |_cpu, rec| {
-            handle(
-                rec,
-                &mut tracker,
-                &mut builder,
-                &mut profile,
-                &mut samples,
-                &mut foreign,
-                own_pid,
-            )
-        });
-        progress.tick(samples);
+        progress.tick(rec.samples + bpf.as_ref().map_or(0, |b| b.samples));
     };
     session.disable();
     let stop_started = Instant::now();
-    reader.pump(&mut session, &fmt, |_cpu, rec| {
-        handle(
-            rec,
-            &mut tracker,
-            &mut builder,
-            &mut profile,
-            &mut samples,
-            &mut foreign,
-            own_pid,
-        )
-    });
+    reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
+    if let Some(b) = bpf.as_mut() {
+        if let Err(e) = b.drain(&mut rec.tracker, &mut rec.profile, rec.own_pid) {
+            summary.warnings.push(format!("reading BPF counts: {e}"));
+        }
+        rec.samples += b.samples;
+        summary.line(
+            "bpf",
+            format!(
+                "in-kernel aggregation: {} samples in {} stack keys; {}",
+                b.samples,
+                b.keys,
+                b.missing()
+            ),
+        );
+    }
     progress.finish();
     let elapsed = stopper.elapsed();
+    let Recorder {
+        tracker,
+        builder,
+        profile,
+        samples,
+        ..
+    } = rec;
 
     let mut sym = symbols::symbolizer(&args.symbols);
     let named = NamedFrames::default();
@@ -377,29 +397,32 @@ fn describe_mode(mode: CallGraph) -> String {
     }
 }
 
-fn handle(
-    rec: &Record<'_>,
-    tracker: &mut Tracker,
-    builder: &mut StackBuilder,
-    profile: &mut Profile,
-    samples: &mut u64,
-    foreign: &mut u64,
+/// The per-record state of a recording.
+struct Recorder {
+    tracker: Tracker,
+    builder: StackBuilder,
+    profile: Profile,
+    samples: u64,
     own_pid: u32,
-) {
-    if tracker.on_record(rec) {
-        return;
+}
+
+impl Recorder {
+    fn handle(&mut self, rec: &Record<'_>) {
+        if self.tracker.on_record(rec) {
+            return;
+        }
+        let Record::Sample(s) = rec else { return };
+        let (Some(pid), Some(tid)) = (s.pid, s.tid) else {
+            return;
+        };
+        // With -a psample would sample itself reading the rings: leave it out.
+        if pid == self.own_pid {
+            return;
+        }
+        self.tracker.threads_seen.insert(tid);
+        self.builder.build(&self.tracker, s, pid);
+        let name = self.profile.name_id(self.tracker.comm(pid, tid));
+        self.profile.add(name, &self.builder.frames, 1);
+        self.samples += 1;
     }
-    let Record::Sample(s) = rec else { return };
-    let (Some(pid), Some(tid)) = (s.pid, s.tid) else {
-        return;
-    };
-    if pid == own_pid {
-        *foreign += 1;
-        return;
-    }
-    tracker.threads_seen.insert(tid);
-    builder.build(tracker, s, pid);
-    let name = profile.name_id(tracker.comm(pid, tid));
-    profile.add(name, &builder.frames, 1);
-    *samples += 1;
 }

@@ -34,25 +34,61 @@ fn dwarf_unwinding_is_complete_and_matches_perf() {
     let _serial = serial();
     let w = start("cpu_split_nofp", &["-t", "2", "-s", "14"]);
     let pid = w.pid.to_string();
-    let out = run_psample(&["record", "-p", &pid, "-F", "999", "-d", "2", "--call-graph", "dwarf"]);
+    let out = run_psample(&[
+        "record",
+        "-p",
+        &pid,
+        "-F",
+        "999",
+        "-d",
+        "2",
+        "--call-graph",
+        "dwarf",
+    ]);
     assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
     let folded = parse_folded(&out.folded);
     let ours = share(&folded, "hot_a", "hot_b");
     let ours_complete = completeness(&folded);
     let reported = summary_number(&out.stderr, "unwinding").expect("unwinding line");
     eprintln!("psample: hot_a {ours:.1}%, complete {ours_complete:.1}% (summary says {reported}%)");
-    assert!((ours - 70.0).abs() <= 5.0, "hot_a share {ours:.1}%\n{}", out.folded);
-    assert!(ours_complete >= 95.0, "only {ours_complete:.1}% complete\n{}", out.folded);
-    assert!((reported - ours_complete).abs() < 2.0, "summary completeness disagrees");
+    assert!(
+        (ours - 70.0).abs() <= 5.0,
+        "hot_a share {ours:.1}%\n{}",
+        out.folded
+    );
+    assert!(
+        ours_complete >= 95.0,
+        "only {ours_complete:.1}% complete\n{}",
+        out.folded
+    );
+    assert!(
+        (reported - ours_complete).abs() < 2.0,
+        "summary completeness disagrees"
+    );
     assert!(folded.keys().any(|s| s.contains("main;run;work;hot_a")));
-    assert!(folded.keys().any(|s| s.contains("start_thread;thread_main;run;work;hot_b")));
+    assert!(folded
+        .keys()
+        .any(|s| s.contains("start_thread;thread_main;run;work;hot_b")));
 
-    let perf = perf_folded(&["--call-graph", "dwarf", "-F", "999", "-p", &pid, "--", "sleep", "2"]);
+    let perf = perf_folded(&[
+        "--call-graph",
+        "dwarf",
+        "-F",
+        "999",
+        "-p",
+        &pid,
+        "--",
+        "sleep",
+        "2",
+    ]);
     let theirs = share(&perf, "hot_a", "hot_b");
     let theirs_complete = completeness(&perf);
     eprintln!("perf: hot_a {theirs:.1}%, complete {theirs_complete:.1}%");
     assert!((ours - theirs).abs() <= 5.0);
-    assert!(ours_complete + 1.0 >= theirs_complete, "perf unwound more stacks than psample");
+    assert!(
+        ours_complete + 1.0 >= theirs_complete,
+        "perf unwound more stacks than psample"
+    );
 }
 
 /// Threads created and libraries dlopen'ed after attach unwind too.
@@ -62,26 +98,58 @@ fn late_threads_and_dlopened_libraries_unwind() {
     let _serial = serial();
     let w = start("threads_late", &["-n", "1", "-t", "2", "-s", "8"]);
     let pid = w.pid.to_string();
-    let out = run_psample(&["record", "-p", &pid, "-F", "999", "-d", "2.5", "--call-graph", "dwarf"]);
+    let out = run_psample(&[
+        "record",
+        "-p",
+        &pid,
+        "-F",
+        "999",
+        "-d",
+        "2.5",
+        "--call-graph",
+        "dwarf",
+    ]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     let folded = parse_folded(&out.folded);
     let late = count_with(&folded, "late_worker_hot");
-    assert!(late > 500, "late threads barely sampled ({late}):\n{}", out.folded);
     assert!(
-        folded.keys().any(|s| s.contains("start_thread;late_worker;late_worker_hot")),
+        late > 500,
+        "late threads barely sampled ({late}):\n{}",
+        out.folded
+    );
+    assert!(
+        folded
+            .keys()
+            .any(|s| s.contains("start_thread;late_worker;late_worker_hot")),
         "late thread stacks incomplete:\n{}",
         out.folded
     );
 
     let w = start("dlopen_demo", &["-n", "1", "-s", "8"]);
     let pid = w.pid.to_string();
-    let out = run_psample(&["record", "-p", &pid, "-F", "999", "-d", "2.5", "--call-graph", "dwarf"]);
+    let out = run_psample(&[
+        "record",
+        "-p",
+        &pid,
+        "-F",
+        "999",
+        "-d",
+        "2.5",
+        "--call-graph",
+        "dwarf",
+    ]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     let folded = parse_folded(&out.folded);
     let lib = count_with(&folded, "demo_hot_inner");
-    assert!(lib > 300, "dlopen'ed library barely sampled ({lib}):\n{}", out.folded);
     assert!(
-        folded.keys().any(|s| s.contains("main;demo_hot;demo_hot_inner") && s.contains("__libc_start")),
+        lib > 300,
+        "dlopen'ed library barely sampled ({lib}):\n{}",
+        out.folded
+    );
+    assert!(
+        folded
+            .keys()
+            .any(|s| s.contains("main;demo_hot;demo_hot_inner") && s.contains("__libc_start")),
         "dlopen'ed stacks incomplete:\n{}",
         out.folded
     );

@@ -88,7 +88,11 @@ fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
         return Err(format!("{}: not an absolute path", spec.path));
     }
     let deleted = spec.path.ends_with(DELETED_SUFFIX);
-    let alive = procfs::process_exists(spec.pid);
+    // A zombie still has /proc/PID but no root or map_files any more: treat it as exited,
+    // so the verified host fallback applies (the usual case for `-- CMD` and for targets
+    // that exit before symbolization).
+    let alive =
+        procfs::process_exists(spec.pid) && std::fs::metadata(procfs::root_dir(spec.pid)).is_ok();
     let map_files = PathBuf::from(format!(
         "/proc/{}/map_files/{:x}-{:x}",
         spec.pid, spec.start, spec.end

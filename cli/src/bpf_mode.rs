@@ -1,0 +1,151 @@
+//! `record --bpf`: in-kernel stack aggregation where it gives the same information as the
+//! ring-buffer path (frame-pointer stacks), with a clean fallback in `auto` mode.
+//!
+//! The sampling events are opened exactly as for the ring path; a BPF program attached to
+//! them counts (pid, tid, user stack, kernel stack) in kernel maps and returns 0, so no
+//! sample reaches the ring — only side-band records (mmap, comm, fork) still do, which keep
+//! address spaces and names up to date. Userspace drains the maps periodically.
+
+use std::os::fd::AsFd;
+
+use perfring::bpf::{StackCounter, StackCounterOptions};
+use perfring::event::Session;
+use perfring::sys::Ioctl;
+
+use crate::args::{BpfMode, CallGraph};
+use crate::error::CliError;
+use crate::profile::Profile;
+use crate::stack::{context, Frame};
+use crate::tracker::Tracker;
+
+/// A loaded and attached counter.
+pub struct BpfAggregation {
+    counter: StackCounter,
+    pub samples: u64,
+    pub keys: u64,
+    frames: Vec<Frame>,
+}
+
+/// Whether BPF aggregation is used for this run, and why not when it isn't.
+pub enum Decision {
+    Use(Box<BpfAggregation>),
+    NotUsed(String),
+}
+
+fn refuse(mode: BpfMode, why: String) -> Result<Decision, CliError> {
+    match mode {
+        BpfMode::Always => Err(CliError::new(format!("--bpf always: {why}"))),
+        _ => Ok(Decision::NotUsed(why)),
+    }
+}
+
+/// Load the counter and attach it to every event of `spec`, or explain why not.
+pub fn setup(
+    mode: BpfMode,
+    call_graph: CallGraph,
+    session: &Session,
+    spec: usize,
+    verbose: bool,
+) -> Result<Decision, CliError> {
+    if mode == BpfMode::Never {
+        return Ok(Decision::NotUsed("--bpf never".into()));
+    }
+    if let CallGraph::Dwarf(_) = call_graph {
+        return refuse(
+            mode,
+            "BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer".into(),
+        );
+    }
+    let opts = StackCounterOptions {
+        log_verifier: verbose,
+        ..Default::default()
+    };
+    let counter = match StackCounter::load(&opts) {
+        Ok(c) => c,
+        Err(e) => return refuse(mode, format!("cannot load the BPF program: {e}")),
+    };
+    if verbose && !counter.verifier_log().is_empty() {
+        eprintln!("psample: BPF verifier log:\n{}", counter.verifier_log());
+    }
+    let kernel = session.kernel().clone();
+    let fds: Vec<_> = session.fds_of(spec).collect();
+    for (i, fd) in fds.iter().enumerate() {
+        if let Err(errno) = kernel.ioctl(fd.as_fd(), Ioctl::SetBpf(counter.prog_fd())) {
+            if i == 0 {
+                // Nothing attached yet: the ring path is untouched.
+                return refuse(
+                    mode,
+                    format!(
+                        "the kernel refused PERF_EVENT_IOC_SET_BPF: {}",
+                        errno.desc()
+                    ),
+                );
+            }
+            return Err(CliError::new(format!(
+                "attaching the BPF program to event {i} failed after others succeeded: {}; \
+                 rerun with --bpf never",
+                errno.desc()
+            )));
+        }
+    }
+    Ok(Decision::Use(Box::new(BpfAggregation {
+        counter,
+        samples: 0,
+        keys: 0,
+        frames: Vec::new(),
+    })))
+}
+
+impl BpfAggregation {
+    /// Move the kernel's counts into `profile`. Errors are reported, not fatal: counts
+    /// collected so far stay in the profile.
+    pub fn drain(
+        &mut self,
+        tracker: &mut Tracker,
+        profile: &mut Profile,
+        own_pid: u32,
+    ) -> Result<(), String> {
+        let counts = self.counter.drain().map_err(|e| e.to_string())?;
+        for c in counts {
+            if c.pid == own_pid {
+                continue;
+            }
+            self.keys += 1;
+            self.samples += c.count;
+            self.frames.clear();
+            // Same convention as PERF_SAMPLE_CALLCHAIN: the first address is the sampled IP,
+            // later ones are return addresses; some kernels also store the PERF_CONTEXT_*
+            // marker in BPF stacks, which is not an address.
+            let addrs = |stack: &[u64]| -> Vec<u64> {
+                stack
+                    .iter()
+                    .filter(|a| !context::is_marker(**a) && **a != 0)
+                    .enumerate()
+                    .map(|(i, a)| if i == 0 { *a } else { a.wrapping_sub(1) })
+                    .collect()
+            };
+            self.frames
+                .extend(addrs(&c.kernel_stack).into_iter().map(Frame::Kernel));
+            for a in addrs(&c.user_stack) {
+                self.frames.push(match tracker.procs.find(c.pid, a) {
+                    Some(mapping) => Frame::User { mapping, addr: a },
+                    None => Frame::Unmapped(a),
+                });
+            }
+            tracker.threads_seen.insert(c.tid);
+            let name = profile.name_id(tracker.comm(c.pid, c.tid));
+            profile.add(name, &self.frames, c.count);
+        }
+        Ok(())
+    }
+
+    /// Stacks the kernel could not record (reported like lost records).
+    pub fn missing(&self) -> String {
+        let m = self.counter.missing();
+        format!(
+            "{} samples dropped (count map full or insert races), {} stacks lost (stack map collisions/full)",
+            m.dropped_samples(),
+            m.lost_stacks()
+        )
+    }
+}

@@ -1,0 +1,95 @@
+//! `record --bpf`: in-kernel aggregation gives the same stacks and proportions as the ring.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn bpf_always_matches_ring_buffer_path() {
+    require_perf_access();
+    let _serial = serial();
+    let w = start("cpu_split_fp", &["-t", "2", "-s", "12"]);
+    let pid = w.pid.to_string();
+    let bpf = run_psample(&[
+        "record", "-p", &pid, "-F", "999", "-d", "2", "--bpf", "always",
+    ]);
+    assert_eq!(bpf.status, 0, "--bpf always failed: {}", bpf.stderr);
+    assert!(
+        bpf.stderr.contains("in-kernel aggregation"),
+        "{}",
+        bpf.stderr
+    );
+    let ring = run_psample(&[
+        "record", "-p", &pid, "-F", "999", "-d", "2", "--bpf", "never",
+    ]);
+    assert_eq!(ring.status, 0, "{}", ring.stderr);
+    assert!(!ring.stderr.contains("in-kernel"), "{}", ring.stderr);
+
+    let (b, r) = (parse_folded(&bpf.folded), parse_folded(&ring.folded));
+    let (bs, rs) = (share(&b, "hot_a", "hot_b"), share(&r, "hot_a", "hot_b"));
+    eprintln!("hot_a share: bpf {bs:.1}%, ring {rs:.1}%");
+    assert!((bs - rs).abs() <= 5.0, "bpf {bs:.1}% vs ring {rs:.1}%");
+    // The same dominant stacks, symbolized the same way.
+    for stack in [
+        "cpu_split_fp;__libc_start_call_main;main;run;work;hot_a",
+        "cpu_split_fp;start_thread;thread_main;run;work;hot_b",
+    ] {
+        assert!(b.contains_key(stack), "bpf lacks {stack}:\n{}", bpf.folded);
+        assert!(
+            r.contains_key(stack),
+            "ring lacks {stack}:\n{}",
+            ring.folded
+        );
+    }
+    let (bt, rt) = (
+        b.values().sum::<u64>() as f64,
+        r.values().sum::<u64>() as f64,
+    );
+    assert!(
+        bt > 0.6 * rt && bt < 1.4 * rt,
+        "sample totals differ: bpf {bt} ring {rt}"
+    );
+}
+
+#[test]
+fn bpf_auto_falls_back_for_dwarf_and_always_refuses() {
+    require_perf_access();
+    let _serial = serial();
+    let w = start("cpu_split_nofp", &["-t", "1", "-s", "8"]);
+    let pid = w.pid.to_string();
+    let auto = run_psample(&[
+        "record",
+        "-p",
+        &pid,
+        "-F",
+        "199",
+        "-d",
+        "1",
+        "--call-graph",
+        "dwarf",
+    ]);
+    assert_eq!(auto.status, 0, "{}", auto.stderr);
+    assert!(
+        auto.stderr.contains("not used"),
+        "auto must say why BPF is not used:\n{}",
+        auto.stderr
+    );
+    assert!(parse_folded(&auto.folded)
+        .keys()
+        .any(|s| s.contains("hot_a")));
+    let always = run_psample(&[
+        "record",
+        "-p",
+        &pid,
+        "-F",
+        "199",
+        "-d",
+        "1",
+        "--call-graph",
+        "dwarf",
+        "--bpf",
+        "always",
+    ]);
+    assert_ne!(always.status, 0);
+    assert!(always.stderr.contains("--bpf always"), "{}", always.stderr);
+}
