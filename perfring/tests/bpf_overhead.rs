@@ -158,6 +158,8 @@ struct Outcome {
     samples: u64,
 }
 
+// The child is reaped with wait4, which std's Child does not know about, to get its rusage.
+#[allow(clippy::zombie_processes)]
 fn run(exe: &Path, mode: Mode, freq: u64, threads: u32, iters: u64) -> Outcome {
     let mut child = Command::new(exe)
         .arg(threads.to_string())
