@@ -183,6 +183,16 @@ impl RingBuffer {
     /// The 8 header bytes at ring position `pos`. The kernel never splits a header, but a
     /// damaged size field can leave `pos` anywhere, so wrap byte by byte.
     fn header_at(&self, pos: u64) -> [u8; RecordHeader::SIZE] {
+        let start = (pos & self.mask) as usize;
+        if start + RecordHeader::SIZE <= self.size as usize {
+            // SAFETY: the 8 bytes lie inside the data area.
+            return unsafe {
+                self.data
+                    .add(start)
+                    .cast::<[u8; RecordHeader::SIZE]>()
+                    .read()
+            };
+        }
         let mut out = [0u8; RecordHeader::SIZE];
         for (i, b) in out.iter_mut().enumerate() {
             let at = (pos.wrapping_add(i as u64) & self.mask) as usize;
