@@ -12,6 +12,13 @@ const MAX_SECTION: u64 = 1024 * 1024 * 1024;
 /// Inline nesting deeper than this is cut off; real code rarely exceeds a few dozen.
 const MAX_INLINE_DEPTH: usize = 256;
 
+/// One (possibly inlined) function at an address, as DWARF describes it.
+pub(crate) struct DwarfFrame {
+    pub name: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
 pub(crate) struct DwarfInfo {
     ctx: addr2line::Context<Reader>,
 }
@@ -38,9 +45,11 @@ impl DwarfInfo {
         Some(DwarfInfo { ctx })
     }
 
-    /// Function names covering `vaddr`, innermost (most deeply inlined) first; an entry is
-    /// `None` where DWARF has a location but no name. Empty when DWARF does not cover `vaddr`.
-    pub fn frames(&self, vaddr: u64) -> Vec<Option<String>> {
+    /// Functions covering `vaddr`, innermost (most deeply inlined) first, each with the
+    /// source position DWARF gives for it (for an inlined callee's caller, the call site).
+    /// `name` is `None` where DWARF has a location but no name. Empty when DWARF does not
+    /// cover `vaddr`.
+    pub fn frames(&self, vaddr: u64) -> Vec<DwarfFrame> {
         let mut out = Vec::new();
         let Ok(mut iter) = self.ctx.find_frames(vaddr).skip_all_loads() else {
             return out;
@@ -49,7 +58,11 @@ impl DwarfInfo {
             let name = frame
                 .function
                 .and_then(|f| f.raw_name().ok().map(Cow::into_owned));
-            out.push(name);
+            let (file, line) = match frame.location {
+                Some(loc) => (loc.file.map(str::to_string), loc.line),
+                None => (None, None),
+            };
+            out.push(DwarfFrame { name, file, line });
             if out.len() >= MAX_INLINE_DEPTH {
                 break;
             }

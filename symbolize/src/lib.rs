@@ -103,6 +103,37 @@ pub struct Frame {
     pub kind: FrameKind,
 }
 
+/// A frame with its source position, for formats that keep lines (pprof). `file` and `line`
+/// come from DWARF and are `None` where it has none (symbol-table-only names, JIT, unknown).
+/// For an inlined callee's caller the position is the call site.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FrameDetail {
+    pub name: String,
+    pub kind: FrameKind,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+impl FrameDetail {
+    fn without_position(f: Frame) -> FrameDetail {
+        FrameDetail {
+            name: f.name,
+            kind: f.kind,
+            file: None,
+            line: None,
+        }
+    }
+}
+
+impl From<FrameDetail> for Frame {
+    fn from(f: FrameDetail) -> Frame {
+        Frame {
+            name: f.name,
+            kind: f.kind,
+        }
+    }
+}
+
 struct ModuleEntry {
     spec: ModuleSpec,
     /// `None` until first used; then the index of its object, or `None` inside if no file
@@ -148,17 +179,32 @@ impl Symbolizer {
     /// that contains them). An address nothing names yields one frame
     /// `basename+0xFILEOFFSET`, so it can be looked up later with addr2line.
     pub fn symbolize(&mut self, module: ModuleHandle, addr: u64) -> Vec<Frame> {
+        self.symbolize_detailed(module, addr)
+            .into_iter()
+            .map(Frame::from)
+            .collect()
+    }
+
+    /// [`Self::symbolize`] with the source file and line of every frame where DWARF has them
+    /// (innermost first, like pprof's `Location.line`).
+    pub fn symbolize_detailed(&mut self, module: ModuleHandle, addr: u64) -> Vec<FrameDetail> {
         let Some(entry) = self.modules.get(module.0 as usize) else {
-            return vec![Frame {
+            return vec![FrameDetail {
                 name: "[unknown]".into(),
                 kind: FrameKind::User,
+                file: None,
+                line: None,
             }];
         };
         let (kind, start, pgoff) = (entry.spec.kind, entry.spec.start, entry.spec.pgoff);
         let file_offset = addr.wrapping_sub(start).wrapping_add(pgoff);
         let idx = module.0 as usize;
         let frames = match kind {
-            ModuleKind::Anon => self.jit_frame(idx, addr).into_iter().collect(),
+            ModuleKind::Anon => self
+                .jit_frame(idx, addr)
+                .map(FrameDetail::without_position)
+                .into_iter()
+                .collect(),
             ModuleKind::File | ModuleKind::Vdso => match self.object_for(idx) {
                 Some(obj_idx) => {
                     let opts = &self.opts;
@@ -169,7 +215,11 @@ impl Symbolizer {
                     }
                 }
                 // Code in memfd or other unreadable files may still be a JIT's.
-                None if kind == ModuleKind::File => self.jit_frame(idx, addr).into_iter().collect(),
+                None if kind == ModuleKind::File => self
+                    .jit_frame(idx, addr)
+                    .map(FrameDetail::without_position)
+                    .into_iter()
+                    .collect(),
                 None => Vec::new(),
             },
         };
@@ -179,12 +229,25 @@ impl Symbolizer {
                 .get(idx)
                 .map(|e| unknown_label(&e.spec))
                 .unwrap_or_default();
-            return vec![Frame {
+            return vec![FrameDetail {
                 name: format!("{label}+0x{file_offset:x}"),
                 kind: FrameKind::User,
+                file: None,
+                line: None,
             }];
         }
         frames
+    }
+
+    /// Number of mappings registered so far. Long-running callers (continuous profiling)
+    /// start a fresh symbolizer when this grows past what they are willing to hold.
+    pub fn module_count(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// The registered spec behind a handle.
+    pub fn module_spec(&self, module: ModuleHandle) -> Option<&ModuleSpec> {
+        self.modules.get(module.0 as usize).map(|e| &e.spec)
     }
 
     /// The kernel function containing `addr` (module symbols included), or `[kernel]` when

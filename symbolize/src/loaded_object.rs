@@ -12,7 +12,7 @@ use crate::dwarf::{has_debug_info, DwarfInfo};
 use crate::locate::{self, Resolved};
 use crate::minidebuginfo;
 use crate::symbol_table::SymbolTable;
-use crate::{Frame, FrameKind, ModuleSpec, SymbolizeOptions};
+use crate::{FrameDetail, FrameKind, ModuleSpec, SymbolizeOptions};
 
 #[derive(Debug, Clone, Copy)]
 struct LoadSegment {
@@ -25,7 +25,7 @@ pub(crate) struct LoadedObject {
     segments: Vec<LoadSegment>,
     symbols: SymbolTable,
     dwarf: Option<DwarfInfo>,
-    cache: HashMap<u64, Vec<Frame>>,
+    cache: HashMap<u64, Vec<FrameDetail>>,
 }
 
 impl LoadedObject {
@@ -121,8 +121,9 @@ impl LoadedObject {
             .map(|s| s.vaddr.wrapping_add(offset - s.offset))
     }
 
-    /// Frames at `vaddr`, innermost first; empty when nothing names it.
-    pub fn frames(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<Frame> {
+    /// Frames at `vaddr` with their source positions, innermost first; empty when nothing
+    /// names it.
+    pub fn frames(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
         if let Some(f) = self.cache.get(&vaddr) {
             return f.clone();
         }
@@ -131,7 +132,7 @@ impl LoadedObject {
         frames
     }
 
-    fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<Frame> {
+    fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
         let mut names = match &self.dwarf {
             Some(d) => match guarded(|| d.frames(vaddr)) {
                 Some(n) => n,
@@ -143,10 +144,11 @@ impl LoadedObject {
             },
             None => Vec::new(),
         };
-        let outer = names
-            .pop()
-            .flatten()
-            .or_else(|| self.symbols.lookup(vaddr).map(str::to_string));
+        let (outer, outer_file, outer_line) = match names.pop() {
+            Some(f) => (f.name, f.file, f.line),
+            None => (None, None, None),
+        };
+        let outer = outer.or_else(|| self.symbols.lookup(vaddr).map(str::to_string));
         let Some(outer) = outer else {
             return Vec::new();
         };
@@ -159,14 +161,20 @@ impl LoadedObject {
         };
         let mut out = Vec::new();
         if opts.inline {
-            out.extend(names.iter().flatten().map(|n| Frame {
-                name: name(n),
-                kind: FrameKind::Inline,
+            out.extend(names.into_iter().filter_map(|f| {
+                Some(FrameDetail {
+                    name: name(f.name.as_deref()?),
+                    kind: FrameKind::Inline,
+                    file: f.file,
+                    line: f.line,
+                })
             }));
         }
-        out.push(Frame {
+        out.push(FrameDetail {
             name: name(&outer),
             kind: FrameKind::User,
+            file: outer_file,
+            line: outer_line,
         });
         out
     }
