@@ -261,7 +261,7 @@ fn counts_frame_pointer_stacks_of_a_busy_child() {
     // (other builds may share these two cores).
     let expected = FREQ as f64 * cpu_ns as f64 / 1e9;
     assert!(
-        cpu_ns > 300_000_000,
+        cpu_ns > 100_000_000,
         "child ran only {cpu_ns} ns in 1 s: machine too loaded for a meaningful check"
     );
     let ratio = total as f64 / expected;
