@@ -250,6 +250,21 @@ impl Symbolizer {
         self.modules.get(module.0 as usize).map(|e| &e.spec)
     }
 
+    /// The GNU build-id of the file behind a mapping: the one the kernel reported, else the
+    /// one in the file psample resolved for it (opening it if not done yet).
+    pub fn build_id(&mut self, module: ModuleHandle) -> Option<Vec<u8>> {
+        let idx = module.0 as usize;
+        let entry = self.modules.get(idx)?;
+        if let Some(b) = &entry.spec.build_id {
+            return Some(b.clone());
+        }
+        if entry.spec.kind == ModuleKind::Anon {
+            return None;
+        }
+        let obj = self.object_for(idx)?;
+        self.objects.get(obj)?.build_id.clone()
+    }
+
     /// The kernel function containing `addr` (module symbols included), or `[kernel]` when
     /// addresses are hidden (kptr_restrict) or kernel naming is off.
     pub fn symbolize_kernel(&mut self, addr: u64) -> Frame {

@@ -26,6 +26,8 @@ pub(crate) struct LoadedObject {
     symbols: SymbolTable,
     dwarf: Option<DwarfInfo>,
     cache: HashMap<u64, Vec<FrameDetail>>,
+    /// GNU build-id of the file, for formats that identify binaries by it (pprof).
+    pub build_id: Option<Vec<u8>>,
 }
 
 impl LoadedObject {
@@ -40,6 +42,7 @@ impl LoadedObject {
             symbols: SymbolTable::default(),
             dwarf: None,
             cache: HashMap::new(),
+            build_id: None,
         };
         let data = &resolved.data;
         let obj = match object::File::parse(&**data) {
@@ -52,6 +55,7 @@ impl LoadedObject {
                 return me;
             }
         };
+        me.build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         me.segments = obj
             .segments()
             .filter_map(|s| {
