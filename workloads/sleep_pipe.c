@@ -17,6 +17,32 @@
 
 #define NOINL __attribute__((noinline, noclone))
 
+/* The blocking calls are made with an inline syscall instruction rather than libc's wrappers:
+ * those wrappers are frameless leaves, so a frame-pointer walk from inside them skips their
+ * caller and wait_phase would vanish from the off-CPU stack. Issued here, the user stack seen
+ * by the kernel starts in sleep_phase / wait_phase itself. */
+#if defined(__x86_64__)
+#include <sys/syscall.h>
+static inline long raw_syscall3(long nr, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c)
+                     : "rcx", "r11", "memory");
+    if (ret < 0 && ret > -4096) {
+        errno = (int)-ret;
+        return -1;
+    }
+    return ret;
+}
+#define blocking_read(fd, buf, n) raw_syscall3(SYS_read, (fd), (long)(buf), (n))
+#define blocking_nanosleep(req, rem) raw_syscall3(SYS_nanosleep, (long)(req), (long)(rem), 0)
+#else
+#define blocking_read(fd, buf, n) read((fd), (buf), (n))
+#define blocking_nanosleep(req, rem) nanosleep((req), (rem))
+#endif
+
 static atomic_uint_fast64_t iterations;
 static double seconds = 10;
 static long sleep_ms = 7;
@@ -27,11 +53,11 @@ static uint64_t wl_total_ops(void)
     return atomic_load(&iterations);
 }
 
-static void sleep_ms_exact(long ms)
+static inline __attribute__((always_inline)) void sleep_ms_exact(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     /* Resume after a signal (SIGUSR1 marks): the split must not depend on signal timing. */
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR && !wl_stopped()) {
+    while (blocking_nanosleep(&ts, &ts) < 0 && errno == EINTR && !wl_stopped()) {
     }
 }
 
@@ -47,7 +73,7 @@ NOINL int wait_phase(int go_fd, int back_fd)
     if (write(go_fd, &c, 1) != 1)
         return 0;
     for (;;) {
-        ssize_t r = read(back_fd, &c, 1);
+        long r = blocking_read(back_fd, &c, 1);
         if (r == 1)
             return 1;
         if (r < 0 && errno == EINTR && !wl_stopped())
