@@ -17,6 +17,7 @@ pub mod bpf_mode;
 pub mod check;
 pub mod error;
 pub mod fold;
+pub mod limits;
 pub mod offcpu;
 pub mod output;
 pub mod perms;
@@ -37,6 +38,10 @@ use clap::Parser;
 /// Parse the command line, run the command, and return the process exit code.
 pub fn run() -> i32 {
     let cli = args::Cli::parse();
+    if !matches!(cli.command, args::Command::Check(_)) {
+        // Before any event is opened: one fd per thread per CPU adds up fast.
+        limits::raise_nofile();
+    }
     let result = match cli.command {
         args::Command::Record(a) => record::run(a),
         args::Command::Offcpu(a) => offcpu::command::run(a),

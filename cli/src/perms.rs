@@ -39,9 +39,15 @@ pub fn explain_open(kernel: &dyn Kernel, errno: Errno, what: &str) -> String {
              Try -e cpu-clock, which works everywhere including VMs.",
             errno.desc()
         ),
-        Errno::EMFILE | Errno::ENFILE => format!(
-            "{what}: too many open files. Raise the limit with `ulimit -n 65536`, or profile \
-             fewer threads (-t) or CPUs."
+        Errno::EMFILE => format!(
+            "{what}: too many open files (psample needs one per thread and CPU; the limit is \
+             {} after raising it to the hard limit). Raise the hard limit (`ulimit -Hn 65536` \
+             as root, or LimitNOFILE= in the service unit), or profile fewer threads (-t).",
+            crate::limits::nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
+        ),
+        Errno::ENFILE => format!(
+            "{what}: the system-wide open file table is full (fs.file-max); raise it with \
+             `sysctl fs.file-max=...` or profile fewer threads (-t)."
         ),
         Errno::EINVAL => format!(
             "{what}: the kernel rejected the event settings even after dropping every optional \

@@ -1,7 +1,8 @@
 //! Following the targets' processes and threads from side-band records: names (COMM),
 //! address spaces (MMAP/MMAP2, FORK, EXIT, exec), so samples can be attributed correctly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
 use unwind::Processes;
@@ -10,6 +11,13 @@ use crate::target;
 
 /// PERF_RECORD_MISC_KERNEL.
 const KERNEL_CPUMODE: u16 = 1;
+
+/// How long an exited process's address space is kept. Rings are drained in batches and a
+/// sample taken on another CPU just before the exit can arrive after the EXIT record; a
+/// second is far longer than any batch, and short enough that `-a` on a host with heavy
+/// process churn keeps only the live processes' spaces (and the unwinder's per-process
+/// state, which follows them) in memory.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default, Debug, Clone)]
 pub struct SidebandStats {
@@ -30,6 +38,8 @@ pub struct Tracker {
     pub comm_exec: bool,
     pub stats: SidebandStats,
     pub threads_seen: std::collections::HashSet<u32>,
+    /// Processes that exited, oldest first, with when we saw it; reaped after [`EXIT_GRACE`].
+    exited: VecDeque<(Instant, u32)>,
 }
 
 impl Tracker {
@@ -41,7 +51,25 @@ impl Tracker {
             comm_exec,
             stats: SidebandStats::default(),
             threads_seen: Default::default(),
+            exited: VecDeque::new(),
         }
+    }
+
+    /// Forget the address spaces of processes that exited more than [`EXIT_GRACE`] ago.
+    /// Mappings stay in the arena, so stacks already collected still symbolize.
+    pub fn reap_exited(&mut self, now: Instant) {
+        while let Some(&(at, pid)) = self.exited.front() {
+            if now.duration_since(at) < EXIT_GRACE {
+                break;
+            }
+            self.exited.pop_front();
+            self.procs.on_exit(pid);
+        }
+    }
+
+    /// Exited processes whose address space is still kept.
+    pub fn pending_exits(&self) -> usize {
+        self.exited.len()
     }
 
     /// Snapshot a process as it is now: its maps and thread names.
@@ -90,7 +118,11 @@ impl Tracker {
             }
             Record::Exit(e) => {
                 self.stats.exits += 1;
-                let _ = e;
+                // Only the whole process (its last thread, pid == tid) releases the space.
+                if e.pid == e.tid {
+                    self.exited.push_back((Instant::now(), e.pid));
+                }
+                self.reap_exited(Instant::now());
                 true
             }
             Record::Throttle(_) => {
@@ -146,6 +178,10 @@ impl Tracker {
 
     fn on_fork(&mut self, f: &TaskEvent) {
         self.stats.forks += 1;
+        // A reused pid: the pending removal was for the previous process of that number.
+        if f.pid == f.tid {
+            self.exited.retain(|&(_, pid)| pid != f.pid);
+        }
         self.pid_of.insert(f.tid, f.pid);
         self.threads_seen.insert(f.tid);
         if f.pid != f.ppid {
@@ -155,5 +191,70 @@ impl Tracker {
         if let Some(name) = self.comms.get(&f.ptid).cloned() {
             self.comms.entry(f.tid).or_insert(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perfring::record::SampleId;
+
+    fn task(pid: u32, tid: u32) -> TaskEvent {
+        TaskEvent {
+            pid,
+            ppid: 1,
+            tid,
+            ptid: 1,
+            time: 0,
+            sample_id: SampleId::default(),
+        }
+    }
+
+    fn with_space(pid: u32) -> Tracker {
+        let mut t = Tracker::new(true);
+        t.procs.on_mmap(pid, 0x1000, 0x1000, 0, "/bin/x", true, None, None);
+        t
+    }
+
+    #[test]
+    fn exited_process_space_is_released_after_the_grace_period() {
+        let mut t = with_space(50);
+        // A thread exit keeps the process.
+        t.on_record(&Record::Exit(task(50, 51)));
+        assert_eq!(t.pending_exits(), 0);
+        t.on_record(&Record::Exit(task(50, 50)));
+        assert_eq!(t.pending_exits(), 1);
+        // Within the grace period late samples still resolve.
+        t.reap_exited(Instant::now());
+        assert!(t.procs.find(50, 0x1800).is_some());
+        t.reap_exited(Instant::now() + EXIT_GRACE + Duration::from_millis(1));
+        assert!(!t.procs.contains(50));
+        assert_eq!(t.pending_exits(), 0);
+        // The mapping itself stays resolvable for symbolizing collected stacks.
+        assert_eq!(t.procs.mapping_count(), 1);
+    }
+
+    #[test]
+    fn reused_pid_cancels_the_pending_release() {
+        let mut t = with_space(60);
+        t.on_record(&Record::Exit(task(60, 60)));
+        t.on_record(&Record::Fork(task(60, 60)));
+        t.procs.on_mmap(60, 0x5000, 0x1000, 0, "/bin/y", true, None, None);
+        t.reap_exited(Instant::now() + EXIT_GRACE * 2);
+        assert!(t.procs.find(60, 0x5800).is_some());
+    }
+
+    #[test]
+    fn churn_keeps_only_live_spaces() {
+        let mut t = Tracker::new(true);
+        let start = Instant::now();
+        for pid in 1000..3000u32 {
+            t.procs
+                .on_mmap(pid, 0x1000 * u64::from(pid), 0x1000, 0, "/bin/x", true, None, None);
+            t.on_record(&Record::Exit(task(pid, pid)));
+        }
+        t.reap_exited(start + EXIT_GRACE * 2);
+        assert_eq!(t.pending_exits(), 0);
+        assert!((1000..3000).all(|p| !t.procs.contains(p)));
     }
 }
