@@ -212,7 +212,8 @@ mod tests {
 
     fn with_space(pid: u32) -> Tracker {
         let mut t = Tracker::new(true);
-        t.procs.on_mmap(pid, 0x1000, 0x1000, 0, "/bin/x", true, None, None);
+        t.procs
+            .on_mmap(pid, 0x1000, 0x1000, 0, "/bin/x", true, None, None);
         t
     }
 
@@ -239,7 +240,8 @@ mod tests {
         let mut t = with_space(60);
         t.on_record(&Record::Exit(task(60, 60)));
         t.on_record(&Record::Fork(task(60, 60)));
-        t.procs.on_mmap(60, 0x5000, 0x1000, 0, "/bin/y", true, None, None);
+        t.procs
+            .on_mmap(60, 0x5000, 0x1000, 0, "/bin/y", true, None, None);
         t.reap_exited(Instant::now() + EXIT_GRACE * 2);
         assert!(t.procs.find(60, 0x5800).is_some());
     }
@@ -249,8 +251,16 @@ mod tests {
         let mut t = Tracker::new(true);
         let start = Instant::now();
         for pid in 1000..3000u32 {
-            t.procs
-                .on_mmap(pid, 0x1000 * u64::from(pid), 0x1000, 0, "/bin/x", true, None, None);
+            t.procs.on_mmap(
+                pid,
+                0x1000 * u64::from(pid),
+                0x1000,
+                0,
+                "/bin/x",
+                true,
+                None,
+                None,
+            );
             t.on_record(&Record::Exit(task(pid, pid)));
         }
         t.reap_exited(start + EXIT_GRACE * 2);
