@@ -29,7 +29,7 @@ impl NamedFrames {
         id
     }
 
-    fn get(&self, id: u32) -> &str {
+    pub fn get(&self, id: u32) -> &str {
         self.names.get(id as usize).map_or("[?]", String::as_str)
     }
 }

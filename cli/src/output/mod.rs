@@ -5,6 +5,7 @@
 
 mod atomic;
 pub mod folded;
+pub mod pprof;
 pub mod svg;
 
 use std::io::{self, Write};
