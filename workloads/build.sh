@@ -47,4 +47,5 @@ build libdemo.so "${fp[@]}" -fPIC -shared "$src/libdemo.c"
 build dlopen_demo "${fp[@]}" "$src/dlopen_demo.c" -ldl
 build threads_late "${fp[@]}" "$src/threads_late.c"
 build demo "${fp[@]}" "$src/demo.c"
+build exec_fork "${fp[@]}" "$src/exec_fork.c"
 echo "built workloads in $out"
