@@ -97,7 +97,7 @@ impl AtomicFile {
 
     /// fsync and rename into place.
     pub fn commit(mut self) -> io::Result<()> {
-        if let Some(f) = self.file.take() {
+        if let Some(f) = self.file.as_ref() {
             f.sync_all()?;
         }
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| {
@@ -105,13 +105,18 @@ impl AtomicFile {
                 e.kind(),
                 format!("cannot rename into {}: {e}", self.dest.display()),
             )
-        })
+        })?;
+        // Renamed: nothing is left under the temporary name for Drop to remove.
+        self.file = None;
+        Ok(())
     }
 }
 
 impl Drop for AtomicFile {
+    /// Not committed (an error while writing, fsync or rename failed): remove the partial
+    /// temporary file so failed runs leave nothing behind.
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -136,6 +141,23 @@ mod tests {
         drop(AtomicFile::create(&dest2).unwrap());
         assert!(!dest2.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_rename_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming a file onto a non-empty directory fails (EISDIR/ENOTEMPTY).
+        let dest = dir.path().join("taken");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("x"), b"x").unwrap();
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.as_file_mut().write_all(b"a 1\n").unwrap();
+        assert!(f.commit().is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("taken")]);
     }
 
     #[test]
