@@ -26,6 +26,10 @@ pub enum Command {
     Offcpu(OffcpuArgs),
     /// Report what this host and user allow, and what psample will use.
     Check(CheckArgs),
+    /// Differential flame graph of two profiles (folded or pprof): red grew, blue shrank.
+    Diff(DiffArgs),
+    /// Text summary of a profile (folded or pprof): top stacks and top self-time functions.
+    Report(ReportArgs),
 }
 
 /// What to profile. Exactly one of -p, -t, -a or a command after `--`.
@@ -128,15 +132,104 @@ pub struct CommonArgs {
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
     #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Output file: .svg writes a flame graph, anything else folded stacks (default: stdout).
+    /// Output file: .svg writes a flame graph, .pb.gz/.pprof a pprof profile, anything else
+    /// folded stacks (default: stdout).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Output format, when the file name does not say it (or to override it).
+    #[arg(long = "format", value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
     /// Say which kernel features and fallbacks were used, and more.
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// Data pages per CPU ring buffer (a power of two; default depends on the mode).
     #[arg(long = "mmap-pages", value_name = "PAGES")]
     pub mmap_pages: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Folded,
+    Svg,
+    Pprof,
+}
+
+/// Parse a duration such as `60`, `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 30s, 5m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Continuous profiling: one profile per interval into a directory.
+#[derive(Args, Debug, Clone)]
+pub struct ContinuousArgs {
+    /// Write one profile per interval (e.g. 60s, 5m) until stopped; needs --out-dir.
+    #[arg(long = "every", value_parser = parse_duration, value_name = "DURATION", requires = "out_dir")]
+    pub every: Option<std::time::Duration>,
+    /// Directory for the interval profiles (named psample-<command>-<UTC time>.<ext>).
+    #[arg(long = "out-dir", value_name = "DIR", requires = "every")]
+    pub out_dir: Option<PathBuf>,
+    /// Keep only the newest N interval profiles (default: keep all).
+    #[arg(long = "keep", value_name = "N", requires = "every")]
+    pub keep: Option<usize>,
+    /// Profile the process whose PID is in this file; re-read (and re-attach) when it restarts.
+    #[arg(
+        long = "pid-file",
+        value_name = "FILE",
+        requires = "every",
+        conflicts_with = "comm"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// Profile processes with this name (/proc/PID/comm); re-attach when they restart.
+    #[arg(long = "comm", value_name = "NAME", requires = "every")]
+    pub comm: Option<String>,
+    /// POST each interval's profile to a Pyroscope-compatible server (http://HOST:PORT; plain
+    /// HTTP only). Failures are retried in the background and never hold up sampling.
+    #[arg(long = "push", value_name = "URL", requires = "every")]
+    pub push: Option<String>,
+    /// Application name sent with --push (default: psample.<command>).
+    #[arg(long = "push-name", value_name = "NAME", requires = "push")]
+    pub push_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The baseline profile (folded or pprof).
+    pub before: PathBuf,
+    /// The profile to compare (folded or pprof).
+    pub after: PathBuf,
+    /// Output SVG (default: stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Scale the counts so both profiles have the same total (compare shapes, not volumes).
+    #[arg(long)]
+    pub normalize: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The profile (folded or pprof).
+    pub file: PathBuf,
+    /// How many stacks and functions to list.
+    #[arg(long = "top", default_value_t = 10, value_name = "N")]
+    pub top: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -171,6 +264,8 @@ pub struct RecordArgs {
     /// (frame-pointer stacks) and the kernel allows it.
     #[arg(long, value_enum, default_value_t = BpfMode::Auto)]
     pub bpf: BpfMode,
+    #[command(flatten)]
+    pub continuous: ContinuousArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -212,6 +307,8 @@ pub struct OffcpuArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
+    #[command(flatten)]
+    pub continuous: ContinuousArgs,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +326,51 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_continuous_flags() {
+        assert_eq!(parse_duration("90"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("1h"),
+            Ok(std::time::Duration::from_secs(3600))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        // --every without --out-dir (and the reverse) is refused.
+        assert!(Cli::try_parse_from(["psample", "record", "-p", "1", "--every", "5s"]).is_err());
+        assert!(
+            Cli::try_parse_from(["psample", "record", "-p", "1", "--out-dir", "/tmp"]).is_err()
+        );
+        let c = Cli::try_parse_from([
+            "psample",
+            "offcpu",
+            "--comm",
+            "nginx",
+            "--every",
+            "1m",
+            "--out-dir",
+            "/tmp",
+            "--keep",
+            "5",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Offcpu(o) => {
+                assert_eq!(o.continuous.comm.as_deref(), Some("nginx"));
+                assert_eq!(o.continuous.keep, Some(5));
+            }
+            _ => panic!("wrong command"),
+        }
     }
 
     #[test]

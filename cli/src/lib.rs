@@ -9,12 +9,15 @@
 //! - [`tracker`]: process names and address spaces from side-band records;
 //! - [`stack`], [`profile`]: raw stacks and their aggregation before symbolization;
 //! - [`fold`]: symbolizing each distinct frame once and rendering folded stacks;
-//! - [`output`]: folded and SVG writers (atomic);
-//! - [`record`], [`offcpu`], [`check`]: the commands.
+//! - [`output`]: folded, SVG and pprof writers (atomic);
+//! - [`continuous`], [`push`]: one profile per interval, uploads to Pyroscope-compatible servers;
+//! - [`record`], [`offcpu`], [`check`], [`diff`], [`report`]: the commands.
 
 pub mod args;
 pub mod bpf_mode;
 pub mod check;
+pub mod continuous;
+pub mod diff;
 pub mod error;
 pub mod fold;
 pub mod limits;
@@ -23,7 +26,9 @@ pub mod output;
 pub mod perms;
 pub mod profile;
 pub mod progress;
+pub mod push;
 pub mod record;
+pub mod report;
 pub mod session;
 pub mod signals;
 pub mod stack;
@@ -46,6 +51,8 @@ pub fn run() -> i32 {
         args::Command::Record(a) => record::run(a),
         args::Command::Offcpu(a) => offcpu::command::run(a),
         args::Command::Check(a) => check::run(a),
+        args::Command::Diff(a) => diff::run(a),
+        args::Command::Report(a) => report::run(a),
     };
     match result {
         Ok(code) => code,

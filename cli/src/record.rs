@@ -10,9 +10,10 @@ use perfring::record::{Record, Sample};
 use unwind::{StopReason, UnwindResult, Unwinder, UserRegs};
 
 use crate::args::{CallGraph, RecordArgs};
+use crate::continuous::{self, Intervals};
 use crate::error::CliError;
 use crate::fold::{Folder, NamedFrames};
-use crate::output::{self, Labels};
+use crate::output::{self, folded::escape_comm, pprof, Labels};
 use crate::profile::Profile;
 use crate::session::{self, Attach, Reader, StopCause, Stopper};
 use crate::stack::{split_callchain, Frame};
@@ -195,17 +196,92 @@ pub fn run(args: RecordArgs) -> Result<i32, CliError> {
     run_with_kernel(args, session::linux_kernel())
 }
 
+/// The profile of a run or of one interval, in the output format. `period_ns` converts
+/// sample counts to CPU time for pprof's (cpu, nanoseconds) value.
+pub fn render(
+    profile: &Profile,
+    procs: &unwind::Processes,
+    sym: &mut symbolize::Symbolizer,
+    format: output::Format,
+    period_ns: u64,
+    window: (std::time::SystemTime, std::time::Duration),
+) -> output::Rendered {
+    let named = NamedFrames::default();
+    if format != output::Format::Pprof {
+        return output::Rendered::Lines(Folder::new(sym, procs, &named).fold(profile));
+    }
+    let mut b = pprof::Builder::new(sym, procs, &named);
+    for (name, frames, count) in profile.iter() {
+        let comm = escape_comm(profile.name(name));
+        let mut nodes: Vec<pprof::Node<'_>> = Vec::with_capacity(frames.len() + 1);
+        nodes.extend(frames.iter().map(|f| pprof::Node::Frame(*f)));
+        nodes.push(pprof::Node::Text(&comm));
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        b.add(&nodes, &[count, count.saturating_mul(period_ns as i64)]);
+    }
+    output::Rendered::Pprof(b.finish(&pprof::Meta {
+        sample_types: vec![
+            ("samples".into(), "count".into()),
+            ("cpu".into(), "nanoseconds".into()),
+        ],
+        period_type: ("cpu".into(), "nanoseconds".into()),
+        period: period_ns as i64,
+        time_nanos: pprof_time(window.0),
+        duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
+    }))
+}
+
+/// Nanoseconds since the epoch, as pprof's time_nanos.
+pub fn pprof_time(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
 /// `record` against any [`perfring::sys::Kernel`] (compat-tests pass emulated kernels).
 pub fn run_with_kernel(
     args: RecordArgs,
     kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
 ) -> Result<i32, CliError> {
-    let target = Target::from_args(&args.target).map_err(CliError::new)?;
+    let labels = Labels {
+        title: "psample record".into(),
+        count_name: "samples".into(),
+    };
+    let intervals = Intervals::from_args(
+        &args.continuous,
+        &args.common,
+        &args.symbols,
+        "record",
+        labels,
+    )?;
+    let Some(mut intervals) = intervals else {
+        let target = Target::from_args(&args.target).map_err(CliError::new)?;
+        return run_session(&args, target, kernel, None).map(|_| 0);
+    };
+    continuous::run_restartable(
+        &args.continuous,
+        || Target::from_args(&args.target).map_err(CliError::new),
+        |target| run_session(&args, target, kernel.clone(), Some(&mut intervals)),
+    )
+}
+
+/// One session on one target: attach, sample until stopped, write. In continuous mode
+/// (`intervals`), one profile per interval is written instead of one at the end.
+pub fn run_session(
+    args: &RecordArgs,
+    target: Target,
+    kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
+    mut intervals: Option<&mut Intervals>,
+) -> Result<StopCause, CliError> {
+    let format = output::Format::resolve(args.common.format, args.common.output.as_deref());
     if let Some(p) = &args.common.output {
         output::check_writable(p).map_err(CliError::new)?;
     }
     let mut summary = Summary::new("record");
     let hz = clamp_frequency(args.freq, kernel.as_ref(), &mut summary.warnings);
+    let period_ns = 1_000_000_000 / hz.max(1);
+    if let Some(iv) = intervals.as_deref() {
+        iv.set_sample_rate(hz);
+    }
     let (kind, event_name) = parse_event(&args.event, kernel.as_ref())?;
     let mode = args.call_graph.mode();
     let is_cmd = matches!(target, Target::Command(_));
@@ -283,7 +359,21 @@ pub fn run_with_kernel(
         if let Some(c) = stopper.check(launched.as_ref()) {
             break c;
         }
-        if let Err(e) = session.wait(stopper.poll_timeout_ms()) {
+        if let Some(iv) = intervals.as_deref_mut() {
+            if iv.due() {
+                if let Some(b) = bpf.as_mut() {
+                    if let Err(e) = b.drain(&mut rec.tracker, &mut rec.profile, rec.own_pid) {
+                        summary.warnings.push(format!("reading BPF counts: {e}"));
+                    }
+                }
+                rec.end_interval(iv, format, period_ns);
+            }
+        }
+        let timeout = match intervals.as_deref() {
+            Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
+            None => stopper.poll_timeout_ms(),
+        };
+        if let Err(e) = session.wait(timeout) {
             summary.warnings.push(format!("stopping early: {e}"));
             break StopCause::Signal;
         }
@@ -327,19 +417,6 @@ pub fn run_with_kernel(
         ..
     } = rec;
 
-    let mut sym = symbols::symbolizer(&args.symbols);
-    let named = NamedFrames::default();
-    let lines = Folder::new(&mut sym, &tracker.procs, &named).fold(&profile);
-    output::write_profile(
-        args.common.output.as_ref(),
-        &lines,
-        &Labels {
-            title: "psample record".into(),
-            count_name: "samples".into(),
-        },
-    )
-    .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
-
     summary.line("stopped", cause.describe());
     summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
     summary.line(
@@ -351,14 +428,6 @@ pub fn run_with_kernel(
     );
     summary.line("samples", samples.to_string());
     summary.line("threads seen", tracker.threads_seen.len().to_string());
-    summary.line(
-        "stacks",
-        format!(
-            "{} distinct, {} folded lines",
-            profile.distinct_stacks(),
-            lines.len()
-        ),
-    );
     summary.add_lost(&session, reader.parse_errors);
     if tracker.stats.throttles > 0 {
         summary.line(
@@ -373,6 +442,66 @@ pub fn run_with_kernel(
         summary.add_unwind(&builder.unwind_stats);
     }
     summary.add_fallbacks(&session);
+    // Symbolization is the memory peak (DWARF of every module): give back the rings, the
+    // batch arena and the unwinder's caches first.
+    drop((session, reader, builder, bpf));
+
+    if let Some(iv) = intervals {
+        // The last, partial interval (stop or target exit).
+        let window = iv.window();
+        let rendered = render(
+            &profile,
+            &tracker.procs,
+            iv.symbolizer(),
+            format,
+            period_ns,
+            window,
+        );
+        iv.emit(rendered);
+        summary.line(
+            "intervals",
+            format!("{} written, {} failed", iv.written, iv.write_errors),
+        );
+        if let Some(p) = iv.push_stats() {
+            summary.line("push", p);
+        }
+        summary.warnings.extend(iv.symbolizer_warnings());
+        summary.print(args.common.verbose);
+        return Ok(cause);
+    }
+    let mut sym = symbols::symbolizer(&args.symbols);
+    let window = (std::time::SystemTime::now() - elapsed, elapsed);
+    let rendered = render(
+        &profile,
+        &tracker.procs,
+        &mut sym,
+        format,
+        period_ns,
+        window,
+    );
+    rendered
+        .write(
+            args.common.output.as_deref(),
+            format,
+            &Labels {
+                title: "psample record".into(),
+                count_name: "samples".into(),
+            },
+        )
+        .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+    summary.line(
+        "stacks",
+        format!(
+            "{} distinct, {} {}",
+            profile.distinct_stacks(),
+            rendered.len(),
+            if format == output::Format::Pprof {
+                "pprof samples"
+            } else {
+                "folded lines"
+            }
+        ),
+    );
     summary.line(
         "output ready",
         format!("{} ms after stop", stop_started.elapsed().as_millis()),
@@ -387,7 +516,7 @@ pub fn run_with_kernel(
     if samples == 0 {
         eprintln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
     }
-    Ok(0)
+    Ok(cause)
 }
 
 fn describe_mode(mode: CallGraph) -> String {
@@ -407,6 +536,27 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Write the interval that just ended and start the next one with empty tables and a
+    /// tracker of live processes only, so nothing grows with the length of the run.
+    fn end_interval(&mut self, iv: &mut Intervals, format: output::Format, period_ns: u64) {
+        let profile = std::mem::take(&mut self.profile);
+        let window = iv.window();
+        let rendered = render(
+            &profile,
+            &self.tracker.procs,
+            iv.symbolizer(),
+            format,
+            period_ns,
+            window,
+        );
+        drop(profile);
+        iv.emit(rendered);
+        self.tracker = self.tracker.refreshed();
+        let stats = std::mem::take(&mut self.builder.unwind_stats);
+        self.builder = StackBuilder::new(self.builder.mode);
+        self.builder.unwind_stats = stats;
+    }
+
     fn handle(&mut self, rec: &Record<'_>) {
         if self.tracker.on_record(rec) {
             return;

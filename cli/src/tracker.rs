@@ -85,6 +85,22 @@ impl Tracker {
         }
     }
 
+    /// A tracker holding only what is still alive: the live processes among those this one
+    /// knew, re-read from /proc. Continuous profiling swaps it in at interval boundaries so
+    /// address spaces (and the mapping arena) of exited processes do not pile up for hours.
+    pub fn refreshed(&self) -> Tracker {
+        let mut pids: Vec<u32> = self.pid_of.values().copied().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut fresh = Tracker::new(self.comm_exec);
+        for pid in pids {
+            if target::process_alive(pid) {
+                fresh.load_process(pid);
+            }
+        }
+        fresh
+    }
+
     /// The process a thread belongs to, if seen.
     pub fn pid_of(&self, tid: u32) -> Option<u32> {
         self.pid_of.get(&tid).copied()

@@ -18,14 +18,94 @@ pub use atomic::{check_writable, AtomicFile};
 pub enum Format {
     Folded,
     Svg,
+    Pprof,
 }
 
 impl Format {
-    /// `.svg` → flame graph; anything else → folded stacks.
+    /// `.svg` → flame graph; `.pb.gz`/`.pprof`/`.pb` → pprof; anything else → folded stacks.
     pub fn from_path(path: Option<&Path>) -> Format {
-        match path.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
-            Some(e) if e.eq_ignore_ascii_case("svg") => Format::Svg,
-            _ => Format::Folded,
+        let name = path
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".svg") {
+            Format::Svg
+        } else if name.ends_with(".pb.gz") || name.ends_with(".pprof") || name.ends_with(".pb") {
+            Format::Pprof
+        } else {
+            Format::Folded
+        }
+    }
+
+    /// `--format` when given, else what the file name says.
+    pub fn resolve(explicit: Option<crate::args::OutputFormat>, path: Option<&Path>) -> Format {
+        match explicit {
+            Some(crate::args::OutputFormat::Folded) => Format::Folded,
+            Some(crate::args::OutputFormat::Svg) => Format::Svg,
+            Some(crate::args::OutputFormat::Pprof) => Format::Pprof,
+            None => Format::from_path(path),
+        }
+    }
+
+    /// File extension for generated names (continuous mode).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Folded => "folded",
+            Format::Svg => "svg",
+            Format::Pprof => "pb.gz",
+        }
+    }
+}
+
+/// Write a pprof profile (gzipped) to `path`, atomically, or to stdout when `None`.
+pub fn write_pprof(path: Option<&Path>, profile: &pprof::Profile) -> io::Result<()> {
+    match path {
+        None => {
+            let stdout = io::stdout();
+            let mut out = stdout.lock();
+            profile.write_gz(&mut out)?;
+            out.flush()
+        }
+        Some(p) => {
+            let mut file = AtomicFile::create(p)?;
+            {
+                let mut out = io::BufWriter::new(file.as_file_mut());
+                profile.write_gz(&mut out)?;
+                out.flush()?;
+            }
+            file.commit()
+        }
+    }
+}
+
+/// Write folded lines as folded text or an SVG (`format` must not be pprof), atomically.
+pub fn write_lines(
+    path: Option<&Path>,
+    format: Format,
+    lines: &[(String, u64)],
+    labels: &Labels,
+) -> io::Result<()> {
+    match path {
+        None => {
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::new(stdout.lock());
+            match format {
+                Format::Svg => svg::write(&mut out, lines, labels)?,
+                _ => folded::write(&mut out, lines)?,
+            }
+            out.flush()
+        }
+        Some(p) => {
+            let mut file = AtomicFile::create(p)?;
+            {
+                let mut out = io::BufWriter::new(file.as_file_mut());
+                match format {
+                    Format::Svg => svg::write(&mut out, lines, labels)?,
+                    _ => folded::write(&mut out, lines)?,
+                }
+                out.flush()?;
+            }
+            file.commit()
         }
     }
 }
@@ -56,12 +136,50 @@ pub fn write_profile(
             {
                 let mut out = io::BufWriter::new(file.as_file_mut());
                 match format {
-                    Format::Folded => folded::write(&mut out, lines)?,
                     Format::Svg => svg::write(&mut out, lines, labels)?,
+                    Format::Folded | Format::Pprof => folded::write(&mut out, lines)?,
                 }
                 out.flush()?;
             }
             file.commit()
         }
+    }
+}
+
+/// A profile ready to be written: folded lines (for folded and SVG) or a pprof message.
+pub enum Rendered {
+    Lines(Vec<(String, u64)>),
+    Pprof(pprof::Profile),
+}
+
+impl Rendered {
+    /// Write in `format` to `path` (stdout when `None`), atomically.
+    pub fn write(&self, path: Option<&Path>, format: Format, labels: &Labels) -> io::Result<()> {
+        match self {
+            Rendered::Lines(lines) => write_lines(path, format, lines, labels),
+            Rendered::Pprof(p) => write_pprof(path, p),
+        }
+    }
+
+    /// The file's bytes (for uploading): folded text or gzipped pprof.
+    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        match self {
+            Rendered::Lines(lines) => folded::write(&mut v, lines)?,
+            Rendered::Pprof(p) => p.write_gz(&mut v)?,
+        }
+        Ok(v)
+    }
+
+    /// Folded lines or pprof samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Rendered::Lines(l) => l.len(),
+            Rendered::Pprof(p) => p.sample.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

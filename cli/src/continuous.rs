@@ -1,0 +1,397 @@
+//! Continuous profiling: `--every DURATION --out-dir DIR [--keep N]`.
+//!
+//! The session stays open across intervals so no sample falls between two files. At each
+//! boundary the command renders what it aggregated, [`Intervals::emit`] writes it under a
+//! timestamped name (atomic rename), prunes old files and hands a copy to the pusher, and
+//! the command resets its aggregation. Memory stays flat because everything that grows with
+//! time is per interval: stack tables, the tracker (swapped for a fresh one holding only
+//! live processes, see [`crate::tracker::Tracker::refreshed`]) and the symbolizer (rebuilt
+//! when its module list grows past [`MAX_SYMBOLIZER_MODULES`]).
+//!
+//! With `--pid-file`/`--comm` the targets are looked up again when they exit, and a new
+//! session is attached to the new process ([`run_restartable`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use symbolize::Symbolizer;
+
+use crate::args::{CommonArgs, ContinuousArgs, SymbolArgs};
+use crate::error::CliError;
+use crate::output::{Format, Labels, Rendered};
+use crate::push::Pusher;
+use crate::session::StopCause;
+use crate::target::{self, Target};
+
+/// A symbolizer that has registered this many mappings is replaced by a fresh one at the
+/// next boundary. Parsed files are reloaded then, which costs a little CPU once, but the
+/// module list (one entry per mapping per interval) cannot grow without bound.
+pub const MAX_SYMBOLIZER_MODULES: usize = 20_000;
+
+/// Interval bookkeeping, output and retention for one continuous run.
+pub struct Intervals {
+    every: Duration,
+    dir: PathBuf,
+    keep: Option<usize>,
+    pub format: Format,
+    prefix: String,
+    labels: Labels,
+    started: Instant,
+    started_wall: SystemTime,
+    symbols: SymbolArgs,
+    sym: Option<Symbolizer>,
+    pusher: Option<Pusher>,
+    pub written: u64,
+    pub write_errors: u64,
+    last_name: String,
+}
+
+impl Intervals {
+    /// `None` when `--every` was not given.
+    pub fn from_args(
+        c: &ContinuousArgs,
+        common: &CommonArgs,
+        symbols: &SymbolArgs,
+        command: &str,
+        labels: Labels,
+    ) -> Result<Option<Intervals>, CliError> {
+        let (Some(every), Some(dir)) = (c.every, c.out_dir.as_ref()) else {
+            return Ok(None);
+        };
+        if common.output.is_some() {
+            return Err(CliError::new(
+                "--every writes into --out-dir; -o cannot be used with it",
+            ));
+        }
+        if c.keep == Some(0) {
+            return Err(CliError::new("--keep must be at least 1"));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::new(format!("cannot create --out-dir {}: {e}", dir.display()))
+        })?;
+        crate::output::check_writable(&dir.join("probe"))
+            .map_err(|e| CliError::new(format!("--out-dir: {e}")))?;
+        let format = Format::resolve(common.format, None);
+        let pusher = match &c.push {
+            Some(url) => {
+                let name = c
+                    .push_name
+                    .clone()
+                    .unwrap_or_else(|| format!("psample.{command}"));
+                Some(Pusher::start(url, &name, format, command).map_err(CliError::new)?)
+            }
+            None => None,
+        };
+        Ok(Some(Intervals {
+            every,
+            dir: dir.clone(),
+            keep: c.keep,
+            format,
+            prefix: format!("psample-{command}-"),
+            labels,
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            symbols: symbols.clone(),
+            sym: None,
+            pusher,
+            written: 0,
+            write_errors: 0,
+            last_name: String::new(),
+        }))
+    }
+
+    /// Whether the current interval is over.
+    pub fn due(&self) -> bool {
+        self.started.elapsed() >= self.every
+    }
+
+    /// Milliseconds until the boundary, for the poll timeout.
+    pub fn ms_until_due(&self) -> i32 {
+        let left = self.every.saturating_sub(self.started.elapsed());
+        left.as_millis().clamp(1, 100) as i32
+    }
+
+    /// Start (wall clock) and length of the current interval.
+    pub fn window(&self) -> (SystemTime, Duration) {
+        (self.started_wall, self.started.elapsed())
+    }
+
+    /// The symbolizer shared by all intervals (bounded, see [`MAX_SYMBOLIZER_MODULES`]).
+    pub fn symbolizer(&mut self) -> &mut Symbolizer {
+        if self
+            .sym
+            .as_ref()
+            .is_some_and(|s| s.module_count() > MAX_SYMBOLIZER_MODULES)
+        {
+            self.sym = None;
+        }
+        let symbols = &self.symbols;
+        self.sym
+            .get_or_insert_with(|| crate::symbols::symbolizer(symbols))
+    }
+
+    /// Warnings the symbolizer collected so far.
+    pub fn symbolizer_warnings(&self) -> Vec<String> {
+        self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default()
+    }
+
+    /// Write the interval that just ended, prune, push, and start the next interval.
+    /// Failures are reported on stderr and counted, never fatal: one full disk must not end
+    /// a run that is meant to last for days.
+    pub fn emit(&mut self, rendered: Rendered) -> Option<PathBuf> {
+        let (start, len) = self.window();
+        self.started = Instant::now();
+        self.started_wall = SystemTime::now();
+        let mut name = format!(
+            "{}{}.{}",
+            self.prefix,
+            utc_stamp(start),
+            self.format.extension()
+        );
+        // Two boundaries in the same millisecond (a restart right after a boundary).
+        if name <= self.last_name {
+            name = format!(
+                "{}{}-{}.{}",
+                self.prefix,
+                utc_stamp(start),
+                self.written,
+                self.format.extension()
+            );
+        }
+        let path = self.dir.join(&name);
+        let result = rendered.write(Some(&path), self.format, &self.labels);
+        if let Some(p) = &self.pusher {
+            match rendered.to_bytes() {
+                Ok(bytes) => p.submit(bytes, start, start + len),
+                Err(e) => eprintln!("psample: cannot encode the interval for --push: {e}"),
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.written += 1;
+                self.last_name = name;
+                self.prune();
+                Some(path)
+            }
+            Err(e) => {
+                self.write_errors += 1;
+                eprintln!("psample: writing {} failed: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Delete the oldest of our files beyond `--keep`. Only names we generate are touched.
+    fn prune(&self) {
+        let Some(keep) = self.keep else { return };
+        let ext = format!(".{}", self.format.extension());
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut ours: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&self.prefix) && n.ends_with(&ext))
+            .collect();
+        ours.sort();
+        let excess = ours.len().saturating_sub(keep);
+        for n in ours.iter().take(excess) {
+            let _ = std::fs::remove_file(self.dir.join(n));
+        }
+    }
+
+    /// Passed to the push endpoint as `sampleRate`.
+    pub fn set_sample_rate(&self, hz: u64) {
+        if let Some(p) = &self.pusher {
+            p.set_sample_rate(hz);
+        }
+    }
+
+    /// Pusher statistics for the summary, if pushing.
+    pub fn push_stats(&self) -> Option<String> {
+        self.pusher.as_ref().map(Pusher::describe)
+    }
+}
+
+/// `20261127T032100.123Z`: sorts chronologically as text.
+pub fn utc_stamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{day:02}T{:02}{:02}{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The processes `--pid-file`/`--comm` name right now (empty when none is running).
+pub fn lookup_targets(c: &ContinuousArgs) -> Vec<u32> {
+    if let Some(f) = &c.pid_file {
+        return pid_from_file(f).into_iter().collect();
+    }
+    if let Some(name) = &c.comm {
+        let me = std::process::id();
+        let mut pids: Vec<u32> = target::all_pids()
+            .into_iter()
+            .filter(|&p| p != me && target::comm_of(p).as_deref() == Some(name.as_str()))
+            .filter(|&p| target::process_alive(p))
+            .collect();
+        pids.sort_unstable();
+        return pids;
+    }
+    Vec::new()
+}
+
+fn pid_from_file(path: &Path) -> Option<u32> {
+    // A pid file is one number; anything larger is not one.
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(text.get(..64).unwrap_or(&text)).into_owned();
+    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+    (pid > 0 && target::process_alive(pid)).then_some(pid)
+}
+
+/// Run `session` over and over: each time the targets named by `--pid-file`/`--comm` exit,
+/// wait for them to come back and attach again. Without those flags it runs once.
+pub fn run_restartable(
+    c: &ContinuousArgs,
+    default_target: impl Fn() -> Result<Target, CliError>,
+    mut session: impl FnMut(Target) -> Result<StopCause, CliError>,
+) -> Result<i32, CliError> {
+    let restartable = c.pid_file.is_some() || c.comm.is_some();
+    if !restartable {
+        session(default_target()?)?;
+        return Ok(0);
+    }
+    let what = match (&c.pid_file, &c.comm) {
+        (Some(f), _) => format!("the process in {}", f.display()),
+        (_, Some(n)) => format!("processes named {n:?}"),
+        _ => unreachable!("restartable implies one of them"),
+    };
+    crate::signals::install();
+    let mut attached_once = false;
+    let mut waiting_said = false;
+    loop {
+        if crate::signals::stop_requested() {
+            return Ok(0);
+        }
+        let pids = lookup_targets(c);
+        if pids.is_empty() {
+            if !waiting_said {
+                eprintln!("psample: waiting for {what}");
+                waiting_said = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        waiting_said = false;
+        match session(Target::Pids(pids)) {
+            Ok(StopCause::TargetsExited) => {
+                attached_once = true;
+                eprintln!("psample: targets exited; re-attaching when {what} is back");
+            }
+            Ok(_) => return Ok(0),
+            // The process may exit while we attach; after a first success keep trying.
+            Err(e) if attached_once || e.to_string().contains("exited") => {
+                eprintln!("psample: attaching failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_are_calendar_correct() {
+        let t = |s: u64, ms: u64| UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
+        assert_eq!(utc_stamp(t(0, 0)), "19700101T000000.000Z");
+        assert_eq!(utc_stamp(t(951_782_400, 5)), "20000229T000000.005Z");
+        assert_eq!(utc_stamp(t(1_798_761_599, 999)), "20261231T235959.999Z");
+    }
+
+    fn intervals(dir: &Path, keep: Option<usize>) -> Intervals {
+        let c = ContinuousArgs {
+            every: Some(Duration::from_secs(3600)),
+            out_dir: Some(dir.to_path_buf()),
+            keep,
+            pid_file: None,
+            comm: None,
+            push: None,
+            push_name: None,
+        };
+        let common = CommonArgs {
+            duration: None,
+            output: None,
+            format: None,
+            verbose: false,
+            mmap_pages: None,
+        };
+        let symbols = SymbolArgs {
+            no_inline: false,
+            no_demangle: false,
+            debug_dirs: vec![],
+        };
+        let labels = Labels {
+            title: "t".into(),
+            count_name: "samples".into(),
+        };
+        Intervals::from_args(&c, &common, &symbols, "record", labels)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn emit_writes_distinct_files_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("unrelated.folded"), "x 1\n").unwrap();
+        let mut iv = intervals(dir.path(), Some(2));
+        let mut paths = Vec::new();
+        for i in 1..=4u64 {
+            let p = iv
+                .emit(Rendered::Lines(vec![(format!("a;b{i}"), i)]))
+                .unwrap();
+            paths.push(p);
+        }
+        assert_eq!(iv.written, 4);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&"unrelated.folded".to_string()));
+        assert!(!paths[0].exists() && !paths[1].exists());
+        assert_eq!(std::fs::read_to_string(&paths[3]).unwrap(), "a;b4 4\n");
+    }
+
+    #[test]
+    fn pid_files_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.pid");
+        std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(pid_from_file(&f), Some(std::process::id()));
+        std::fs::write(&f, "not a pid").unwrap();
+        assert_eq!(pid_from_file(&f), None);
+        std::fs::write(&f, "4294967000").unwrap();
+        assert_eq!(pid_from_file(&f), None);
+    }
+}
