@@ -28,12 +28,13 @@ use perfring::record::{Record, Sample};
 use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
-use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StateFilter};
+use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey, StateFilter};
 use super::reorder::Reorder;
 use crate::args::{self, CallGraph, OffcpuArgs};
+use crate::continuous::{self, Intervals};
 use crate::error::CliError;
 use crate::fold::{Folder, NamedFrames};
-use crate::output::{self, folded::escape_comm, Labels};
+use crate::output::{self, folded::escape_comm, pprof, Labels};
 use crate::progress::Progress;
 use crate::record::StackBuilder;
 use crate::session::{self, Attach, Reader, Stopper};
@@ -155,9 +156,45 @@ pub fn run(args: OffcpuArgs) -> Result<i32, CliError> {
     run_with_kernel(args, session::linux_kernel())
 }
 
+fn labels(wakers: bool) -> Labels {
+    Labels {
+        title: if wakers {
+            "psample offcpu (with wakers)".into()
+        } else {
+            "psample offcpu".into()
+        },
+        count_name: "us".into(),
+    }
+}
+
 /// `offcpu` against any [`Kernel`] (compat-tests pass emulated kernels).
 pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32, CliError> {
-    let target = Target::from_args(&args.target).map_err(CliError::new)?;
+    let intervals = Intervals::from_args(
+        &args.continuous,
+        &args.common,
+        &args.symbols,
+        "offcpu",
+        labels(args.wakers),
+    )?;
+    let Some(mut intervals) = intervals else {
+        let target = Target::from_args(&args.target).map_err(CliError::new)?;
+        return run_session(&args, target, kernel, None).map(|_| 0);
+    };
+    continuous::run_restartable(
+        &args.continuous,
+        || Target::from_args(&args.target).map_err(CliError::new),
+        |target| run_session(&args, target, kernel.clone(), Some(&mut intervals)),
+    )
+}
+
+/// One session on one target; in continuous mode (`intervals`) one profile per interval.
+pub fn run_session(
+    args: &OffcpuArgs,
+    target: Target,
+    kernel: Arc<dyn Kernel>,
+    mut intervals: Option<&mut Intervals>,
+) -> Result<session::StopCause, CliError> {
+    let format = output::Format::resolve(args.common.format, args.common.output.as_deref());
     if let Some(p) = &args.common.output {
         output::check_writable(p).map_err(CliError::new)?;
     }
@@ -388,7 +425,16 @@ pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32,
         if let Some(cause) = stopper.check(launched.as_ref()) {
             break cause;
         }
-        if let Err(e) = session.wait(stopper.poll_timeout_ms()) {
+        if let Some(iv) = intervals.as_deref_mut() {
+            if iv.due() {
+                c.end_interval(iv, &mut engine, &named, format, args.wakers);
+            }
+        }
+        let timeout = match intervals.as_deref() {
+            Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
+            None => stopper.poll_timeout_ms(),
+        };
+        if let Err(e) = session.wait(timeout) {
             summary.warnings.push(format!("stopping early: {e}"));
             break session::StopCause::Signal;
         }
@@ -419,21 +465,24 @@ pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32,
         last_time.saturating_sub(first_time.unwrap_or(last_time))
     };
 
-    let mut sym = crate::symbols::symbolizer(&args.symbols);
-    let lines = fold_report(&report, &stacks, &mut tracker, &mut sym, &named);
-    output::write_profile(
-        args.common.output.as_ref(),
-        &lines,
-        &Labels {
-            title: if args.wakers {
-                "psample offcpu (with wakers)".into()
-            } else {
-                "psample offcpu".into()
-            },
-            count_name: "us".into(),
-        },
-    )
-    .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+    let mut own_sym = None;
+    let sym = match intervals.as_deref_mut() {
+        Some(iv) => iv.symbolizer(),
+        None => own_sym.insert(crate::symbols::symbolizer(&args.symbols)),
+    };
+    let window = (
+        std::time::SystemTime::now() - std::time::Duration::from_nanos(window_ns),
+        std::time::Duration::from_nanos(window_ns),
+    );
+    let rendered = render(&report, &stacks, &mut tracker, sym, &named, format, window);
+    match intervals.as_deref_mut() {
+        Some(iv) => {
+            iv.emit(rendered);
+        }
+        None => rendered
+            .write(args.common.output.as_deref(), format, &labels(args.wakers))
+            .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?,
+    }
 
     summary.line("stopped", cause.describe());
     summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
@@ -513,9 +562,100 @@ pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32,
     if let Some(p) = &args.common.output {
         summary.line("written", p.display().to_string());
     }
-    summary.warnings.extend(sym.warnings());
+    match intervals.as_deref() {
+        Some(iv) => {
+            summary.line(
+                "intervals",
+                format!("{} written, {} failed", iv.written, iv.write_errors),
+            );
+            if let Some(p) = iv.push_stats() {
+                summary.line("push", p);
+            }
+            summary.warnings.extend(iv.symbolizer_warnings());
+        }
+        None => summary
+            .warnings
+            .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
+    }
     summary.print(args.common.verbose);
-    Ok(0)
+    Ok(cause)
+}
+
+/// A report as folded lines or pprof, in microseconds. pprof values are rounded so that
+/// every folded line's total is exactly the folded output's (which sums nanoseconds per
+/// line, then truncates to microseconds): largest remainders get the leftover units.
+fn render(
+    report: &Report,
+    stacks: &Stacks,
+    tracker: &mut Tracker,
+    sym: &mut symbolize::Symbolizer,
+    named: &NamedFrames,
+    format: output::Format,
+    window: (std::time::SystemTime, std::time::Duration),
+) -> output::Rendered {
+    if format != output::Format::Pprof {
+        return output::Rendered::Lines(fold_report(report, stacks, tracker, sym, named));
+    }
+    let (lines, comms) = report_lines(report, stacks, tracker, sym, named);
+    let mut by_line: BTreeMap<&str, Vec<(&StackKey, u64)>> = BTreeMap::new();
+    for (key, ns) in &report.by_stack {
+        if let Some(l) = lines.get(key) {
+            by_line.entry(l.as_str()).or_default().push((key, *ns));
+        }
+    }
+    let mut b = pprof::Builder::new(sym, &tracker.procs, named);
+    for (_, mut keys) in by_line {
+        let line_ns: u64 = keys.iter().map(|k| k.1).sum();
+        let mut left = line_ns / 1000 - keys.iter().map(|k| k.1 / 1000).sum::<u64>();
+        // Deterministic: by remainder, then key order.
+        keys.sort_by(|a, b| {
+            (b.1 % 1000)
+                .cmp(&(a.1 % 1000))
+                .then((a.0.pid, a.0.tid, a.0.stack).cmp(&(b.0.pid, b.0.tid, b.0.stack)))
+        });
+        for (key, ns) in keys {
+            let mut us = ns / 1000;
+            if left > 0 {
+                us += 1;
+                left -= 1;
+            }
+            if us == 0 {
+                continue;
+            }
+            let comm = escape_comm(&comms[&(key.pid, key.tid)]);
+            let mut nodes: Vec<pprof::Node<'_>> = Vec::new();
+            let waker_comm;
+            if let Some(w) = key.waker {
+                waker_comm = escape_comm(&comms[&(w.pid, w.tid)]);
+                nodes.push(pprof::Node::Text(&waker_comm));
+                nodes.extend(
+                    stacks
+                        .get(w.stack)
+                        .iter()
+                        .rev()
+                        .map(|f| pprof::Node::Waker(*f)),
+                );
+                nodes.push(pprof::Node::Text("--"));
+            }
+            // Leaf first, the reverse of the folded line: waker's comm, waker root..leaf,
+            // "--", blocked leaf..root, comm.
+            let mut blocked: Vec<pprof::Node<'_>> = stacks
+                .get(key.stack)
+                .iter()
+                .map(|f| pprof::Node::Frame(*f))
+                .collect();
+            blocked.push(pprof::Node::Text(&comm));
+            nodes.extend(blocked);
+            b.add(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)]);
+        }
+    }
+    output::Rendered::Pprof(b.finish(&pprof::Meta {
+        sample_types: vec![("off-cpu".into(), "microseconds".into())],
+        period_type: ("off-cpu".into(), "microseconds".into()),
+        period: 1,
+        time_nanos: crate::record::pprof_time(window.0),
+        duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
+    }))
 }
 
 /// An ftrace filter matching any of `tids` in `field`.
@@ -546,6 +686,58 @@ struct Collector {
 }
 
 impl Collector {
+    /// Continuous mode: write the intervals closed so far, then shrink everything to what
+    /// open intervals still need (their stacks) and live processes.
+    fn end_interval(
+        &mut self,
+        iv: &mut Intervals,
+        engine: &mut Engine,
+        named: &NamedFrames,
+        format: output::Format,
+        _wakers: bool,
+    ) {
+        // Events still held for cross-CPU ordering go in now; an interval spanning the
+        // boundary is paired as usual, in the report it closes in.
+        self.reorder.drain_all(|_, e| engine.push(e));
+        let report = engine.take_report();
+        let window = iv.window();
+        let rendered = render(
+            &report,
+            &self.stacks,
+            &mut self.tracker,
+            iv.symbolizer(),
+            named,
+            format,
+            window,
+        );
+        iv.emit(rendered);
+
+        let fresh = self.tracker.refreshed();
+        let mut kept = Stacks::default();
+        let mut remap: HashMap<StackId, StackId> = HashMap::new();
+        for id in engine.open_stacks() {
+            if remap.contains_key(&id) {
+                continue;
+            }
+            let frames: Vec<Frame> = self
+                .stacks
+                .get(id)
+                .iter()
+                .map(|f| rebase_frame(*f, &self.tracker.procs, &fresh.procs))
+                .collect();
+            remap.insert(id, kept.intern(&frames));
+        }
+        engine.remap_stacks(
+            |id| remap.get(&id).copied().unwrap_or(id),
+            |tid| !target::thread_alive(tid),
+        );
+        self.stacks = kept;
+        self.tracker = fresh;
+        let stats = std::mem::take(&mut self.builder.unwind_stats);
+        self.builder = StackBuilder::new(self.builder.mode);
+        self.builder.unwind_stats = stats;
+    }
+
     fn on_record(&mut self, cpu: u32, rec: &Record<'_>) {
         let time = crate::session::record_time(rec);
         if time != 0 {
@@ -681,6 +873,18 @@ impl Collector {
     }
 }
 
+/// A frame of an old tracker's address spaces, re-expressed in a fresh tracker's: the same
+/// process and address, if the process still maps it.
+fn rebase_frame(f: Frame, old: &unwind::Processes, new: &unwind::Processes) -> Frame {
+    let Frame::User { mapping, addr } = f else {
+        return f;
+    };
+    match old.get(mapping).and_then(|m| new.find(m.pid, addr)) {
+        Some(mapping) => Frame::User { mapping, addr },
+        None => Frame::Unmapped(addr),
+    }
+}
+
 fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {
     tracker
         .pid_of(tid)
@@ -696,8 +900,32 @@ fn fold_report(
     sym: &mut symbolize::Symbolizer,
     named: &NamedFrames,
 ) -> Vec<(String, u64)> {
+    let (lines, _) = report_lines(report, stacks, tracker, sym, named);
     let mut by_line: BTreeMap<String, u64> = BTreeMap::new();
-    let mut comms: HashMap<(u32, u32), String> = HashMap::new();
+    for (key, ns) in &report.by_stack {
+        if let Some(l) = lines.get(key) {
+            *by_line.entry(l.clone()).or_insert(0) += ns;
+        }
+    }
+    by_line
+        .into_iter()
+        .map(|(l, ns)| (l, ns / 1000))
+        .filter(|(_, us)| *us > 0)
+        .collect()
+}
+
+type Comms = HashMap<(u32, u32), String>;
+
+/// The folded line of every key of a report, and the thread names used.
+fn report_lines(
+    report: &Report,
+    stacks: &Stacks,
+    tracker: &mut Tracker,
+    sym: &mut symbolize::Symbolizer,
+    named: &NamedFrames,
+) -> (HashMap<StackKey, String>, Comms) {
+    let mut out: HashMap<StackKey, String> = HashMap::new();
+    let mut comms: Comms = HashMap::new();
     for key in report.by_stack.keys() {
         for (p, t) in std::iter::once((key.pid, key.tid)).chain(key.waker.map(|w| (w.pid, w.tid))) {
             comms.entry((p, t)).or_insert_with(|| {
@@ -710,7 +938,7 @@ fn fold_report(
         }
     }
     let mut folder = Folder::new(sym, &tracker.procs, named);
-    for (key, ns) in &report.by_stack {
+    for key in report.by_stack.keys() {
         let comm = &comms[&(key.pid, key.tid)];
         let mut line = folder.render(comm, stacks.get(key.stack));
         if let Some(w) = key.waker {
@@ -723,11 +951,7 @@ fn fold_report(
             line.push(';');
             line.push_str(&escape_comm(&comms[&(w.pid, w.tid)]));
         }
-        *by_line.entry(line).or_insert(0) += ns;
+        out.insert(*key, line);
     }
-    by_line
-        .into_iter()
-        .map(|(l, ns)| (l, ns / 1000))
-        .filter(|(_, us)| *us > 0)
-        .collect()
+    (out, comms)
 }

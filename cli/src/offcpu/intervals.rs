@@ -415,6 +415,44 @@ impl Engine {
         self.report.counted_intervals += 1;
     }
 
+    /// Continuous mode: the report of the intervals closed so far. Open intervals keep
+    /// running and are counted in the report they close in.
+    pub fn take_report(&mut self) -> Report {
+        std::mem::take(&mut self.report)
+    }
+
+    /// Stack ids that open intervals still refer to (blocked and waker stacks).
+    pub fn open_stacks(&self) -> Vec<StackId> {
+        let mut v: Vec<StackId> = Vec::new();
+        for t in self.threads.values() {
+            if let Some(o) = &t.open {
+                v.push(o.stack);
+                v.extend(o.waker.map(|w| w.stack));
+            }
+        }
+        v
+    }
+
+    /// Renumber the stacks of open intervals after the caller compacted its stack table, and
+    /// forget threads with nothing open: running ones (an absent entry means the same) and
+    /// exited ones for which `forget_exited` says their final switch-out cannot come any more.
+    pub fn remap_stacks(
+        &mut self,
+        f: impl Fn(StackId) -> StackId,
+        forget_exited: impl Fn(u32) -> bool,
+    ) {
+        for t in self.threads.values_mut() {
+            if let Some(o) = &mut t.open {
+                o.stack = f(o.stack);
+                if let Some(w) = &mut o.waker {
+                    w.stack = f(w.stack);
+                }
+            }
+        }
+        self.threads
+            .retain(|tid, t| t.open.is_some() || (t.exited && !forget_exited(*tid)));
+    }
+
     /// Ends recording: intervals still open count up to `stop_time`.
     pub fn finish(mut self, stop_time: u64) -> Report {
         let mut open: Vec<(u32, Interval)> = self
@@ -481,6 +519,29 @@ mod tests {
             stack,
             waker: None,
         }
+    }
+
+    #[test]
+    fn continuous_reports_keep_open_intervals_running() {
+        let mut e = Engine::new(Options::default(), 0);
+        e.push(out(10 * MS, 1, D, 5));
+        e.push(sin(20 * MS, 1));
+        e.push(out(30 * MS, 2, S, 6));
+        let first = e.take_report();
+        assert_eq!(first.by_stack.values().sum::<u64>(), 10 * MS);
+        assert_eq!(e.open_stacks(), vec![6]);
+        // The caller compacted its table: stack 6 is now 0.
+        e.remap_stacks(|s| if s == 6 { 0 } else { s }, |_| true);
+        e.push(sin(45 * MS, 2));
+        let second = e.finish(50 * MS);
+        let key = StackKey {
+            pid: 100,
+            tid: 2,
+            stack: 0,
+            waker: None,
+        };
+        assert_eq!(second.by_stack.get(&key), Some(&(15 * MS)));
+        assert_eq!(second.by_stack.len(), 1);
     }
 
     #[test]
