@@ -1,0 +1,171 @@
+//! pprof output on real processes, validated by `go tool pprof` (apt package golang-go):
+//! the totals and per-function counts it reads equal the folded stacks of the same file.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+fn go_pprof(args: &[&str], file: &Path) -> String {
+    let o = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("`go` is needed to validate pprof files (apt-get install golang-go)");
+    assert!(
+        o.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// "Showing nodes accounting for X, 100% of TOTAL total" → TOTAL as text.
+fn go_total(top: &str) -> String {
+    top.lines()
+        .find_map(|l| {
+            l.split(" of ")
+                .nth(1)?
+                .strip_suffix(" total")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no total in:\n{top}"))
+}
+
+/// Flat value per function from `-top -nodecount=1000` with plain counts.
+fn go_flat(top: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let mut in_table = false;
+    for l in top.lines() {
+        if l.trim_start().starts_with("flat") {
+            in_table = true;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 6 {
+            if let Ok(v) = f[0].parse::<u64>() {
+                m.insert(f[5..].join(" "), v);
+            }
+        }
+    }
+    m
+}
+
+fn folded_of(path: &Path) -> BTreeMap<String, u64> {
+    psample::diff::load_folded(path)
+        .expect("psample reads its own pprof")
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
+    require_perf_access();
+    let _g = serial();
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.pb.gz");
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args(["record", "-F", "499", "-d", "2", "-p", &pid, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let samples = summary_number(&stderr, "samples").expect("samples in summary") as u64;
+    assert!(samples > 300, "too few samples: {samples}\n{stderr}");
+
+    let folded = folded_of(&out);
+    assert_eq!(folded.values().sum::<u64>(), samples);
+
+    let top = go_pprof(&["-top", "-nodecount=1000", "-sample_index=samples"], &out);
+    assert_eq!(go_total(&top), samples.to_string(), "{top}");
+    let flat = go_flat(&top);
+    let leaf = |f: &str| -> u64 {
+        folded
+            .iter()
+            .filter(|(s, _)| s.rsplit(';').next() == Some(f))
+            .map(|(_, c)| c)
+            .sum()
+    };
+    for f in ["hot_a", "hot_b"] {
+        assert_eq!(flat.get(f).copied(), Some(leaf(f)), "{f} in\n{top}");
+    }
+    // CPU time is samples × period (1/499 s).
+    let period = 1_000_000_000 / 499;
+    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    assert_eq!(p.period, period);
+    let cpu: i64 = p.sample.iter().map(|s| s.value[1]).sum();
+    assert_eq!(cpu, samples as i64 * period);
+    assert!(p.duration_nanos > 1_500_000_000 && p.time_nanos > 0);
+    // The workload's own binary is a mapping with its build-id.
+    let raw = go_pprof(&["-raw"], &out);
+    assert!(raw.contains("cpu_split_fp"), "{raw}");
+    assert!(p.mapping.iter().any(
+        |m| p.string(m.filename).ends_with("cpu_split_fp") && p.string(m.build_id).len() == 40
+    ));
+}
+
+#[test]
+fn inline_frames_are_lines_of_one_location() {
+    require_perf_access();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("inl.pprof");
+    let o = Command::new(psample())
+        .args([
+            "record", "-F", "499", "-d", "1.5", "--format", "pprof", "-o",
+        ])
+        .arg(&out)
+        .arg("--")
+        .arg(workload("inline_demo"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    let inlined = p.location.iter().filter(|l| l.line.len() > 1).count();
+    assert!(inlined > 0, "no location with inline lines");
+    assert!(p.location.iter().any(|l| l.line.iter().any(|x| x.line > 0)));
+    assert!(p
+        .mapping
+        .iter()
+        .any(|m| m.has_inline_frames && m.has_line_numbers));
+    // go reads it too, and the folded view marks the inlined callees.
+    let top = go_pprof(&["-top", "-sample_index=samples"], &out);
+    let folded = folded_of(&out);
+    assert_eq!(go_total(&top), folded.values().sum::<u64>().to_string());
+    assert!(folded.keys().any(|k| k.contains("_[i]")));
+}
+
+#[test]
+fn offcpu_pprof_totals_equal_in_microseconds() {
+    require_perf_access();
+    let _g = serial();
+    let w = start("sleep_pipe", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("off.pb.gz");
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args(["offcpu", "-d", "1.5", "-p", &pid, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let folded = folded_of(&out);
+    let total_us: u64 = folded.values().sum();
+    assert!(total_us > 1_000_000, "blocked time {total_us} us");
+    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    assert_eq!(p.string(p.sample_type[0].ty), "off-cpu");
+    assert_eq!(p.string(p.sample_type[0].unit), "microseconds");
+    // go prints microseconds as durations; -unit=us keeps it exact.
+    let top = go_pprof(&["-top", "-unit=us"], &out);
+    assert_eq!(go_total(&top), format!("{total_us}us"), "{top}");
+}
