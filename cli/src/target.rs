@@ -75,7 +75,14 @@ pub fn process_alive(pid: u32) -> bool {
             .rsplit_once(')')
             .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
             .unwrap_or(false),
-        Err(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        // Could not look (EMFILE, EACCES under hidepid, ...): that says nothing about the
+        // process, so ask the kernel directly instead of declaring it gone.
+        Err(_) => {
+            // SAFETY: signal 0 only checks for existence and permission.
+            let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+            rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        }
     }
 }
 

@@ -215,7 +215,7 @@ impl Session {
         }
         // First event on this CPU: map its ring, halving on mlock-limit refusals.
         let mut pages = self.ring_pages;
-        let mem = loop {
+        let mut mem = loop {
             match self.kernel.mmap_ring(self.events[index].fd.as_fd(), pages) {
                 Ok(mem) => break mem,
                 Err(Errno::EPERM | Errno::ENOMEM) if pages > 1 => pages /= 2,
@@ -223,6 +223,29 @@ impl Session {
             }
         };
         if pages < self.ring_pages {
+            // The mlock budget (perf_event_mlock_kb, then RLIMIT_MEMLOCK) is per user and
+            // shared by all CPUs' rings: the first ring to hit it would take nearly all of
+            // it and leave not even one page for the last CPUs. Split what fitted between
+            // this CPU and the CPUs still to be mapped.
+            let to_map = self
+                .kernel
+                .online_cpus()
+                .map(|cpus| {
+                    cpus.iter()
+                        .filter(|c| !self.rings.iter().any(|r| r.cpu == **c))
+                        .count()
+                })
+                .unwrap_or(1)
+                .max(1);
+            let share = (pages / to_map.next_power_of_two()).max(1);
+            if share < pages {
+                drop(mem);
+                pages = share;
+                mem = self
+                    .kernel
+                    .mmap_ring(self.events[index].fd.as_fd(), pages)
+                    .map_err(|errno| SessionError::Mmap { cpu, pages, errno })?;
+            }
             self.notes.push(format!(
                 "ring for CPU {cpu} shrunk to {pages} pages (mlock limit); raise \
                  kernel.perf_event_mlock_kb to avoid lost records"

@@ -39,16 +39,11 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("output directory {} contains a NUL byte", dir.display()))?;
-    // SAFETY: access(2) with a valid C string.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        return Err(format!(
-            "output directory {} is not writable: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        ));
-    }
+    // Create (and remove) a real file the way the final write will: access(2) says yes to
+    // root for read-only mounts, /proc and /sys, and the profile would be lost at the end.
+    let probe = AtomicFile::create(path)
+        .map_err(|e| format!("output directory {} is not writable: {e}", dir.display()))?;
+    drop(probe);
     Ok(())
 }
 
