@@ -135,13 +135,21 @@ impl Intervals {
         self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default()
     }
 
-    /// Write the interval that just ended, prune, push, and start the next interval.
-    /// Failures are reported on stderr and counted, never fatal: one full disk must not end
-    /// a run that is meant to last for days.
-    pub fn emit(&mut self, rendered: Rendered) -> Option<PathBuf> {
-        let (start, len) = self.window();
+    /// End the current interval now and start the next: returns the ended one's window.
+    /// Called before rendering, so time spent symbolizing belongs to the next interval,
+    /// whose samples are being collected meanwhile.
+    pub fn cut(&mut self) -> (SystemTime, Duration) {
+        let w = self.window();
         self.started = Instant::now();
         self.started_wall = SystemTime::now();
+        w
+    }
+
+    /// Write an ended interval (`window` from [`Self::cut`]), prune, and push it.
+    /// Failures are reported on stderr and counted, never fatal: one full disk must not end
+    /// a run that is meant to last for days.
+    pub fn emit(&mut self, rendered: Rendered, window: (SystemTime, Duration)) -> Option<PathBuf> {
+        let (start, len) = window;
         let mut name = format!(
             "{}{}.{}",
             self.prefix,
@@ -206,9 +214,12 @@ impl Intervals {
         }
     }
 
-    /// Pusher statistics for the summary, if pushing.
+    /// Pusher statistics for the summary, if pushing, after giving queued uploads (and
+    /// their retries) a few seconds to finish.
     pub fn push_stats(&self) -> Option<String> {
-        self.pusher.as_ref().map(Pusher::describe)
+        let p = self.pusher.as_ref()?;
+        p.wait_idle(Duration::from_secs(5));
+        Some(p.describe())
     }
 }
 
@@ -366,8 +377,9 @@ mod tests {
         let mut iv = intervals(dir.path(), Some(2));
         let mut paths = Vec::new();
         for i in 1..=4u64 {
+            let w = iv.cut();
             let p = iv
-                .emit(Rendered::Lines(vec![(format!("a;b{i}"), i)]))
+                .emit(Rendered::Lines(vec![(format!("a;b{i}"), i)]), w)
                 .unwrap();
             paths.push(p);
         }

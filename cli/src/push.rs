@@ -150,6 +150,8 @@ fn send(ep: &Endpoint, req: &[u8]) -> Result<(), String> {
 
 #[derive(Default)]
 struct Stats {
+    /// Queued or being sent.
+    pending: AtomicU64,
     sent: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
@@ -201,9 +203,11 @@ impl Pusher {
     /// Queue an interval; never blocks.
     pub fn submit(&self, body: Vec<u8>, from: SystemTime, until: SystemTime) {
         let Some(tx) = &self.tx else { return };
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(Upload { body, from, until }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.pending.fetch_sub(1, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -218,6 +222,16 @@ impl Pusher {
             s.failed.load(Ordering::Relaxed),
             s.dropped.load(Ordering::Relaxed)
         )
+    }
+
+    /// Wait up to `grace` for everything queued to be sent or given up (the end of a
+    /// session, so its summary shows the outcome). Sampling is over by then.
+    pub fn wait_idle(&self, grace: Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        while self.stats.pending.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stop accepting intervals and give queued ones up to `grace` to go out.
@@ -280,6 +294,7 @@ fn worker(
         } else {
             stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+        stats.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -448,7 +448,7 @@ pub fn run_session(
 
     if let Some(iv) = intervals {
         // The last, partial interval (stop or target exit).
-        let window = iv.window();
+        let window = iv.cut();
         let rendered = render(
             &profile,
             &tracker.procs,
@@ -457,7 +457,7 @@ pub fn run_session(
             period_ns,
             window,
         );
-        iv.emit(rendered);
+        iv.emit(rendered, window);
         summary.line(
             "intervals",
             format!("{} written, {} failed", iv.written, iv.write_errors),
@@ -540,7 +540,7 @@ impl Recorder {
     /// tracker of live processes only, so nothing grows with the length of the run.
     fn end_interval(&mut self, iv: &mut Intervals, format: output::Format, period_ns: u64) {
         let profile = std::mem::take(&mut self.profile);
-        let window = iv.window();
+        let window = iv.cut();
         let rendered = render(
             &profile,
             &self.tracker.procs,
@@ -550,7 +550,7 @@ impl Recorder {
             window,
         );
         drop(profile);
-        iv.emit(rendered);
+        iv.emit(rendered, window);
         self.tracker = self.tracker.refreshed();
         let stats = std::mem::take(&mut self.builder.unwind_stats);
         self.builder = StackBuilder::new(self.builder.mode);

@@ -466,18 +466,24 @@ pub fn run_session(
     };
 
     let mut own_sym = None;
-    let sym = match intervals.as_deref_mut() {
-        Some(iv) => iv.symbolizer(),
-        None => own_sym.insert(crate::symbols::symbolizer(&args.symbols)),
+    let (sym, window) = match intervals.as_deref_mut() {
+        // Continuous: the report holds only the last, partial interval.
+        Some(iv) => {
+            let w = iv.cut();
+            (iv.symbolizer(), w)
+        }
+        None => (
+            own_sym.insert(crate::symbols::symbolizer(&args.symbols)),
+            (
+                std::time::SystemTime::now() - std::time::Duration::from_nanos(window_ns),
+                std::time::Duration::from_nanos(window_ns),
+            ),
+        ),
     };
-    let window = (
-        std::time::SystemTime::now() - std::time::Duration::from_nanos(window_ns),
-        std::time::Duration::from_nanos(window_ns),
-    );
     let rendered = render(&report, &stacks, &mut tracker, sym, &named, format, window);
     match intervals.as_deref_mut() {
         Some(iv) => {
-            iv.emit(rendered);
+            iv.emit(rendered, window);
         }
         None => rendered
             .write(args.common.output.as_deref(), format, &labels(args.wakers))
@@ -700,7 +706,7 @@ impl Collector {
         // boundary is paired as usual, in the report it closes in.
         self.reorder.drain_all(|_, e| engine.push(e));
         let report = engine.take_report();
-        let window = iv.window();
+        let window = iv.cut();
         let rendered = render(
             &report,
             &self.stacks,
@@ -710,7 +716,7 @@ impl Collector {
             format,
             window,
         );
-        iv.emit(rendered);
+        iv.emit(rendered, window);
 
         let fresh = self.tracker.refreshed();
         let mut kept = Stacks::default();

@@ -1,0 +1,338 @@
+//! Continuous mode on real processes: one file per interval, retention, re-attaching after
+//! a restart (--comm), pushing to a Pyroscope-style listener, and diffing two recordings.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn total(path: &Path) -> u64 {
+    psample::diff::load_folded(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .map(|l| l.1)
+        .sum()
+}
+
+#[test]
+fn one_file_per_interval_newest_kept() {
+    require_perf_access();
+    let _g = serial();
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args([
+            "record", "-F", "199", "-p", &pid, "-d", "5", "--every", "1s", "--keep", "2",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .args(["--format", "pprof"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // About 5 intervals; fewer when the first symbolization is slow on a loaded machine
+    // (its time is sampled into the next interval, not lost).
+    let written: usize = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("intervals")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no interval count in\n{stderr}"));
+    assert!(written >= 3, "{stderr}");
+    let samples = summary_number(&stderr, "samples").unwrap() as u64;
+    let kept = files(dir.path(), ".pb.gz");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for f in &kept {
+        assert!(f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("psample-record-20"));
+    }
+    // The older kept file is a whole interval of a busy thread.
+    assert!(total(&kept[0]) > 20, "{}", total(&kept[0]));
+    assert!(kept.iter().map(|f| total(f)).sum::<u64>() <= samples);
+    // No temporary files are left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn comm_target_is_reattached_after_restart() {
+    require_perf_access();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A private name so no other process matches --comm.
+    let bin = dir.path().join("psrestart");
+    std::fs::copy(workload("cpu_split_fp"), &bin).unwrap();
+    let out = dir.path().join("out");
+    let spawn = || {
+        let mut c = Command::new(&bin)
+            .args(["-s", "30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        c
+    };
+    let mut first = spawn();
+    let ps = Command::new(psample())
+        .args([
+            "record",
+            "-F",
+            "199",
+            "--comm",
+            "psrestart",
+            "--every",
+            "1s",
+            "-d",
+            "7",
+        ])
+        .arg("--out-dir")
+        .arg(&out)
+        .args(["--format", "folded"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut second = spawn();
+    let o = ps.wait_with_output().unwrap();
+    second.kill().unwrap();
+    let _ = second.wait();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("re-attaching"), "{stderr}");
+    let written = files(&out, ".folded");
+    assert!(written.len() >= 4, "{written:?}\n{stderr}");
+    // Samples before the restart and after it, in different files.
+    let with_samples: Vec<u64> = written.iter().map(|f| total(f)).collect();
+    let last_nonzero = with_samples.iter().rposition(|n| *n > 0).unwrap();
+    let first_nonzero = with_samples.iter().position(|n| *n > 0).unwrap();
+    assert!(
+        with_samples[last_nonzero] > 50 && last_nonzero >= first_nonzero + 2,
+        "samples per file: {with_samples:?}"
+    );
+}
+
+/// A Pyroscope-like listener: answers 503 to the first request, 200 afterwards, and keeps
+/// each request (head, body).
+/// (request head, body) of every request received.
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn listener() -> (String, Requests) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let got: Requests = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut s) = conn else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let status = if n == 0 { "503 Busy" } else { "200 OK" };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            g.lock().unwrap().push((head, body));
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn intervals_are_pushed_and_failures_retried() {
+    require_perf_access();
+    let _g = serial();
+    let (url, got) = listener();
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args(["record", "-F", "99", "-p", &pid, "-d", "3", "--every", "1s"])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .args(["--push", &url, "--push-name", "shop{env=test}"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let reqs = got.lock().unwrap().clone();
+    // Every interval, the first one twice (503, then 200 on the retry).
+    assert!(reqs.len() >= 3, "{stderr}\n{reqs:?}");
+    assert_eq!(reqs[0].1, reqs[1].1, "the retry resends the same interval");
+    let expect = format!("{} sent, 1 retries, 0 failed, 0 dropped", reqs.len() - 1);
+    assert!(stderr.contains(&expect), "want {expect:?} in\n{stderr}");
+    for (head, body) in &reqs {
+        let line = head.lines().next().unwrap();
+        assert!(
+            line.starts_with("POST /ingest?name=shop%7Benv%3Dtest%7D&from="),
+            "{line}"
+        );
+        assert!(line.contains("&format=folded") && line.contains("&sampleRate=99"));
+        let q: std::collections::HashMap<&str, &str> = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .split_once('?')
+            .unwrap()
+            .1
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let (from, until): (u64, u64) = (q["from"].parse().unwrap(), q["until"].parse().unwrap());
+        assert!(until > from && until - from <= 3, "{line}");
+        assert!(head.contains("Content-Type: text/plain"));
+        let text = String::from_utf8(body.clone()).unwrap();
+        let folded = parse_folded(&text);
+        assert!(
+            folded.keys().all(|k| k.starts_with("cpu_split_fp;")),
+            "{text}"
+        );
+    }
+}
+
+const CHANGED: &str = r#"
+#include <stdio.h>
+#include <time.h>
+static volatile unsigned long sink;
+__attribute__((noinline)) void old_hot(void) { for (int i = 0; i < 100000; i++) sink += i; }
+__attribute__((noinline)) void new_hot(void) { for (int i = 0; i < 100000; i++) sink ^= i; }
+int main(void) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do {
+#ifdef NEW
+        new_hot();
+#else
+        old_hot();
+#endif
+        clock_gettime(CLOCK_MONOTONIC, &b);
+    } while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < 1200000000L);
+    return 0;
+}
+"#;
+
+#[test]
+fn diff_of_a_changed_hot_path_highlights_it() {
+    require_perf_access();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("changed.c");
+    std::fs::write(&src, CHANGED).unwrap();
+    let build = |name: &str, def: &[&str]| {
+        let out = dir.path().join(name);
+        let st = Command::new("gcc")
+            .args(["-O1", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .args(def)
+            .arg(&src)
+            .status()
+            .expect("gcc");
+        assert!(st.success());
+        out
+    };
+    // Same program name both times, as a deploy would have it.
+    let v1 = build("v1", &[]);
+    let v2 = build("v2", &["-DNEW"]);
+    let app = dir.path().join("app");
+    let rec = |bin: &Path, out: &str| -> PathBuf {
+        std::fs::copy(bin, &app).unwrap();
+        let out = dir.path().join(out);
+        let o = Command::new(psample())
+            .args(["record", "-F", "499", "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&app)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let before = rec(&v1, "before.folded");
+    let after = rec(&v2, "after.pb.gz");
+    let svg = dir.path().join("diff.svg");
+    let o = Command::new(psample())
+        .arg("diff")
+        .arg(&before)
+        .arg(&after)
+        .arg("-o")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let i = text.find("<title>new_hot (").expect("new_hot in the diff");
+    let rest = &text[i..];
+    let fill = &rest[rest.find("fill=\"rgb(").unwrap() + 10..];
+    let rgb: Vec<u32> = fill
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    assert!(
+        rgb[0] > 200 && rgb[1] < 150,
+        "new_hot should be red: {rgb:?}"
+    );
+    // The title says how much it grew: +N samples (+%).
+    assert!(rest[..300].contains("+"), "{}", &rest[..300]);
+
+    // And report reads the pprof file.
+    let o = Command::new(psample())
+        .args(["report", "--top", "3"])
+        .arg(&after)
+        .output()
+        .unwrap();
+    let rep = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        rep.split("top functions by self time:")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("new_hot"),
+        "{rep}"
+    );
+}
