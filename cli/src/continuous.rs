@@ -23,10 +23,13 @@ use crate::push::Pusher;
 use crate::session::StopCause;
 use crate::target::{self, Target};
 
-/// A symbolizer that has registered this many mappings is replaced by a fresh one at the
-/// next boundary. Parsed files are reloaded then, which costs a little CPU once, but the
-/// module list (one entry per mapping per interval) cannot grow without bound.
+/// A symbolizer that has registered this many mappings, or parsed this many distinct files,
+/// is replaced by a fresh one at the next boundary. Files still in use are parsed again
+/// then, which costs some CPU once, but neither the module list (one entry per mapping per
+/// interval) nor the parsed files (every new binary a busy host runs, system-wide) can grow
+/// without bound.
 pub const MAX_SYMBOLIZER_MODULES: usize = 20_000;
+pub const MAX_SYMBOLIZER_OBJECTS: usize = 64;
 
 /// Interval bookkeeping, output and retention for one continuous run.
 pub struct Intervals {
@@ -118,11 +121,9 @@ impl Intervals {
 
     /// The symbolizer shared by all intervals (bounded, see [`MAX_SYMBOLIZER_MODULES`]).
     pub fn symbolizer(&mut self) -> &mut Symbolizer {
-        if self
-            .sym
-            .as_ref()
-            .is_some_and(|s| s.module_count() > MAX_SYMBOLIZER_MODULES)
-        {
+        if self.sym.as_ref().is_some_and(|s| {
+            s.module_count() > MAX_SYMBOLIZER_MODULES || s.object_count() > MAX_SYMBOLIZER_OBJECTS
+        }) {
             self.sym = None;
         }
         let symbols = &self.symbols;

@@ -336,3 +336,40 @@ fn diff_of_a_changed_hot_path_highlights_it() {
         "{rep}"
     );
 }
+
+#[test]
+fn offcpu_intervals_split_blocked_time_without_double_counting() {
+    require_perf_access();
+    let _g = serial();
+    let w = start("sleep_pipe", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args([
+            "offcpu", "-p", &pid, "-d", "4", "--every", "1s", "--format", "folded",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let written = files(dir.path(), ".folded");
+    assert!(written.len() >= 3, "{written:?}\n{stderr}");
+    let threads = std::fs::read_dir(format!("/proc/{}/task", w.pid))
+        .unwrap()
+        .count() as u64;
+    let per_file: Vec<u64> = written.iter().map(|f| total(f)).collect();
+    // Blocked time is wall time per thread at most: across all files, no more than the run
+    // (plus the slack of an interval spanning the start) for each thread.
+    let sum: u64 = per_file.iter().sum();
+    assert!(sum > 1_000_000, "blocked us per file: {per_file:?}");
+    assert!(
+        sum <= threads * 4_600_000,
+        "blocked us per file: {per_file:?} ({threads} threads)"
+    );
+    assert!(
+        per_file[1] > 200_000,
+        "a whole interval of a sleeping workload: {per_file:?}"
+    );
+}

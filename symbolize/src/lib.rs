@@ -245,6 +245,12 @@ impl Symbolizer {
         self.modules.len()
     }
 
+    /// Number of distinct files parsed so far (each holds its symbol table, DWARF context and
+    /// per-address answers). Long-running callers bound memory with it as well.
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
     /// The registered spec behind a handle.
     pub fn module_spec(&self, module: ModuleHandle) -> Option<&ModuleSpec> {
         self.modules.get(module.0 as usize).map(|e| &e.spec)

@@ -102,4 +102,5 @@ fn symbol_table_only_frames_have_no_position() {
     );
     assert_eq!(s.module_count(), 1);
     assert_eq!(s.build_id(h), Some(build_id_of(&bin)));
+    assert_eq!(s.object_count(), 1);
 }
