@@ -35,10 +35,18 @@ impl DwarfInfo {
             gimli::RunTimeEndian::Big
         };
         let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-            Ok(gimli::EndianReader::new(
-                section(obj, data, id.name()),
-                endian,
-            ))
+            // Variable location lists and type units say nothing about which function is at
+            // an address; skipping them keeps compressed debug files (e.g. libc6-dbg's) from
+            // being inflated into memory for nothing.
+            let bytes = match id {
+                gimli::SectionId::DebugLoc
+                | gimli::SectionId::DebugLocLists
+                | gimli::SectionId::DebugTypes
+                | gimli::SectionId::DebugMacinfo
+                | gimli::SectionId::DebugMacro => FileBytes::owned(Vec::new()).whole(),
+                _ => section(obj, data, id.name()),
+            };
+            Ok(gimli::EndianReader::new(bytes, endian))
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
         let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
