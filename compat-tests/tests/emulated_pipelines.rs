@@ -30,7 +30,7 @@ fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, args: &[&str]) -> String {
     let code = match cli.command {
         Command::Record(a) => psample::record::run_with_kernel(a, kernel.clone()),
         Command::Offcpu(a) => psample::offcpu::command::run_with_kernel(a, kernel.clone()),
-        Command::Check(_) => panic!("not a pipeline"),
+        Command::Check(_) | Command::Diff(_) | Command::Report(_) => panic!("not a pipeline"),
     }
     .unwrap_or_else(|e| panic!("{name}: psample {args:?} failed: {e}"));
     assert_eq!(code, 0, "{name}");
