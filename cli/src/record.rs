@@ -291,6 +291,7 @@ pub fn run_session(
         CallGraph::Fp => 64,
         CallGraph::Dwarf(_) => 512,
     });
+    session::check_ring_fits(pages, mode)?;
     let mut session = Session::new(kernel.clone(), pages);
     session.ladder.allow_user_only = !crate::perms::is_root();
     let spec = session.add_spec(&event_name, attr);

@@ -342,3 +342,42 @@ pub fn fallbacks(session: &Session) -> Vec<String> {
 pub fn linux_kernel() -> Arc<dyn Kernel> {
     Arc::new(perfring::sys::LinuxKernel)
 }
+
+/// A DWARF sample carries its copy of the user stack, and the kernel cannot write a record
+/// larger than the ring: every sample would be dropped, without even a LOST record. Refuse
+/// that combination of `--mmap-pages` and `--call-graph dwarf,SIZE` before sampling.
+pub fn check_ring_fits(pages: usize, mode: crate::args::CallGraph) -> Result<(), CliError> {
+    let crate::args::CallGraph::Dwarf(stack) = mode else {
+        return Ok(());
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let ring = pages.saturating_mul(page);
+    // Stack copy plus header, registers and a kernel callchain of up to 127 frames.
+    let sample = stack as usize + 2048;
+    if ring < sample {
+        let need = sample.div_ceil(page).next_power_of_two();
+        return Err(CliError::new(format!(
+            "--mmap-pages {pages} gives a {ring}-byte ring, smaller than one DWARF sample \
+             (~{sample} bytes with {stack} bytes of stack): use --mmap-pages {need} or more, \
+             or a smaller --call-graph dwarf,SIZE"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod ring_fit_tests {
+    use super::*;
+    use crate::args::CallGraph;
+
+    #[test]
+    fn dwarf_samples_must_fit_the_ring() {
+        assert!(check_ring_fits(1, CallGraph::Fp).is_ok());
+        assert!(check_ring_fits(1, CallGraph::Dwarf(1024)).is_ok());
+        let err = check_ring_fits(1, CallGraph::Dwarf(8192)).unwrap_err();
+        assert!(err.message.contains("--mmap-pages 4"), "{err}");
+        assert!(check_ring_fits(4, CallGraph::Dwarf(8192)).is_ok());
+        assert!(check_ring_fits(512, CallGraph::Dwarf(65528)).is_ok());
+    }
+}

@@ -13,11 +13,12 @@ use crate::target;
 const KERNEL_CPUMODE: u16 = 1;
 
 /// How long an exited process's address space is kept. Rings are drained in batches and a
-/// sample taken on another CPU just before the exit can arrive after the EXIT record; a
-/// second is far longer than any batch, and short enough that `-a` on a host with heavy
-/// process churn keeps only the live processes' spaces (and the unwinder's per-process
-/// state, which follows them) in memory.
-pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// sample taken on another CPU just before the exit can arrive after the EXIT record, and
+/// BPF aggregation resolves its stacks only when the maps are drained (every second). Five
+/// seconds covers both, and is short enough that `-a` on a host with heavy process churn
+/// keeps only the live processes' spaces (and the unwinder's per-process state, which
+/// follows them) in memory.
+pub const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Default, Debug, Clone)]
 pub struct SidebandStats {

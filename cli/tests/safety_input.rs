@@ -407,6 +407,19 @@ fn conflicting_flags_are_usage_errors() {
     let (code, err) = run(&mut psample_cmd(&["record", "-d", "1"]));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("nothing to profile"), "{err}");
+    // A ring too small for one DWARF sample would silently drop every sample.
+    let (code, err) = run(&mut psample_cmd(&[
+        "record",
+        "--call-graph",
+        "dwarf,8192",
+        "--mmap-pages",
+        "1",
+        "-a",
+        "-d",
+        "1",
+    ]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("smaller than one DWARF sample"), "{err}");
     // Impossible values.
     let (code, err) = run(&mut psample_cmd(&[
         "record",

@@ -248,6 +248,7 @@ pub fn run_session(
         CallGraph::Fp => 128,
         CallGraph::Dwarf(_) => 512,
     });
+    session::check_ring_fits(pages, mode)?;
     let mut session = Session::new(kernel.clone(), pages);
     session.ladder.allow_user_only = false;
     let mut switch_attr = tracepoint_attr(switch_id, st, mode, inherit, is_cmd, true);
