@@ -30,6 +30,10 @@ use crate::target::{self, Target};
 /// without bound.
 pub const MAX_SYMBOLIZER_MODULES: usize = 20_000;
 pub const MAX_SYMBOLIZER_OBJECTS: usize = 64;
+/// And after this many intervals regardless: what a symbolizer holds is then at most what
+/// the last few intervals touched, whatever their files cost (a host running freshly built
+/// debug binaries all day).
+pub const SYMBOLIZER_MAX_AGE: u32 = 10;
 
 /// Interval bookkeeping, output and retention for one continuous run.
 pub struct Intervals {
@@ -43,6 +47,8 @@ pub struct Intervals {
     started_wall: SystemTime,
     symbols: SymbolArgs,
     sym: Option<Symbolizer>,
+    /// Intervals cut since `sym` was created.
+    sym_age: u32,
     pusher: Option<Pusher>,
     pub written: u64,
     pub write_errors: u64,
@@ -96,6 +102,7 @@ impl Intervals {
             started_wall: SystemTime::now(),
             symbols: symbols.clone(),
             sym: None,
+            sym_age: 0,
             pusher,
             written: 0,
             write_errors: 0,
@@ -122,9 +129,14 @@ impl Intervals {
     /// The symbolizer shared by all intervals (bounded, see [`MAX_SYMBOLIZER_MODULES`]).
     pub fn symbolizer(&mut self) -> &mut Symbolizer {
         if self.sym.as_ref().is_some_and(|s| {
-            s.module_count() > MAX_SYMBOLIZER_MODULES || s.object_count() > MAX_SYMBOLIZER_OBJECTS
+            s.module_count() > MAX_SYMBOLIZER_MODULES
+                || s.object_count() > MAX_SYMBOLIZER_OBJECTS
+                || self.sym_age >= SYMBOLIZER_MAX_AGE
         }) {
             self.sym = None;
+        }
+        if self.sym.is_none() {
+            self.sym_age = 0;
         }
         let symbols = &self.symbols;
         self.sym
@@ -141,6 +153,7 @@ impl Intervals {
     /// whose samples are being collected meanwhile.
     pub fn cut(&mut self) -> (SystemTime, Duration) {
         let w = self.window();
+        self.sym_age = self.sym_age.saturating_add(1);
         self.started = Instant::now();
         self.started_wall = SystemTime::now();
         w
@@ -394,6 +407,32 @@ mod tests {
         assert!(names.contains(&"unrelated.folded".to_string()));
         assert!(!paths[0].exists() && !paths[1].exists());
         assert_eq!(std::fs::read_to_string(&paths[3]).unwrap(), "a;b4 4\n");
+    }
+
+    #[test]
+    fn symbolizer_is_rebuilt_after_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut iv = intervals(dir.path(), None);
+        let mut sym = iv.symbolizer();
+        let spec = |start: u64| symbolize::ModuleSpec {
+            kind: symbolize::ModuleKind::Anon,
+            path: String::new(),
+            pid: 1,
+            start,
+            end: start + 4096,
+            pgoff: 0,
+            build_id: None,
+            inode: None,
+        };
+        sym.add_module(spec(0x1000));
+        for _ in 0..SYMBOLIZER_MAX_AGE - 1 {
+            iv.cut();
+            sym = iv.symbolizer();
+            assert_eq!(sym.module_count(), 1, "kept while young");
+        }
+        iv.cut();
+        assert_eq!(iv.symbolizer().module_count(), 0, "fresh after max age");
+        assert_eq!(iv.sym_age, 0);
     }
 
     #[test]
