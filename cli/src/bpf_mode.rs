@@ -128,7 +128,10 @@ impl BpfAggregation {
                 .extend(addrs(&c.kernel_stack).into_iter().map(Frame::Kernel));
             for a in addrs(&c.user_stack) {
                 self.frames.push(match tracker.procs.find(c.pid, a) {
-                    Some(mapping) => Frame::User { mapping, addr: a },
+                    Some(mapping) => {
+                        let (mapping, addr) = tracker.procs.canonical(mapping, a);
+                        Frame::User { mapping, addr }
+                    }
                     None => Frame::Unmapped(a),
                 });
             }

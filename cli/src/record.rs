@@ -184,8 +184,13 @@ impl StackBuilder {
         self.frames
             .extend(self.kernel.iter().map(|a| Frame::Kernel(*a)));
         for &a in &self.user {
+            // Canonical: the same binary in many processes (ASLR) aggregates as one stack,
+            // so stack tables grow with distinct code paths, not with process churn.
             self.frames.push(match tracker.procs.find(pid, a) {
-                Some(mapping) => Frame::User { mapping, addr: a },
+                Some(mapping) => {
+                    let (mapping, addr) = tracker.procs.canonical(mapping, a);
+                    Frame::User { mapping, addr }
+                }
                 None => Frame::Unmapped(a),
             });
         }

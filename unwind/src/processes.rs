@@ -50,6 +50,32 @@ impl Mapping {
     }
 }
 
+/// What makes mappings in different processes the same code: the same file bytes at the same
+/// offset and length. ASLR places them at different addresses in every process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FileRange {
+    path: String,
+    inode: (u32, u32, u64),
+    pgoff: u64,
+    len: u64,
+    build_id: Option<Vec<u8>>,
+}
+
+impl FileRange {
+    /// Only executable, inode-identified file mappings: anonymous and JIT memory, the vDSO
+    /// and deleted files are per process.
+    fn of(m: &Mapping) -> Option<FileRange> {
+        let inode = m.inode?;
+        (m.exec && m.path.starts_with('/') && !m.path.ends_with(" (deleted)")).then(|| FileRange {
+            path: m.path.clone(),
+            inode,
+            pgoff: m.pgoff,
+            len: m.end - m.start,
+            build_id: m.build_id.clone(),
+        })
+    }
+}
+
 /// One process's current view of memory. `incarnation` changes whenever the space is
 /// replaced (exec, pid reuse after exit, maps reload) so per-process caches elsewhere can
 /// tell a stale view from a live one; `exec_version` changes whenever the set of executable
@@ -65,6 +91,9 @@ pub(crate) struct AddressSpace {
 #[derive(Default)]
 pub struct Processes {
     arena: Vec<Mapping>,
+    /// For each arena entry, the first mapping of the same file range (see [`FileRange`]).
+    canon: Vec<MappingId>,
+    by_file_range: HashMap<FileRange, MappingId>,
     by_identity: HashMap<u64, Vec<MappingId>>,
     spaces: HashMap<u32, AddressSpace>,
     next_stamp: u64,
@@ -227,6 +256,28 @@ impl Processes {
         self.arena.len()
     }
 
+    /// The same code address expressed in the first mapping of the same file range, so that
+    /// stacks of many processes running one binary (each at its own ASLR base) aggregate as
+    /// one stack instead of one per process. Returns `(id, addr)` unchanged for mappings
+    /// that are per process (anonymous, JIT, vDSO, deleted files) or unknown ids.
+    pub fn canonical(&self, id: MappingId, addr: u64) -> (MappingId, u64) {
+        let (Some(m), Some(&canon)) = (self.get(id), self.canon.get(id.0 as usize)) else {
+            return (id, addr);
+        };
+        match self.get(canon) {
+            Some(c) if canon != id => (canon, addr.wrapping_sub(m.start).wrapping_add(c.start)),
+            _ => (id, addr),
+        }
+    }
+
+    /// The canonical mapping here of the same file range as `m` (a mapping of another
+    /// `Processes`), with `addr` translated into it; `None` if no process here maps it.
+    pub fn equivalent(&self, m: &Mapping, addr: u64) -> Option<(MappingId, u64)> {
+        let id = *self.by_file_range.get(&FileRange::of(m)?)?;
+        let c = self.get(id)?;
+        Some((id, addr.wrapping_sub(m.start).wrapping_add(c.start)))
+    }
+
     pub(crate) fn space(&self, pid: u32) -> Option<&AddressSpace> {
         self.spaces.get(&pid)
     }
@@ -321,6 +372,11 @@ impl Processes {
             }
         }
         let id = MappingId(u32::try_from(self.arena.len()).ok()?);
+        let canon = match FileRange::of(&mapping) {
+            Some(range) => *self.by_file_range.entry(range).or_insert(id),
+            None => id,
+        };
+        self.canon.push(canon);
         self.arena.push(mapping);
         self.by_identity.entry(hash).or_default().push(id);
         Some(id)
@@ -387,6 +443,36 @@ mod tests {
         assert!(!p.contains(10));
         // Ids stay resolvable after the process is gone.
         assert_eq!(p.mapping(a).path, "/bin/x");
+    }
+
+    #[test]
+    fn same_file_range_in_other_processes_is_canonical() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 1, 0x10000, 0x2000, 0x1000, "/bin/x");
+        exec_map(&mut p, 2, 0x70000, 0x2000, 0x1000, "/bin/x");
+        // A different offset of the same file is different code.
+        exec_map(&mut p, 3, 0x90000, 0x2000, 0x3000, "/bin/x");
+        let a = p.find(1, 0x10010).unwrap();
+        let b = p.find(2, 0x70010).unwrap();
+        let c = p.find(3, 0x90010).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.canonical(b, 0x70010), (a, 0x10010));
+        assert_eq!(p.canonical(a, 0x10010), (a, 0x10010));
+        assert_eq!(p.canonical(c, 0x90010), (c, 0x90010));
+        // Anonymous and deleted mappings stay per process.
+        p.on_mmap(4, 0x5000, 0x1000, 0, "", true, None, None);
+        let anon = p.find(4, 0x5000).unwrap();
+        assert_eq!(p.canonical(anon, 0x5000), (anon, 0x5000));
+        exec_map(&mut p, 5, 0x10000, 0x2000, 0x1000, "/bin/y (deleted)");
+        exec_map(&mut p, 6, 0x20000, 0x2000, 0x1000, "/bin/y (deleted)");
+        let d = p.find(6, 0x20000).unwrap();
+        assert_eq!(p.canonical(d, 0x20000), (d, 0x20000));
+        // Across Processes values (a fresh tracker at an interval boundary).
+        let mut q = Processes::new();
+        exec_map(&mut q, 9, 0x40000, 0x2000, 0x1000, "/bin/x");
+        let q9 = q.find(9, 0x40000).unwrap();
+        assert_eq!(q.equivalent(p.mapping(b), 0x70010), Some((q9, 0x40010)));
+        assert_eq!(q.equivalent(p.mapping(c), 0x90010), None);
     }
 
     #[test]

@@ -886,8 +886,17 @@ fn rebase_frame(f: Frame, old: &unwind::Processes, new: &unwind::Processes) -> F
     let Frame::User { mapping, addr } = f else {
         return f;
     };
-    match old.get(mapping).and_then(|m| new.find(m.pid, addr)) {
-        Some(mapping) => Frame::User { mapping, addr },
+    let Some(m) = old.get(mapping) else {
+        return Frame::Unmapped(addr);
+    };
+    // Frames are canonical (see `Processes::canonical`): the process that first mapped the
+    // file may be gone while others still map it.
+    let found = new
+        .find(m.pid, addr)
+        .map(|id| new.canonical(id, addr))
+        .or_else(|| new.equivalent(m, addr));
+    match found {
+        Some((mapping, addr)) => Frame::User { mapping, addr },
         None => Frame::Unmapped(addr),
     }
 }
