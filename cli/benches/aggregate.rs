@@ -1,0 +1,66 @@
+//! Folded aggregation: adding samples to a `Profile` (the per-sample hot path) and folding
+//! the aggregated profile into sorted lines (after symbolization, which is benchmarked in
+//! the symbolize crate; here frames are pre-named so only aggregation is measured).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use psample::fold::{Folder, NamedFrames};
+use psample::profile::Profile;
+use psample::stack::Frame;
+use symbolize::{SymbolizeOptions, Symbolizer};
+use unwind::Processes;
+
+/// `distinct` stacks of depth 24 sharing a common root, like a real service's profile.
+fn stacks(named: &mut NamedFrames, distinct: usize) -> Vec<Vec<Frame>> {
+    (0..distinct)
+        .map(|i| {
+            (0..24)
+                .map(|d| {
+                    let name = if d < 12 {
+                        format!("common_{d}")
+                    } else {
+                        format!("fn_{}_{d}", i % 97 + d)
+                    };
+                    Frame::Named(named.intern(&name))
+                })
+                .rev()
+                .collect()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("aggregate");
+    for distinct in [100usize, 5000] {
+        let mut named = NamedFrames::default();
+        let all = stacks(&mut named, distinct);
+        let samples = 100_000u64;
+        g.throughput(Throughput::Elements(samples));
+        g.bench_with_input(BenchmarkId::new("add_samples", distinct), &all, |b, all| {
+            b.iter(|| {
+                let mut p = Profile::new();
+                let name = p.name_id("service");
+                for i in 0..samples as usize {
+                    p.add(name, &all[(i * 7919) % all.len()], 1);
+                }
+                p.total()
+            })
+        });
+        let mut p = Profile::new();
+        let name = p.name_id("service");
+        for (i, s) in all.iter().enumerate() {
+            p.add(name, s, i as u64 + 1);
+        }
+        g.throughput(Throughput::Elements(distinct as u64));
+        g.bench_with_input(BenchmarkId::new("fold_stacks", distinct), &p, |b, p| {
+            b.iter(|| {
+                let mut sym = Symbolizer::new(SymbolizeOptions::default());
+                let procs = Processes::new();
+                Folder::new(&mut sym, &procs, &named).fold(p).len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
