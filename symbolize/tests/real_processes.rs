@@ -539,7 +539,13 @@ fn node_perf_basic_prof_frames() {
         "#,
     )
     .expect("write script");
-    let mut t = Target::spawn(Command::new("node").arg("--perf-basic-prof").arg(&script));
+    // Run node in the temp dir: it may drop isolate-*.log files in its working directory.
+    let mut t = Target::spawn(
+        Command::new("node")
+            .current_dir(dir.path())
+            .arg("--perf-basic-prof")
+            .arg(&script),
+    );
     t.read_addrs();
     let map_path = format!("/tmp/perf-{}.map", t.pid());
     let _cleanup = MapFile(map_path.clone().into());
