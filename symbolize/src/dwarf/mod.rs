@@ -1,16 +1,36 @@
-//! DWARF function and inline-frame lookup (addr2line over gimli), reading sections in place
-//! from the mapped file.
+//! DWARF function and inline-frame lookup over gimli, reading sections in place from the
+//! mapped file.
+//!
+//! Memory is the constraint here: a profiler symbolizes a handful of addresses per library,
+//! while a distribution's debug file (libc6-dbg) holds thousands of compilation units. So
+//! loading builds only an address → unit index ([`index`]); a unit's abbreviations, function
+//! ranges and line table are parsed when an address in it is first looked up and kept in a
+//! small most-recently-used cache ([`unit`]). The answers match `addr2line::Context`'s.
+
+mod index;
+mod unit;
+
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use object::{Object, ObjectSection};
 
 use crate::bytes::{FileBytes, Reader};
 
+use index::UnitIndex;
+use unit::ParsedUnit;
+
 /// Compressed debug sections declaring more than this are ignored rather than inflated.
 const MAX_SECTION: u64 = 1024 * 1024 * 1024;
 /// Inline nesting deeper than this is cut off; real code rarely exceeds a few dozen.
 const MAX_INLINE_DEPTH: usize = 256;
+/// Parsed units kept around. Samples cluster in few units (hot loops, libc's memcpy), so a
+/// small cache gets nearly every hit while bounding what one huge debug file can cost.
+const UNIT_CACHE: usize = 16;
 
 /// One (possibly inlined) function at an address, as DWARF describes it.
 pub(crate) struct DwarfFrame {
@@ -20,7 +40,10 @@ pub(crate) struct DwarfFrame {
 }
 
 pub(crate) struct DwarfInfo {
-    ctx: addr2line::Context<Reader>,
+    dwarf: gimli::Dwarf<Reader>,
+    index: UnitIndex,
+    /// Most recently used first.
+    cache: RefCell<Vec<Rc<ParsedUnit>>>,
 }
 
 impl DwarfInfo {
@@ -35,22 +58,32 @@ impl DwarfInfo {
             gimli::RunTimeEndian::Big
         };
         let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-            // Variable location lists and type units say nothing about which function is at
-            // an address; skipping them keeps compressed debug files (e.g. libc6-dbg's) from
-            // being inflated into memory for nothing.
+            // Variable location lists, type units and macros say nothing about which function
+            // is at an address; skipping them keeps compressed debug files (e.g. libc6-dbg's)
+            // from being inflated into memory for nothing.
             let bytes = match id {
                 gimli::SectionId::DebugLoc
                 | gimli::SectionId::DebugLocLists
                 | gimli::SectionId::DebugTypes
                 | gimli::SectionId::DebugMacinfo
-                | gimli::SectionId::DebugMacro => FileBytes::owned(Vec::new()).whole(),
+                | gimli::SectionId::DebugMacro => empty_section(),
                 _ => section(obj, data, id.name()),
             };
             Ok(gimli::EndianReader::new(bytes, endian))
         };
-        let dwarf = gimli::Dwarf::load(load).ok()?;
-        let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
-        Some(DwarfInfo { ctx })
+        let mut dwarf = gimli::Dwarf::load(load).ok()?;
+        let index = UnitIndex::build(&dwarf);
+        // The index holds everything .debug_aranges said; when the section was compressed its
+        // inflated copy would otherwise stay alive for nothing.
+        dwarf.debug_aranges = gimli::EndianReader::new(empty_section(), endian).into();
+        if index.is_empty() {
+            return None;
+        }
+        Some(DwarfInfo {
+            dwarf,
+            index,
+            cache: RefCell::new(Vec::new()),
+        })
     }
 
     /// Functions covering `vaddr`, innermost (most deeply inlined) first, each with the
@@ -58,24 +91,54 @@ impl DwarfInfo {
     /// `name` is `None` where DWARF has a location but no name. Empty when DWARF does not
     /// cover `vaddr`.
     pub fn frames(&self, vaddr: u64) -> Vec<DwarfFrame> {
-        let mut out = Vec::new();
-        let Ok(mut iter) = self.ctx.find_frames(vaddr).skip_all_loads() else {
-            return out;
-        };
-        while let Ok(Some(frame)) = iter.next() {
-            let name = frame
-                .function
-                .and_then(|f| f.raw_name().ok().map(Cow::into_owned));
-            let (file, line) = match frame.location {
-                Some(loc) => (loc.file.map(str::to_string), loc.line),
-                None => (None, None),
+        // Like addr2line: a unit whose range covers the address but that has neither a
+        // function nor a line for it (overlapping weak definitions, coarse unit ranges)
+        // hands over to the next candidate.
+        for unit_idx in self.index.candidates(vaddr) {
+            let Some(unit) = self.unit(unit_idx) else {
+                continue;
             };
-            out.push(DwarfFrame { name, file, line });
-            if out.len() >= MAX_INLINE_DEPTH {
-                break;
+            match unit.frames(&self.dwarf, self, vaddr) {
+                Ok(frames) if !frames.is_empty() => {
+                    let mut frames = frames;
+                    frames.truncate(MAX_INLINE_DEPTH);
+                    return frames;
+                }
+                Ok(_) => continue,
+                Err(_) => return Vec::new(),
             }
         }
-        out
+        Vec::new()
+    }
+
+    /// The parsed unit at position `idx` of the index, from the cache or freshly parsed.
+    fn unit(&self, idx: usize) -> Option<Rc<ParsedUnit>> {
+        let offset = self.index.unit_offset(idx)?;
+        {
+            let mut cache = self.cache.borrow_mut();
+            if let Some(pos) = cache.iter().position(|u| u.offset() == offset) {
+                let hit = cache.remove(pos);
+                cache.insert(0, hit.clone());
+                return Some(hit);
+            }
+        }
+        let parsed = Rc::new(ParsedUnit::parse(&self.dwarf, offset).ok()?);
+        let mut cache = self.cache.borrow_mut();
+        cache.insert(0, parsed.clone());
+        cache.truncate(UNIT_CACHE);
+        Some(parsed)
+    }
+
+    /// The unit holding the DIE at `.debug_info` offset `die`, for names reached through
+    /// cross-unit references.
+    fn unit_containing(&self, die: u64) -> Option<Rc<ParsedUnit>> {
+        self.unit(self.index.unit_containing(die)?)
+    }
+
+    /// Number of units parsed and cached right now (tests check the bound).
+    #[cfg(test)]
+    fn cached_units(&self) -> usize {
+        self.cache.borrow().len()
     }
 }
 
@@ -84,23 +147,26 @@ pub(crate) fn has_debug_info(obj: &object::File<'_>) -> bool {
         .is_some_and(|s| s.kind() != object::SectionKind::UninitializedData && s.size() > 0)
 }
 
+fn empty_section() -> crate::bytes::SectionBytes {
+    FileBytes::owned(Vec::new()).whole()
+}
+
 fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> crate::bytes::SectionBytes {
-    let empty = || FileBytes::owned(Vec::new()).whole();
     let Some(sec) = obj.section_by_name(name) else {
-        return empty();
+        return empty_section();
     };
     match sec.compressed_data() {
         Ok(c)
             if c.format != object::CompressionFormat::None && c.uncompressed_size > MAX_SECTION =>
         {
-            return empty();
+            return empty_section();
         }
-        Err(_) => return empty(),
+        Err(_) => return empty_section(),
         Ok(_) => {}
     }
     match sec.uncompressed_data() {
-        Ok(Cow::Borrowed(b)) => data.section_of(b).unwrap_or_else(empty),
+        Ok(Cow::Borrowed(b)) => data.section_of(b).unwrap_or_else(empty_section),
         Ok(Cow::Owned(v)) => FileBytes::owned(v).whole(),
-        Err(_) => empty(),
+        Err(_) => empty_section(),
     }
 }
