@@ -2,66 +2,138 @@
 //!
 //! With kptr_restrict (or without privilege) every address reads as zero; then no address can
 //! be named correctly and the caller shows `[kernel]` instead of a misleading guess.
+//!
+//! A kernel with modules lists 100k+ symbols. They are read line by line into one string arena
+//! with a compact (address, name offset) entry each, so neither the whole file text nor one
+//! heap allocation per name is ever held.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 /// kallsyms is ~10 MB with many modules loaded; a bound protects against a runaway procfs.
 const MAX_KALLSYMS: u64 = 512 * 1024 * 1024;
+/// Longer lines are not kallsyms (KSYM_NAME_LEN is 512); skipping keeps memory bounded.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    addr: u64,
+    /// Start of the name in the arena.
+    name: u32,
+    len: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct SymbolArena {
+    /// Sorted by address, one per address.
+    entries: Vec<Entry>,
+    names: String,
+}
 
 #[derive(Debug)]
 pub(crate) enum KernelSymbols {
-    /// Sorted by address, one name per address.
-    Table(Vec<(u64, Box<str>)>),
+    Table(SymbolArena),
     /// Addresses hidden (all zero) — kptr_restrict or missing privilege.
     Hidden,
 }
 
 impl KernelSymbols {
     pub fn load() -> Result<KernelSymbols, String> {
-        let mut text = String::new();
-        std::fs::File::open("/proc/kallsyms")
-            .map_err(|e| format!("/proc/kallsyms: {e}"))?
-            .take(MAX_KALLSYMS)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("/proc/kallsyms: {e}"))?;
-        Ok(KernelSymbols::parse(&text))
+        let file =
+            std::fs::File::open("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
+        KernelSymbols::read(BufReader::new(file.take(MAX_KALLSYMS)))
+            .map_err(|e| format!("/proc/kallsyms: {e}"))
     }
 
+    #[cfg(test)]
     pub fn parse(text: &str) -> KernelSymbols {
-        let mut syms = Vec::new();
-        for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            // Code symbols only: data symbols interleaved with text would steal addresses.
-            if !matches!(kind, "t" | "T" | "w" | "W") || addr == 0 {
+        KernelSymbols::read(text.as_bytes()).unwrap_or(KernelSymbols::Hidden)
+    }
+
+    /// Parses kallsyms text from `input`, one line at a time.
+    pub fn read(mut input: impl BufRead) -> std::io::Result<KernelSymbols> {
+        let mut entries = Vec::new();
+        let mut names = String::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if input
+                .by_ref()
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line)?
+                == 0
+            {
+                break;
+            }
+            if line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
+                // Discard the rest of an overlong line.
+                let mut rest = Vec::new();
+                input.read_until(b'\n', &mut rest)?;
                 continue;
             }
-            syms.push((addr, name.into()));
+            let Ok(text) = std::str::from_utf8(&line) else {
+                continue;
+            };
+            if let Some((addr, name)) = text_symbol(text) {
+                let (Ok(start), Ok(len)) = (u32::try_from(names.len()), u32::try_from(name.len()))
+                else {
+                    // Past 4 GiB of names: not a real kallsyms.
+                    break;
+                };
+                names.push_str(name);
+                entries.push(Entry {
+                    addr,
+                    name: start,
+                    len,
+                });
+            }
         }
-        if syms.is_empty() {
+        if entries.is_empty() {
             // All-zero addresses (or nothing parseable) mean we cannot name anything.
-            return KernelSymbols::Hidden;
+            return Ok(KernelSymbols::Hidden);
         }
-        syms.sort_by_key(|(a, _)| *a);
-        syms.dedup_by_key(|(a, _)| *a);
-        KernelSymbols::Table(syms)
+        // Stable: of several names at one address the first listed wins.
+        entries.sort_by_key(|e| e.addr);
+        entries.dedup_by_key(|e| e.addr);
+        entries.shrink_to_fit();
+        names.shrink_to_fit();
+        Ok(KernelSymbols::Table(SymbolArena { entries, names }))
     }
 
     /// The symbol at or below `addr`; `None` when hidden or below every symbol.
     pub fn lookup(&self, addr: u64) -> Option<&str> {
-        let KernelSymbols::Table(syms) = self else {
+        let KernelSymbols::Table(t) = self else {
             return None;
         };
-        let idx = syms.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
-        syms.get(idx).map(|(_, n)| &**n)
+        let idx = t
+            .entries
+            .partition_point(|e| e.addr <= addr)
+            .checked_sub(1)?;
+        let e = t.entries.get(idx)?;
+        let start = e.name as usize;
+        t.names.get(start..start.checked_add(e.len as usize)?)
     }
+
+    /// Number of code symbols held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            KernelSymbols::Table(t) => t.entries.len(),
+            KernelSymbols::Hidden => 0,
+        }
+    }
+}
+
+/// `(address, name)` of a code symbol line (`ADDR TYPE NAME [\t[module]]`); `None` for data
+/// symbols, zero addresses and malformed lines.
+fn text_symbol(line: &str) -> Option<(u64, &str)> {
+    let mut fields = line.split_ascii_whitespace();
+    let (addr, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+    // Code symbols only: data symbols interleaved with text would steal addresses.
+    if !matches!(kind, "t" | "T" | "w" | "W") {
+        return None;
+    }
+    let addr = u64::from_str_radix(addr, 16).ok()?;
+    (addr != 0).then_some((addr, name))
 }
 
 #[cfg(test)]
@@ -85,5 +157,45 @@ mod tests {
     fn zeroed_addresses_mean_hidden() {
         let text = "0000000000000000 T _stext\n0000000000000000 t helper\n";
         assert!(matches!(KernelSymbols::parse(text), KernelSymbols::Hidden));
+    }
+
+    #[test]
+    fn unsorted_duplicates_keep_the_first_name_and_no_trailing_newline() {
+        // Module symbols come after core ones and out of order; aliases share an address.
+        let text = "ffffffffc0002000 t mod_b\t[m]\n\
+                    ffffffff81000000 T first\n\
+                    ffffffff81000000 T alias\n\
+                    ffffffffc0001000 W mod_a\t[m]";
+        let k = KernelSymbols::parse(text);
+        assert_eq!(k.len(), 3);
+        assert_eq!(k.lookup(0xffffffff81000001), Some("first"));
+        assert_eq!(k.lookup(0xffffffffc0001fff), Some("mod_a"));
+        assert_eq!(k.lookup(0xffffffffc0002000), Some("mod_b"));
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        let long = "x".repeat(3 * MAX_LINE);
+        let text = format!(
+            "zzzz T bad_addr\n{long}\nffffffff81000000\n\u{0}\u{ff}\nffffffff81000100 T ok\n\
+             ffffffff81000200 T {long}\n"
+        );
+        let k = KernelSymbols::parse(&text);
+        assert_eq!(k.len(), 1);
+        assert_eq!(k.lookup(0xffffffff81000300), Some("ok"));
+    }
+
+    #[test]
+    fn real_kallsyms_parses_when_readable() {
+        // As root on this host addresses are visible; elsewhere Hidden is the right answer.
+        let Ok(k) = KernelSymbols::load() else {
+            panic!("/proc/kallsyms must be readable on Linux");
+        };
+        if let KernelSymbols::Table(t) = &k {
+            assert!(t.entries.len() > 1000);
+            assert!(t.entries.windows(2).all(|w| w[0].addr < w[1].addr));
+            let first = t.entries.first().map(|e| e.addr).unwrap_or_default();
+            assert!(k.lookup(first).is_some());
+        }
     }
 }
