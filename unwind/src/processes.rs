@@ -87,12 +87,24 @@ pub(crate) struct AddressSpace {
     maps: BTreeMap<u64, MappingId>,
 }
 
+/// An arena slot: the mapping, the first mapping of the same file range (see
+/// [`FileRange`]), and how many address spaces currently contain it.
+struct Entry {
+    mapping: Mapping,
+    canon: MappingId,
+    spaces: u32,
+}
+
 /// All processes' address spaces, with mappings interned in one arena.
+///
+/// Bounded under process churn: a mapping that no address space contains any more is freed
+/// unless it is canonical (the first of its file range, which frames refer to through
+/// [`Processes::canonical`]) or per-process code (anonymous/JIT, vDSO, deleted files, which
+/// frames refer to directly). Ids are never reused, so a stale id is simply unknown.
 #[derive(Default)]
 pub struct Processes {
-    arena: Vec<Mapping>,
-    /// For each arena entry, the first mapping of the same file range (see [`FileRange`]).
-    canon: Vec<MappingId>,
+    arena: HashMap<MappingId, Entry>,
+    next_id: u32,
     by_file_range: HashMap<FileRange, MappingId>,
     by_identity: HashMap<u64, Vec<MappingId>>,
     spaces: HashMap<u32, AddressSpace>,
@@ -116,7 +128,7 @@ impl Processes {
     /// `/proc/PID/maps`); used for recorded fixtures and by [`Self::load_proc_maps`].
     pub fn load_maps_text(&mut self, pid: u32, text: &str) {
         let space = self.fresh_space();
-        self.spaces.insert(pid, space);
+        self.replace_space(pid, Some(space));
         for line in parse_maps(text) {
             self.insert_line(pid, &line);
         }
@@ -175,9 +187,7 @@ impl Processes {
                 pid,
             };
             if let Some(id) = self.intern(mapping) {
-                if let Some(space) = self.spaces.get_mut(&pid) {
-                    space.maps.insert(start, id);
-                }
+                self.link(pid, start, id);
                 exec_changed |= exec;
             }
         }
@@ -199,20 +209,25 @@ impl Processes {
         if let Some(parent) = self.spaces.get(&parent_pid) {
             space.maps = parent.maps.clone();
         }
-        self.spaces.insert(child_pid, space);
+        for id in space.maps.values() {
+            if let Some(e) = self.arena.get_mut(id) {
+                e.spaces += 1;
+            }
+        }
+        self.replace_space(child_pid, Some(space));
     }
 
     /// The process exec'd (COMM record with the exec flag): its old mappings are gone and
     /// the new image's MMAP records follow.
     pub fn on_exec(&mut self, pid: u32) {
         let space = self.fresh_space();
-        self.spaces.insert(pid, space);
+        self.replace_space(pid, Some(space));
         self.removals += 1;
     }
 
     /// The process exited (EXIT record with pid == tid). Its mappings stay in the arena.
     pub fn on_exit(&mut self, pid: u32) {
-        if self.spaces.remove(&pid).is_some() {
+        if self.replace_space(pid, None) {
             self.removals += 1;
         }
     }
@@ -230,12 +245,12 @@ impl Processes {
     /// # Panics
     /// If `id` did not come from this `Processes` (a caller bug, not a data problem).
     pub fn mapping(&self, id: MappingId) -> &Mapping {
-        &self.arena[id.0 as usize]
+        &self.arena[&id].mapping
     }
 
     /// Non-panicking variant of [`Self::mapping`].
     pub fn get(&self, id: MappingId) -> Option<&Mapping> {
-        self.arena.get(id.0 as usize)
+        self.arena.get(&id).map(|e| &e.mapping)
     }
 
     /// Whether `pid` has a known address space.
@@ -251,7 +266,8 @@ impl Processes {
             .flat_map(|space| space.maps.values().copied())
     }
 
-    /// Number of distinct mappings ever seen (the arena size).
+    /// Number of mappings held (the arena size): live ones, canonical ones and per-process
+    /// code that frames may refer to.
     pub fn mapping_count(&self) -> usize {
         self.arena.len()
     }
@@ -261,9 +277,13 @@ impl Processes {
     /// one stack instead of one per process. Returns `(id, addr)` unchanged for mappings
     /// that are per process (anonymous, JIT, vDSO, deleted files) or unknown ids.
     pub fn canonical(&self, id: MappingId, addr: u64) -> (MappingId, u64) {
-        let (Some(m), Some(&canon)) = (self.get(id), self.canon.get(id.0 as usize)) else {
+        let Some(Entry {
+            mapping: m, canon, ..
+        }) = self.arena.get(&id)
+        else {
             return (id, addr);
         };
+        let canon = *canon;
         match self.get(canon) {
             Some(c) if canon != id => (canon, addr.wrapping_sub(m.start).wrapping_add(c.start)),
             _ => (id, addr),
@@ -329,10 +349,10 @@ impl Processes {
         }
         let mut exec_changed = false;
         for (key, id) in overlapped {
-            if let Some(space) = self.spaces.get_mut(&pid) {
-                space.maps.remove(&key);
-            }
-            let Some(old) = self.get(id).cloned() else {
+            // Copy before unlinking: unlinking may free it.
+            let old = self.get(id).cloned();
+            self.unlink(pid, key);
+            let Some(old) = old else {
                 continue;
             };
             exec_changed |= old.exec;
@@ -353,9 +373,7 @@ impl Processes {
             for piece in pieces {
                 let piece_start = piece.start;
                 if let Some(piece_id) = self.intern(piece) {
-                    if let Some(space) = self.spaces.get_mut(&pid) {
-                        space.maps.insert(piece_start, piece_id);
-                    }
+                    self.link(pid, piece_start, piece_id);
                 }
             }
         }
@@ -371,15 +389,83 @@ impl Processes {
                 }
             }
         }
-        let id = MappingId(u32::try_from(self.arena.len()).ok()?);
+        let id = MappingId(self.next_id);
+        self.next_id = self.next_id.checked_add(1)?;
         let canon = match FileRange::of(&mapping) {
             Some(range) => *self.by_file_range.entry(range).or_insert(id),
             None => id,
         };
-        self.canon.push(canon);
-        self.arena.push(mapping);
+        self.arena.insert(
+            id,
+            Entry {
+                mapping,
+                canon,
+                spaces: 0,
+            },
+        );
         self.by_identity.entry(hash).or_default().push(id);
         Some(id)
+    }
+
+    /// Put `id` at `start` in `pid`'s space (which must exist), counting the reference.
+    fn link(&mut self, pid: u32, start: u64, id: MappingId) {
+        let Some(space) = self.spaces.get_mut(&pid) else {
+            return;
+        };
+        let old = space.maps.insert(start, id);
+        if let Some(e) = self.arena.get_mut(&id) {
+            e.spaces += 1;
+        }
+        if let Some(old) = old {
+            self.release(old);
+        }
+    }
+
+    /// Remove the mapping at `key` from `pid`'s space.
+    fn unlink(&mut self, pid: u32, key: u64) {
+        let removed = self
+            .spaces
+            .get_mut(&pid)
+            .and_then(|space| space.maps.remove(&key));
+        if let Some(id) = removed {
+            self.release(id);
+        }
+    }
+
+    /// Install (or with `None` remove) `pid`'s space, releasing the old one's mappings.
+    /// Returns whether there was an old space.
+    fn replace_space(&mut self, pid: u32, space: Option<AddressSpace>) -> bool {
+        let old = match space {
+            Some(space) => self.spaces.insert(pid, space),
+            None => self.spaces.remove(&pid),
+        };
+        let Some(old) = old else {
+            return false;
+        };
+        for id in old.maps.into_values() {
+            self.release(id);
+        }
+        true
+    }
+
+    /// One address space fewer contains `id`; free it when none does and no frame can
+    /// refer to it (it is a duplicate of a canonical file range).
+    fn release(&mut self, id: MappingId) {
+        let Some(e) = self.arena.get_mut(&id) else {
+            return;
+        };
+        e.spaces = e.spaces.saturating_sub(1);
+        if e.spaces > 0 || e.canon == id {
+            return;
+        }
+        let hash = e.mapping.identity_hash();
+        self.arena.remove(&id);
+        if let Some(ids) = self.by_identity.get_mut(&hash) {
+            ids.retain(|&other| other != id);
+            if ids.is_empty() {
+                self.by_identity.remove(&hash);
+            }
+        }
     }
 }
 
@@ -473,6 +559,60 @@ mod tests {
         let q9 = q.find(9, 0x40000).unwrap();
         assert_eq!(q.equivalent(p.mapping(b), 0x70010), Some((q9, 0x40010)));
         assert_eq!(q.equivalent(p.mapping(c), 0x90010), None);
+    }
+
+    #[test]
+    fn churn_frees_duplicate_mappings_of_exited_processes() {
+        let mut p = Processes::new();
+        // 10 000 short-lived processes running the same binary and library at ASLR bases.
+        for pid in 100..10_100u32 {
+            let base = 0x1000_0000 * u64::from(pid);
+            exec_map(&mut p, pid, base, 0x2000, 0x1000, "/bin/x");
+            exec_map(&mut p, pid, base + 0x10_0000, 0x8000, 0, "/lib/libc.so");
+            if pid % 2 == 0 {
+                p.on_fork(pid, pid + 1_000_000);
+                p.on_exit(pid + 1_000_000);
+            }
+            p.on_exit(pid);
+        }
+        // Only the canonical (first) mapping of each file range is left.
+        assert_eq!(p.mapping_count(), 2);
+        let first = p.canonical(MappingId(0), 0x1000_0000 * 100);
+        assert_eq!(p.mapping(first.0).path, "/bin/x");
+        assert!(p.by_identity.values().map(Vec::len).sum::<usize>() <= 2);
+
+        // A live process keeps its mappings; an exec releases them.
+        exec_map(&mut p, 7, 0x7000_0000, 0x2000, 0x1000, "/bin/x");
+        let live = p.find(7, 0x7000_0000).unwrap();
+        assert_eq!(p.mapping_count(), 3);
+        p.on_fork(7, 8);
+        p.on_exec(7);
+        // Still mapped by the forked child.
+        assert_eq!(p.mapping(live).path, "/bin/x");
+        p.on_exit(8);
+        assert!(p.get(live).is_none());
+        assert_eq!(p.mapping_count(), 2);
+
+        // Per-process code that frames refer to directly is kept.
+        p.on_mmap(9, 0x5000, 0x1000, 0, "", true, None, None);
+        let jit = p.find(9, 0x5000).unwrap();
+        p.on_exit(9);
+        assert!(p.get(jit).is_some());
+    }
+
+    #[test]
+    fn remapping_over_a_range_releases_what_it_replaces() {
+        let mut p = Processes::new();
+        exec_map(&mut p, 1, 0x10000, 0x1000, 0, "/bin/canon");
+        exec_map(&mut p, 2, 0x20000, 0x1000, 0, "/bin/canon");
+        let dup = p.find(2, 0x20000).unwrap();
+        // MAP_FIXED over the duplicate: it is no longer in any space and is freed.
+        exec_map(&mut p, 2, 0x20000, 0x1000, 0, "/bin/other");
+        assert!(p.get(dup).is_none());
+        // The same range reloaded from maps text: old ids released, new ones live.
+        p.load_maps_text(2, "20000-21000 r-xp 00000000 08:01 42 /bin/canon\n");
+        assert!(p.find(2, 0x20000).is_some());
+        assert_eq!(p.mappings(2).count(), 1);
     }
 
     #[test]
