@@ -148,6 +148,14 @@ impl Intervals {
         self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default()
     }
 
+    /// Start the current interval's clock now: called when a session starts sampling, so
+    /// attaching (or waiting for a restarted target) is not counted as profiled time.
+    /// Whatever an earlier session left unwritten was already emitted when it ended.
+    pub fn begin(&mut self) {
+        self.started = Instant::now();
+        self.started_wall = SystemTime::now();
+    }
+
     /// End the current interval now and start the next: returns the ended one's window.
     /// Called before rendering, so time spent symbolizing belongs to the next interval,
     /// whose samples are being collected meanwhile.

@@ -350,6 +350,9 @@ pub fn run_session(
             .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
     }
 
+    if let Some(iv) = intervals.as_deref_mut() {
+        iv.begin();
+    }
     let mut rec = Recorder {
         tracker,
         builder: StackBuilder::new(mode),

@@ -374,6 +374,9 @@ pub fn run_session(
         l.start()
             .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
     }
+    if let Some(iv) = intervals.as_deref_mut() {
+        iv.begin();
+    }
     let start_ns = monotonic_ns();
     let opts = Options {
         min_ns: args.min_us.saturating_mul(1000),
