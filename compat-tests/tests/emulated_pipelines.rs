@@ -11,8 +11,9 @@ use std::sync::Arc;
 use clap::Parser;
 use compat_tests::profile::{self, KernelProfile};
 use compat_tests::workload::Workload;
-use compat_tests::{BlockState, EmulatedKernel, Script};
+use compat_tests::{BlockState, BpfPolicy, EmulatedKernel, Script};
 use perfring::attr::{event_type, flag};
+use perfring::sys::Errno;
 use psample::args::{Cli, Command};
 
 const MS: u64 = 1_000_000;
@@ -155,7 +156,9 @@ fn kernel_for(
 fn record(p: KernelProfile) {
     let w = Workload::start().expect("workload");
     let k = kernel_for(p, &w, on_cpu_script);
-    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4"]);
+    // The emulator cannot run BPF programs: the ring-buffer path is what is compared here
+    // (BPF fallback is tested in `record_bpf_auto_falls_back`).
+    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4", "--bpf", "never"]);
     assert_eq!(folded, RECORD_EXPECTED, "{}", k.profile().name);
     let d = k.delivery();
     let name = k.profile().name;
@@ -166,6 +169,34 @@ fn record(p: KernelProfile) {
         assert_eq!(a.has(flag::MMAP2), mmap2, "{name}");
         assert!(a.has(flag::MMAP), "{name}");
     }
+}
+
+/// `--bpf auto` where the kernel refuses PERF_EVENT_IOC_SET_BPF (no SET_BPF before 4.1, or
+/// perf_event programs not permitted, as on RHEL 7's tracing-only eBPF): the program is
+/// loaded on the host but the attach is refused, and auto falls back to the ring buffer with
+/// the same profile as `--bpf never`.
+fn record_bpf_auto_falls_back(p: KernelProfile) {
+    let name = p.name;
+    let w = Workload::start().expect("workload");
+    let k = kernel_for(p, &w, on_cpu_script);
+    let errno = if k.profile().knows_flag(flag::CONTEXT_SWITCH) {
+        Errno::EINVAL
+    } else {
+        Errno::ENOTTY
+    };
+    k.set_bpf_policy(BpfPolicy::Refuse(errno));
+    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4", "--bpf", "auto"]);
+    assert_eq!(folded, RECORD_EXPECTED, "{name}");
+    let attaches: Vec<_> = k
+        .ioctls()
+        .into_iter()
+        .filter(|i| i.name == "SET_BPF")
+        .collect();
+    assert!(
+        attaches.len() <= 1,
+        "{name}: auto must stop at the first refused attach, tried {}",
+        attaches.len()
+    );
 }
 
 fn offcpu(p: KernelProfile) {
@@ -232,6 +263,11 @@ macro_rules! per_profile {
             }
 
             #[test]
+            fn record_bpf_auto_falls_back_to_the_ring() {
+                record_bpf_auto_falls_back($profile);
+            }
+
+            #[test]
             fn offcpu_gives_the_scripted_blocked_time() {
                 offcpu($profile);
             }
@@ -279,7 +315,7 @@ fn record_survives_a_full_ring_on_every_kernel() {
         let folded = run_psample(
             k.clone(),
             w.pid,
-            &["record", "-d", "0.4", "--mmap-pages", "1"],
+            &["record", "-d", "0.4", "--mmap-pages", "1", "--bpf", "never"],
         );
         let d = k.delivery();
         assert!(d.lost > 0, "{name}: nothing was lost");
