@@ -34,6 +34,27 @@ impl NamedFrames {
     }
 }
 
+/// What the symbolizer needs to know of a mapping seen at sample time.
+pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
+    let kind = if m.path == "[vdso]" {
+        ModuleKind::Vdso
+    } else if m.path.is_empty() || m.path.starts_with('[') || m.path.starts_with("//anon") {
+        ModuleKind::Anon
+    } else {
+        ModuleKind::File
+    };
+    ModuleSpec {
+        kind,
+        path: m.path.clone(),
+        pid: m.pid,
+        start: m.start,
+        end: m.end,
+        pgoff: m.pgoff,
+        build_id: m.build_id.clone(),
+        inode: m.inode,
+    }
+}
+
 /// Symbolizes frames, remembering each answer.
 pub struct Folder<'a> {
     sym: &'a mut Symbolizer,
@@ -59,24 +80,7 @@ impl<'a> Folder<'a> {
         if let Some(h) = self.modules.get(&id) {
             return *h;
         }
-        let m = self.procs.mapping(id);
-        let kind = if m.path == "[vdso]" {
-            ModuleKind::Vdso
-        } else if m.path.is_empty() || m.path.starts_with('[') || m.path.starts_with("//anon") {
-            ModuleKind::Anon
-        } else {
-            ModuleKind::File
-        };
-        let h = self.sym.add_module(ModuleSpec {
-            kind,
-            path: m.path.clone(),
-            pid: m.pid,
-            start: m.start,
-            end: m.end,
-            pgoff: m.pgoff,
-            build_id: m.build_id.clone(),
-            inode: m.inode,
-        });
+        let h = self.sym.add_module(module_spec(self.procs.mapping(id)));
         self.modules.insert(id, h);
         h
     }

@@ -16,7 +16,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 
-use symbolize::{FrameKind, ModuleHandle, ModuleKind, ModuleSpec, Symbolizer};
+use symbolize::{FrameKind, ModuleHandle, Symbolizer};
 use unwind::{MappingId, Processes};
 
 use crate::fold::NamedFrames;
@@ -128,23 +128,7 @@ impl<'a> Builder<'a> {
             return Some(*m);
         }
         let m = self.procs.get(id)?;
-        let kind = if m.path == "[vdso]" {
-            ModuleKind::Vdso
-        } else if m.path.is_empty() || m.path.starts_with('[') || m.path.starts_with("//anon") {
-            ModuleKind::Anon
-        } else {
-            ModuleKind::File
-        };
-        let handle = self.sym.add_module(ModuleSpec {
-            kind,
-            path: m.path.clone(),
-            pid: m.pid,
-            start: m.start,
-            end: m.end,
-            pgoff: m.pgoff,
-            build_id: m.build_id.clone(),
-            inode: m.inode,
-        });
+        let handle = self.sym.add_module(crate::fold::module_spec(m));
         let (start, end, pgoff, path) = (m.start, m.end, m.pgoff, m.path.clone());
         let build_id = self
             .sym
