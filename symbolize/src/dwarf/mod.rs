@@ -6,6 +6,10 @@
 //! loading builds only an address → unit index ([`index`]); a unit's abbreviations, function
 //! ranges and line table are parsed when an address in it is first looked up and kept in a
 //! small most-recently-used cache ([`unit`]). The answers match `addr2line::Context`'s.
+//!
+//! Measured on libc6-dbg's debug file (2063 units): `addr2line::Context::from_dwarf` kept
+//! ~22 MB of parsed units for a few lookups; this index costs a few hundred KB plus the
+//! units actually hit.
 
 mod index;
 mod unit;
