@@ -135,6 +135,10 @@ impl BpfAggregation {
                     None => Frame::Unmapped(a),
                 });
             }
+            // Both stack ids failed (map collision or full): keep the samples, visibly.
+            if self.frames.is_empty() {
+                self.frames.push(Frame::Label("[stack lost]"));
+            }
             tracker.threads_seen.insert(c.tid);
             let name = profile.name_id(tracker.comm(c.pid, c.tid));
             profile.add(name, &self.frames, c.count);
