@@ -98,9 +98,9 @@ impl Map {
         } {
             Ok(()) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
-            // 524 is the kernel-internal ENOTSUPP, which leaks to user space here.
-            Err(Errno::EINVAL) | Err(Errno::ENOTSUP) => Err(Errno::ENOTSUP),
-            Err(e) if e as i32 == 524 => Err(Errno::ENOTSUP),
+            // 524 is the kernel-internal ENOTSUPP, which leaks to user space here; nix has no
+            // name for it and reports UnknownErrno (whose value is 0, not 524).
+            Err(Errno::EINVAL | Errno::ENOTSUP | Errno::UnknownErrno) => Err(Errno::ENOTSUP),
             Err(e) => Err(e),
         }
     }
