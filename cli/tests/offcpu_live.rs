@@ -84,3 +84,93 @@ fn offcpu_rejects_impossible_filters() {
     assert_ne!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("-M"));
 }
+
+/// An HTTP server that fsyncs a log line per request, under wrk on loopback: the fsync stack
+/// carries a large share of blocked time, and --wakers shows the block-completion path that
+/// ends it and the load generator's socket writes that wake the request reader.
+#[test]
+fn fsync_server_under_load_shows_fsync_and_its_wakers() {
+    require_perf_access();
+    let _serial = serial();
+    assert!(
+        std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "wrk is needed (apt-get install wrk; .ci/setup installs it)"
+    );
+    let logdir = tempfile::tempdir().unwrap();
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let w = start(
+        "fsync_server",
+        &[
+            "-p",
+            &port.to_string(),
+            "-d",
+            logdir.path().to_str().unwrap(),
+            "-t",
+            "2",
+            "-s",
+            "20",
+        ],
+    );
+    let mut load = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d8s", &format!("http://127.0.0.1:{port}/")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let pid = w.pid.to_string();
+    let out = run_psample(&["offcpu", "-p", &pid, "-d", "3", "--wakers"]);
+    let _ = load.kill();
+    let _ = load.wait();
+    assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
+    let folded = parse_folded(&out.folded);
+    // The blocked part's frames, without the comm ("fsync_server" itself contains "fsync").
+    let blocked = |s: &str| {
+        let b = s.split(";--;").next().unwrap_or(s);
+        b.split_once(';').map_or(String::new(), |(_, frames)| frames.to_string())
+    };
+    let fsync_us: u64 = folded
+        .iter()
+        .filter(|(s, _)| blocked(s).contains("fsync"))
+        .map(|(_, c)| c)
+        .sum();
+    let epoll_us: u64 = folded
+        .iter()
+        .filter(|(s, _)| blocked(s).contains("epoll_wait"))
+        .map(|(_, c)| c)
+        .sum();
+    let total: u64 = folded.values().sum();
+    eprintln!("fsync {fsync_us} us, epoll {epoll_us} us, total {total} us");
+    // Apart from the accept loop idling in epoll_wait, request threads mostly wait on fsync.
+    assert!(
+        fsync_us * 2 > total - epoll_us,
+        "fsync should dominate the request threads' blocked time:\n{}",
+        out.folded
+    );
+    let wakers_of = |pred: &dyn Fn(&str) -> bool| {
+        folded
+            .keys()
+            .filter(|s| pred(&blocked(s)))
+            .filter_map(|s| s.split(";--;").nth(1))
+            .collect::<Vec<_>>()
+    };
+    let fsync_wakers = wakers_of(&|b| b.contains("fsync"));
+    assert!(
+        fsync_wakers
+            .iter()
+            .any(|w| w.contains("blk_") || w.contains("end_io") || w.contains("bio")),
+        "no block-device completion among the fsync wakers:\n{}",
+        out.folded
+    );
+    let all_wakers = wakers_of(&|_| true);
+    assert!(
+        all_wakers
+            .iter()
+            .any(|w| w.ends_with(";wrk") && (w.contains("tcp_") || w.contains("sock"))),
+        "no wrk socket write among the wakers:\n{}",
+        out.folded
+    );
+}
