@@ -38,8 +38,14 @@ fn base() -> RawAttr {
 
 fn classify(e: Errno) -> Probe {
     match e {
-        Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP | Errno::ENOENT | Errno::ENODEV
-        | Errno::ENOTTY | Errno::EOVERFLOW | Errno::ENXIO => Probe::No(e),
+        Errno::EINVAL
+        | Errno::E2BIG
+        | Errno::EOPNOTSUPP
+        | Errno::ENOENT
+        | Errno::ENODEV
+        | Errno::ENOTTY
+        | Errno::EOVERFLOW
+        | Errno::ENXIO => Probe::No(e),
         e => Probe::Unknown(e),
     }
 }
