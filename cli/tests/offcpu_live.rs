@@ -130,7 +130,8 @@ fn fsync_server_under_load_shows_fsync_and_its_wakers() {
     // The blocked part's frames, without the comm ("fsync_server" itself contains "fsync").
     let blocked = |s: &str| {
         let b = s.split(";--;").next().unwrap_or(s);
-        b.split_once(';').map_or(String::new(), |(_, frames)| frames.to_string())
+        b.split_once(';')
+            .map_or(String::new(), |(_, frames)| frames.to_string())
     };
     let fsync_us: u64 = folded
         .iter()
