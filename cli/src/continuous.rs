@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use symbolize::Symbolizer;
 
-use crate::args::{CommonArgs, ContinuousArgs, SymbolArgs};
+use crate::args::{CommonArgs, ContinuousArgs, SymbolArgs, TargetArgs};
 use crate::error::CliError;
 use crate::output::{Format, Labels, Rendered};
 use crate::push::Pusher;
@@ -297,6 +297,25 @@ fn pid_from_file(path: &Path) -> Option<u32> {
     let text = String::from_utf8_lossy(text.get(..64).unwrap_or(&text)).into_owned();
     let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
     (pid > 0 && target::process_alive(pid)).then_some(pid)
+}
+
+/// Run a command's sessions on its target: once, or (with `--every`) interval by interval,
+/// re-attaching after target restarts. Shared by `record` and `offcpu`.
+pub fn run_command(
+    c: &ContinuousArgs,
+    common: &CommonArgs,
+    symbols: &SymbolArgs,
+    target: &TargetArgs,
+    command: &str,
+    labels: Labels,
+    mut session: impl FnMut(Target, Option<&mut Intervals>) -> Result<StopCause, CliError>,
+) -> Result<i32, CliError> {
+    let default_target = || Target::from_args(target).map_err(CliError::new);
+    let Some(mut intervals) = Intervals::from_args(c, common, symbols, command, labels)? else {
+        session(default_target()?, None)?;
+        return Ok(0);
+    };
+    run_restartable(c, default_target, |t| session(t, Some(&mut intervals)))
 }
 
 /// Run `session` over and over: each time the targets named by `--pid-file`/`--comm` exit,

@@ -251,21 +251,14 @@ pub fn run_with_kernel(
         title: "psample record".into(),
         count_name: "samples".into(),
     };
-    let intervals = Intervals::from_args(
+    continuous::run_command(
         &args.continuous,
         &args.common,
         &args.symbols,
+        &args.target,
         "record",
         labels,
-    )?;
-    let Some(mut intervals) = intervals else {
-        let target = Target::from_args(&args.target).map_err(CliError::new)?;
-        return run_session(&args, target, kernel, None).map(|_| 0);
-    };
-    continuous::run_restartable(
-        &args.continuous,
-        || Target::from_args(&args.target).map_err(CliError::new),
-        |target| run_session(&args, target, kernel.clone(), Some(&mut intervals)),
+        |target, intervals| run_session(&args, target, kernel.clone(), intervals),
     )
 }
 

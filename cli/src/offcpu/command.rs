@@ -169,21 +169,14 @@ fn labels(wakers: bool) -> Labels {
 
 /// `offcpu` against any [`Kernel`] (compat-tests pass emulated kernels).
 pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32, CliError> {
-    let intervals = Intervals::from_args(
+    continuous::run_command(
         &args.continuous,
         &args.common,
         &args.symbols,
+        &args.target,
         "offcpu",
         labels(args.wakers),
-    )?;
-    let Some(mut intervals) = intervals else {
-        let target = Target::from_args(&args.target).map_err(CliError::new)?;
-        return run_session(&args, target, kernel, None).map(|_| 0);
-    };
-    continuous::run_restartable(
-        &args.continuous,
-        || Target::from_args(&args.target).map_err(CliError::new),
-        |target| run_session(&args, target, kernel.clone(), Some(&mut intervals)),
+        |target, intervals| run_session(&args, target, kernel.clone(), intervals),
     )
 }
 
