@@ -139,7 +139,7 @@ impl BpfAggregation {
             if self.frames.is_empty() {
                 self.frames.push(Frame::Label("[stack lost]"));
             }
-            tracker.threads_seen.insert(c.tid);
+            tracker.saw_thread(c.tid);
             let name = profile.name_id(tracker.comm(c.pid, c.tid));
             profile.add(name, &self.frames, c.count);
         }

@@ -1,17 +1,25 @@
 //! Continuous profiling: `--every DURATION --out-dir DIR [--keep N]`.
 //!
 //! The session stays open across intervals so no sample falls between two files. At each
-//! boundary the command renders what it aggregated, [`Intervals::emit`] writes it under a
-//! timestamped name (atomic rename), prunes old files and hands a copy to the pusher, and
-//! the command resets its aggregation. Memory stays flat because everything that grows with
-//! time is per interval: stack tables, the tracker (swapped for a fresh one holding only
-//! live processes, see [`crate::tracker::Tracker::refreshed`]) and the symbolizer (rebuilt
-//! when its module list grows past [`MAX_SYMBOLIZER_MODULES`]).
+//! boundary the command hands what it aggregated (with the tracker and tables it needs) to
+//! the writer thread ([`Intervals::submit`]) and starts the next interval with fresh tables,
+//! so the read loop goes on draining the rings while the ended interval is symbolized,
+//! written under a timestamped name (atomic rename), pruned and pushed. Symbolizing a busy
+//! host's first interval can take seconds; doing it in the read loop lost ring records.
+//!
+//! Memory stays flat because everything that grows with time is per interval: stack
+//! tables, the tracker (swapped for a fresh one holding only live processes, see
+//! [`crate::tracker::Tracker::refreshed`]) and the symbolizer (rebuilt when its module list
+//! grows past [`MAX_SYMBOLIZER_MODULES`]). At most [`QUEUE`] ended intervals wait for the
+//! writer; beyond that the read loop waits (and says so in the summary).
 //!
 //! With `--pid-file`/`--comm` the targets are looked up again when they exit, and a new
 //! session is attached to the new process ([`run_restartable`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use symbolize::Symbolizer;
@@ -34,25 +42,42 @@ pub const MAX_SYMBOLIZER_OBJECTS: usize = 64;
 /// the last few intervals touched, whatever their files cost (a host running freshly built
 /// debug binaries all day).
 pub const SYMBOLIZER_MAX_AGE: u32 = 10;
+/// Ended intervals that may wait for the writer while it works on another. Each holds an
+/// interval's aggregation and tracker, so this bounds memory when writing falls behind.
+pub const QUEUE: usize = 1;
 
-/// Interval bookkeeping, output and retention for one continuous run.
-pub struct Intervals {
-    every: Duration,
-    dir: PathBuf,
-    keep: Option<usize>,
-    pub format: Format,
-    prefix: String,
-    labels: Labels,
-    started: Instant,
-    started_wall: SystemTime,
-    symbols: SymbolArgs,
-    sym: Option<Symbolizer>,
-    /// Intervals cut since `sym` was created.
-    sym_age: u32,
-    pusher: Option<Pusher>,
+/// Renders one ended interval with the writer's symbolizer; runs on the writer thread.
+pub type RenderJob = Box<dyn FnOnce(&mut Symbolizer) -> Rendered + Send>;
+
+enum Msg {
+    Interval {
+        window: (SystemTime, Duration),
+        render: RenderJob,
+    },
+    Flush(mpsc::Sender<Flushed>),
+}
+
+/// The writer's account so far, returned by [`Intervals::flush`].
+#[derive(Debug, Default, Clone)]
+pub struct Flushed {
     pub written: u64,
     pub write_errors: u64,
-    last_name: String,
+    pub warnings: Vec<String>,
+    /// Longest time one interval took to render and write.
+    pub slowest: Duration,
+}
+
+/// Interval clock for one continuous run, and the handle of its writer thread.
+pub struct Intervals {
+    every: Duration,
+    pub format: Format,
+    started: Instant,
+    started_wall: SystemTime,
+    tx: Option<SyncSender<Msg>>,
+    writer: Option<JoinHandle<()>>,
+    pusher: Option<Arc<Pusher>>,
+    /// Time the read loop spent blocked because the writer was behind.
+    pub waited: Duration,
 }
 
 impl Intervals {
@@ -87,26 +112,28 @@ impl Intervals {
                     .push_name
                     .clone()
                     .unwrap_or_else(|| format!("psample.{command}"));
-                Some(Pusher::start(url, &name, format, command).map_err(CliError::new)?)
+                Some(Arc::new(
+                    Pusher::start(url, &name, format, command).map_err(CliError::new)?,
+                ))
             }
             None => None,
         };
+        let writer = Writer::new(dir, c.keep, format, command, labels, pusher.clone());
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let symbols = symbols.clone();
+        let thread = std::thread::Builder::new()
+            .name("psample-writer".into())
+            .spawn(move || writer.run(rx, SymbolizerPool::new(symbols)))
+            .map_err(|e| CliError::new(format!("cannot start the writer thread: {e}")))?;
         Ok(Some(Intervals {
             every,
-            dir: dir.clone(),
-            keep: c.keep,
             format,
-            prefix: format!("psample-{command}-"),
-            labels,
             started: Instant::now(),
             started_wall: SystemTime::now(),
-            symbols: symbols.clone(),
-            sym: None,
-            sym_age: 0,
+            tx: Some(tx),
+            writer: Some(thread),
             pusher,
-            written: 0,
-            write_errors: 0,
-            last_name: String::new(),
+            waited: Duration::ZERO,
         }))
     }
 
@@ -126,51 +153,203 @@ impl Intervals {
         (self.started_wall, self.started.elapsed())
     }
 
-    /// The symbolizer shared by all intervals (bounded, see [`MAX_SYMBOLIZER_MODULES`]).
-    pub fn symbolizer(&mut self) -> &mut Symbolizer {
-        if self.sym.as_ref().is_some_and(|s| {
-            s.module_count() > MAX_SYMBOLIZER_MODULES
-                || s.object_count() > MAX_SYMBOLIZER_OBJECTS
-                || self.sym_age >= SYMBOLIZER_MAX_AGE
-        }) {
-            self.sym = None;
-        }
-        if self.sym.is_none() {
-            self.sym_age = 0;
-        }
-        let symbols = &self.symbols;
-        self.sym
-            .get_or_insert_with(|| crate::symbols::symbolizer(symbols))
-    }
-
-    /// Warnings the symbolizer collected so far.
-    pub fn symbolizer_warnings(&self) -> Vec<String> {
-        self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default()
-    }
-
     /// Start the current interval's clock now: called when a session starts sampling, so
     /// attaching (or waiting for a restarted target) is not counted as profiled time.
-    /// Whatever an earlier session left unwritten was already emitted when it ended.
+    /// Whatever an earlier session left unwritten was already submitted when it ended.
     pub fn begin(&mut self) {
         self.started = Instant::now();
         self.started_wall = SystemTime::now();
     }
 
     /// End the current interval now and start the next: returns the ended one's window.
-    /// Called before rendering, so time spent symbolizing belongs to the next interval,
-    /// whose samples are being collected meanwhile.
     pub fn cut(&mut self) -> (SystemTime, Duration) {
         let w = self.window();
-        self.sym_age = self.sym_age.saturating_add(1);
         self.started = Instant::now();
         self.started_wall = SystemTime::now();
         w
     }
 
-    /// Write an ended interval (`window` from [`Self::cut`]), prune, and push it.
-    /// Failures are reported on stderr and counted, never fatal: one full disk must not end
-    /// a run that is meant to last for days.
-    pub fn emit(&mut self, rendered: Rendered, window: (SystemTime, Duration)) -> Option<PathBuf> {
+    /// Hand an ended interval (`window` from [`Self::cut`]) to the writer. Returns at once
+    /// unless [`QUEUE`] intervals already wait.
+    pub fn submit(&mut self, window: (SystemTime, Duration), render: RenderJob) {
+        let Some(tx) = &self.tx else { return };
+        let t = Instant::now();
+        if tx.send(Msg::Interval { window, render }).is_err() {
+            eprintln!("psample: the interval writer stopped; interval not written");
+        }
+        self.waited += t.elapsed();
+    }
+
+    /// Wait until everything submitted is written (and pushes had a few seconds to finish);
+    /// the writer's account for the summary.
+    pub fn flush(&mut self) -> Flushed {
+        let (tx, rx) = mpsc::channel();
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.send(Msg::Flush(tx)).is_ok());
+        let mut f = match sent.then(|| rx.recv().ok()).flatten() {
+            Some(f) => f,
+            None => Flushed {
+                warnings: vec!["the interval writer stopped unexpectedly".into()],
+                ..Flushed::default()
+            },
+        };
+        if self.waited >= Duration::from_millis(100) {
+            f.warnings.push(format!(
+                "the writer fell behind: sampling waited {:.1} s for it (longest interval \
+                 took {:.1} s to write); use a longer --every",
+                self.waited.as_secs_f64(),
+                f.slowest.as_secs_f64()
+            ));
+        }
+        f
+    }
+
+    /// Passed to the push endpoint as `sampleRate`.
+    pub fn set_sample_rate(&self, hz: u64) {
+        if let Some(p) = &self.pusher {
+            p.set_sample_rate(hz);
+        }
+    }
+
+    /// Pusher statistics for the summary, if pushing, after giving queued uploads (and
+    /// their retries) a few seconds to finish.
+    pub fn push_stats(&self) -> Option<String> {
+        let p = self.pusher.as_ref()?;
+        p.wait_idle(Duration::from_secs(5));
+        Some(p.describe())
+    }
+}
+
+impl Drop for Intervals {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.writer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The symbolizer shared by consecutive intervals, rebuilt when it holds too much.
+struct SymbolizerPool {
+    symbols: SymbolArgs,
+    sym: Option<Symbolizer>,
+    /// Intervals rendered since `sym` was created.
+    age: u32,
+    /// Warnings of replaced symbolizers (bounded: a run may last for days).
+    retired_warnings: Vec<String>,
+}
+
+/// Distinct symbolizer warnings kept for the summary.
+const MAX_WARNINGS: usize = 100;
+
+impl SymbolizerPool {
+    fn new(symbols: SymbolArgs) -> Self {
+        SymbolizerPool {
+            symbols,
+            sym: None,
+            age: 0,
+            retired_warnings: Vec::new(),
+        }
+    }
+
+    /// The symbolizer for the next interval (bounded, see [`MAX_SYMBOLIZER_MODULES`]).
+    fn next(&mut self) -> &mut Symbolizer {
+        if self.sym.as_ref().is_some_and(|s| {
+            s.module_count() > MAX_SYMBOLIZER_MODULES
+                || s.object_count() > MAX_SYMBOLIZER_OBJECTS
+                || self.age >= SYMBOLIZER_MAX_AGE
+        }) {
+            let old = self.sym.take().map(|s| s.warnings()).unwrap_or_default();
+            for w in old {
+                if self.retired_warnings.len() < MAX_WARNINGS && !self.retired_warnings.contains(&w)
+                {
+                    self.retired_warnings.push(w);
+                }
+            }
+        }
+        if self.sym.is_none() {
+            self.age = 0;
+        }
+        self.age = self.age.saturating_add(1);
+        let symbols = &self.symbols;
+        self.sym
+            .get_or_insert_with(|| crate::symbols::symbolizer(symbols))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut all = self.retired_warnings.clone();
+        for w in self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default() {
+            if !all.contains(&w) {
+                all.push(w);
+            }
+        }
+        all
+    }
+}
+
+/// Output and retention of interval files; lives on the writer thread.
+struct Writer {
+    dir: PathBuf,
+    keep: Option<usize>,
+    format: Format,
+    prefix: String,
+    labels: Labels,
+    pusher: Option<Arc<Pusher>>,
+    written: u64,
+    write_errors: u64,
+    slowest: Duration,
+    last_name: String,
+}
+
+impl Writer {
+    fn new(
+        dir: &Path,
+        keep: Option<usize>,
+        format: Format,
+        command: &str,
+        labels: Labels,
+        pusher: Option<Arc<Pusher>>,
+    ) -> Writer {
+        Writer {
+            dir: dir.to_path_buf(),
+            keep,
+            format,
+            prefix: format!("psample-{command}-"),
+            labels,
+            pusher,
+            written: 0,
+            write_errors: 0,
+            slowest: Duration::ZERO,
+            last_name: String::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>, mut pool: SymbolizerPool) {
+        for msg in rx {
+            match msg {
+                Msg::Interval { window, render } => {
+                    let t = Instant::now();
+                    let rendered = render(pool.next());
+                    self.emit(rendered, window);
+                    self.slowest = self.slowest.max(t.elapsed());
+                }
+                Msg::Flush(reply) => {
+                    let _ = reply.send(Flushed {
+                        written: self.written,
+                        write_errors: self.write_errors,
+                        warnings: pool.warnings(),
+                        slowest: self.slowest,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Write an ended interval, prune, and push it. Failures are reported on stderr and
+    /// counted, never fatal: one full disk must not end a run that is meant to last for days.
+    fn emit(&mut self, rendered: Rendered, window: (SystemTime, Duration)) -> Option<PathBuf> {
         let (start, len) = window;
         let mut name = format!(
             "{}{}.{}",
@@ -227,21 +406,6 @@ impl Intervals {
         for n in ours.iter().take(excess) {
             let _ = std::fs::remove_file(self.dir.join(n));
         }
-    }
-
-    /// Passed to the push endpoint as `sampleRate`.
-    pub fn set_sample_rate(&self, hz: u64) {
-        if let Some(p) = &self.pusher {
-            p.set_sample_rate(hz);
-        }
-    }
-
-    /// Pusher statistics for the summary, if pushing, after giving queued uploads (and
-    /// their retries) a few seconds to finish.
-    pub fn push_stats(&self) -> Option<String> {
-        let p = self.pusher.as_ref()?;
-        p.wait_idle(Duration::from_secs(5));
-        Some(p.describe())
     }
 }
 
@@ -380,7 +544,7 @@ mod tests {
         assert_eq!(utc_stamp(t(1_798_761_599, 999)), "20261231T235959.999Z");
     }
 
-    fn intervals(dir: &Path, keep: Option<usize>) -> Intervals {
+    fn args(dir: &Path, keep: Option<usize>) -> (ContinuousArgs, CommonArgs, SymbolArgs, Labels) {
         let c = ContinuousArgs {
             every: Some(Duration::from_secs(3600)),
             out_dir: Some(dir.to_path_buf()),
@@ -406,19 +570,22 @@ mod tests {
             title: "t".into(),
             count_name: "samples".into(),
         };
-        Intervals::from_args(&c, &common, &symbols, "record", labels)
-            .unwrap()
-            .unwrap()
+        (c, common, symbols, labels)
+    }
+
+    fn writer(dir: &Path, keep: Option<usize>) -> Writer {
+        let (_, _, _, labels) = args(dir, keep);
+        Writer::new(dir, keep, Format::Folded, "record", labels, None)
     }
 
     #[test]
     fn emit_writes_distinct_files_and_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("unrelated.folded"), "x 1\n").unwrap();
-        let mut iv = intervals(dir.path(), Some(2));
+        let mut iv = writer(dir.path(), Some(2));
         let mut paths = Vec::new();
         for i in 1..=4u64 {
-            let w = iv.cut();
+            let w = (SystemTime::now(), Duration::from_secs(1));
             let p = iv
                 .emit(Rendered::Lines(vec![(format!("a;b{i}"), i)]), w)
                 .unwrap();
@@ -437,10 +604,44 @@ mod tests {
     }
 
     #[test]
-    fn symbolizer_is_rebuilt_after_max_age() {
+    fn intervals_are_written_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let mut iv = intervals(dir.path(), None);
-        let mut sym = iv.symbolizer();
+        let (c, common, symbols, labels) = args(dir.path(), None);
+        let mut iv = Intervals::from_args(&c, &common, &symbols, "record", labels)
+            .unwrap()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        // A slow render must not block the caller (only a second queued one may).
+        let w = iv.cut();
+        iv.submit(
+            w,
+            Box::new(move |_sym: &mut Symbolizer| {
+                rx.recv().unwrap();
+                Rendered::Lines(vec![("a;slow".into(), 3)])
+            }),
+        );
+        assert!(iv.waited < Duration::from_secs(1));
+        tx.send(()).unwrap();
+        let w = iv.cut();
+        iv.submit(w, Box::new(|_| Rendered::Lines(vec![("b".into(), 1)])));
+        let f = iv.flush();
+        assert_eq!((f.written, f.write_errors), (2, 0));
+        let mut contents: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        contents.sort();
+        assert_eq!(
+            contents,
+            vec!["a;slow 3\n".to_string(), "b 1\n".to_string()]
+        );
+    }
+
+    #[test]
+    fn symbolizer_is_rebuilt_after_max_age() {
+        let (_, _, symbols, _) = args(Path::new("/nonexistent"), None);
+        let mut pool = SymbolizerPool::new(symbols);
+        let mut sym = pool.next();
         let spec = |start: u64| symbolize::ModuleSpec {
             kind: symbolize::ModuleKind::Anon,
             path: String::new(),
@@ -453,13 +654,11 @@ mod tests {
         };
         sym.add_module(spec(0x1000));
         for _ in 0..SYMBOLIZER_MAX_AGE - 1 {
-            iv.cut();
-            sym = iv.symbolizer();
+            sym = pool.next();
             assert_eq!(sym.module_count(), 1, "kept while young");
         }
-        iv.cut();
-        assert_eq!(iv.symbolizer().module_count(), 0, "fresh after max age");
-        assert_eq!(iv.sym_age, 0);
+        assert_eq!(pool.next().module_count(), 0, "fresh after max age");
+        assert_eq!(pool.age, 1);
     }
 
     #[test]

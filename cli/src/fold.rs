@@ -12,27 +12,7 @@ use crate::profile::Profile;
 use crate::stack::Frame;
 
 /// Names of frames that were named at collection time (see [`Frame::Named`]).
-#[derive(Default)]
-pub struct NamedFrames {
-    names: Vec<String>,
-    ids: HashMap<String, u32>,
-}
-
-impl NamedFrames {
-    pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.ids.get(name) {
-            return *id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push(name.to_string());
-        self.ids.insert(name.to_string(), id);
-        id
-    }
-
-    pub fn get(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("[?]", String::as_str)
-    }
-}
+pub type NamedFrames = crate::names::Names;
 
 /// What the symbolizer needs to know of a mapping seen at sample time.
 pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {

@@ -7,6 +7,7 @@
 //! - [`target`]: which processes/threads to attach to, launching `-- CMD`;
 //! - [`session`]: attaching a perfring session to a target and the batched read loop;
 //! - [`tracker`]: process names and address spaces from side-band records;
+//! - [`names`]: interned thread and frame names;
 //! - [`stack`], [`profile`]: raw stacks and their aggregation before symbolization;
 //! - [`fold`]: symbolizing each distinct frame once and rendering folded stacks;
 //! - [`output`]: folded, SVG and pprof writers (atomic);
@@ -21,6 +22,7 @@ pub mod diff;
 pub mod error;
 pub mod fold;
 pub mod limits;
+pub mod names;
 pub mod offcpu;
 pub mod output;
 pub mod perms;

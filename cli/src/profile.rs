@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
+use crate::names::Names;
 use crate::stack::Frame;
 
 /// Counts per (thread name, raw stack). Stacks are stored leaf first, as collected.
 #[derive(Default)]
 pub struct Profile {
-    names: Vec<String>,
-    name_ids: HashMap<String, u32>,
+    names: Names,
     /// name id → stack → count. Two levels so a repeated stack is found by borrowed slice
     /// (`Box<[Frame]>: Borrow<[Frame]>`) and costs no allocation.
     counts: HashMap<u32, HashMap<Box<[Frame]>, u64>>,
@@ -22,17 +22,11 @@ impl Profile {
 
     /// Intern a process/thread name (comm) so per-sample keys stay small.
     pub fn name_id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.name_ids.get(name) {
-            return *id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push(name.to_string());
-        self.name_ids.insert(name.to_string(), id);
-        id
+        self.names.intern(name)
     }
 
     pub fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("?", String::as_str)
+        self.names.get(id)
     }
 
     /// Add `count` to a stack. `frames` is leaf first.

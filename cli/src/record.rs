@@ -429,7 +429,7 @@ pub fn run_session(
         ),
     );
     summary.line("samples", samples.to_string());
-    summary.line("threads seen", tracker.threads_seen.len().to_string());
+    summary.line("threads seen", tracker.threads_seen().to_string());
     summary.add_lost(&session, reader.parse_errors);
     if tracker.stats.throttles > 0 {
         summary.line(
@@ -451,23 +451,22 @@ pub fn run_session(
     if let Some(iv) = intervals {
         // The last, partial interval (stop or target exit).
         let window = iv.cut();
-        let rendered = render(
-            &profile,
-            &tracker.procs,
-            iv.symbolizer(),
-            format,
-            period_ns,
+        iv.submit(
             window,
+            Box::new(move |sym| render(&profile, &tracker.procs, sym, format, period_ns, window)),
         );
-        iv.emit(rendered, window);
+        let flushed = iv.flush();
         summary.line(
             "intervals",
-            format!("{} written, {} failed", iv.written, iv.write_errors),
+            format!(
+                "{} written, {} failed",
+                flushed.written, flushed.write_errors
+            ),
         );
         if let Some(p) = iv.push_stats() {
             summary.line("push", p);
         }
-        summary.warnings.extend(iv.symbolizer_warnings());
+        summary.warnings.extend(flushed.warnings);
         summary.print(args.common.verbose);
         return Ok(cause);
     }
@@ -538,22 +537,18 @@ struct Recorder {
 }
 
 impl Recorder {
-    /// Write the interval that just ended and start the next one with empty tables and a
-    /// tracker of live processes only, so nothing grows with the length of the run.
+    /// Hand the interval that just ended to the writer and start the next one with empty
+    /// tables and a tracker of live processes only, so nothing grows with the length of the
+    /// run. The old tracker goes with the profile: its address spaces symbolize it.
     fn end_interval(&mut self, iv: &mut Intervals, format: output::Format, period_ns: u64) {
         let profile = std::mem::take(&mut self.profile);
         let window = iv.cut();
-        let rendered = render(
-            &profile,
-            &self.tracker.procs,
-            iv.symbolizer(),
-            format,
-            period_ns,
+        let fresh = self.tracker.refreshed();
+        let old = std::mem::replace(&mut self.tracker, fresh);
+        iv.submit(
             window,
+            Box::new(move |sym| render(&profile, &old.procs, sym, format, period_ns, window)),
         );
-        drop(profile);
-        iv.emit(rendered, window);
-        self.tracker = self.tracker.refreshed();
         let stats = std::mem::take(&mut self.builder.unwind_stats);
         self.builder = StackBuilder::new(self.builder.mode);
         self.builder.unwind_stats = stats;
@@ -571,7 +566,7 @@ impl Recorder {
         if pid == self.own_pid {
             return;
         }
-        self.tracker.threads_seen.insert(tid);
+        self.tracker.saw_thread(tid);
         self.builder.build(&self.tracker, s, pid);
         let name = self.profile.name_id(self.tracker.comm(pid, tid));
         self.profile.add(name, &self.builder.frames, 1);

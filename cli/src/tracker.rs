@@ -1,7 +1,7 @@
 //! Following the targets' processes and threads from side-band records: names (COMM),
 //! address spaces (MMAP/MMAP2, FORK, EXIT, exec), so samples can be attributed correctly.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
@@ -38,9 +38,20 @@ pub struct Tracker {
     /// Whether COMM records carry the exec flag (comm_exec accepted by the kernel).
     pub comm_exec: bool,
     pub stats: SidebandStats,
-    pub threads_seen: std::collections::HashSet<u32>,
-    /// Processes that exited, oldest first, with when we saw it; reaped after [`EXIT_GRACE`].
-    exited: VecDeque<(Instant, u32)>,
+    /// Threads seen in samples that have not exited (and been reaped) yet.
+    sampled: HashSet<u32>,
+    /// Threads that were in `sampled` and have been reaped since.
+    sampled_gone: u64,
+    /// Threads that exited, oldest first, with when we saw it; reaped after [`EXIT_GRACE`]:
+    /// their names go, and a process's address space when its last thread (pid == tid) goes.
+    exited: VecDeque<Exited>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Exited {
+    at: Instant,
+    pid: u32,
+    tid: u32,
 }
 
 impl Tracker {
@@ -51,26 +62,52 @@ impl Tracker {
             pid_of: HashMap::new(),
             comm_exec,
             stats: SidebandStats::default(),
-            threads_seen: Default::default(),
+            sampled: HashSet::new(),
+            sampled_gone: 0,
             exited: VecDeque::new(),
         }
     }
 
-    /// Forget the address spaces of processes that exited more than [`EXIT_GRACE`] ago.
-    /// Mappings stay in the arena, so stacks already collected still symbolize.
+    /// Forget threads and the address spaces of processes that exited more than
+    /// [`EXIT_GRACE`] ago, so `-a` on a host that starts thousands of processes keeps only
+    /// the live ones. Mappings stay in the arena, so stacks already collected still symbolize.
     pub fn reap_exited(&mut self, now: Instant) {
-        while let Some(&(at, pid)) = self.exited.front() {
-            if now.duration_since(at) < EXIT_GRACE {
+        while let Some(&e) = self.exited.front() {
+            if now.duration_since(e.at) < EXIT_GRACE {
                 break;
             }
             self.exited.pop_front();
-            self.procs.on_exit(pid);
+            if self.pid_of.get(&e.tid).is_none_or(|&p| p == e.pid) {
+                self.pid_of.remove(&e.tid);
+                self.comms.remove(&e.tid);
+            }
+            if self.sampled.remove(&e.tid) {
+                self.sampled_gone += 1;
+            }
+            if e.pid == e.tid {
+                self.procs.on_exit(e.pid);
+            }
         }
+    }
+
+    /// Note a thread seen in a sample (for the summary's count).
+    pub fn saw_thread(&mut self, tid: u32) {
+        self.sampled.insert(tid);
+    }
+
+    /// Distinct threads seen in samples.
+    pub fn threads_seen(&self) -> u64 {
+        self.sampled.len() as u64 + self.sampled_gone
+    }
+
+    /// Threads whose name is known (live ones, and exited ones within [`EXIT_GRACE`]).
+    pub fn known_threads(&self) -> usize {
+        self.comms.len()
     }
 
     /// Exited processes whose address space is still kept.
     pub fn pending_exits(&self) -> usize {
-        self.exited.len()
+        self.exited.iter().filter(|e| e.pid == e.tid).count()
     }
 
     /// Snapshot a process as it is now: its maps and thread names.
@@ -135,10 +172,11 @@ impl Tracker {
             }
             Record::Exit(e) => {
                 self.stats.exits += 1;
-                // Only the whole process (its last thread, pid == tid) releases the space.
-                if e.pid == e.tid {
-                    self.exited.push_back((Instant::now(), e.pid));
-                }
+                self.exited.push_back(Exited {
+                    at: Instant::now(),
+                    pid: e.pid,
+                    tid: e.tid,
+                });
                 self.reap_exited(Instant::now());
                 true
             }
@@ -195,12 +233,9 @@ impl Tracker {
 
     fn on_fork(&mut self, f: &TaskEvent) {
         self.stats.forks += 1;
-        // A reused pid: the pending removal was for the previous process of that number.
-        if f.pid == f.tid {
-            self.exited.retain(|&(_, pid)| pid != f.pid);
-        }
+        // A reused tid: the pending removal was for the previous thread of that number.
+        self.exited.retain(|e| e.tid != f.tid);
         self.pid_of.insert(f.tid, f.pid);
-        self.threads_seen.insert(f.tid);
         if f.pid != f.ppid {
             self.procs.on_fork(f.ppid, f.pid);
         }
@@ -261,6 +296,30 @@ mod tests {
             .on_mmap(60, 0x5000, 0x1000, 0, "/bin/y", true, None, None);
         t.reap_exited(Instant::now() + EXIT_GRACE * 2);
         assert!(t.procs.find(60, 0x5800).is_some());
+    }
+
+    #[test]
+    fn exited_threads_names_are_forgotten() {
+        let mut t = Tracker::new(true);
+        let start = Instant::now();
+        for tid in 2000..4000u32 {
+            t.on_record(&Record::Fork(TaskEvent {
+                pid: 1,
+                ppid: 1,
+                tid,
+                ptid: 1,
+                time: 0,
+                sample_id: SampleId::default(),
+            }));
+            t.comms.insert(tid, "worker".into());
+            t.saw_thread(tid);
+            t.on_record(&Record::Exit(task(1, tid)));
+        }
+        assert_eq!(t.threads_seen(), 2000);
+        t.reap_exited(start + EXIT_GRACE * 2);
+        assert_eq!(t.known_threads(), 0);
+        assert!(t.pid_of.is_empty());
+        assert_eq!(t.threads_seen(), 2000, "the count survives the reaping");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::args::{self, CallGraph, OffcpuArgs};
 use crate::continuous::{self, Intervals};
 use crate::error::CliError;
 use crate::fold::{Folder, NamedFrames};
+use crate::names::Names;
 use crate::output::{self, folded::escape_comm, pprof, Labels};
 use crate::progress::Progress;
 use crate::record::StackBuilder;
@@ -45,7 +46,7 @@ use crate::tracker::Tracker;
 
 /// Interned stacks (leaf first).
 #[derive(Default)]
-struct Stacks {
+pub(crate) struct Stacks {
     list: Vec<Box<[Frame]>>,
     ids: HashMap<Box<[Frame]>, StackId>,
 }
@@ -380,6 +381,7 @@ pub fn run_session(
     let mut engine = Engine::new(opts, if clock_monotonic { start_ns } else { 0 });
     let mut stacks = Stacks::default();
     let mut named = NamedFrames::default();
+    let mut names = Names::default();
     // Threads already blocked: counted from the start under a frame that says so.
     if !system_wide && !is_cmd {
         for &pid in &pids {
@@ -394,7 +396,8 @@ pub fn run_session(
                 let mut frames = proc_kernel_stack(pid, tid, &mut named);
                 frames.push(Frame::Label("[blocked at start]"));
                 let id = stacks.intern(&frames);
-                engine.blocked_at_start(pid, tid, state, id);
+                let who = names.intern(tracker.comm(pid, tid));
+                engine.blocked_at_start(who, tid, state, id);
             }
         }
     }
@@ -403,6 +406,8 @@ pub fn run_session(
         tracker,
         builder: StackBuilder::new(mode),
         stacks,
+        names,
+        totals: Report::default(),
         reorder: Reorder::new(cpu_count),
         counts: Counts::default(),
         specs,
@@ -418,15 +423,17 @@ pub fn run_session(
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let mut upkeep = Upkeep::new();
     let cause = loop {
         if let Some(cause) = stopper.check(launched.as_ref()) {
             break cause;
         }
         if let Some(iv) = intervals.as_deref_mut() {
             if iv.due() {
-                c.end_interval(iv, &mut engine, &named, format, args.wakers);
+                c.end_interval(iv, &mut engine, &named, format);
             }
         }
+        upkeep.run(&mut engine);
         let timeout = match intervals.as_deref() {
             Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
             None => stopper.poll_timeout_ms(),
@@ -446,8 +453,10 @@ pub fn run_session(
     c.reorder.drain_all(|_, e| engine.push(e));
     progress.finish();
     let Collector {
-        mut tracker,
+        tracker,
         stacks,
+        names,
+        mut totals,
         counts,
         first_time,
         last_time,
@@ -456,6 +465,8 @@ pub fn run_session(
     let elapsed = stopper.elapsed();
     let stop_time = if clock_monotonic { stop_ns } else { last_time };
     let report = engine.finish(stop_time);
+    // The summary is about the whole session: in continuous mode, every interval's report.
+    totals.add_totals(&report);
     let window_ns = if clock_monotonic {
         stop_ns.saturating_sub(start_ns)
     } else {
@@ -463,47 +474,62 @@ pub fn run_session(
     };
 
     let mut own_sym = None;
-    let (sym, window) = match intervals.as_deref_mut() {
+    let mut flushed = None;
+    match intervals.as_deref_mut() {
         // Continuous: the report holds only the last, partial interval.
         Some(iv) => {
-            let w = iv.cut();
-            (iv.symbolizer(), w)
+            let window = iv.cut();
+            let names = names.clone();
+            let named = named.clone();
+            iv.submit(
+                window,
+                Box::new(move |sym| {
+                    let t = Tables {
+                        stacks: &stacks,
+                        procs: &tracker.procs,
+                        named: &named,
+                        names: &names,
+                    };
+                    render(&report, &t, sym, format, window)
+                }),
+            );
+            flushed = Some(iv.flush());
         }
-        None => (
-            own_sym.insert(crate::symbols::symbolizer(&args.symbols)),
-            (
+        None => {
+            let window = (
                 std::time::SystemTime::now() - std::time::Duration::from_nanos(window_ns),
                 std::time::Duration::from_nanos(window_ns),
-            ),
-        ),
-    };
-    let rendered = render(&report, &stacks, &mut tracker, sym, &named, format, window);
-    match intervals.as_deref_mut() {
-        Some(iv) => {
-            iv.emit(rendered, window);
+            );
+            let sym = own_sym.insert(crate::symbols::symbolizer(&args.symbols));
+            let t = Tables {
+                stacks: &stacks,
+                procs: &tracker.procs,
+                named: &named,
+                names: &names,
+            };
+            render(&report, &t, sym, format, window)
+                .write(args.common.output.as_deref(), format, &labels(args.wakers))
+                .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
         }
-        None => rendered
-            .write(args.common.output.as_deref(), format, &labels(args.wakers))
-            .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?,
     }
+    let report = totals;
 
     summary.line("stopped", cause.describe());
     summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
-    let total_ns: u64 = report.per_thread.values().map(|t| t.blocked_ns).sum();
     summary.line(
         "blocked time",
         format!(
             "{:.3} s in {} intervals ({} threads)",
-            total_ns as f64 / 1e9,
+            report.blocked_ns as f64 / 1e9,
             report.counted_intervals,
-            report.per_thread.len()
+            report.thread_count()
         ),
     );
     let mut threads: Vec<(&u32, &super::intervals::ThreadTotals)> =
         report.per_thread.iter().collect();
     threads.sort_by(|a, b| b.1.blocked_ns.cmp(&a.1.blocked_ns).then(a.0.cmp(b.0)));
     for (tid, t) in threads.iter().take(10) {
-        let comm = tracker.comm(t.pid, **tid).to_string();
+        let comm = names.get(t.who);
         let pct = if window_ns > 0 {
             100.0 * t.blocked_ns as f64 / window_ns as f64
         } else {
@@ -565,18 +591,18 @@ pub fn run_session(
     if let Some(p) = &args.common.output {
         summary.line("written", p.display().to_string());
     }
-    match intervals.as_deref() {
-        Some(iv) => {
+    match (intervals.as_deref(), flushed) {
+        (Some(iv), Some(f)) => {
             summary.line(
                 "intervals",
-                format!("{} written, {} failed", iv.written, iv.write_errors),
+                format!("{} written, {} failed", f.written, f.write_errors),
             );
             if let Some(p) = iv.push_stats() {
                 summary.line("push", p);
             }
-            summary.warnings.extend(iv.symbolizer_warnings());
+            summary.warnings.extend(f.warnings);
         }
-        None => summary
+        _ => summary
             .warnings
             .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
     }
@@ -589,33 +615,28 @@ pub fn run_session(
 /// line, then truncates to microseconds): largest remainders get the leftover units.
 fn render(
     report: &Report,
-    stacks: &Stacks,
-    tracker: &mut Tracker,
+    t: &Tables<'_>,
     sym: &mut symbolize::Symbolizer,
-    named: &NamedFrames,
     format: output::Format,
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
     if format != output::Format::Pprof {
-        return output::Rendered::Lines(fold_report(report, stacks, tracker, sym, named));
+        return output::Rendered::Lines(fold_report(report, t, sym));
     }
-    let (lines, comms) = report_lines(report, stacks, tracker, sym, named);
+    let lines = report_lines(report, t, sym);
+    let stacks = t.stacks;
     let mut by_line: BTreeMap<&str, Vec<(&StackKey, u64)>> = BTreeMap::new();
     for (key, ns) in &report.by_stack {
         if let Some(l) = lines.get(key) {
             by_line.entry(l.as_str()).or_default().push((key, *ns));
         }
     }
-    let mut b = pprof::Builder::new(sym, &tracker.procs, named);
+    let mut b = pprof::Builder::new(sym, t.procs, t.named);
     for (_, mut keys) in by_line {
         let line_ns: u64 = keys.iter().map(|k| k.1).sum();
         let mut left = line_ns / 1000 - keys.iter().map(|k| k.1 / 1000).sum::<u64>();
         // Deterministic: by remainder, then key order.
-        keys.sort_by(|a, b| {
-            (b.1 % 1000)
-                .cmp(&(a.1 % 1000))
-                .then((a.0.pid, a.0.tid, a.0.stack).cmp(&(b.0.pid, b.0.tid, b.0.stack)))
-        });
+        keys.sort_by(|a, b| (b.1 % 1000).cmp(&(a.1 % 1000)).then(a.0.cmp(b.0)));
         for (key, ns) in keys {
             let mut us = ns / 1000;
             if left > 0 {
@@ -625,11 +646,11 @@ fn render(
             if us == 0 {
                 continue;
             }
-            let comm = escape_comm(&comms[&(key.pid, key.tid)]);
+            let comm = escape_comm(t.names.get(key.who));
             let mut nodes: Vec<pprof::Node<'_>> = Vec::new();
             let waker_comm;
             if let Some(w) = key.waker {
-                waker_comm = escape_comm(&comms[&(w.pid, w.tid)]);
+                waker_comm = escape_comm(t.names.get(w.who));
                 nodes.push(pprof::Node::Text(&waker_comm));
                 nodes.extend(
                     stacks
@@ -674,6 +695,10 @@ struct Collector {
     tracker: Tracker,
     builder: StackBuilder,
     stacks: Stacks,
+    /// Thread names (comm) of blocked and waking threads, as they were at the event.
+    names: Names,
+    /// Continuous mode: the counters of the intervals already written, for the summary.
+    totals: Report,
     reorder: Reorder<OffcpuEvent>,
     counts: Counts,
     specs: Specs,
@@ -697,23 +722,15 @@ impl Collector {
         engine: &mut Engine,
         named: &NamedFrames,
         format: output::Format,
-        _wakers: bool,
     ) {
         // Events still held for cross-CPU ordering go in now; an interval spanning the
         // boundary is paired as usual, in the report it closes in.
         self.reorder.drain_all(|_, e| engine.push(e));
         let report = engine.take_report();
+        self.totals.add_totals(&report);
+        self.totals
+            .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
         let window = iv.cut();
-        let rendered = render(
-            &report,
-            &self.stacks,
-            &mut self.tracker,
-            iv.symbolizer(),
-            named,
-            format,
-            window,
-        );
-        iv.emit(rendered, window);
 
         let fresh = self.tracker.refreshed();
         let mut kept = Stacks::default();
@@ -730,12 +747,26 @@ impl Collector {
                 .collect();
             remap.insert(id, kept.intern(&frames));
         }
-        engine.remap_stacks(
-            |id| remap.get(&id).copied().unwrap_or(id),
-            |tid| !target::thread_alive(tid),
+        engine.remap_stacks(|id| remap.get(&id).copied().unwrap_or(id));
+        engine.forget_threads(|tid| !target::thread_alive(tid));
+        // The ended interval's tables go to the writer with its report; the names table is
+        // shared by all intervals (bounded, see `names::MAX_NAMES`), so it goes as a copy.
+        let stacks = std::mem::replace(&mut self.stacks, kept);
+        let old = std::mem::replace(&mut self.tracker, fresh);
+        let names = self.names.clone();
+        let named = named.clone();
+        iv.submit(
+            window,
+            Box::new(move |sym| {
+                let t = Tables {
+                    stacks: &stacks,
+                    procs: &old.procs,
+                    named: &named,
+                    names: &names,
+                };
+                render(&report, &t, sym, format, window)
+            }),
         );
-        self.stacks = kept;
-        self.tracker = fresh;
         let stats = std::mem::take(&mut self.builder.unwind_stats);
         self.builder = StackBuilder::new(self.builder.mode);
         self.builder.unwind_stats = stats;
@@ -831,16 +862,17 @@ impl Collector {
             if tid == 0 || pid == self.own_pid {
                 return;
             }
-            self.tracker.threads_seen.insert(tid);
+            self.tracker.saw_thread(tid);
             self.builder.build(&self.tracker, s, pid);
             let stack = self.stacks.intern(&self.builder.frames);
+            let who = self.names.intern(self.tracker.comm(pid, tid));
             self.counts.switch_outs += 1;
             let state = sw.prev_state;
             let ev = OffcpuEvent::SwitchOut {
                 time,
                 cpu,
-                pid,
                 tid,
+                who,
                 state,
                 stack,
             };
@@ -862,13 +894,18 @@ impl Collector {
             }
             self.builder.build(&self.tracker, s, pid);
             let waker_stack = self.stacks.intern(&self.builder.frames);
+            // An interrupt on an idle CPU wakes in the context of the idle task.
+            let waker = if tid == 0 {
+                self.names.intern("swapper")
+            } else {
+                self.names.intern(self.tracker.comm(pid, tid))
+            };
             self.counts.wakeups += 1;
             let ev = OffcpuEvent::Wakeup {
                 time,
                 cpu,
                 target_tid: w.pid as u32,
-                waker_pid: pid,
-                waker_tid: tid,
+                waker,
                 waker_stack,
             };
             self.reorder.push(ring, time, ev);
@@ -907,12 +944,10 @@ fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {
 /// Render the report as folded lines with microsecond counts.
 fn fold_report(
     report: &Report,
-    stacks: &Stacks,
-    tracker: &mut Tracker,
+    t: &Tables<'_>,
     sym: &mut symbolize::Symbolizer,
-    named: &NamedFrames,
 ) -> Vec<(String, u64)> {
-    let (lines, _) = report_lines(report, stacks, tracker, sym, named);
+    let lines = report_lines(report, t, sym);
     let mut by_line: BTreeMap<String, u64> = BTreeMap::new();
     for (key, ns) in &report.by_stack {
         if let Some(l) = lines.get(key) {
@@ -926,44 +961,68 @@ fn fold_report(
         .collect()
 }
 
-type Comms = HashMap<(u32, u32), String>;
-
-/// The folded line of every key of a report, and the thread names used.
+/// The folded line of every key of a report.
 fn report_lines(
     report: &Report,
-    stacks: &Stacks,
-    tracker: &mut Tracker,
+    t: &Tables<'_>,
     sym: &mut symbolize::Symbolizer,
-    named: &NamedFrames,
-) -> (HashMap<StackKey, String>, Comms) {
+) -> HashMap<StackKey, String> {
     let mut out: HashMap<StackKey, String> = HashMap::new();
-    let mut comms: Comms = HashMap::new();
+    let mut folder = Folder::new(sym, t.procs, t.named);
     for key in report.by_stack.keys() {
-        for (p, t) in std::iter::once((key.pid, key.tid)).chain(key.waker.map(|w| (w.pid, w.tid))) {
-            comms.entry((p, t)).or_insert_with(|| {
-                if t == 0 {
-                    "swapper".to_string()
-                } else {
-                    tracker.comm(p, t).to_string()
-                }
-            });
-        }
-    }
-    let mut folder = Folder::new(sym, &tracker.procs, named);
-    for key in report.by_stack.keys() {
-        let comm = &comms[&(key.pid, key.tid)];
-        let mut line = folder.render(comm, stacks.get(key.stack));
+        let mut line = folder.render(t.names.get(key.who), t.stacks.get(key.stack));
         if let Some(w) = key.waker {
             line.push_str(";--");
-            let waker = folder.render_reversed(stacks.get(w.stack), "_[w]");
+            let waker = folder.render_reversed(t.stacks.get(w.stack), "_[w]");
             if !waker.is_empty() {
                 line.push(';');
                 line.push_str(&waker);
             }
             line.push(';');
-            line.push_str(&escape_comm(&comms[&(w.pid, w.tid)]));
+            line.push_str(&escape_comm(t.names.get(w.who)));
         }
         out.insert(*key, line);
     }
-    (out, comms)
+    out
+}
+
+/// What rendering a report needs besides the symbolizer: the tables its ids refer to.
+struct Tables<'a> {
+    stacks: &'a Stacks,
+    procs: &'a unwind::Processes,
+    named: &'a NamedFrames,
+    names: &'a Names,
+}
+
+/// `per_thread` entries kept before exited threads' are dropped (see
+/// [`Report::trim_threads`]); grows when most threads are alive.
+const TRIM_THREADS: usize = 4096;
+
+/// One-shot runs keep one report for the whole run; on a host with process churn, what the
+/// engine and the report hold per thread must not pile up. Every few seconds: forget
+/// exited threads' engine state and trim per-thread totals.
+struct Upkeep {
+    last: Instant,
+    limit: usize,
+}
+
+impl Upkeep {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new() -> Self {
+        Upkeep {
+            last: Instant::now(),
+            limit: TRIM_THREADS,
+        }
+    }
+
+    fn run(&mut self, engine: &mut Engine) {
+        if self.last.elapsed() < Self::EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        // Cheap: only exited threads whose final switch-out was not seen are looked up.
+        engine.forget_threads(|tid| !target::thread_alive(tid));
+        self.limit = engine.trim_threads(self.limit, |tid| !target::thread_alive(tid));
+    }
 }

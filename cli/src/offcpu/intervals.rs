@@ -11,6 +11,11 @@ use perfring::tracepoint::TaskState;
 
 /// Stacks are interned by the caller; the engine only groups by id.
 pub type StackId = u32;
+/// A thread's name (comm) as interned by the caller when the event was read. Blocked time
+/// is keyed by name, not by thread id, so a host that starts thousands of short-lived
+/// processes adds keys per distinct program, not per thread (and the name is the one the
+/// thread had then, as bcc's offcputime reports it, even after the thread is long gone).
+pub type NameId = u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffcpuEvent {
@@ -18,8 +23,8 @@ pub enum OffcpuEvent {
     SwitchOut {
         time: u64,
         cpu: u32,
-        pid: u32,
         tid: u32,
+        who: NameId,
         state: TaskState,
         stack: StackId,
     },
@@ -35,8 +40,7 @@ pub enum OffcpuEvent {
         time: u64,
         cpu: u32,
         target_tid: u32,
-        waker_pid: u32,
-        waker_tid: u32,
+        waker: NameId,
         waker_stack: StackId,
     },
     /// A PERF_RECORD_LOST from `cpu`'s ring (`time` from sample_id_all when available).
@@ -108,19 +112,17 @@ pub struct Options {
     pub wakers: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WakerKey {
-    pub pid: u32,
-    pub tid: u32,
+    pub who: NameId,
     pub stack: StackId,
 }
 
-/// What blocked time is aggregated by. `tid` is kept so the caller can label by thread
-/// name (bcc's offcputime folds by the thread's comm) and merge as it likes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What blocked time is aggregated by: the blocked thread's name and stack (bcc's
+/// offcputime folds the same way), and the waker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
-    pub pid: u32,
-    pub tid: u32,
+    pub who: NameId,
     pub stack: StackId,
     /// `None` without `--wakers`, or when no wakeup was seen for the interval.
     pub waker: Option<WakerKey>,
@@ -128,7 +130,7 @@ pub struct StackKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ThreadTotals {
-    pub pid: u32,
+    pub who: NameId,
     pub blocked_ns: u64,
     pub intervals: u64,
 }
@@ -139,8 +141,13 @@ pub struct ThreadTotals {
 pub struct Report {
     /// Blocked nanoseconds per stack.
     pub by_stack: HashMap<StackKey, u64>,
-    /// Per thread id.
+    /// Per thread id: live threads and the threads with the most blocked time (see
+    /// [`Report::trim_threads`]).
     pub per_thread: HashMap<u32, ThreadTotals>,
+    /// Exited threads whose `per_thread` entry was dropped to bound memory.
+    pub threads_forgotten: u64,
+    /// Blocked time of all intervals counted, including forgotten threads'.
+    pub blocked_ns: u64,
     pub counted_intervals: u64,
     /// Upper bound of blocked time not counted because the interval's end may have been in
     /// lost records.
@@ -164,10 +171,64 @@ pub struct Report {
     pub open_at_stop: u64,
 }
 
+/// Threads kept in `per_thread` when the rest are trimmed, for the summary's top list.
+const TOP_THREADS: usize = 10;
+
+impl Report {
+    /// Threads that had blocked time counted.
+    pub fn thread_count(&self) -> u64 {
+        self.per_thread.len() as u64 + self.threads_forgotten
+    }
+
+    /// Bound `per_thread` on hosts with thread churn: once it holds more than `limit`
+    /// entries, drop those of threads `gone` says have exited, except the top ones by
+    /// blocked time. Returns the next limit to use (larger when most threads are alive).
+    pub fn trim_threads(&mut self, limit: usize, gone: impl Fn(u32) -> bool) -> usize {
+        if self.per_thread.len() <= limit {
+            return limit;
+        }
+        let mut by_time: Vec<(u64, u32)> = self
+            .per_thread
+            .iter()
+            .map(|(&tid, t)| (t.blocked_ns, tid))
+            .collect();
+        by_time.sort_unstable_by(|a, b| b.cmp(a));
+        let top: Vec<u32> = by_time.iter().take(TOP_THREADS).map(|&(_, t)| t).collect();
+        let before = self.per_thread.len();
+        self.per_thread
+            .retain(|tid, _| top.contains(tid) || !gone(*tid));
+        self.threads_forgotten += (before - self.per_thread.len()) as u64;
+        limit.max(self.per_thread.len() * 2)
+    }
+
+    /// Add another report's counters and per-thread totals (not its stacks): the whole
+    /// run's summary in continuous mode, where each interval's report is written and dropped.
+    pub fn add_totals(&mut self, other: &Report) {
+        for (tid, t) in &other.per_thread {
+            let e = self.per_thread.entry(*tid).or_default();
+            e.who = t.who;
+            e.blocked_ns = e.blocked_ns.saturating_add(t.blocked_ns);
+            e.intervals += t.intervals;
+        }
+        self.threads_forgotten += other.threads_forgotten;
+        self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
+        self.counted_intervals += other.counted_intervals;
+        self.dropped_ns_lost = self.dropped_ns_lost.saturating_add(other.dropped_ns_lost);
+        self.dropped_intervals += other.dropped_intervals;
+        self.capped_intervals += other.capped_intervals;
+        self.filtered += other.filtered;
+        self.not_blocked += other.not_blocked;
+        self.lost_records = self.lost_records.saturating_add(other.lost_records);
+        self.start_unconfirmed += other.start_unconfirmed;
+        self.discarded_at_exit += other.discarded_at_exit;
+        self.open_at_stop += other.open_at_stop;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Interval {
     start: u64,
-    pid: u32,
+    who: NameId,
     stack: StackId,
     waker: Option<WakerKey>,
     at_start: bool,
@@ -209,7 +270,7 @@ impl Engine {
     /// A thread found blocked (from /proc) when recording started. Its interval counts from
     /// `start_time` under `stack`, which the caller builds with a "[blocked at start]" frame.
     /// Call before pushing events; a later call starts the interval at the latest event time.
-    pub fn blocked_at_start(&mut self, pid: u32, tid: u32, state: TaskState, stack: StackId) {
+    pub fn blocked_at_start(&mut self, who: NameId, tid: u32, state: TaskState, stack: StackId) {
         if tid == 0 {
             return;
         }
@@ -222,7 +283,7 @@ impl Engine {
         if thread.open.is_none() {
             thread.open = Some(Interval {
                 start,
-                pid,
+                who,
                 stack,
                 waker: None,
                 at_start: true,
@@ -238,14 +299,14 @@ impl Engine {
         match event {
             OffcpuEvent::SwitchOut {
                 cpu,
-                pid,
                 tid,
+                who,
                 state,
                 stack,
                 ..
             } => {
                 self.cpu_last.insert(cpu, time);
-                self.switch_out(time, pid, tid, state, stack);
+                self.switch_out(time, tid, who, state, stack);
             }
             OffcpuEvent::SwitchIn { cpu, tid, .. } => {
                 self.cpu_last.insert(cpu, time);
@@ -254,8 +315,7 @@ impl Engine {
             OffcpuEvent::Wakeup {
                 cpu,
                 target_tid,
-                waker_pid,
-                waker_tid,
+                waker,
                 waker_stack,
                 ..
             } => {
@@ -270,8 +330,7 @@ impl Engine {
                 {
                     // The last wakeup before the switch-in is the one that made it runnable.
                     open.waker = Some(WakerKey {
-                        pid: waker_pid,
-                        tid: waker_tid,
+                        who: waker,
                         stack: waker_stack,
                     });
                 }
@@ -292,12 +351,16 @@ impl Engine {
         }
     }
 
-    fn switch_out(&mut self, time: u64, pid: u32, tid: u32, state: TaskState, stack: StackId) {
+    fn switch_out(&mut self, time: u64, tid: u32, who: NameId, state: TaskState, stack: StackId) {
         if tid == 0 {
             return;
         }
         let thread = self.threads.entry(tid).or_default();
         if thread.exited {
+            if state == TaskState::Dead {
+                // Its final switch-out: nothing more can come from this thread.
+                self.threads.remove(&tid);
+            }
             return;
         }
         if let Some(open) = thread.open.take() {
@@ -309,7 +372,9 @@ impl Engine {
             }
         }
         if !self.opts.states.accepts(state) {
-            if state != TaskState::Dead {
+            if state == TaskState::Dead {
+                self.threads.remove(&tid);
+            } else {
                 self.report.not_blocked += 1;
             }
             return;
@@ -317,7 +382,7 @@ impl Engine {
         let thread = self.threads.entry(tid).or_default();
         thread.open = Some(Interval {
             start: time,
-            pid,
+            who,
             stack,
             waker: None,
             at_start: false,
@@ -398,18 +463,15 @@ impl Engine {
             return;
         }
         let key = StackKey {
-            pid: open.pid,
-            tid,
+            who: open.who,
             stack: open.stack,
             waker: open.waker,
         };
         let total = self.report.by_stack.entry(key).or_default();
         *total = total.saturating_add(len);
-        let thread = self.report.per_thread.entry(tid).or_insert(ThreadTotals {
-            pid: open.pid,
-            ..ThreadTotals::default()
-        });
-        thread.pid = open.pid;
+        self.report.blocked_ns = self.report.blocked_ns.saturating_add(len);
+        let thread = self.report.per_thread.entry(tid).or_default();
+        thread.who = open.who;
         thread.blocked_ns = thread.blocked_ns.saturating_add(len);
         thread.intervals += 1;
         self.report.counted_intervals += 1;
@@ -433,14 +495,8 @@ impl Engine {
         v
     }
 
-    /// Renumber the stacks of open intervals after the caller compacted its stack table, and
-    /// forget threads with nothing open: running ones (an absent entry means the same) and
-    /// exited ones for which `forget_exited` says their final switch-out cannot come any more.
-    pub fn remap_stacks(
-        &mut self,
-        f: impl Fn(StackId) -> StackId,
-        forget_exited: impl Fn(u32) -> bool,
-    ) {
+    /// Renumber the stacks of open intervals after the caller compacted its stack table.
+    pub fn remap_stacks(&mut self, f: impl Fn(StackId) -> StackId) {
         for t in self.threads.values_mut() {
             if let Some(o) = &mut t.open {
                 o.stack = f(o.stack);
@@ -449,8 +505,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Forget threads with nothing open: running ones (an absent entry means the same) and
+    /// exited ones for which `gone` says their final switch-out cannot come any more (their
+    /// final switch-out usually removes them; this catches the ones whose was lost).
+    pub fn forget_threads(&mut self, gone: impl Fn(u32) -> bool) {
         self.threads
-            .retain(|tid, t| t.open.is_some() || (t.exited && !forget_exited(*tid)));
+            .retain(|tid, t| t.open.is_some() || (t.exited && !gone(*tid)));
+    }
+
+    /// Threads the engine holds state for.
+    pub fn thread_entries(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// [`Report::trim_threads`] on the report being built.
+    pub fn trim_threads(&mut self, limit: usize, gone: impl Fn(u32) -> bool) -> usize {
+        self.report.trim_threads(limit, gone)
     }
 
     /// Ends recording: intervals still open count up to `stop_time`.
@@ -482,8 +554,8 @@ mod tests {
         OffcpuEvent::SwitchOut {
             time,
             cpu: 0,
-            pid: 100,
             tid,
+            who: tid,
             state,
             stack,
         }
@@ -498,8 +570,7 @@ mod tests {
             time,
             cpu: 1,
             target_tid,
-            waker_pid: 200,
-            waker_tid,
+            waker: waker_tid,
             waker_stack,
         }
     }
@@ -514,8 +585,7 @@ mod tests {
 
     fn key(tid: u32, stack: StackId) -> StackKey {
         StackKey {
-            pid: 100,
-            tid,
+            who: tid,
             stack,
             waker: None,
         }
@@ -531,12 +601,12 @@ mod tests {
         assert_eq!(first.by_stack.values().sum::<u64>(), 10 * MS);
         assert_eq!(e.open_stacks(), vec![6]);
         // The caller compacted its table: stack 6 is now 0.
-        e.remap_stacks(|s| if s == 6 { 0 } else { s }, |_| true);
+        e.remap_stacks(|s| if s == 6 { 0 } else { s });
+        e.forget_threads(|_| true);
         e.push(sin(45 * MS, 2));
         let second = e.finish(50 * MS);
         let key = StackKey {
-            pid: 100,
-            tid: 2,
+            who: 2,
             stack: 0,
             waker: None,
         };
@@ -561,7 +631,8 @@ mod tests {
         assert_eq!(r.by_stack[&key(7, 2)], 3 * MS);
         assert_eq!(r.per_thread[&7].blocked_ns, 10 * MS);
         assert_eq!(r.per_thread[&7].intervals, 2);
-        assert_eq!(r.per_thread[&7].pid, 100);
+        assert_eq!(r.per_thread[&7].who, 7);
+        assert_eq!(r.blocked_ns, 10 * MS);
         assert_eq!(r.counted_intervals, 2);
     }
 
@@ -615,11 +686,7 @@ mod tests {
         ];
         let r = run(opts, 0, 100, &events);
         let woken_by = |tid, stack| StackKey {
-            waker: Some(WakerKey {
-                pid: 200,
-                tid,
-                stack,
-            }),
+            waker: Some(WakerKey { who: tid, stack }),
             ..key(7, 1)
         };
         assert_eq!(r.by_stack[&woken_by(52, 92)], 5);
@@ -771,10 +838,10 @@ mod tests {
     #[test]
     fn threads_blocked_at_start_count_from_the_start() {
         let mut engine = Engine::new(Options::default(), 1000);
-        engine.blocked_at_start(100, 7, S, 50);
-        engine.blocked_at_start(100, 8, D, 51);
-        engine.blocked_at_start(100, 9, R, 52);
-        engine.blocked_at_start(100, 10, S, 53);
+        engine.blocked_at_start(7, 7, S, 50);
+        engine.blocked_at_start(8, 8, D, 51);
+        engine.blocked_at_start(9, 9, R, 52);
+        engine.blocked_at_start(10, 10, S, 53);
         engine.push(sin(1400, 7));
         engine.push(out(1500, 10, S, 1)); // was running after all
         let r = engine.finish(3000);
@@ -831,8 +898,8 @@ mod tests {
             OffcpuEvent::SwitchOut {
                 time: 1,
                 cpu: 0,
-                pid: 0,
                 tid: 0,
+                who: 0,
                 state: S,
                 stack: 1,
             },
@@ -875,8 +942,8 @@ mod tests {
                 |(time, cpu, tid, state, stack)| OffcpuEvent::SwitchOut {
                     time,
                     cpu,
-                    pid: 100,
                     tid,
+                    who: tid,
                     state,
                     stack
                 }
@@ -888,8 +955,7 @@ mod tests {
                     time,
                     cpu: 0,
                     target_tid,
-                    waker_pid: 1,
-                    waker_tid,
+                    waker: waker_tid,
                     waker_stack
                 }
             ),
@@ -902,6 +968,73 @@ mod tests {
             }),
             time.prop_map(|time| OffcpuEvent::Exec { time, pid: 100 }),
         ]
+    }
+
+    #[test]
+    fn churn_leaves_no_per_thread_state() {
+        // Thousands of short-lived threads of one program: each blocks once, exits and
+        // switches out for the last time. Keys are per name, and no thread state stays.
+        let mut e = Engine::new(Options::default(), 0);
+        let who = 1;
+        for tid in 1000..6000u32 {
+            let t = u64::from(tid) * 10;
+            e.push(OffcpuEvent::SwitchOut {
+                time: t,
+                cpu: 0,
+                tid,
+                who,
+                state: S,
+                stack: 3,
+            });
+            e.push(sin(t + 4, tid));
+            e.push(OffcpuEvent::Exit {
+                time: t + 5,
+                pid: tid,
+                tid,
+            });
+            e.push(out(t + 6, tid, TaskState::Dead, 4));
+        }
+        assert_eq!(e.thread_entries(), 0);
+        let limit = e.trim_threads(100, |_| true);
+        assert!(limit >= 100);
+        let r = e.finish(100_000);
+        assert_eq!(r.by_stack.len(), 1);
+        let k = StackKey {
+            who,
+            stack: 3,
+            waker: None,
+        };
+        assert_eq!(r.by_stack[&k], 5000 * 4);
+        assert_eq!(r.blocked_ns, 5000 * 4);
+        assert_eq!(r.per_thread.len(), TOP_THREADS);
+        assert_eq!(r.thread_count(), 5000);
+    }
+
+    #[test]
+    fn trimming_keeps_live_threads_and_raises_the_limit() {
+        let mut r = Report::default();
+        for tid in 0..50u32 {
+            r.per_thread.insert(
+                tid,
+                ThreadTotals {
+                    who: 0,
+                    blocked_ns: u64::from(tid),
+                    intervals: 1,
+                },
+            );
+        }
+        // All alive: nothing can go, and the limit grows so the check is not repeated.
+        assert_eq!(r.trim_threads(10, |_| false), 100);
+        assert_eq!(r.per_thread.len(), 50);
+        // Odd tids exited: they go, except the top ones by blocked time.
+        r.trim_threads(10, |tid| tid % 2 == 1);
+        assert!(r.per_thread.contains_key(&49) && !r.per_thread.contains_key(&1));
+        assert_eq!(r.thread_count(), 50);
+        let mut total = Report::default();
+        total.add_totals(&r);
+        total.add_totals(&r);
+        assert_eq!(total.per_thread[&49].blocked_ns, 98);
+        assert_eq!(total.threads_forgotten, 2 * r.threads_forgotten);
     }
 
     proptest! {
@@ -925,7 +1058,7 @@ mod tests {
             let opts = Options { wakers, states: StateFilter::Any, ..Options::default() };
             let mut engine = Engine::new(opts, start);
             for (tid, stack) in at_start {
-                engine.blocked_at_start(100, tid, S, stack);
+                engine.blocked_at_start(tid, tid, S, stack);
             }
             for e in events {
                 engine.push(e);
@@ -938,6 +1071,7 @@ mod tests {
             let by_stack: u64 = report.by_stack.values().sum();
             let by_thread: u64 = report.per_thread.values().map(|t| t.blocked_ns).sum();
             prop_assert_eq!(by_stack, by_thread);
+            prop_assert_eq!(by_stack, report.blocked_ns);
         }
     }
 }

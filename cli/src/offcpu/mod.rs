@@ -28,8 +28,8 @@ mod tests {
         let switch_out = OffcpuEvent::SwitchOut {
             time: 100,
             cpu: 0,
-            pid: 10,
             tid: 11,
+            who: 10,
             state: TaskState::Uninterruptible,
             stack: 3,
         };
@@ -46,8 +46,7 @@ mod tests {
         reorder.drain_all(|_, e| engine.push(e));
         let report = engine.finish(1000);
         let key = StackKey {
-            pid: 10,
-            tid: 11,
+            who: 10,
             stack: 3,
             waker: None,
         };
