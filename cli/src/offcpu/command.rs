@@ -4,10 +4,13 @@
 //! - switch-outs with stacks: `sched:sched_switch` opened on the target tasks (with inherit,
 //!   one event per task and CPU); it fires in the blocked task's context, so its callchain
 //!   (or copied user stack, in DWARF mode) is the blocked stack;
-//! - switch-ins: context-switch records (attr.context_switch, 4.3+) on those same events;
-//!   where the kernel refuses them, CPU-wide `sched_switch` events whose `next_pid` is a
-//!   target thread (filtered in the kernel with PERF_EVENT_IOC_SET_FILTER where it accepts
-//!   the filter, and always in userspace);
+//! - switch-ins: context-switch records (attr.context_switch, 4.3+) on those same events
+//!   (SWITCH per task, SWITCH_CPU_WIDE system-wide); where the kernel refuses them, CPU-wide
+//!   `sched_switch` events whose `next_pid` is a target thread (filtered in the kernel with
+//!   PERF_EVENT_IOC_SET_FILTER where it accepts the filter, and always in userspace). The
+//!   records are preferred even system-wide, where every sched_switch sample carries
+//!   next_pid: the tracepoint does not fire for switches away from the idle task on every
+//!   CPU, so next_pid alone misses tasks woken on an idle CPU;
 //! - wakers (`--wakers`): `sched:sched_wakeup` opened per CPU for every task and filtered
 //!   to the target threads (in the kernel where it takes the filter). The tracepoint runs in
 //!   the waker's context, so the sample's callchain is the waker's stack; per-task events
@@ -246,8 +249,11 @@ pub fn run_session(
     let mut session = Session::new(kernel.clone(), pages);
     session.ladder.allow_user_only = false;
     let mut switch_attr = tracepoint_attr(switch_id, st, mode, inherit, is_cmd, true);
-    // System-wide, the CPU-wide sched_switch samples already carry next_pid.
-    switch_attr.set(perfring::attr::flag::CONTEXT_SWITCH, !system_wide);
+    // Switch-ins come from context-switch records, also system-wide: the sched_switch
+    // tracepoint does not fire for switches away from the idle task on every CPU (seen on
+    // 6.18: never on CPU 1), so its next_pid misses the switch-ins of tasks woken on an idle
+    // CPU, while the SWITCH_CPU_WIDE records come from the scheduler's perf hooks.
+    switch_attr.set(perfring::attr::flag::CONTEXT_SWITCH, true);
     let switch_spec = session.add_spec("sched:sched_switch", switch_attr);
     // Wakeups are opened per CPU for every task: per-task events only see wakeups their own
     // task performs (the tracepoint runs in the waker's context), not the ones it receives.
@@ -281,14 +287,19 @@ pub fn run_session(
         wakeup: wakeup_spec,
         cpu_switch: None,
     };
-    let switch_records =
-        !system_wide && session.ladder.support(Feature::ContextSwitch) == Support::Yes;
+    let switch_records = session.ladder.support(Feature::ContextSwitch) == Support::Yes;
     let mut mechanisms = vec![format!(
         "switch-outs: sched_switch {}",
         if system_wide { "per CPU" } else { "per task" }
     )];
-    if system_wide {
-        mechanisms.push("switch-ins: sched_switch next_pid (per CPU)".into());
+    if system_wide && switch_records {
+        mechanisms.push("switch-ins: context-switch records (per CPU)".into());
+    } else if system_wide {
+        mechanisms.push(
+            "switch-ins: sched_switch next_pid (per CPU; switches from the idle task may be \
+             missing, and intervals they end are then not counted)"
+                .into(),
+        );
     } else if switch_records {
         mechanisms.push("switch-ins: context-switch records".into());
     } else {
@@ -416,6 +427,7 @@ pub fn run_session(
         wakeup_dec: wakeup.map(|(_, d)| d),
         own_pid: std::process::id(),
         system_wide,
+        switch_records,
         targets: pids.iter().copied().collect(),
         first_time: None,
         last_time: 0,
@@ -708,6 +720,8 @@ struct Collector {
     wakeup_dec: Option<SchedWakeupDecoder>,
     own_pid: u32,
     system_wide: bool,
+    /// Switch-ins come from SWITCH / SWITCH_CPU_WIDE records (else from next_pid).
+    switch_records: bool,
     targets: HashSet<u32>,
     first_time: Option<u64>,
     last_time: u64,
@@ -789,10 +803,13 @@ impl Collector {
                 }
             }
             Record::SwitchCpuWide(sw) if !sw.out => {
-                self.counts.switch_ins += 1;
-                let tid = sw.next_prev_tid;
-                self.reorder
-                    .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+                // Written in the incoming task's context: it is the sample_id's task
+                // (next_prev names the task that left).
+                if let Some(tid) = sw.sample_id.tid.filter(|&t| t != 0) {
+                    self.counts.switch_ins += 1;
+                    self.reorder
+                        .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+                }
             }
             Record::Lost(l) => {
                 // Untimed (no sample_id_all): it belongs after the ring's last record.
@@ -839,7 +856,7 @@ impl Collector {
             };
             let next = sw.next_pid.max(0) as u32;
             let cpu_wide_fallback = Some(spec) == self.specs.cpu_switch;
-            if self.system_wide || cpu_wide_fallback {
+            if (self.system_wide && !self.switch_records) || cpu_wide_fallback {
                 let wanted =
                     self.system_wide || self.targets.contains(&pid_of_thread(&self.tracker, next));
                 if next != 0 && next != self.own_pid && wanted {
