@@ -430,6 +430,16 @@ pub fn run_session(
     );
     summary.line("samples", samples.to_string());
     summary.line("threads seen", tracker.threads_seen().to_string());
+    if args.common.verbose {
+        summary.line(
+            "tables",
+            format!(
+                "{}; {} distinct stacks",
+                tracker.describe_tables(),
+                profile.distinct_stacks()
+            ),
+        );
+    }
     summary.add_lost(&session, reader.parse_errors);
     if tracker.stats.throttles > 0 {
         summary.line(

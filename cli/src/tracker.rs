@@ -100,6 +100,20 @@ impl Tracker {
         self.sampled.len() as u64 + self.sampled_gone
     }
 
+    /// Sizes of what the tracker holds, for `-v` summaries (memory diagnostics).
+    pub fn describe_tables(&self) -> String {
+        format!(
+            "{} mappings, {} address spaces, {} thread names, {} pending exits (oldest {:.1} s)",
+            self.procs.mapping_count(),
+            self.procs.space_count(),
+            self.comms.len(),
+            self.exited.len(),
+            self.exited
+                .front()
+                .map_or(0.0, |e| e.at.elapsed().as_secs_f64())
+        )
+    }
+
     /// Threads whose name is known (live ones, and exited ones within [`EXIT_GRACE`]).
     pub fn known_threads(&self) -> usize {
         self.comms.len()
@@ -131,6 +145,8 @@ impl Tracker {
         pids.sort_unstable();
         pids.dedup();
         let mut fresh = Tracker::new(self.comm_exec);
+        // Counters describe the whole run (the summary's throttle count, for one).
+        fresh.stats = self.stats.clone();
         for pid in pids {
             if target::process_alive(pid) {
                 fresh.load_process(pid);

@@ -55,20 +55,34 @@ impl Mapping {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FileRange {
     path: String,
-    inode: (u32, u32, u64),
+    /// `None` only for the vDSO.
+    inode: Option<(u32, u32, u64)>,
     pgoff: u64,
     len: u64,
     build_id: Option<Vec<u8>>,
 }
 
 impl FileRange {
-    /// Only executable, inode-identified file mappings: anonymous and JIT memory, the vDSO
-    /// and deleted files are per process.
+    /// Executable, inode-identified file mappings, and the vDSO (the kernel maps the same
+    /// image into every process of an ABI; its length tells the 64- and 32-bit ones apart).
+    /// Anonymous and JIT memory and deleted files are per process.
     fn of(m: &Mapping) -> Option<FileRange> {
+        if !m.exec {
+            return None;
+        }
+        if m.path == "[vdso]" {
+            return Some(FileRange {
+                path: m.path.clone(),
+                inode: None,
+                pgoff: 0,
+                len: m.end - m.start,
+                build_id: None,
+            });
+        }
         let inode = m.inode?;
-        (m.exec && m.path.starts_with('/') && !m.path.ends_with(" (deleted)")).then(|| FileRange {
+        (m.path.starts_with('/') && !m.path.ends_with(" (deleted)")).then(|| FileRange {
             path: m.path.clone(),
-            inode,
+            inode: Some(inode),
             pgoff: m.pgoff,
             len: m.end - m.start,
             build_id: m.build_id.clone(),
@@ -98,9 +112,9 @@ struct Entry {
 /// All processes' address spaces, with mappings interned in one arena.
 ///
 /// Bounded under process churn: a mapping that no address space contains any more is freed
-/// unless it is canonical (the first of its file range, which frames refer to through
-/// [`Processes::canonical`]) or per-process code (anonymous/JIT, vDSO, deleted files, which
-/// frames refer to directly). Ids are never reused, so a stale id is simply unknown.
+/// unless it is canonical (the first of its file range or the first vDSO, which frames refer
+/// to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted files,
+/// which frames refer to directly). Ids are never reused, so a stale id is simply unknown.
 #[derive(Default)]
 pub struct Processes {
     arena: HashMap<MappingId, Entry>,
@@ -264,6 +278,11 @@ impl Processes {
             .get(&pid)
             .into_iter()
             .flat_map(|space| space.maps.values().copied())
+    }
+
+    /// Number of address spaces held (live processes, and exited ones not yet released).
+    pub fn space_count(&self) -> usize {
+        self.spaces.len()
     }
 
     /// Number of mappings held (the arena size): live ones, canonical ones and per-process
@@ -449,13 +468,13 @@ impl Processes {
     }
 
     /// One address space fewer contains `id`; free it when none does and no frame can
-    /// refer to it (it is a duplicate of a canonical file range).
+    /// refer to it: a duplicate of a canonical file range, or data (frames are code).
     fn release(&mut self, id: MappingId) {
         let Some(e) = self.arena.get_mut(&id) else {
             return;
         };
         e.spaces = e.spaces.saturating_sub(1);
-        if e.spaces > 0 || e.canon == id {
+        if e.spaces > 0 || (e.canon == id && e.mapping.exec) {
             return;
         }
         let hash = e.mapping.identity_hash();
@@ -569,29 +588,48 @@ mod tests {
             let base = 0x1000_0000 * u64::from(pid);
             exec_map(&mut p, pid, base, 0x2000, 0x1000, "/bin/x");
             exec_map(&mut p, pid, base + 0x10_0000, 0x8000, 0, "/lib/libc.so");
+            p.on_mmap(pid, base + 0x20_0000, 0x2000, 0, "[vdso]", true, None, None);
+            p.on_mmap(
+                pid,
+                base + 0x30_0000,
+                0x1000,
+                0,
+                "/bin/x",
+                false,
+                Some((8, 1, 42)),
+                None,
+            );
             if pid % 2 == 0 {
                 p.on_fork(pid, pid + 1_000_000);
                 p.on_exit(pid + 1_000_000);
             }
             p.on_exit(pid);
         }
-        // Only the canonical (first) mapping of each file range is left.
-        assert_eq!(p.mapping_count(), 2);
+        // Only the canonical (first) mapping of each file range and the first vDSO are
+        // left; data mappings go with their last space.
+        assert_eq!(p.mapping_count(), 3);
         let first = p.canonical(MappingId(0), 0x1000_0000 * 100);
         assert_eq!(p.mapping(first.0).path, "/bin/x");
-        assert!(p.by_identity.values().map(Vec::len).sum::<usize>() <= 2);
+        assert!(p.by_identity.values().map(Vec::len).sum::<usize>() <= 3);
 
         // A live process keeps its mappings; an exec releases them.
         exec_map(&mut p, 7, 0x7000_0000, 0x2000, 0x1000, "/bin/x");
         let live = p.find(7, 0x7000_0000).unwrap();
-        assert_eq!(p.mapping_count(), 3);
+        assert_eq!(p.mapping_count(), 4);
         p.on_fork(7, 8);
         p.on_exec(7);
         // Still mapped by the forked child.
         assert_eq!(p.mapping(live).path, "/bin/x");
         p.on_exit(8);
         assert!(p.get(live).is_none());
-        assert_eq!(p.mapping_count(), 2);
+        assert_eq!(p.mapping_count(), 3);
+
+        // A vDSO frame of any process is expressed in the first vDSO.
+        p.on_mmap(10, 0x9000_0000, 0x2000, 0, "[vdso]", true, None, None);
+        let v = p.find(10, 0x9000_0100).unwrap();
+        let (canon, addr) = p.canonical(v, 0x9000_0100);
+        assert_ne!(canon, v);
+        assert_eq!(addr, 0x1000_0000 * 100 + 0x20_0100);
 
         // Per-process code that frames refer to directly is kept.
         p.on_mmap(9, 0x5000, 0x1000, 0, "", true, None, None);

@@ -476,6 +476,13 @@ pub fn run_session(
     } = c;
     let elapsed = stopper.elapsed();
     let stop_time = if clock_monotonic { stop_ns } else { last_time };
+    let tables = format!(
+        "{}; {} stacks, {} names, {} engine threads",
+        tracker.describe_tables(),
+        stacks.list.len(),
+        names.len(),
+        engine.thread_entries()
+    );
     let report = engine.finish(stop_time);
     // The summary is about the whole session: in continuous mode, every interval's report.
     totals.add_totals(&report);
@@ -590,6 +597,9 @@ pub fn run_session(
         ),
     );
     summary.line("mechanisms", mechanisms.join("; "));
+    if args.common.verbose {
+        summary.line("tables", tables);
+    }
     if !clock_monotonic {
         summary
             .warnings
