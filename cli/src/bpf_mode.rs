@@ -127,13 +127,7 @@ impl BpfAggregation {
             self.frames
                 .extend(addrs(&c.kernel_stack).into_iter().map(Frame::Kernel));
             for a in addrs(&c.user_stack) {
-                self.frames.push(match tracker.procs.find(c.pid, a) {
-                    Some(mapping) => {
-                        let (mapping, addr) = tracker.procs.canonical(mapping, a);
-                        Frame::User { mapping, addr }
-                    }
-                    None => Frame::Unmapped(a),
-                });
+                self.frames.push(tracker.user_frame(c.pid, a));
             }
             // Both stack ids failed (map collision or full): keep the samples, visibly.
             if self.frames.is_empty() {

@@ -56,13 +56,15 @@ impl<'a> Folder<'a> {
         }
     }
 
-    fn module(&mut self, id: MappingId) -> ModuleHandle {
+    /// `None` for a mapping the tracker no longer holds (it frees what frames should not
+    /// refer to; a frame that does anyway shows as unknown rather than taking psample down).
+    fn module(&mut self, id: MappingId) -> Option<ModuleHandle> {
         if let Some(h) = self.modules.get(&id) {
-            return *h;
+            return Some(*h);
         }
-        let h = self.sym.add_module(module_spec(self.procs.mapping(id)));
+        let h = self.sym.add_module(module_spec(self.procs.get(id)?));
         self.modules.insert(id, h);
-        h
+        Some(h)
     }
 
     fn names(&mut self, frame: Frame) -> &[String] {
@@ -73,10 +75,11 @@ impl<'a> Folder<'a> {
                     vec![format!("{}_[k]", escape_frame(&f.name))]
                 }
                 Frame::User { mapping, addr } => {
-                    let h = self.module(mapping);
-                    let mut v: Vec<String> = self
-                        .sym
-                        .symbolize(h, addr)
+                    let syms = match self.module(mapping) {
+                        Some(h) => self.sym.symbolize(h, addr),
+                        None => Vec::new(),
+                    };
+                    let mut v: Vec<String> = syms
                         .into_iter()
                         .map(|f| {
                             let n = escape_frame(&f.name);
@@ -144,5 +147,28 @@ impl<'a> Folder<'a> {
 
     pub fn distinct_frames(&self) -> usize {
         self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_of_a_freed_mapping_is_unknown_not_a_panic() {
+        let mut sym = Symbolizer::new(symbolize::SymbolizeOptions {
+            inline: false,
+            demangle: false,
+            debug_dirs: vec![],
+            kernel: false,
+        });
+        let procs = Processes::new();
+        let named = NamedFrames::default();
+        let mut f = Folder::new(&mut sym, &procs, &named);
+        let gone = Frame::User {
+            mapping: MappingId(12345),
+            addr: 0x1000,
+        };
+        assert_eq!(f.render("x", &[gone]), "x;[unknown]");
     }
 }

@@ -184,15 +184,7 @@ impl StackBuilder {
         self.frames
             .extend(self.kernel.iter().map(|a| Frame::Kernel(*a)));
         for &a in &self.user {
-            // Canonical: the same binary in many processes (ASLR) aggregates as one stack,
-            // so stack tables grow with distinct code paths, not with process churn.
-            self.frames.push(match tracker.procs.find(pid, a) {
-                Some(mapping) => {
-                    let (mapping, addr) = tracker.procs.canonical(mapping, a);
-                    Frame::User { mapping, addr }
-                }
-                None => Frame::Unmapped(a),
-            });
+            self.frames.push(tracker.user_frame(pid, a));
         }
     }
 }

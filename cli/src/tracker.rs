@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
 use unwind::Processes;
 
+use crate::stack::Frame;
 use crate::target;
 
 /// PERF_RECORD_MISC_KERNEL.
@@ -153,6 +154,25 @@ impl Tracker {
             }
         }
         fresh
+    }
+
+    /// The frame for user address `addr` of `pid`. Canonical: the same binary in many
+    /// processes (ASLR) aggregates as one stack, so stack tables grow with distinct code
+    /// paths, not with process churn. A "return address" in data (a frame-pointer walk
+    /// through a frame that keeps none) is not code: it names no function, and data
+    /// mappings are freed when their process exits, so frames must not refer to them.
+    pub fn user_frame(&self, pid: u32, addr: u64) -> Frame {
+        let code = self
+            .procs
+            .find(pid, addr)
+            .filter(|&m| self.procs.get(m).is_some_and(|m| m.exec));
+        match code {
+            Some(mapping) => {
+                let (mapping, addr) = self.procs.canonical(mapping, addr);
+                Frame::User { mapping, addr }
+            }
+            None => Frame::Unmapped(addr),
+        }
     }
 
     /// The process a thread belongs to, if seen.
@@ -336,6 +356,25 @@ mod tests {
         assert_eq!(t.known_threads(), 0);
         assert!(t.pid_of.is_empty());
         assert_eq!(t.threads_seen(), 2000, "the count survives the reaping");
+    }
+
+    #[test]
+    fn frames_refer_to_code_only() {
+        let mut t = with_space(70);
+        t.procs.on_mmap(
+            70,
+            0x9000,
+            0x1000,
+            0,
+            "/bin/x",
+            false,
+            Some((8, 1, 3)),
+            None,
+        );
+        assert!(matches!(t.user_frame(70, 0x1800), Frame::User { .. }));
+        // Data is not code, and is freed with the process: a frame must not keep its id.
+        assert_eq!(t.user_frame(70, 0x9800), Frame::Unmapped(0x9800));
+        assert_eq!(t.user_frame(70, 0x20000), Frame::Unmapped(0x20000));
     }
 
     #[test]
