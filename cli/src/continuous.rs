@@ -173,8 +173,17 @@ impl Intervals {
     /// unless [`QUEUE`] intervals already wait.
     pub fn submit(&mut self, window: (SystemTime, Duration), render: RenderJob) {
         let Some(tx) = &self.tx else { return };
+        let msg = match tx.try_send(Msg::Interval { window, render }) {
+            Ok(()) => return,
+            Err(mpsc::TrySendError::Full(msg)) => msg,
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                eprintln!("psample: the interval writer stopped; interval not written");
+                return;
+            }
+        };
+        // Only time actually spent blocked counts as the writer being behind.
         let t = Instant::now();
-        if tx.send(Msg::Interval { window, render }).is_err() {
+        if tx.send(msg).is_err() {
             eprintln!("psample: the interval writer stopped; interval not written");
         }
         self.waited += t.elapsed();

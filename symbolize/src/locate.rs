@@ -210,11 +210,15 @@ fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
     let image = match read_memory(spec.pid, spec.start, spec.end) {
         Ok(image) => image,
         Err(e) => {
-            // Every process of this kernel (and ABI) maps the same vDSO: ours will do.
-            notes.push(format!(
-                "cannot read the vDSO of pid {} ({e}); using this process's vDSO",
-                spec.pid
-            ));
+            // Every process of this kernel (and ABI) maps the same vDSO: ours will do. That
+            // the process has exited since is normal (system-wide, frames of all processes
+            // are expressed in the first vDSO seen); anything else is worth a note.
+            if Path::new(&format!("/proc/{}", spec.pid)).exists() {
+                notes.push(format!(
+                    "cannot read the vDSO of pid {} ({e}); using this process's vDSO",
+                    spec.pid
+                ));
+            }
             own_vdso()?
         }
     };

@@ -494,24 +494,18 @@ pub fn run_session(
 
     let mut own_sym = None;
     let mut flushed = None;
+    let ended = Ended {
+        report,
+        stacks,
+        procs: tracker.procs,
+        named: named.clone(),
+        names: names.clone(),
+    };
     match intervals.as_deref_mut() {
         // Continuous: the report holds only the last, partial interval.
         Some(iv) => {
             let window = iv.cut();
-            let names = names.clone();
-            let named = named.clone();
-            iv.submit(
-                window,
-                Box::new(move |sym| {
-                    let t = Tables {
-                        stacks: &stacks,
-                        procs: &tracker.procs,
-                        named: &named,
-                        names: &names,
-                    };
-                    render(&report, &t, sym, format, window)
-                }),
-            );
+            ended.submit(iv, window, format);
             flushed = Some(iv.flush());
         }
         None => {
@@ -520,13 +514,8 @@ pub fn run_session(
                 std::time::Duration::from_nanos(window_ns),
             );
             let sym = own_sym.insert(crate::symbols::symbolizer(&args.symbols));
-            let t = Tables {
-                stacks: &stacks,
-                procs: &tracker.procs,
-                named: &named,
-                names: &names,
-            };
-            render(&report, &t, sym, format, window)
+            ended
+                .render(sym, format, window)
                 .write(args.common.output.as_deref(), format, &labels(args.wakers))
                 .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
         }
@@ -775,22 +764,14 @@ impl Collector {
         engine.forget_threads(|tid| !target::thread_alive(tid));
         // The ended interval's tables go to the writer with its report; the names table is
         // shared by all intervals (bounded, see `names::MAX_NAMES`), so it goes as a copy.
-        let stacks = std::mem::replace(&mut self.stacks, kept);
-        let old = std::mem::replace(&mut self.tracker, fresh);
-        let names = self.names.clone();
-        let named = named.clone();
-        iv.submit(
-            window,
-            Box::new(move |sym| {
-                let t = Tables {
-                    stacks: &stacks,
-                    procs: &old.procs,
-                    named: &named,
-                    names: &names,
-                };
-                render(&report, &t, sym, format, window)
-            }),
-        );
+        let ended = Ended {
+            report,
+            stacks: std::mem::replace(&mut self.stacks, kept),
+            procs: std::mem::replace(&mut self.tracker, fresh).procs,
+            named: named.clone(),
+            names: self.names.clone(),
+        };
+        ended.submit(iv, window, format);
         let stats = std::mem::take(&mut self.builder.unwind_stats);
         self.builder = StackBuilder::new(self.builder.mode);
         self.builder.unwind_stats = stats;
@@ -1019,6 +1000,45 @@ struct Tables<'a> {
     procs: &'a unwind::Processes,
     named: &'a NamedFrames,
     names: &'a Names,
+}
+
+/// An ended report with the tables it refers to, owned, so that it can be rendered on the
+/// continuous-mode writer thread while the next interval is collected.
+struct Ended {
+    report: Report,
+    stacks: Stacks,
+    procs: unwind::Processes,
+    named: NamedFrames,
+    names: Names,
+}
+
+impl Ended {
+    fn render(
+        &self,
+        sym: &mut symbolize::Symbolizer,
+        format: output::Format,
+        window: (std::time::SystemTime, std::time::Duration),
+    ) -> output::Rendered {
+        let t = Tables {
+            stacks: &self.stacks,
+            procs: &self.procs,
+            named: &self.named,
+            names: &self.names,
+        };
+        render(&self.report, &t, sym, format, window)
+    }
+
+    fn submit(
+        self,
+        iv: &mut Intervals,
+        window: (std::time::SystemTime, std::time::Duration),
+        format: output::Format,
+    ) {
+        iv.submit(
+            window,
+            Box::new(move |sym| self.render(sym, format, window)),
+        );
+    }
 }
 
 /// `per_thread` entries kept before exited threads' are dropped (see
