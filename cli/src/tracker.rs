@@ -162,11 +162,7 @@ impl Tracker {
     /// through a frame that keeps none) is not code: it names no function, and data
     /// mappings are freed when their process exits, so frames must not refer to them.
     pub fn user_frame(&self, pid: u32, addr: u64) -> Frame {
-        let code = self
-            .procs
-            .find(pid, addr)
-            .filter(|&m| self.procs.get(m).is_some_and(|m| m.exec));
-        match code {
+        match self.procs.find_code(pid, addr) {
             Some(mapping) => {
                 let (mapping, addr) = self.procs.canonical(mapping, addr);
                 Frame::User { mapping, addr }

@@ -25,6 +25,13 @@ fn run(c: &mut Command) -> (Option<i32>, String) {
     )
 }
 
+/// Runs psample with `args` and expects exit `code` and `needle` in its stderr.
+fn fails_with(args: &[&str], code: i32, needle: &str) {
+    let (got, err) = run(&mut psample_cmd(args));
+    assert_eq!(got, Some(code), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+}
+
 fn no_panic(err: &str) {
     assert!(
         !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
@@ -190,27 +197,27 @@ fn output_path_problems_are_found_before_sampling() {
 
 #[test]
 fn unknown_events_and_tracepoints_are_rejected() {
-    let (code, err) = run(&mut psample_cmd(&[
-        "record",
-        "-e",
-        "nosuchevent",
-        "-p",
-        "1",
-    ]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("unknown event \"nosuchevent\""), "{err}");
-    let (code, err) = run(&mut psample_cmd(&[
-        "record",
-        "-e",
-        "tracepoint:sched:no_such_tracepoint",
-        "-p",
-        "1",
-    ]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("does not exist on this kernel"), "{err}");
-    let (code, err) = run(&mut psample_cmd(&["record", "-e", "t:../..:x", "-p", "1"]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("invalid tracepoint name"), "{err}");
+    fails_with(
+        &["record", "-e", "nosuchevent", "-p", "1"],
+        1,
+        "unknown event \"nosuchevent\"",
+    );
+    fails_with(
+        &[
+            "record",
+            "-e",
+            "tracepoint:sched:no_such_tracepoint",
+            "-p",
+            "1",
+        ],
+        1,
+        "does not exist on this kernel",
+    );
+    fails_with(
+        &["record", "-e", "t:../..:x", "-p", "1"],
+        1,
+        "invalid tracepoint name",
+    );
 }
 
 #[test]
@@ -400,26 +407,24 @@ fn conflicting_flags_are_usage_errors() {
         assert!(err.contains("cannot be used with"), "{args:?}: {err}");
     }
     // A target and a command.
-    let (code, err) = run(&mut psample_cmd(&["record", "-p", "1", "--", "true"]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("choose one target"), "{err}");
+    fails_with(&["record", "-p", "1", "--", "true"], 1, "choose one target");
     // No target at all.
-    let (code, err) = run(&mut psample_cmd(&["record", "-d", "1"]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("nothing to profile"), "{err}");
+    fails_with(&["record", "-d", "1"], 1, "nothing to profile");
     // A ring too small for one DWARF sample would silently drop every sample.
-    let (code, err) = run(&mut psample_cmd(&[
-        "record",
-        "--call-graph",
-        "dwarf,8192",
-        "--mmap-pages",
-        "1",
-        "-a",
-        "-d",
-        "1",
-    ]));
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("smaller than one DWARF sample"), "{err}");
+    fails_with(
+        &[
+            "record",
+            "--call-graph",
+            "dwarf,8192",
+            "--mmap-pages",
+            "1",
+            "-a",
+            "-d",
+            "1",
+        ],
+        1,
+        "smaller than one DWARF sample",
+    );
     // Impossible values.
     let (code, err) = run(&mut psample_cmd(&[
         "record",

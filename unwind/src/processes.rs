@@ -248,10 +248,22 @@ impl Processes {
 
     /// The mapping containing `addr` in `pid`'s current space.
     pub fn find(&self, pid: u32, addr: u64) -> Option<MappingId> {
+        self.lookup(pid, addr).map(|(id, _)| id)
+    }
+
+    /// Like [`Self::find`], but only an executable mapping: what a code address (a frame)
+    /// may refer to.
+    pub fn find_code(&self, pid: u32, addr: u64) -> Option<MappingId> {
+        self.lookup(pid, addr)
+            .filter(|(_, m)| m.exec)
+            .map(|(id, _)| id)
+    }
+
+    fn lookup(&self, pid: u32, addr: u64) -> Option<(MappingId, &Mapping)> {
         let space = self.spaces.get(&pid)?;
         let (_, &id) = space.maps.range(..=addr).next_back()?;
         let mapping = self.get(id)?;
-        (addr < mapping.end).then_some(id)
+        (addr < mapping.end).then_some((id, mapping))
     }
 
     /// The mapping behind an id handed out by this `Processes`.

@@ -49,7 +49,7 @@ use crate::tracker::Tracker;
 
 /// Interned stacks (leaf first).
 #[derive(Default)]
-pub(crate) struct Stacks {
+struct Stacks {
     list: Vec<Box<[Frame]>>,
     ids: HashMap<Box<[Frame]>, StackId>,
 }
