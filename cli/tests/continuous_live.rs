@@ -65,13 +65,21 @@ fn one_file_per_interval_newest_kept() {
     let samples = summary_number(&stderr, "samples").unwrap() as u64;
     let kept = files(dir.path(), ".pb.gz");
     assert_eq!(kept.len(), 2, "{kept:?}");
-    for f in &kept {
-        assert!(f
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("psample-record-20"));
-    }
+    // psample-record-KEY-RUN-SEQ-STAMP.pb.gz: the last two intervals of run 1.
+    let seqs: Vec<u64> = kept
+        .iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let parts: Vec<&str> = name.split('-').collect();
+            assert_eq!(
+                (parts[0], parts[1], parts[3]),
+                ("psample", "record", "0001"),
+                "{name}"
+            );
+            parts[4].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [written as u64 - 1, written as u64], "{kept:?}");
     // The older kept file is a whole interval of a busy thread.
     assert!(total(&kept[0]) > 20, "{}", total(&kept[0]));
     assert!(kept.iter().map(|f| total(f)).sum::<u64>() <= samples);
