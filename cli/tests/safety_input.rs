@@ -234,10 +234,10 @@ fn frequency_above_the_kernel_maximum_is_clamped_with_a_warning() {
         .trim()
         .parse()
         .unwrap();
-    let w = start("cpu_split_fp", &["-s", "60"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     let too_high = (max * 10).to_string();
-    let o = run_psample(&["record", "-p", &pid, "-F", &too_high, "-d", "1"]);
+    let (o, _) = run_psample_until_cpu(&["record", "-p", &pid, "-F", &too_high], w.pid, 0.2);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert!(
         o.stderr.contains("above kernel.perf_event_max_sample_rate")
@@ -335,8 +335,10 @@ fn small_mlock_limit_shrinks_the_ring_with_a_note() {
         "--",
         wl.to_str().unwrap(),
         "-s",
-        "1",
+        "0",
     ]);
+    // Half a CPU-second of work, however long that takes here.
+    c.env("WL_CPU_SECONDS", "0.5");
     // SAFETY: setrlimit only, between fork and exec.
     unsafe {
         c.pre_exec(|| {
@@ -371,11 +373,14 @@ fn tracefs_is_mounted_when_missing_and_missing_tracefs_is_explained() {
         )
     };
     let ps = psample();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.folded");
     let o = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(script(&format!(
-            "{ps} record -e tracepoint:sched:sched_switch -a -d 1 -o /dev/null; \
-             test -d /sys/kernel/tracing/events"
+            "{ps} record -e tracepoint:sched:sched_switch -a -d 1 -o {}; \
+             test -d /sys/kernel/tracing/events",
+            out.display()
         )))
         .output()
         .expect("unshare (util-linux)");

@@ -2,7 +2,7 @@
 //! loudly without.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use perf_event_open_sys as sys;
 use perfring::bpf::{probe, BpfError, StackCounter, StackCounterOptions};
@@ -111,6 +111,20 @@ fn attach_refusals_are_reported() {
     assert!(err.errno().is_some(), "{err:?}");
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Without stacks the program still counts samples per thread, and samples stop going to
 /// the ring (there is none here — the event would simply be counted).
 #[test]
@@ -125,9 +139,10 @@ fn counts_own_thread_without_stacks() {
     counter.attach(event.as_fd()).expect("attach");
     // SAFETY: plain perf ioctls on a live fd.
     assert!(unsafe { sys::ioctls::ENABLE(event.as_raw_fd(), 0) } >= 0);
-    let start = Instant::now();
+    // 300 ms of this thread's CPU (not wall) time: the sample count does not depend on load.
+    let end = thread_cpu() + Duration::from_millis(300);
     let mut x = 0u64;
-    while start.elapsed() < Duration::from_millis(300) {
+    while thread_cpu() < end {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
     // SAFETY: as above.
@@ -164,9 +179,9 @@ fn full_count_map_is_reported() {
     counter.attach(event.as_fd()).expect("attach");
     // SAFETY: plain perf ioctls on a live fd.
     assert!(unsafe { sys::ioctls::ENABLE(event.as_raw_fd(), 0) } >= 0);
-    let start = Instant::now();
+    let end = thread_cpu() + Duration::from_millis(300);
     // Alternate user work and syscalls so samples land on several distinct stacks.
-    while start.elapsed() < Duration::from_millis(300) {
+    while thread_cpu() < end {
         let mut x = 0u64;
         for i in 0..10_000u64 {
             x = std::hint::black_box(x ^ i);

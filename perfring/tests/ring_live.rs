@@ -116,10 +116,26 @@ fn task_clock(sample_type: u64, period_ns: u64) -> b::perf_event_attr {
     attr
 }
 
+/// This thread's CPU time in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Spin for `ms` of this thread's CPU time: task-clock samples come per CPU time, so the
+/// counts below hold however loaded the machine is (wall time would not).
 fn burn(ms: u64) -> u64 {
-    let start = std::time::Instant::now();
+    let end = thread_cpu_ns() + ms * 1_000_000;
     let mut x = 1u64;
-    while start.elapsed().as_millis() < u128::from(ms) {
+    while thread_cpu_ns() < end {
         for i in 0..10_000u64 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
         }
