@@ -85,22 +85,26 @@ static inline void wl_die(const char *what)
 
 static inline double wl_parse_seconds(const char *v);
 
+/* One-shot timer `which` (ITIMER_REAL: wall time, ITIMER_PROF: the process's CPU time). */
+static inline void wl_arm_timer(int which, double seconds)
+{
+    struct itimerval it;
+    memset(&it, 0, sizeof it);
+    it.it_value.tv_sec = (time_t)seconds;
+    it.it_value.tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6);
+    if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
+        it.it_value.tv_usec = 1;
+    setitimer(which, &it, NULL);
+}
+
 /* WL_CPU_SECONDS=X in the environment also stops the workload once the process (all its
  * threads) has used X seconds of CPU. Tests use it so that how much work gets sampled does
  * not depend on how loaded the machine is; the -s deadline is wall time. */
 static inline void wl_arm_cpu_budget(void)
 {
     const char *v = getenv("WL_CPU_SECONDS");
-    if (!v || !*v)
-        return;
-    double s = wl_parse_seconds(v);
-    struct itimerval it;
-    memset(&it, 0, sizeof it);
-    it.it_value.tv_sec = (time_t)s;
-    it.it_value.tv_usec = (suseconds_t)((s - (double)(time_t)s) * 1e6);
-    if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
-        it.it_value.tv_usec = 1;
-    setitimer(ITIMER_PROF, &it, NULL);
+    if (v && *v)
+        wl_arm_timer(ITIMER_PROF, wl_parse_seconds(v));
 }
 
 /* Installs the handlers and arms the deadline. seconds <= 0 means run until signalled. */
@@ -120,15 +124,8 @@ static inline void wl_start(double seconds)
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     wl_start_mono = wl_now();
-    if (seconds > 0) {
-        struct itimerval it;
-        memset(&it, 0, sizeof it);
-        it.it_value.tv_sec = (time_t)seconds;
-        it.it_value.tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6);
-        if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
-            it.it_value.tv_usec = 1;
-        setitimer(ITIMER_REAL, &it, NULL);
-    }
+    if (seconds > 0)
+        wl_arm_timer(ITIMER_REAL, seconds);
     wl_arm_cpu_budget();
 }
 

@@ -545,6 +545,7 @@ pub fn run_restartable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::dir_names as names;
 
     #[test]
     fn utc_stamps_are_calendar_correct() {
@@ -606,15 +607,6 @@ mod tests {
     fn emit_at(w: &mut Writer, start: SystemTime, line: &str) -> PathBuf {
         let rendered = Rendered::Lines(vec![(line.to_string(), 1)]);
         w.emit(rendered, (start, Duration::from_secs(1))).unwrap()
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
     }
 
     #[test]

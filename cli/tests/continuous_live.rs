@@ -143,6 +143,7 @@ fn comm_target_is_reattached_after_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut guard = KillGuard(Some(ps.id()));
     let stderr = collect_lines(ps.stderr.take().unwrap());
     let has_frame = |frame: &str| {
         out.is_dir()
@@ -164,6 +165,7 @@ fn comm_target_is_reattached_after_restart() {
     });
     sigint(ps.id());
     let status = ps.wait().unwrap();
+    guard.defuse();
     drop(second);
     let stderr = stderr.lock().unwrap().clone();
     assert!(status.success(), "{stderr}");

@@ -131,17 +131,26 @@ fn fsync_server_under_load_shows_fsync_and_its_wakers() {
             "20",
         ],
     );
-    let mut load = std::process::Command::new("wrk")
-        .args(["-t1", "-c8", "-d8s", &format!("http://127.0.0.1:{port}/")])
+    // Killed once psample is done (or the test fails: Running kills on drop).
+    let load = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d60s", &format!("http://127.0.0.1:{port}/")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let load = Running {
+        pid: load.id(),
+        child: load,
+    };
+    // Profile once requests flow (each appends a line to the log), however long wrk takes
+    // to get going here.
+    let log = logdir.path().join("fsync_server.log");
+    wait_until("requests from wrk", || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 4096)
+    });
     let pid = w.pid.to_string();
     let out = run_psample(&["offcpu", "-p", &pid, "-d", "3", "--wakers"]);
-    let _ = load.kill();
-    let _ = load.wait();
+    drop(load);
     assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
     let folded = parse_folded(&out.folded);
     // The blocked part's frames, without the comm ("fsync_server" itself contains "fsync").
@@ -205,7 +214,7 @@ fn system_wide_sees_the_switch_in_of_every_interval() {
     // Each iteration appends a line once its `sleep 0.02` has exited.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("iterations");
-    let mut churn = std::process::Command::new("sh")
+    let churn = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
             "while :; do sleep 0.02; echo >> {}; done",
@@ -213,6 +222,10 @@ fn system_wide_sees_the_switch_in_of_every_interval() {
         ))
         .spawn()
         .unwrap();
+    let churn = Running {
+        pid: churn.id(),
+        child: churn,
+    };
     let done = || std::fs::read(&log).map_or(0, |b| b.len());
     let out_path = dir.path().join("off.folded");
     let ps = std::process::Command::new(psample())
@@ -221,6 +234,7 @@ fn system_wide_sees_the_switch_in_of_every_interval() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut guard = KillGuard(Some(ps.id()));
     // 100 iterations while sampled, however long they take on this machine: all but the
     // first started after sampling did.
     wait_until_sampling(ps.id());
@@ -229,8 +243,8 @@ fn system_wide_sees_the_switch_in_of_every_interval() {
     let whole = (done() - first - 1) as u64;
     sigint(ps.id());
     let o = ps.wait_with_output().unwrap();
-    let _ = churn.kill();
-    let _ = churn.wait();
+    guard.defuse();
+    drop(churn);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "psample failed: {stderr}");
     let lost = summary_number(&stderr, "lost").unwrap_or(0.0);

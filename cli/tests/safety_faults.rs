@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,16 +42,6 @@ fn signal(pid: u32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
-/// Names in `dir`, to prove no temporary or partial files are left.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn valid_folded(text: &str) -> std::collections::BTreeMap<String, u64> {
     assert!(text.ends_with('\n'), "output is not complete: {text:?}");
     parse_folded(text)
@@ -84,7 +73,7 @@ fn stop_signals_drain_write_and_exit_zero() {
         let hot = count_with(&folded, "hot_a");
         // The rings were drained: far more than a handful of hot_a samples.
         assert!(hot > 10, "{name}: only {hot} hot_a samples: {folded:?}");
-        assert_eq!(entries(dir.path()), vec!["sig.folded"], "{name}");
+        assert_eq!(dir_names(dir.path()), vec!["sig.folded"], "{name}");
     }
 }
 
@@ -112,7 +101,7 @@ fn second_signal_exits_at_once_without_a_partial_file() {
         std::fs::read_to_string(&out).unwrap(),
         "previous;profile 1\n"
     );
-    assert_eq!(entries(dir.path()), vec!["twice.folded"]);
+    assert_eq!(dir_names(dir.path()), vec!["twice.folded"]);
 }
 
 #[test]
@@ -170,7 +159,7 @@ fn own_symlink_at_the_output_path_is_followed_and_kept() {
         0o640
     );
     assert!(std::fs::read_to_string(&real).unwrap().contains("hot_a"));
-    assert_eq!(entries(dir.path()), vec!["link.folded", "real.folded"]);
+    assert_eq!(dir_names(dir.path()), vec!["link.folded", "real.folded"]);
 }
 
 #[test]

@@ -64,19 +64,15 @@ fn is_svg(bytes: &[u8]) -> bool {
     bytes.starts_with(b"<?xml") && bytes.windows(6).any(|w| w == b"</svg>")
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn dev_null_stays_the_null_device() {
     require_perf_access();
     let before = std::fs::metadata("/dev/null").unwrap();
+    assert!(
+        before.file_type().is_char_device() && before.rdev() == libc::makedev(1, 3),
+        "the host's /dev/null was replaced before this test ran (restore it: \
+         mknod -m 666 /dev/null.new c 1 3 && mv /dev/null.new /dev/null)"
+    );
     let o = psample_cmd(&["record", "-o", "/dev/null", "--", "sh", "-c", SPIN])
         .output()
         .unwrap();
@@ -104,7 +100,7 @@ fn dash_and_dev_stdout_write_to_stdout() {
         assert_eq!(o.status.code(), Some(0), "{out}: {}", stderr(&o));
         assert!(is_svg(&o.stdout), "{out}: stdout is not the profile");
     }
-    assert!(names(cwd.path()).is_empty(), "no file named '-'");
+    assert!(dir_names(cwd.path()).is_empty(), "no file named '-'");
     assert_eq!(std::fs::read_link("/dev/stdout").unwrap(), link_before);
 }
 
@@ -163,7 +159,12 @@ fn predictable_temporary_names_cannot_block_the_output() {
     assert!(is_svg(&std::fs::read(&out).unwrap()));
     assert_eq!(std::fs::metadata(&out).unwrap().uid(), 0);
     // The planted files are untouched and nothing else was left behind.
-    assert_eq!(names(dir.path()).len(), 101, "{:?}", names(dir.path()));
+    assert_eq!(
+        dir_names(dir.path()).len(),
+        101,
+        "{:?}",
+        dir_names(dir.path())
+    );
 }
 
 #[test]
@@ -199,7 +200,7 @@ fn a_252_character_output_name_works() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(is_svg(&std::fs::read(&out).unwrap()));
-    assert_eq!(names(dir.path()).len(), 1);
+    assert_eq!(dir_names(dir.path()).len(), 1);
 }
 
 #[test]
@@ -252,7 +253,7 @@ fn an_out_dir_symlink_another_user_owns_is_refused() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("symlink owned by uid 65534"), "{err}");
-    assert!(names(private.path()).is_empty());
+    assert!(dir_names(private.path()).is_empty());
 }
 
 #[test]
@@ -272,7 +273,7 @@ fn an_out_dir_others_can_write_is_refused() {
 }
 
 fn own_files(dir: &Path) -> Vec<String> {
-    names(dir)
+    dir_names(dir)
         .into_iter()
         .filter(|n| std::fs::metadata(dir.join(n)).unwrap().uid() == 0)
         .collect()

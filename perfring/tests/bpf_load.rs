@@ -1,11 +1,14 @@
 //! Loader tests for the BPF stack counter against the running kernel. Needs root; fails
 //! loudly without.
 
+mod support;
+
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use perf_event_open_sys as sys;
 use perfring::bpf::{probe, BpfError, StackCounter, StackCounterOptions};
+use support::thread_cpu;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -109,20 +112,6 @@ fn attach_refusals_are_reported() {
         .attach(event.as_fd())
         .expect_err("a second program on the same event must be refused");
     assert!(err.errno().is_some(), "{err:?}");
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer for clock_gettime.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
-        0
-    );
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Without stacks the program still counts samples per thread, and samples stop going to

@@ -108,6 +108,17 @@ fn encode_into(
     out.flush()
 }
 
+/// Names in a directory, sorted: tests check what was (and was not) left behind.
+#[cfg(test)]
+pub(crate) fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// How the counts should be labelled in an SVG.
 #[derive(Clone, Debug)]
 pub struct Labels {

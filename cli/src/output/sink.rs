@@ -391,21 +391,13 @@ impl Write for OutputFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::dir_names as names;
     use std::os::unix::fs::{chown, symlink, PermissionsExt};
 
     fn write(path: &Path, text: &str) -> io::Result<()> {
         let mut f = OutputFile::create(Some(path))?;
         f.write_all(text.as_bytes())?;
         f.commit()
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
     }
 
     fn mode(p: &Path) -> u32 {
@@ -426,6 +418,11 @@ mod tests {
     #[test]
     fn dev_null_is_written_in_place() {
         let before = std::fs::metadata("/dev/null").unwrap();
+        assert!(
+            before.file_type().is_char_device() && before.rdev() == libc::makedev(1, 3),
+            "the host's /dev/null was replaced before this test ran (restore it: \
+             mknod -m 666 /dev/null.new c 1 3 && mv /dev/null.new /dev/null)"
+        );
         check_writable(Path::new("/dev/null")).unwrap();
         write(Path::new("/dev/null"), "a;b 1\n").unwrap();
         let after = std::fs::metadata("/dev/null").unwrap();

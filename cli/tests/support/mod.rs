@@ -170,6 +170,25 @@ pub fn sigint(pid: u32) {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
 }
 
+/// SIGKILLs a process when dropped, unless defused: a test that fails midway leaves nothing
+/// running (a profiler of `-a` or `--comm` would otherwise run on forever).
+pub struct KillGuard(pub Option<u32>);
+
+impl KillGuard {
+    pub fn defuse(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) of a process the test started and has not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A profiler run stopped by the test once its target had used a given amount of CPU.
 pub struct Sampled {
     pub status: i32,
@@ -188,6 +207,7 @@ pub fn profile_until_cpu(program: &str, args: &[String], target: u32, cpu: f64) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    let mut guard = KillGuard(Some(child.id()));
     wait_until_sampling(child.id());
     let c0 = cpu_seconds(target);
     wait_until(&format!("{cpu} CPU-s of process {target}"), || {
@@ -196,6 +216,7 @@ pub fn profile_until_cpu(program: &str, args: &[String], target: u32, cpu: f64) 
     let c1 = cpu_seconds(target);
     sigint(child.id());
     let o = child.wait_with_output().expect("wait for the profiler");
+    guard.defuse();
     Sampled {
         status: o.status.code().unwrap_or(-1),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -226,6 +247,16 @@ pub fn run_psample_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_psample_with(args, |c| {
         c.envs(env.iter().copied());
     })
+}
+
+/// Names in a directory, sorted: tests check what was (and was not) left behind.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 pub struct Output {

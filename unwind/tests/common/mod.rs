@@ -84,7 +84,10 @@ impl Target {
         use std::io::BufRead;
         loop {
             let mut got = String::new();
-            let n = self.stdout.read_line(&mut got).expect("read the program's output");
+            let n = self
+                .stdout
+                .read_line(&mut got)
+                .expect("read the program's output");
             assert!(n > 0, "the program exited before printing {line:?}");
             if got.trim_end() == line {
                 return;
