@@ -655,6 +655,7 @@ mod tests {
             kind: symbolize::ModuleKind::Anon,
             path: String::new(),
             pid: 1,
+            pid_start: None,
             start,
             end: start + 4096,
             pgoff: 0,

@@ -27,6 +27,7 @@ pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
         kind,
         path: m.path.clone(),
         pid: m.pid,
+        pid_start: None,
         start: m.start,
         end: m.end,
         pgoff: m.pgoff,

@@ -50,6 +50,12 @@ impl SymbolTable {
         self.syms.is_empty()
     }
 
+    /// Heap bytes held (for the symbolizer's memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.syms.capacity() * std::mem::size_of::<Symbol>()
+            + self.syms.iter().map(|s| s.name.len()).sum::<usize>()
+    }
+
     /// The function containing `vaddr`: a sized symbol covers exactly its size, an unsized one
     /// (hand-written assembly) extends to the next symbol.
     pub fn lookup(&self, vaddr: u64) -> Option<&str> {

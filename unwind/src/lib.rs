@@ -15,7 +15,7 @@ mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod target_file;
+mod retired;
 mod unwinder;
 mod vdso;
 

@@ -5,7 +5,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use symbolize::budget::{self, CODE_MAPPINGS_LIVE_MAX};
+use symbolize::identity::ProcessIdentity;
+
 use crate::maps::{parse_maps, ParsedMapLine};
+use crate::retired::{IdRanges, Retired};
 
 /// Index of a [`Mapping`] in the [`Processes`] arena. Stable for the lifetime of the
 /// `Processes` value, even after the mapping is unmapped, so frames can be recorded as
@@ -28,6 +32,11 @@ pub struct Mapping {
     pub build_id: Option<Vec<u8>>,
     /// First process this mapping was seen in; identical mappings in other processes share it.
     pub pid: u32,
+    /// Start time of `pid` ([`ProcessIdentity`]) for per-process code (anonymous/JIT memory,
+    /// deleted files), whose names come from that very process (its JIT map, its
+    /// map_files): a later process with the same PID must not be asked. `None` for
+    /// mappings shared by file range, and when the process was gone before it was read.
+    pub pid_start: Option<u64>,
 }
 
 impl Mapping {
@@ -39,6 +48,7 @@ impl Mapping {
             && self.inode == other.inode
             && self.path == other.path
             && self.build_id == other.build_id
+            && self.owner() == other.owner()
     }
 
     fn identity_hash(&self) -> u64 {
@@ -46,7 +56,21 @@ impl Mapping {
         (self.start, self.end, self.pgoff, self.exec, self.inode).hash(&mut h);
         self.path.hash(&mut h);
         self.build_id.hash(&mut h);
+        self.owner().hash(&mut h);
         h.finish()
+    }
+
+    /// The process per-process code belongs to; `None` for mappings any process may share.
+    fn owner(&self) -> Option<(u32, Option<u64>)> {
+        FileRange::of(self)
+            .is_none()
+            .then_some((self.pid, self.pid_start))
+    }
+
+    /// Code that only means something in the process that mapped it: anonymous/JIT memory
+    /// and deleted or unidentified files.
+    fn per_process_code(&self) -> bool {
+        self.exec && FileRange::of(self).is_none()
     }
 }
 
@@ -99,6 +123,8 @@ pub(crate) struct AddressSpace {
     pub(crate) incarnation: u64,
     pub(crate) exec_version: u64,
     maps: BTreeMap<u64, MappingId>,
+    /// The process's start time, read from /proc when its first per-process code is mapped.
+    start_time: Option<Option<u64>>,
 }
 
 /// An arena slot: the mapping, the first mapping of the same file range (see
@@ -112,9 +138,12 @@ struct Entry {
 /// All processes' address spaces, with mappings interned in one arena.
 ///
 /// Bounded under process churn: a mapping that no address space contains any more is freed
-/// unless it is canonical (the first of its file range or the first vDSO, which frames refer
-/// to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted files,
-/// which frames refer to directly). Ids are never reused, so a stale id is simply unknown.
+/// unless it is canonical code (the first of its file range or the first vDSO, which frames
+/// refer to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted
+/// files, which frames refer to directly). Kept code is bounded too ([`crate::retired`]):
+/// beyond its budget the least recently unmapped is evicted. Ids are never reused, so a
+/// stale id is simply unknown. A process holds at most [`CODE_MAPPINGS_LIVE_MAX`]
+/// mappings; further ones are not tracked.
 #[derive(Default)]
 pub struct Processes {
     arena: HashMap<MappingId, Entry>,
@@ -124,6 +153,10 @@ pub struct Processes {
     spaces: HashMap<u32, AddressSpace>,
     next_stamp: u64,
     removals: u64,
+    retired: Retired,
+    evicted_anon: IdRanges,
+    evicted: u64,
+    untracked: u64,
 }
 
 impl Processes {
@@ -189,8 +222,8 @@ impl Processes {
         }
         let mut exec_changed = self.carve(pid, start, end);
         // Anonymous data mappings carry nothing we need, and big processes have thousands.
-        if exec || !path.is_empty() {
-            let mapping = Mapping {
+        if (exec || !path.is_empty()) && !self.space_full(pid) {
+            let mut mapping = Mapping {
                 start,
                 end,
                 pgoff,
@@ -199,7 +232,11 @@ impl Processes {
                 inode,
                 build_id: build_id.map(<[u8]>::to_vec),
                 pid,
+                pid_start: None,
             };
+            if mapping.per_process_code() {
+                mapping.pid_start = self.start_time(pid);
+            }
             if let Some(id) = self.intern(mapping) {
                 self.link(pid, start, id);
                 exec_changed |= exec;
@@ -211,6 +248,46 @@ impl Processes {
                 space.exec_version = stamp;
             }
         }
+    }
+
+    /// Whether `pid`'s space holds [`CODE_MAPPINGS_LIVE_MAX`] mappings (counted when so).
+    fn space_full(&mut self, pid: u32) -> bool {
+        let full = self
+            .spaces
+            .get(&pid)
+            .is_some_and(|s| s.maps.len() >= CODE_MAPPINGS_LIVE_MAX);
+        if full {
+            self.untracked += 1;
+            budget::code_mapping_untracked();
+        }
+        full
+    }
+
+    /// `pid`'s start time (see [`Mapping::pid_start`]), read once per address space.
+    pub fn start_time(&mut self, pid: u32) -> Option<u64> {
+        let space = self.spaces.get_mut(&pid)?;
+        *space
+            .start_time
+            .get_or_insert_with(|| ProcessIdentity::of(pid).map(|i| i.start_time))
+    }
+
+    /// Records `pid`'s start time (when the caller knows it better, e.g. from attaching).
+    pub fn set_start_time(&mut self, pid: u32, start_time: Option<u64>) {
+        if let Some(space) = self.spaces.get_mut(&pid) {
+            space.start_time = Some(start_time);
+        }
+    }
+
+    /// Mappings forgotten to stay within budget, and mappings not tracked because a process
+    /// had too many (see [`symbolize::budget`]).
+    pub fn dropped(&self) -> (u64, u64) {
+        (self.evicted, self.untracked)
+    }
+
+    /// Whether `id` was anonymous or JIT code evicted under budget: its frames show as
+    /// `[jit]` rather than unknown.
+    pub fn evicted_jit(&self, id: MappingId) -> bool {
+        !self.arena.contains_key(&id) && self.evicted_anon.contains(id.0)
     }
 
     /// A new process (not a thread) forked from `parent_pid`: it starts with a copy of the
@@ -361,6 +438,7 @@ impl Processes {
             incarnation: stamp,
             exec_version: stamp,
             maps: BTreeMap::new(),
+            start_time: None,
         }
     }
 
@@ -480,17 +558,52 @@ impl Processes {
     }
 
     /// One address space fewer contains `id`; free it when none does and no frame can
-    /// refer to it: a duplicate of a canonical file range, or data (frames are code).
+    /// refer to it: a duplicate of a canonical file range, or data (frames are code). Code
+    /// that frames may refer to is retired instead, within budget.
     fn release(&mut self, id: MappingId) {
         let Some(e) = self.arena.get_mut(&id) else {
             return;
         };
         e.spaces = e.spaces.saturating_sub(1);
-        if e.spaces > 0 || (e.canon == id && e.mapping.exec) {
+        if e.spaces > 0 {
             return;
         }
+        if e.canon == id && e.mapping.exec {
+            let pid = e.mapping.pid;
+            for victim in self.retired.retire(pid, id) {
+                self.evict(victim);
+            }
+            return;
+        }
+        self.free(id);
+    }
+
+    /// Forget retired code (unless it was mapped again since): its frames no longer name it.
+    fn evict(&mut self, id: MappingId) {
+        let Some(e) = self.arena.get(&id) else {
+            return;
+        };
+        if e.spaces > 0 {
+            return;
+        }
+        if e.mapping.per_process_code() {
+            self.evicted_anon.insert(id.0);
+        }
+        if let Some(range) = FileRange::of(&e.mapping) {
+            if self.by_file_range.get(&range) == Some(&id) {
+                self.by_file_range.remove(&range);
+            }
+        }
+        self.evicted += 1;
+        budget::code_mapping_evicted();
+        self.free(id);
+    }
+
+    fn free(&mut self, id: MappingId) {
+        let Some(e) = self.arena.remove(&id) else {
+            return;
+        };
         let hash = e.mapping.identity_hash();
-        self.arena.remove(&id);
         if let Some(ids) = self.by_identity.get_mut(&hash) {
             ids.retain(|&other| other != id);
             if ids.is_empty() {
@@ -688,5 +801,67 @@ mod tests {
         assert_eq!(p.mapping(id).inode, Some((8, 1, 5)));
         // Anonymous data is not tracked.
         assert!(p.find(3, 0x3000).is_none());
+    }
+
+    #[test]
+    fn anonymous_code_churn_is_bounded_and_evicted_oldest_first() {
+        use symbolize::budget::CODE_MAPPINGS_RETIRED_PER_PROCESS as PER_PROCESS;
+        let mut p = Processes::new();
+        p.on_mmap(1, 0x1000, 0x1000, 0, "/bin/x", true, Some((8, 1, 5)), None);
+        // mmap(PROT_EXEC)/munmap at ever new addresses: each is a distinct mapping.
+        let mut first = None;
+        for i in 0..3 * PER_PROCESS as u64 {
+            let start = 0x7f00_0000_0000 + i * 0x2000;
+            p.on_mmap(1, start, 0x1000, start >> 12, "", true, None, None);
+            let id = p.find(1, start).expect("mapped");
+            first.get_or_insert(id);
+            // munmap: an overlapping data mapping replaces it (anonymous data is untracked).
+            p.on_mmap(1, start, 0x1000, 0, "", false, None, None);
+        }
+        assert!(
+            p.mapping_count() <= PER_PROCESS + 1,
+            "{}",
+            p.mapping_count()
+        );
+        let (evicted, untracked) = p.dropped();
+        assert_eq!(evicted, 2 * PER_PROCESS as u64);
+        assert_eq!(untracked, 0);
+        // Frames in evicted JIT code know what they were; the binary is untouched.
+        let first = first.unwrap();
+        assert!(p.get(first).is_none() && p.evicted_jit(first));
+        assert!(p.find(1, 0x1800).is_some());
+        assert!(!p.evicted_jit(p.find(1, 0x1800).unwrap()));
+    }
+
+    #[test]
+    fn live_mappings_per_process_are_capped() {
+        use symbolize::budget::CODE_MAPPINGS_LIVE_MAX;
+        let mut p = Processes::new();
+        for i in 0..CODE_MAPPINGS_LIVE_MAX as u64 + 10 {
+            p.on_mmap(1, 0x10_0000 + i * 0x2000, 0x1000, i, "", true, None, None);
+        }
+        assert_eq!(p.mappings(1).count(), CODE_MAPPINGS_LIVE_MAX);
+        assert_eq!(p.dropped().1, 10);
+    }
+
+    #[test]
+    fn anonymous_code_belongs_to_one_process_incarnation() {
+        let mut p = Processes::new();
+        p.on_mmap(40, 0x5000, 0x1000, 5, "", true, None, None);
+        p.set_start_time(40, Some(111));
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        let a = p.find(40, 0x9000).unwrap();
+        assert_eq!(p.mapping(a).pid_start, Some(111));
+        // The pid is reused by another process mapping the same address: a different mapping.
+        p.on_exit(40);
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        p.set_start_time(40, Some(222));
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        let b = p.find(40, 0x9000).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.mapping(b).pid_start, Some(222));
+        // Another process at the same address: not the same code either.
+        p.on_mmap(41, 0x9000, 0x1000, 9, "", true, None, None);
+        assert_ne!(p.find(41, 0x9000).unwrap(), b);
     }
 }

@@ -24,6 +24,10 @@ pub(super) struct UnitIndex {
 }
 
 impl UnitIndex {
+    pub fn heap_bytes(&self) -> usize {
+        self.ranges.len() * std::mem::size_of::<UnitRange>() + self.units.len() * 8
+    }
+
     pub fn build(dwarf: &gimli::Dwarf<Reader>) -> UnitIndex {
         let aranges = read_aranges(dwarf);
         let mut ranges = Vec::new();

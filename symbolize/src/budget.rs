@@ -1,0 +1,209 @@
+//! Budgets: every amount of memory or work that something a profiled process controls can
+//! make psample spend is capped here, in one place, and every cap that was hit is counted so
+//! the end-of-run summary can say what was left out ([`report`]).
+//!
+//! Beyond a budget psample degrades instead of growing: a section too large to inflate leaves
+//! its module without DWARF or CFI, a perf map is read only up to its caps (further JIT frames
+//! show as `[jit]`), per-process code mappings beyond their cap are forgotten oldest first
+//! (their frames show as `[jit]`), and a symbolizer over its memory cap stops loading new
+//! files (their frames show as `module+0xOFFSET`).
+//!
+//! The counters are process-wide atomics: unwinding (the read loop) and symbolization (the
+//! writer thread in continuous mode) both charge them, and the summary reads them once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Largest compressed ELF section (`SHF_COMPRESSED`, `.zdebug_*`) psample inflates. Real
+/// compressed debug sections are a few MiB (libc6-dbg's `.debug_info` inflates to 2.3 MiB);
+/// a section declaring more is left compressed and its module goes without that data.
+pub const SECTION_INFLATED_MAX: u64 = 32 * MIB;
+/// Inflated section bytes held at once by the whole process (unwinder and symbolizer).
+pub const INFLATED_HELD_MAX: u64 = 48 * MIB;
+
+/// Bytes of one process's JIT map (`/tmp/perf-PID.map`) read. Maps only grow (runtimes
+/// append every compiled function), so a larger file is read from its end: later lines
+/// describe the code that is live now, and override earlier ones anyway.
+pub const PERF_MAP_READ_MAX: u64 = 16 * MIB;
+/// Address ranges kept from one process's JIT map.
+pub const PERF_MAP_ENTRIES_MAX: usize = 200_000;
+/// Bytes of function names kept from one process's JIT map.
+pub const PERF_MAP_NAME_BYTES_MAX: usize = 8 * MIB as usize;
+/// Longest JIT map line read; a longer name is cut to this many bytes.
+pub const PERF_MAP_LINE_MAX: usize = 8 * 1024;
+
+/// Executable mappings of one process held at once (the kernel's default
+/// `vm.max_map_count`); further ones are not tracked and their frames show as `[unknown]`.
+pub const CODE_MAPPINGS_LIVE_MAX: usize = 65_530;
+/// Unmapped per-process code mappings (anonymous/JIT memory, deleted files) kept per process
+/// so that frames already collected in them still symbolize; beyond it the oldest go.
+pub const CODE_MAPPINGS_RETIRED_PER_PROCESS: usize = 4096;
+/// The same, over all processes together.
+pub const CODE_MAPPINGS_RETIRED_MAX: usize = 32_768;
+
+/// Estimated heap a symbolizer may hold (parsed symbol tables, DWARF indexes, cached
+/// answers, JIT maps). Over it, files not loaded yet stay unsymbolized.
+pub const SYMBOLIZER_HEAP_MAX: usize = 256 * MIB as usize;
+/// Cached per-address answers of one parsed file; the cache is cleared when it is full.
+pub const ANSWERS_PER_FILE_MAX: usize = 65_536;
+
+/// What was left out because a budget was reached, since the process started.
+struct Hits {
+    sections_refused: AtomicU64,
+    section_bytes_refused: AtomicU64,
+    inflated_held: AtomicU64,
+    perf_maps_truncated: AtomicU64,
+    perf_map_entries_dropped: AtomicU64,
+    code_mappings_evicted: AtomicU64,
+    code_mappings_untracked: AtomicU64,
+    files_unsymbolized: AtomicU64,
+}
+
+static HITS: Hits = Hits {
+    sections_refused: AtomicU64::new(0),
+    section_bytes_refused: AtomicU64::new(0),
+    inflated_held: AtomicU64::new(0),
+    perf_maps_truncated: AtomicU64::new(0),
+    perf_map_entries_dropped: AtomicU64::new(0),
+    code_mappings_evicted: AtomicU64::new(0),
+    code_mappings_untracked: AtomicU64::new(0),
+    files_unsymbolized: AtomicU64::new(0),
+};
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Inflated bytes accounted against [`INFLATED_HELD_MAX`]; given back when dropped.
+#[derive(Debug)]
+pub struct InflateCharge(u64);
+
+impl InflateCharge {
+    /// Reserves `len` inflated bytes for one section, or says why not (and counts the refusal).
+    pub fn reserve(len: u64) -> Result<InflateCharge, String> {
+        if len > SECTION_INFLATED_MAX {
+            refuse_section(len);
+            return Err(format!(
+                "inflates to {} MiB, over the {} MiB per-section budget",
+                len / MIB,
+                SECTION_INFLATED_MAX / MIB
+            ));
+        }
+        let held = &HITS.inflated_held;
+        let mut now = held.load(Ordering::Relaxed);
+        loop {
+            if now.saturating_add(len) > INFLATED_HELD_MAX {
+                refuse_section(len);
+                return Err(format!(
+                    "inflating {} MiB more would exceed the {} MiB held for compressed sections",
+                    len.div_ceil(MIB),
+                    INFLATED_HELD_MAX / MIB
+                ));
+            }
+            match held.compare_exchange_weak(now, now + len, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(InflateCharge(len)),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for InflateCharge {
+    fn drop(&mut self) {
+        HITS.inflated_held.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+fn refuse_section(len: u64) {
+    bump(&HITS.sections_refused, 1);
+    bump(&HITS.section_bytes_refused, len);
+}
+
+/// Inflated section bytes held right now (tests check that they are given back).
+pub fn inflated_held() -> u64 {
+    HITS.inflated_held.load(Ordering::Relaxed)
+}
+
+pub(crate) fn perf_map_truncated(entries_dropped: u64) {
+    bump(&HITS.perf_maps_truncated, 1);
+    bump(&HITS.perf_map_entries_dropped, entries_dropped);
+}
+
+/// A per-process code mapping was forgotten to stay within the retired-mapping budget.
+pub fn code_mapping_evicted() {
+    bump(&HITS.code_mappings_evicted, 1);
+}
+
+/// A process had [`CODE_MAPPINGS_LIVE_MAX`] executable mappings; one more was not tracked.
+pub fn code_mapping_untracked() {
+    bump(&HITS.code_mappings_untracked, 1);
+}
+
+pub(crate) fn file_unsymbolized() {
+    bump(&HITS.files_unsymbolized, 1);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// One line per budget that was hit since the process started, for the summary; empty when
+/// none was.
+pub fn report() -> Vec<String> {
+    let mut out = Vec::new();
+    let refused = get(&HITS.sections_refused);
+    if refused > 0 {
+        out.push(format!(
+            "{refused} compressed sections ({} MiB inflated) not inflated: over {} MiB each or \
+             {} MiB held; their modules have no DWARF/CFI from them",
+            get(&HITS.section_bytes_refused) / MIB,
+            SECTION_INFLATED_MAX / MIB,
+            INFLATED_HELD_MAX / MIB
+        ));
+    }
+    let maps = get(&HITS.perf_maps_truncated);
+    if maps > 0 {
+        out.push(format!(
+            "{maps} JIT maps read only in part (over {} MiB, {} entries or {} MiB of names; \
+             {} lines skipped); JIT frames they did not name show as [jit]",
+            PERF_MAP_READ_MAX / MIB,
+            PERF_MAP_ENTRIES_MAX,
+            PERF_MAP_NAME_BYTES_MAX as u64 / MIB,
+            get(&HITS.perf_map_entries_dropped)
+        ));
+    }
+    let evicted = get(&HITS.code_mappings_evicted);
+    let untracked = get(&HITS.code_mappings_untracked);
+    if evicted > 0 || untracked > 0 {
+        out.push(format!(
+            "{evicted} unmapped JIT/anonymous code mappings forgotten (over {} per process or \
+             {} in all; their frames show as [jit]), {untracked} not tracked (over {} \
+             executable mappings in one process)",
+            CODE_MAPPINGS_RETIRED_PER_PROCESS, CODE_MAPPINGS_RETIRED_MAX, CODE_MAPPINGS_LIVE_MAX
+        ));
+    }
+    let unsym = get(&HITS.files_unsymbolized);
+    if unsym > 0 {
+        out.push(format!(
+            "{unsym} files left unsymbolized: the symbolizer held its {} MiB budget",
+            SYMBOLIZER_HEAP_MAX as u64 / MIB
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_refused_over_budget_and_given_back() {
+        assert!(InflateCharge::reserve(SECTION_INFLATED_MAX + 1).is_err());
+        let before = inflated_held();
+        let c = InflateCharge::reserve(1000).expect("small charge");
+        assert!(inflated_held() >= before + 1000);
+        drop(c);
+        assert!(report().iter().any(|l| l.contains("compressed sections")));
+    }
+}
