@@ -127,6 +127,32 @@ pub fn sudo_user(keep_root: bool) -> Option<DropTo> {
     Some(DropTo { uid, gid })
 }
 
+/// In the forked child: undo what psample changed that exec would pass on. Ignored signals
+/// stay ignored across exec (the Rust runtime ignores SIGPIPE, so `yes | head -1` would
+/// print "Broken pipe"), the signal mask is inherited, and so are raised rlimits.
+///
+/// # Safety
+/// Only for the child between fork and exec: it calls async-signal-safe functions only.
+unsafe fn restore_inherited_state(nofile: Option<libc::rlimit>, last_signal: i32) {
+    // SAFETY: zeroed sigaction with SIG_DFL is valid; sigaction and sigprocmask are
+    // async-signal-safe.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=last_signal {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if let Some(lim) = nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 impl Launched {
     /// Fork; the child waits on a pipe, then (optionally) drops privileges and execs `argv`.
     pub fn spawn(argv: &[String], drop_to: Option<DropTo>) -> io::Result<Launched> {
@@ -140,6 +166,9 @@ impl Launched {
         }
         let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
+        // What the command gets back before exec: psample's raised open-files limit is ours.
+        let nofile = crate::limits::original_nofile();
+        let last_signal = libc::SIGRTMAX();
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into the array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -147,8 +176,9 @@ impl Launched {
         }
         // SAFETY: fresh fds from pipe2, owned here.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the child only calls async-signal-safe functions (read, setgroups,
-        // setgid, setuid, execvp, write, _exit) on memory prepared before the fork.
+        // SAFETY: the child only calls async-signal-safe functions (read, sigaction,
+        // sigprocmask, setrlimit, setgroups, setgid, setuid, execvp, write, _exit) on memory
+        // prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Error::last_os_error());
@@ -162,6 +192,7 @@ impl Launched {
                     // The profiler went away before starting us: do not run unprofiled.
                     libc::_exit(126);
                 }
+                restore_inherited_state(nofile, last_signal);
                 if let Some(d) = drop_to {
                     if libc::setgroups(0, std::ptr::null()) != 0
                         || libc::setgid(d.gid) != 0

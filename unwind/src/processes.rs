@@ -271,6 +271,11 @@ impl Processes {
             .get_or_insert_with(|| ProcessIdentity::of(pid).map(|i| i.start_time))
     }
 
+    /// `pid`'s start time if it has been read or set (no /proc access).
+    pub fn known_start_time(&self, pid: u32) -> Option<u64> {
+        self.spaces.get(&pid)?.start_time.flatten()
+    }
+
     /// Records `pid`'s start time (when the caller knows it better, e.g. from attaching).
     pub fn set_start_time(&mut self, pid: u32, start_time: Option<u64>) {
         if let Some(space) = self.spaces.get_mut(&pid) {
