@@ -134,19 +134,31 @@ pub fn sudo_user(keep_root: bool) -> Option<DropTo> {
 /// # Safety
 /// Only for the child between fork and exec: it calls async-signal-safe functions only.
 unsafe fn restore_inherited_state(nofile: Option<libc::rlimit>, last_signal: i32) {
-    // SAFETY: zeroed sigaction with SIG_DFL is valid; sigaction and sigprocmask are
-    // async-signal-safe.
+    // The kernel's struct sigaction (handler, flags, restorer, mask): all zero is SIG_DFL.
+    // Through the raw syscall, because libc refuses to touch the signals it reserves (32,
+    // 33), which can arrive ignored from psample's own parent.
+    let dfl = [0u64; 4];
+    // SAFETY: rt_sigaction and sigprocmask are async-signal-safe; the structs are valid.
     unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
         for sig in 1..=last_signal {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
         if let Some(lim) = nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }

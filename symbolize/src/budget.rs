@@ -33,9 +33,14 @@ pub const PERF_MAP_NAME_BYTES_MAX: usize = 8 * MIB as usize;
 /// Longest JIT map line read; a longer name is cut to this many bytes.
 pub const PERF_MAP_LINE_MAX: usize = 8 * 1024;
 
-/// Executable mappings of one process held at once (the kernel's default
-/// `vm.max_map_count`); further ones are not tracked and their frames show as `[unknown]`.
+/// Mappings of one process held at once (the kernel's default `vm.max_map_count`: a process
+/// cannot have more, so beyond it are unmaps psample was not told about); further ones are
+/// not tracked and their frames show as `[unknown]`.
 pub const CODE_MAPPINGS_LIVE_MAX: usize = 65_530;
+/// Executable mappings of one process held at once (real processes have a few hundred). The
+/// kernel reports no munmap, so churn looks like growth: beyond this the least recently
+/// mapped is dropped from the process's map (retired, see below).
+pub const CODE_MAPPINGS_LIVE_PER_PROCESS: usize = 4096;
 /// Unmapped per-process code mappings (anonymous/JIT memory, deleted files) kept per process
 /// so that frames already collected in them still symbolize; beyond it the oldest go.
 pub const CODE_MAPPINGS_RETIRED_PER_PROCESS: usize = 4096;
@@ -54,9 +59,10 @@ struct Hits {
     section_bytes_refused: AtomicU64,
     inflated_held: AtomicU64,
     perf_maps_truncated: AtomicU64,
-    perf_map_entries_dropped: AtomicU64,
+    perf_map_bytes_unread: AtomicU64,
     code_mappings_evicted: AtomicU64,
     code_mappings_untracked: AtomicU64,
+    code_mappings_dropped: AtomicU64,
     files_unsymbolized: AtomicU64,
 }
 
@@ -65,9 +71,10 @@ static HITS: Hits = Hits {
     section_bytes_refused: AtomicU64::new(0),
     inflated_held: AtomicU64::new(0),
     perf_maps_truncated: AtomicU64::new(0),
-    perf_map_entries_dropped: AtomicU64::new(0),
+    perf_map_bytes_unread: AtomicU64::new(0),
     code_mappings_evicted: AtomicU64::new(0),
     code_mappings_untracked: AtomicU64::new(0),
+    code_mappings_dropped: AtomicU64::new(0),
     files_unsymbolized: AtomicU64::new(0),
 };
 
@@ -125,9 +132,9 @@ pub fn inflated_held() -> u64 {
     HITS.inflated_held.load(Ordering::Relaxed)
 }
 
-pub(crate) fn perf_map_truncated(entries_dropped: u64) {
+pub(crate) fn perf_map_truncated(bytes_unread: u64) {
     bump(&HITS.perf_maps_truncated, 1);
-    bump(&HITS.perf_map_entries_dropped, entries_dropped);
+    bump(&HITS.perf_map_bytes_unread, bytes_unread);
 }
 
 /// A per-process code mapping was forgotten to stay within the retired-mapping budget.
@@ -135,7 +142,13 @@ pub fn code_mapping_evicted() {
     bump(&HITS.code_mappings_evicted, 1);
 }
 
-/// A process had [`CODE_MAPPINGS_LIVE_MAX`] executable mappings; one more was not tracked.
+/// A process had [`CODE_MAPPINGS_LIVE_PER_PROCESS`] executable mappings; its oldest
+/// was dropped from its map.
+pub fn code_mapping_dropped() {
+    bump(&HITS.code_mappings_dropped, 1);
+}
+
+/// A process had [`CODE_MAPPINGS_LIVE_MAX`] mappings; one more was not tracked.
 pub fn code_mapping_untracked() {
     bump(&HITS.code_mappings_untracked, 1);
 }
@@ -155,7 +168,7 @@ pub fn report() -> Vec<String> {
     let refused = get(&HITS.sections_refused);
     if refused > 0 {
         out.push(format!(
-            "{refused} compressed sections ({} MiB inflated) not inflated: over {} MiB each or \
+            "{refused} compressed section(s) (declaring {} MiB) not inflated: over {} MiB each or \
              {} MiB held; their modules have no DWARF/CFI from them",
             get(&HITS.section_bytes_refused) / MIB,
             SECTION_INFLATED_MAX / MIB,
@@ -165,28 +178,31 @@ pub fn report() -> Vec<String> {
     let maps = get(&HITS.perf_maps_truncated);
     if maps > 0 {
         out.push(format!(
-            "{maps} JIT maps read only in part (over {} MiB, {} entries or {} MiB of names; \
-             {} lines skipped); JIT frames they did not name show as [jit]",
+            "{maps} JIT map(s) read only in part ({} MiB left unread: over {} MiB, {} entries \
+             or {} MiB of names); JIT frames they do not name show as [anon]+0xOFFSET",
+            get(&HITS.perf_map_bytes_unread) / MIB,
             PERF_MAP_READ_MAX / MIB,
             PERF_MAP_ENTRIES_MAX,
-            PERF_MAP_NAME_BYTES_MAX as u64 / MIB,
-            get(&HITS.perf_map_entries_dropped)
+            PERF_MAP_NAME_BYTES_MAX as u64 / MIB
         ));
     }
     let evicted = get(&HITS.code_mappings_evicted);
+    let dropped = get(&HITS.code_mappings_dropped);
     let untracked = get(&HITS.code_mappings_untracked);
-    if evicted > 0 || untracked > 0 {
+    if evicted > 0 || dropped > 0 || untracked > 0 {
         out.push(format!(
-            "{evicted} unmapped JIT/anonymous code mappings forgotten (over {} per process or \
-             {} in all; their frames show as [jit]), {untracked} not tracked (over {} \
-             executable mappings in one process)",
-            CODE_MAPPINGS_RETIRED_PER_PROCESS, CODE_MAPPINGS_RETIRED_MAX, CODE_MAPPINGS_LIVE_MAX
+            "code mappings: {dropped} dropped from their process's map (over \
+             {CODE_MAPPINGS_LIVE_PER_PROCESS} executable ones in one process; the kernel \
+             reports no munmap), {evicted} unmapped ones forgotten (over \
+             {CODE_MAPPINGS_RETIRED_PER_PROCESS} per process or {CODE_MAPPINGS_RETIRED_MAX} in \
+             all; their frames show as [jit]), {untracked} not tracked (over \
+             {CODE_MAPPINGS_LIVE_MAX} mappings in one process)"
         ));
     }
     let unsym = get(&HITS.files_unsymbolized);
     if unsym > 0 {
         out.push(format!(
-            "{unsym} files left unsymbolized: the symbolizer held its {} MiB budget",
+            "{unsym} file(s) left unsymbolized: the symbolizer held its {} MiB budget",
             SYMBOLIZER_HEAP_MAX as u64 / MIB
         ));
     }
@@ -200,10 +216,15 @@ mod tests {
     #[test]
     fn charges_are_refused_over_budget_and_given_back() {
         assert!(InflateCharge::reserve(SECTION_INFLATED_MAX + 1).is_err());
-        let before = inflated_held();
-        let c = InflateCharge::reserve(1000).expect("small charge");
-        assert!(inflated_held() >= before + 1000);
-        drop(c);
-        assert!(report().iter().any(|l| l.contains("compressed sections")));
+        // Charges held at once are bounded whatever their sizes.
+        let mut held = Vec::new();
+        while let Ok(c) = InflateCharge::reserve(SECTION_INFLATED_MAX / 4) {
+            held.push(c);
+            assert!(held.len() as u64 <= INFLATED_HELD_MAX / (SECTION_INFLATED_MAX / 4));
+        }
+        assert!(inflated_held() <= INFLATED_HELD_MAX);
+        held.clear();
+        assert!(InflateCharge::reserve(SECTION_INFLATED_MAX / 4).is_ok());
+        assert!(report().iter().any(|l| l.contains("compressed section(s)")));
     }
 }

@@ -170,10 +170,11 @@ impl PerfMap {
         let over = cut || size > limit || skipped > 0;
         if over && !self.capped {
             self.capped = true;
-            budget::perf_map_truncated(skipped);
+            let unread = if cut { before } else { 0 } + (size - limit);
+            budget::perf_map_truncated(unread);
             notes.push(format!(
                 "perf map {} is over its budget ({} MiB read, {} entries, {} KiB of names); \
-                 JIT frames it does not name show as [jit]",
+                 JIT frames it does not name show as [anon]+0xOFFSET",
                 path.display(),
                 PERF_MAP_READ_MAX >> 20,
                 PERF_MAP_ENTRIES_MAX,

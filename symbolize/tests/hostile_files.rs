@@ -225,7 +225,7 @@ fn compressed_sections_over_budget_are_not_inflated() {
     assert!(
         symbolize::budget::report()
             .iter()
-            .any(|l| l.contains("compressed sections")),
+            .any(|l| l.contains("compressed section(s)")),
         "{:?}",
         symbolize::budget::report()
     );

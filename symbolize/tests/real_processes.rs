@@ -687,7 +687,7 @@ fn perf_map_over_its_read_budget_is_read_from_the_end() {
     assert!(s.warnings().iter().any(|w| w.contains("over its budget")));
     assert!(symbolize::budget::report()
         .iter()
-        .any(|l| l.contains("JIT maps read only in part")));
+        .any(|l| l.contains("JIT map(s) read only in part")));
     assert!(s.heap_bytes() < 48 << 20, "{} bytes", s.heap_bytes());
 }
 

@@ -5,9 +5,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
-use symbolize::budget::{self, CODE_MAPPINGS_LIVE_MAX};
+use symbolize::budget::{self, CODE_MAPPINGS_LIVE_MAX, CODE_MAPPINGS_LIVE_PER_PROCESS};
 use symbolize::identity::ProcessIdentity;
 
+use crate::code_order::CodeOrder;
 use crate::maps::{parse_maps, ParsedMapLine};
 use crate::retired::{IdRanges, Retired};
 
@@ -103,8 +104,11 @@ impl FileRange {
                 build_id: None,
             });
         }
-        let inode = m.inode?;
-        (m.path.starts_with('/') && !m.path.ends_with(" (deleted)")).then(|| FileRange {
+        // Anonymous memory arrives from MMAP2 records as "//anon" with inode 0: per process
+        // (a JIT's code must never be named from another process's map).
+        let inode = m.inode.filter(|&(_, _, ino)| ino != 0)?;
+        let file = m.path.starts_with('/') && !m.path.starts_with("//");
+        (file && !m.path.ends_with(" (deleted)")).then(|| FileRange {
             path: m.path.clone(),
             inode: Some(inode),
             pgoff: m.pgoff,
@@ -125,6 +129,8 @@ pub(crate) struct AddressSpace {
     maps: BTreeMap<u64, MappingId>,
     /// The process's start time, read from /proc when its first per-process code is mapped.
     start_time: Option<Option<u64>>,
+    /// Its executable mappings, oldest first (bounded: the kernel reports no munmap).
+    code: CodeOrder,
 }
 
 /// An arena slot: the mapping, the first mapping of the same file range (see
@@ -157,6 +163,7 @@ pub struct Processes {
     evicted_anon: IdRanges,
     evicted: u64,
     untracked: u64,
+    dropped_live: u64,
 }
 
 impl Processes {
@@ -283,10 +290,11 @@ impl Processes {
         }
     }
 
-    /// Mappings forgotten to stay within budget, and mappings not tracked because a process
-    /// had too many (see [`symbolize::budget`]).
-    pub fn dropped(&self) -> (u64, u64) {
-        (self.evicted, self.untracked)
+    /// Mappings forgotten to stay within budget (retired code evicted, per-process code
+    /// dropped from a space), and mappings not tracked because a process had too many (see
+    /// [`symbolize::budget`]).
+    pub fn dropped(&self) -> (u64, u64, u64) {
+        (self.evicted, self.dropped_live, self.untracked)
     }
 
     /// Whether `id` was anonymous or JIT code evicted under budget: its frames show as
@@ -444,6 +452,7 @@ impl Processes {
             exec_version: stamp,
             maps: BTreeMap::new(),
             start_time: None,
+            code: CodeOrder::default(),
         }
     }
 
@@ -523,24 +532,46 @@ impl Processes {
 
     /// Put `id` at `start` in `pid`'s space (which must exist), counting the reference.
     fn link(&mut self, pid: u32, start: u64, id: MappingId) {
+        let (code, per_process) = self
+            .get(id)
+            .map_or((false, false), |m| (m.exec, m.per_process_code()));
         let Some(space) = self.spaces.get_mut(&pid) else {
             return;
         };
         let old = space.maps.insert(start, id);
+        if code {
+            space.code.mapped(start, per_process);
+        } else {
+            space.code.unmapped(start);
+        }
         if let Some(e) = self.arena.get_mut(&id) {
             e.spaces += 1;
         }
         if let Some(old) = old {
             self.release(old);
         }
+        self.trim_code(pid);
+    }
+
+    /// Drop the least recently mapped code of `pid` beyond its budget.
+    fn trim_code(&mut self, pid: u32) {
+        while let Some(start) = self
+            .spaces
+            .get_mut(&pid)
+            .and_then(|s| s.code.over(CODE_MAPPINGS_LIVE_PER_PROCESS))
+        {
+            self.unlink(pid, start);
+            self.dropped_live += 1;
+            budget::code_mapping_dropped();
+        }
     }
 
     /// Remove the mapping at `key` from `pid`'s space.
     fn unlink(&mut self, pid: u32, key: u64) {
-        let removed = self
-            .spaces
-            .get_mut(&pid)
-            .and_then(|space| space.maps.remove(&key));
+        let removed = self.spaces.get_mut(&pid).and_then(|space| {
+            space.code.unmapped(key);
+            space.maps.remove(&key)
+        });
         if let Some(id) = removed {
             self.release(id);
         }
@@ -810,26 +841,32 @@ mod tests {
 
     #[test]
     fn anonymous_code_churn_is_bounded_and_evicted_oldest_first() {
-        use symbolize::budget::CODE_MAPPINGS_RETIRED_PER_PROCESS as PER_PROCESS;
+        use symbolize::budget::CODE_MAPPINGS_LIVE_PER_PROCESS as LIVE;
+        use symbolize::budget::CODE_MAPPINGS_RETIRED_PER_PROCESS as RETIRED;
         let mut p = Processes::new();
         p.on_mmap(1, 0x1000, 0x1000, 0, "/bin/x", true, Some((8, 1, 5)), None);
         // mmap(PROT_EXEC)/munmap at ever new addresses: each is a distinct mapping.
         let mut first = None;
-        for i in 0..3 * PER_PROCESS as u64 {
+        for i in 0..3 * (LIVE + RETIRED) as u64 {
             let start = 0x7f00_0000_0000 + i * 0x2000;
             p.on_mmap(1, start, 0x1000, start >> 12, "", true, None, None);
             let id = p.find(1, start).expect("mapped");
             first.get_or_insert(id);
-            // munmap: an overlapping data mapping replaces it (anonymous data is untracked).
-            p.on_mmap(1, start, 0x1000, 0, "", false, None, None);
+            if i % 2 == 0 {
+                // Mapped over by data (anonymous data is untracked): psample sees that.
+                p.on_mmap(1, start, 0x1000, 0, "", false, None, None);
+            }
         }
+        // psample never sees a munmap: the space keeps the newest code, the rest retire, and
+        // retired code is bounded too.
+        assert!(p.mappings(1).count() <= LIVE + 1);
         assert!(
-            p.mapping_count() <= PER_PROCESS + 1,
+            p.mapping_count() <= LIVE + RETIRED + 1,
             "{}",
             p.mapping_count()
         );
-        let (evicted, untracked) = p.dropped();
-        assert_eq!(evicted, 2 * PER_PROCESS as u64);
+        let (evicted, dropped, untracked) = p.dropped();
+        assert!(evicted > 0 && dropped > 0, "{evicted} {dropped}");
         assert_eq!(untracked, 0);
         // Frames in evicted JIT code know what they were; the binary is untouched.
         let first = first.unwrap();
@@ -843,10 +880,20 @@ mod tests {
         use symbolize::budget::CODE_MAPPINGS_LIVE_MAX;
         let mut p = Processes::new();
         for i in 0..CODE_MAPPINGS_LIVE_MAX as u64 + 10 {
-            p.on_mmap(1, 0x10_0000 + i * 0x2000, 0x1000, i, "", true, None, None);
+            let path = format!("/lib/l{i}.so");
+            p.on_mmap(
+                1,
+                0x10_0000 + i * 0x2000,
+                0x1000,
+                0,
+                &path,
+                false,
+                Some((8, 1, i)),
+                None,
+            );
         }
         assert_eq!(p.mappings(1).count(), CODE_MAPPINGS_LIVE_MAX);
-        assert_eq!(p.dropped().1, 10);
+        assert_eq!(p.dropped().2, 10);
     }
 
     #[test]
