@@ -20,6 +20,8 @@ mod bytes;
 pub mod compressed;
 mod demangle;
 mod dwarf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 mod kallsyms;
 mod loaded_object;

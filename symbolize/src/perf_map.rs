@@ -83,13 +83,31 @@ impl RangeMap {
         std::str::from_utf8(bytes).ok()
     }
 
-    fn full(&self) -> bool {
-        self.ranges.len() >= PERF_MAP_ENTRIES_MAX || self.names.len() >= PERF_MAP_NAME_BYTES_MAX
+    fn full(&self, caps: &MapCaps) -> bool {
+        self.ranges.len() >= caps.entries || self.names.len() >= caps.name_bytes
     }
 
     /// Approximate heap bytes held (BTreeMap nodes hold ~11 entries of 32 bytes each).
     fn heap_bytes(&self) -> usize {
         self.ranges.len() * 48 + self.names.capacity()
+    }
+}
+
+/// The per-process caps a map is read under: [`crate::budget`]'s, or smaller ones for fuzzing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MapCaps {
+    pub read: u64,
+    pub entries: usize,
+    pub name_bytes: usize,
+}
+
+impl Default for MapCaps {
+    fn default() -> Self {
+        MapCaps {
+            read: PERF_MAP_READ_MAX,
+            entries: PERF_MAP_ENTRIES_MAX,
+            name_bytes: PERF_MAP_NAME_BYTES_MAX,
+        }
     }
 }
 
@@ -112,6 +130,7 @@ pub(crate) struct PerfMap {
     seen_size: u64,
     /// A budget was reached: the map is not read any further.
     capped: bool,
+    caps: MapCaps,
 }
 
 impl PerfMap {
@@ -139,6 +158,7 @@ impl PerfMap {
             // A different file (the process restarted its map, or first read).
             *self = PerfMap {
                 source: Some(id),
+                caps: self.caps,
                 ..PerfMap::default()
             };
         }
@@ -152,17 +172,24 @@ impl PerfMap {
     /// Reads what was appended since the last look, within the read budget. On first sight a
     /// file over budget is read from its end: from the earliest line such that the lines
     /// after it fit the entry and name caps (later lines are the live code, and win anyway).
-    fn read_from(&mut self, file: &File, size: u64, path: &Path, notes: &mut Vec<String>) {
+    pub(crate) fn read_from(
+        &mut self,
+        file: &File,
+        size: u64,
+        path: &Path,
+        notes: &mut Vec<String>,
+    ) {
+        let caps = self.caps;
         let mut skip_partial = false;
         let mut cut = false;
         if self.read == 0 {
-            let floor = size.saturating_sub(PERF_MAP_READ_MAX);
-            let (start, capped) = fitting_start(file, floor, size);
+            let floor = size.saturating_sub(caps.read);
+            let (start, capped) = fitting_start(file, floor, size, &caps);
             self.consumed = start;
             cut = capped || floor > 0;
             skip_partial = !capped && floor > 0;
         }
-        let room = PERF_MAP_READ_MAX.saturating_sub(self.read);
+        let room = caps.read.saturating_sub(self.read);
         let limit = size.min(self.consumed.saturating_add(room));
         let before = self.consumed;
         let skipped = self.read_lines(file, limit, skip_partial, path, notes);
@@ -176,9 +203,9 @@ impl PerfMap {
                 "perf map {} is over its budget ({} MiB read, {} entries, {} KiB of names); \
                  JIT frames it does not name show as [anon]+0xOFFSET",
                 path.display(),
-                PERF_MAP_READ_MAX >> 20,
-                PERF_MAP_ENTRIES_MAX,
-                PERF_MAP_NAME_BYTES_MAX >> 10
+                caps.read >> 20,
+                caps.entries,
+                caps.name_bytes >> 10
             ));
         }
     }
@@ -218,7 +245,7 @@ impl PerfMap {
                 }
                 if std::mem::take(&mut skip_partial) {
                     // The tail of a line that started before the budgeted window.
-                } else if self.ranges.full() {
+                } else if self.ranges.full(&self.caps) {
                     skipped += 1;
                 } else {
                     self.parse_line(&line);
@@ -232,6 +259,24 @@ impl PerfMap {
             pos += n as u64;
         }
         skipped
+    }
+
+    /// A map read under `caps` (fuzzing).
+    pub(crate) fn with_caps(caps: MapCaps) -> PerfMap {
+        PerfMap {
+            caps,
+            ..PerfMap::default()
+        }
+    }
+
+    /// The name at `addr` among what was read, without looking at the file again.
+    pub(crate) fn cached(&self, addr: u64) -> Option<&str> {
+        self.ranges.get(addr)
+    }
+
+    /// (entries, name bytes, bytes read) held now.
+    pub(crate) fn held(&self) -> (usize, usize, u64) {
+        (self.ranges.ranges.len(), self.ranges.names.len(), self.read)
     }
 
     fn parse_line(&mut self, line: &[u8]) {
@@ -259,10 +304,9 @@ impl PerfMap {
 }
 
 /// Scanning back from `end` (not below `floor`), the start of the longest run of complete
-/// lines that fits [`PERF_MAP_ENTRIES_MAX`] lines and [`PERF_MAP_NAME_BYTES_MAX`] bytes (line
-/// bytes bound name bytes). Returns that start and whether a cap stopped the scan; `floor`
-/// when everything down to it fits.
-fn fitting_start(file: &File, floor: u64, end: u64) -> (u64, bool) {
+/// lines that fits the entry and name-byte caps (line bytes bound name bytes). Returns that
+/// start and whether a cap stopped the scan; `floor` when everything down to it fits.
+fn fitting_start(file: &File, floor: u64, end: u64, caps: &MapCaps) -> (u64, bool) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut start = end;
     let mut lines = 0usize;
@@ -279,9 +323,7 @@ fn fitting_start(file: &File, floor: u64, end: u64) -> (u64, bool) {
             }
             let candidate = lo + i as u64 + 1;
             if candidate < end {
-                if lines > PERF_MAP_ENTRIES_MAX
-                    || (end - candidate) as usize > PERF_MAP_NAME_BYTES_MAX
-                {
+                if lines > caps.entries || (end - candidate) as usize > caps.name_bytes {
                     return (start, true);
                 }
                 start = candidate;
