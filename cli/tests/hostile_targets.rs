@@ -151,18 +151,40 @@ impl Run {
     }
 }
 
+/// A psample run in progress; killed and reaped on drop unless [`finish`]ed (a test that
+/// fails midway must not leave a continuous run behind).
+struct Psample(Option<Child>);
+
+impl Psample {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for Psample {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Spawns psample (stderr to a file, so nothing blocks on a full pipe).
-fn spawn_psample(args: &[&str], dir: &Path) -> Child {
-    Command::new(psample())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
-        .spawn()
-        .expect("run psample")
+fn spawn_psample(args: &[&str], dir: &Path) -> Psample {
+    Psample(Some(
+        Command::new(psample())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("run psample"),
+    ))
 }
 
 /// Waits for a psample child, measuring its peak RSS; fails the test if it hangs.
-fn finish(child: Child, dir: &Path) -> Run {
+fn finish(mut run: Psample, dir: &Path) -> Run {
+    let child = run.0.take().expect("running");
     let pid = child.id() as i32;
     let deadline = Instant::now() + HANG;
     let (status, usage) = loop {
@@ -439,10 +461,10 @@ fn executable_mapping_churn_is_bounded() {
     eprintln!("peak RSS {} KiB; {line}; {}", run.max_rss_kb, lost.trim());
 }
 
-/// Sends SIGINT to a continuous run and waits for it; its exit code must be 0.
-fn stop(child: Child, dir: &Path) -> Run {
-    signal(child.id(), libc::SIGINT);
-    finish(child, dir)
+/// Sends SIGINT to a continuous run and waits for it.
+fn stop(run: Psample, dir: &Path) -> Run {
+    signal(run.id(), libc::SIGINT);
+    finish(run, dir)
 }
 
 #[test]
