@@ -103,8 +103,9 @@ pub fn read_pid_file(path: &Path) -> Result<Option<u32>, String> {
     let me = unsafe { libc::geteuid() };
     if meta.uid() != 0 && meta.uid() != me {
         return Err(format!(
-            "--pid-file {shown} is owned by uid {}, not by root or you (uid {me}): another user \
-             could make psample profile any process",
+            "--pid-file {shown} is owned by uid {}, not by root or you (uid {me}): that user \
+             could make psample profile any process; use a pid file root writes, or \
+             --comm NAME --user USER",
             meta.uid()
         ));
     }

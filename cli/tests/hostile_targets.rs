@@ -216,6 +216,17 @@ fn run_measured(args: &[&str], dir: &Path) -> Run {
     finish(spawn_psample(args, dir), dir)
 }
 
+/// `psample record -p PID ARGS... -o FILE`, measured: the run and its folded stacks.
+fn record(s: &Scratch, pid: u32, args: &[&str]) -> (Run, std::collections::BTreeMap<String, u64>) {
+    let out = s.path().join("out.folded");
+    let pid = pid.to_string();
+    let mut all = vec!["record", "-p", &pid, "-o", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let run = run_measured(&all, s.path());
+    let folded = parse_folded(&std::fs::read_to_string(&out).unwrap_or_default());
+    (run, folded)
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: signalling a process this test started.
     unsafe { libc::kill(pid as i32, sig) };
@@ -323,30 +334,16 @@ fn compressed_section_bomb_is_not_inflated() {
     assert!(size < 8 << 20, "the hostile binary is small ({size} bytes)");
     chown_nobody(&bin);
     let target = Proc::start(as_nobody(&mut Command::new(&bin)));
-    let pid = target.pid.to_string();
-    let out = s.path().join("out.folded");
-    let run = run_measured(
-        &[
-            "record",
-            "--call-graph",
-            "dwarf",
-            "-F",
-            "199",
-            "-p",
-            &pid,
-            "-d",
-            "2",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        s.path(),
+    let (run, folded) = record(
+        &s,
+        target.pid,
+        &["--call-graph", "dwarf", "-F", "199", "-d", "2"],
     );
     run.assert_ok();
     run.assert_memory_bounded();
     let line = run.budget_line("compressed section(s)");
     assert!(line.contains("not inflated"), "{line}");
     // Profiled all the same, and named from .symtab.
-    let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
     assert!(count_with(&folded, "hot_fn") > 0, "{folded:?}");
     eprintln!("peak RSS {} KiB; {line}", run.max_rss_kb);
 }
@@ -389,26 +386,10 @@ fn huge_jit_map_is_read_within_budget() {
     }
     std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let pid = target.pid.to_string();
-    let out = s.path().join("out.folded");
-    let run = run_measured(
-        &[
-            "record",
-            "-F",
-            "199",
-            "-p",
-            &pid,
-            "-d",
-            "2",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        s.path(),
-    );
+    let (run, folded) = record(&s, target.pid, &["-F", "199", "-d", "2"]);
     run.assert_ok();
     run.assert_memory_bounded();
     let line = run.budget_line("JIT map(s)");
-    let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
     assert!(
         count_with(&folded, "hot_jit_function_[j]") > 0,
         "the live function, at the end of the map, is named: {folded:?}"
@@ -428,23 +409,8 @@ fn executable_mapping_churn_is_bounded() {
     let s = Scratch::new();
     let bin = s.compile("mmap_churn", &["mmap_churn.c"], &["-O1"]);
     let target = Proc::start(as_nobody(Command::new(&bin).arg("6")));
-    let pid = target.pid.to_string();
-    let out = s.path().join("out.folded");
     // Until the target exits: every MMAP2 record it causes is seen (or counted as lost).
-    let run = run_measured(
-        &[
-            "record",
-            "-F",
-            "99",
-            "-p",
-            &pid,
-            "--mmap-pages",
-            "1024",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        s.path(),
-    );
+    let (run, _) = record(&s, target.pid, &["-F", "99", "--mmap-pages", "1024"]);
     run.assert_ok();
     run.assert_memory_bounded();
     let line = run.budget_line("dropped from");
@@ -766,26 +732,8 @@ fn container(s: &Scratch, root: &Path, source: &str, target: &str) -> Proc {
 /// Profiles the container program with DWARF unwinding: must finish, and unwind and name
 /// its frames from the mapped binary itself (through map_files).
 fn profile_container(s: &Scratch, p: &Proc) {
-    let out = s.path().join("out.folded");
-    let pid = p.pid.to_string();
-    let run = run_measured(
-        &[
-            "record",
-            "--call-graph",
-            "dwarf",
-            "-F",
-            "299",
-            "-p",
-            &pid,
-            "-d",
-            "2",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        s.path(),
-    );
+    let (run, folded) = record(s, p.pid, &["--call-graph", "dwarf", "-F", "299", "-d", "2"]);
     run.assert_ok();
-    let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let chain = folded
         .iter()
         .filter(|(st, _)| st.contains("main;outer_fn;hot_fn"))

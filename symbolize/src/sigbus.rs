@@ -18,8 +18,8 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Once;
 
-/// Mappings registered at once; a symbolizer holds at most a few hundred files.
-const SLOTS: usize = 1024;
+/// Mappings registered at once: a symbolizer of a busy host (-a) holds a few thousand files.
+const SLOTS: usize = 16_384;
 
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;

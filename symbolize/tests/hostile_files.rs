@@ -23,17 +23,7 @@ fn spec(path: &std::path::Path) -> ModuleSpec {
 }
 
 fn secret_function_file_offset(elf: &[u8]) -> u64 {
-    use object::{Object, ObjectSegment, ObjectSymbol};
-    let obj = object::File::parse(elf).expect("parse");
-    let sym = obj
-        .symbols()
-        .find(|s| s.name() == Ok("secret_function"))
-        .expect("symbol");
-    let seg = obj
-        .segments()
-        .find(|s| sym.address() >= s.address() && sym.address() - s.address() < s.size())
-        .expect("segment");
-    sym.address() - seg.address() + seg.file_range().0 + 1
+    symbol_file_offset(elf, "secret_function")
 }
 
 /// Small deterministic generator so failures reproduce.
