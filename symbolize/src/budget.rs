@@ -47,6 +47,18 @@ pub const CODE_MAPPINGS_RETIRED_PER_PROCESS: usize = 4096;
 /// The same, over all processes together.
 pub const CODE_MAPPINGS_RETIRED_MAX: usize = 32_768;
 
+/// Function symbols kept from one file (with its debug file and MiniDebugInfo); the largest
+/// real binaries have about a million. Beyond it further symbols are not kept.
+pub const SYMBOLS_PER_FILE_MAX: usize = 2_000_000;
+/// Bytes of symbol names kept from one file.
+pub const SYMBOL_NAME_BYTES_PER_FILE_MAX: usize = 64 * MIB as usize;
+/// Compilation units and address ranges the DWARF index keeps of one file.
+pub const DWARF_UNITS_PER_FILE_MAX: usize = 1_000_000;
+pub const DWARF_RANGES_PER_FILE_MAX: usize = 2_000_000;
+/// Bytes of an uncompressed CFI section (`.eh_frame`, `.debug_frame`) the unwinder copies;
+/// real ones are a few MiB (a browser's `.eh_frame` is about 10 MiB).
+pub const CFI_SECTION_COPY_MAX: u64 = 64 * MIB;
+
 /// Estimated heap a symbolizer may hold (parsed symbol tables, DWARF indexes, cached
 /// answers, JIT maps). Over it, files not loaded yet stay unsymbolized.
 pub const SYMBOLIZER_HEAP_MAX: usize = 256 * MIB as usize;
@@ -64,6 +76,7 @@ struct Hits {
     code_mappings_untracked: AtomicU64,
     code_mappings_dropped: AtomicU64,
     files_unsymbolized: AtomicU64,
+    files_capped: AtomicU64,
 }
 
 static HITS: Hits = Hits {
@@ -76,6 +89,7 @@ static HITS: Hits = Hits {
     code_mappings_untracked: AtomicU64::new(0),
     code_mappings_dropped: AtomicU64::new(0),
     files_unsymbolized: AtomicU64::new(0),
+    files_capped: AtomicU64::new(0),
 };
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -153,6 +167,11 @@ pub fn code_mapping_untracked() {
     bump(&HITS.code_mappings_untracked, 1);
 }
 
+/// A file had more symbols, DWARF units or ranges, or CFI than kept of one file.
+pub fn file_capped() {
+    bump(&HITS.files_capped, 1);
+}
+
 pub(crate) fn file_unsymbolized() {
     bump(&HITS.files_unsymbolized, 1);
 }
@@ -197,6 +216,18 @@ pub fn report() -> Vec<String> {
              {CODE_MAPPINGS_RETIRED_PER_PROCESS} per process or {CODE_MAPPINGS_RETIRED_MAX} in \
              all; their frames show as [jit]), {untracked} not tracked (over \
              {CODE_MAPPINGS_LIVE_MAX} mappings in one process)"
+        ));
+    }
+    let capped = get(&HITS.files_capped);
+    if capped > 0 {
+        out.push(format!(
+            "{capped} time(s) a file had more than psample keeps of one file ({} symbols, \
+             {} MiB of names, {} DWARF units or {} ranges, {} MiB of CFI); the rest is not used",
+            SYMBOLS_PER_FILE_MAX,
+            SYMBOL_NAME_BYTES_PER_FILE_MAX as u64 / MIB,
+            DWARF_UNITS_PER_FILE_MAX,
+            DWARF_RANGES_PER_FILE_MAX,
+            CFI_SECTION_COPY_MAX / MIB
         ));
     }
     let unsym = get(&HITS.files_unsymbolized);

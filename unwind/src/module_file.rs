@@ -12,6 +12,7 @@ use gimli::{
     UnwindSection,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags};
+use symbolize::budget::CFI_SECTION_COPY_MAX;
 use symbolize::compressed::section_contents;
 use symbolize::FileBytes;
 
@@ -102,7 +103,12 @@ impl ModuleFile {
         };
         let bytes_of = |name: &str| -> Option<SectionBytes> {
             let s = file.section_by_name(name)?;
-            // Compressed sections are inflated within budget (symbolize::budget).
+            // Compressed sections are inflated within budget, plain ones copied within it
+            // (symbolize::budget).
+            if s.size() > CFI_SECTION_COPY_MAX {
+                symbolize::budget::file_capped();
+                return None;
+            }
             let data = section_contents(&s).ok()?.into_file_bytes();
             if data.is_empty() {
                 return None;
@@ -149,7 +155,10 @@ impl ModuleFile {
             self.add_entry_symbols(&file);
         }
         if hints.wants_cfi {
-            if let Some(s) = file.section_by_name(".debug_frame") {
+            if let Some(s) = file
+                .section_by_name(".debug_frame")
+                .filter(|s| s.size() <= CFI_SECTION_COPY_MAX)
+            {
                 if let Ok(data) = section_contents(&s) {
                     let data = data.into_file_bytes();
                     if !data.is_empty() {
