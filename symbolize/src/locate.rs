@@ -279,6 +279,11 @@ pub fn find_debug_by(
         return None;
     }
     let clean = clean_path(&spec.path);
+    // Kernel paths are canonical; one with `..` was not made by the kernel and could climb
+    // out of the debug directories joined to it.
+    if clean.split('/').any(|c| c == "..") {
+        return None;
+    }
     let bin_dir = Path::new(clean).parent()?.to_str()?;
     let target_bin_dir = if in_root {
         Place::InRoot(spec.pid, bin_dir.to_string())
