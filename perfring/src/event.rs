@@ -285,6 +285,20 @@ impl Session {
         Ok(())
     }
 
+    /// Enable the events of one spec (e.g. CPU-wide events beside per-task ones that wait
+    /// for enable_on_exec).
+    pub fn enable_spec(&self, spec: usize) -> Result<(), SessionError> {
+        for e in self.events.iter().filter(|e| e.spec == spec) {
+            self.kernel
+                .ioctl(e.fd.as_fd(), Ioctl::Enable)
+                .map_err(|errno| SessionError::Ioctl {
+                    what: "ENABLE",
+                    errno,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Disable every event, so a final drain sees a stable ring.
     pub fn disable(&self) {
         for e in &self.events {

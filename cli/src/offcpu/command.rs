@@ -32,6 +32,7 @@ use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
 use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey, StateFilter};
+use super::legacy;
 use super::reorder::Reorder;
 use crate::args::{self, CallGraph, OffcpuArgs};
 use crate::continuous::{self, Intervals};
@@ -154,6 +155,8 @@ struct Specs {
     wakeup: Option<usize>,
     /// CPU-wide sched_switch for switch-ins when context-switch records are refused.
     cpu_switch: Option<usize>,
+    /// Per-task syscall exits ending intervals, beside `cpu_switch` (see [`legacy`]).
+    sys_exit: Option<usize>,
 }
 
 pub fn run(args: OffcpuArgs) -> Result<i32, CliError> {
@@ -286,6 +289,7 @@ pub fn run_session(
         switch: switch_spec,
         wakeup: wakeup_spec,
         cpu_switch: None,
+        sys_exit: None,
     };
     let switch_records = session.ladder.support(Feature::ContextSwitch) == Support::Yes;
     let mut mechanisms = vec![format!(
@@ -303,36 +307,28 @@ pub fn run_session(
     } else if switch_records {
         mechanisms.push("switch-ins: context-switch records".into());
     } else {
-        // Fallback before 4.3: CPU-wide sched_switch, filtered to the target threads.
-        let mut a = tracepoint_attr(switch_id, st, mode, false, false, false);
-        a.set(perfring::attr::flag::CONTEXT_SWITCH, false);
-        let spec = session.add_spec("sched:sched_switch (cpu-wide)", a);
-        let cpus = kernel
-            .online_cpus()
-            .map_err(|e| CliError::new(format!("cannot list CPUs: {e}")))?;
-        for cpu in cpus {
-            session
-                .open(spec, -1, cpu)
-                .map_err(|e| CliError::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
-        }
-        specs.cpu_switch = Some(spec);
+        // Before 4.3: CPU-wide sched_switch and per-task syscall exits (see `legacy`).
         let tids: Vec<u32> = pids
             .iter()
             .flat_map(|p| target::threads_of(*p).unwrap_or_default())
             .collect();
-        let filtered = !tids.is_empty()
-            && tids.len() <= 64
-            && session
-                .set_filter(spec, &field_filter("next_pid", &tids))
-                .is_ok();
-        mechanisms.push(format!(
-            "switch-ins: CPU-wide sched_switch, filtered {}",
-            if filtered {
-                "in the kernel and in psample"
-            } else {
-                "in psample"
-            }
-        ));
+        let attrs = legacy::Attrs {
+            switch: session.spec(switch_spec).attr,
+            inherit,
+            on_exec: is_cmd,
+            dwarf: matches!(mode, CallGraph::Dwarf(_)),
+        };
+        let sources = legacy::Sources::open(
+            &mut session,
+            kernel.as_ref(),
+            &tracing,
+            &attrs,
+            switch_spec,
+            &tids,
+        )?;
+        specs.cpu_switch = Some(sources.cpu_switch);
+        specs.sys_exit = sources.sys_exit;
+        mechanisms.push(sources.mechanism);
     }
     if let Some(spec) = wakeup_spec {
         // Only wakeups of target threads matter: filter them in the kernel where it accepts
@@ -376,6 +372,13 @@ pub fn run_session(
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
     if let Some(l) = launched.as_mut() {
+        // Per-task events start at the exec (enable_on_exec); CPU-wide ones cannot, so they
+        // start now.
+        for spec in specs.wakeup.iter().chain(&specs.cpu_switch) {
+            session
+                .enable_spec(*spec)
+                .map_err(|e| CliError::new(e.to_string()))?;
+        }
         l.start()
             .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
     }
@@ -472,6 +475,7 @@ pub fn run_session(
         counts,
         first_time,
         last_time,
+        specs,
         ..
     } = c;
     let elapsed = stopper.elapsed();
@@ -566,6 +570,17 @@ pub fn run_session(
             }
         ),
     );
+    if specs.cpu_switch.is_some() {
+        summary.line(
+            "switch-ins",
+            legacy::describe_ends(
+                &report,
+                counts.switch_ins,
+                specs.sys_exit.is_some(),
+                args.wakers,
+            ),
+        );
+    }
     summary.add_lost(&session, reader.parse_errors);
     if report.dropped_intervals > 0 || report.capped_intervals > 0 {
         summary.line(
@@ -694,7 +709,7 @@ fn render(
 }
 
 /// An ftrace filter matching any of `tids` in `field`.
-fn field_filter(field: &str, tids: &[u32]) -> String {
+pub(super) fn field_filter(field: &str, tids: &[u32]) -> String {
     tids.iter()
         .map(|t| format!("{field} == {t}"))
         .collect::<Vec<_>>()
@@ -840,6 +855,14 @@ impl Collector {
             return;
         };
         let ring = cpu as usize;
+        if Some(spec) == self.specs.sys_exit {
+            // Taken in the thread's own context: it is running again (see `legacy`).
+            if tid != 0 && pid != self.own_pid {
+                let ev = OffcpuEvent::Ran { time, cpu, tid };
+                self.reorder.push(ring, time, ev);
+            }
+            return;
+        }
         if spec == self.specs.switch || Some(spec) == self.specs.cpu_switch {
             let Ok(sw) = self.switch_dec.decode(raw) else {
                 self.counts.decode_errors += 1;
