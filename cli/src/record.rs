@@ -345,6 +345,7 @@ pub fn run_session(
         samples: 0,
         own_pid: std::process::id(),
     };
+    session::drain_in_background(&mut session, pages)?;
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());

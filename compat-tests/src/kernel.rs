@@ -903,6 +903,11 @@ impl Kernel for EmulatedKernel {
         PAGE_SIZE
     }
 
+    /// Records are written only inside `poll`, by the reading thread itself.
+    fn rings_fill_unpolled(&self) -> bool {
+        false
+    }
+
     /// Lets emulated time pass: steps fall due and are delivered while we wait, and the call
     /// returns as soon as a ring crosses its wakeup mark (or a task exits), or at timeout.
     fn poll(&self, fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize, Errno> {

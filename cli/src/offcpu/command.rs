@@ -435,6 +435,7 @@ pub fn run_session(
         first_time: None,
         last_time: 0,
     };
+    session::drain_in_background(&mut session, pages)?;
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = Progress::new(std::io::stderr().is_terminal());
@@ -479,6 +480,14 @@ pub fn run_session(
         ..
     } = c;
     let elapsed = stopper.elapsed();
+    // Targets that exited end the window at their last record: the loop notices the exit only
+    // after its current batch, which can be long (a cold DWARF unwind), and that time after
+    // the exit was nobody's blocked time.
+    let stop_ns = if clock_monotonic && cause == session::StopCause::TargetsExited {
+        last_time.clamp(start_ns, stop_ns)
+    } else {
+        stop_ns
+    };
     let stop_time = if clock_monotonic { stop_ns } else { last_time };
     let tables = format!(
         "{}; {} stacks, {} names, {} engine threads",

@@ -166,30 +166,63 @@ pub unsafe fn install_and_send(
     }
 }
 
+/// The buffers of a one-byte message carrying one fd, on the stack (sending happens between
+/// fork and exec, where nothing may allocate).
+struct FdMessage {
+    byte: [u8; 1],
+    iov: libc::iovec,
+    /// CMSG_SPACE(sizeof(int)) is 24 on x86_64; u64s keep it aligned for cmsghdr.
+    control: [u64; 4],
+}
+
+impl FdMessage {
+    fn new() -> FdMessage {
+        FdMessage {
+            byte: [0],
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 1,
+            },
+            control: [0; 4],
+        }
+    }
+
+    /// A msghdr over these buffers with `controllen` bytes of control data; it points into
+    /// `self`, which must not move while the header is in use.
+    fn header(&mut self, controllen: usize) -> libc::msghdr {
+        self.iov.iov_base = self.byte.as_mut_ptr().cast();
+        // SAFETY: msghdr is plain data; every pointer field is set or left null below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut self.iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = self.control.as_mut_ptr().cast();
+        msg.msg_controllen = controllen.min(std::mem::size_of_val(&self.control));
+        msg
+    }
+}
+
+/// CMSG_LEN of one fd.
+fn fd_cmsg_len() -> usize {
+    // SAFETY: CMSG_LEN is arithmetic on its argument.
+    unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize }
+}
+
 /// Sends one fd with SCM_RIGHTS, from stack buffers only.
 ///
 /// # Safety
 /// `sock` and `fd` must be open file descriptors.
 unsafe fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // CMSG_SPACE(sizeof(int)) is 24 on x86_64; u64s keep the buffer aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    // SAFETY (whole body): building a msghdr over the stack buffers above, which outlive the
-    // sendmsg call; CMSG_* stay inside `control` (its 32 bytes hold one cmsg of one int).
+    let mut m = FdMessage::new();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let msg = m.header(space);
+    // SAFETY: the header points into `m`, alive and unmoved for the whole block; the one
+    // cmsg of one int lies inside its control buffer.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        (*cmsg).cmsg_len = fd_cmsg_len();
         libc::CMSG_DATA(cmsg).cast::<RawFd>().write_unaligned(fd);
         if libc::sendmsg(sock, &msg, 0) < 0 {
             return Err(io::Error::last_os_error());
@@ -201,31 +234,21 @@ unsafe fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
 /// Receives the fd [`install_and_send`] sent.
 pub fn recv_fd(sock: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: recvmsg into stack buffers that outlive the call; the cmsg is read only after
-    // checking its level, type and length.
+    let mut m = FdMessage::new();
+    let mut msg = m.header(usize::MAX);
+    // SAFETY: recvmsg into `m`'s buffers, alive and unmoved for the whole block; the cmsg
+    // is read only after checking its level, type and length.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
         let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        let want = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
         if n == 0
             || cmsg.is_null()
             || (*cmsg).cmsg_level != libc::SOL_SOCKET
             || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            || (*cmsg).cmsg_len != want
+            || (*cmsg).cmsg_len != fd_cmsg_len()
         {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -118,23 +118,13 @@ impl Listener {
             error,
             flags,
         };
-        // SAFETY: NOTIF_SEND reads the response struct we pass.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
+        // SAFETY: NOTIF_SEND reads a seccomp_notif_resp, which outlives the call.
+        unsafe {
+            self.answer(
                 libc::SECCOMP_IOCTL_NOTIF_SEND as _,
-                &mut resp,
+                (&mut resp as *mut libc::seccomp_notif_resp).cast(),
             )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            // The caller is gone (killed, or interrupted by a signal): nothing to answer.
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(());
-            }
-            return Err(e);
         }
-        Ok(())
     }
 
     /// Install `fd` in the caller and return its number as the call's result
@@ -147,14 +137,24 @@ impl Listener {
             newfd: 0,
             newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
         };
-        // SAFETY: NOTIF_ADDFD reads the struct we pass; srcfd is open for the call.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
+        // SAFETY: NOTIF_ADDFD reads a seccomp_notif_addfd, which outlives the call; srcfd is
+        // open for the call.
+        unsafe {
+            self.answer(
                 libc::SECCOMP_IOCTL_NOTIF_ADDFD as _,
-                &mut add,
+                (&mut add as *mut libc::seccomp_notif_addfd).cast(),
             )
-        };
+        }
+    }
+
+    /// An answering ioctl; a caller that is gone (killed, or interrupted by a signal) is not
+    /// an error: there is nothing left to answer.
+    ///
+    /// # Safety
+    /// `arg` must point to the struct `request` reads, valid for the call.
+    unsafe fn answer(&self, request: libc::Ioctl, arg: *mut libc::c_void) -> io::Result<()> {
+        // SAFETY: guaranteed by the caller.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request, arg) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOENT) {
