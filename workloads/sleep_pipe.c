@@ -7,8 +7,8 @@
  * almost no CPU. The child is a separate process so a per-process profile of the parent does
  * not include its sleeps.
  *
- * After the result line it prints `phases sleep_s=S wait_s=W`: the time the parent spent in
- * each phase, measured around the calls.
+ * At exit it prints, after the result line, `phases sleep_us=N wait_us=M`: the time it
+ * measured in each phase.
  *
  * usage: sleep_pipe [-s SECONDS] [-a SLEEP_MS] [-b PIPE_WAIT_MS]
  */
@@ -62,6 +62,17 @@ static inline __attribute__((always_inline)) void sleep_ms_exact(long ms)
     /* Resume after a signal (SIGUSR1 marks): the split must not depend on signal timing. */
     while (blocking_nanosleep(&ts, &ts) < 0 && errno == EINTR && !wl_stopped()) {
     }
+}
+
+/* Time spent in each phase, measured by the workload itself: the reference an off-CPU
+ * profile is checked against, whatever wake-up latency a loaded machine adds to either. */
+static uint64_t sleep_phase_ns, wait_phase_ns;
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 NOINL void sleep_phase(void)
@@ -129,24 +140,21 @@ int main(int argc, char **argv)
     wl_start(seconds);
     printf("pid=%d name=sleep_pipe child=%d sleep_ms=%ld wait_ms=%ld\n", (int)getpid(),
            (int)child, sleep_ms, wait_ms);
-    /* Time in each phase as the workload sees it (vDSO clock, no system call): the true
-     * split, which load on the machine can move (the child's wake-up latency lengthens the
-     * pipe wait), for checking a profiler against. */
-    double in_sleep = 0, in_wait = 0;
     while (!wl_stopped()) {
-        double t0 = wl_now();
+        uint64_t t0 = mono_ns();
         sleep_phase();
-        double t1 = wl_now();
-        in_sleep += t1 - t0;
+        uint64_t t1 = mono_ns();
+        sleep_phase_ns += t1 - t0;
         if (wl_stopped() || !wait_phase(go[1], back[0]))
             break;
-        in_wait += wl_now() - t1;
+        wait_phase_ns += mono_ns() - t1;
         atomic_fetch_add(&iterations, 1);
     }
     close(go[1]);
     close(back[0]);
     waitpid(child, NULL, 0);
     wl_report("sleep_pipe");
-    printf("phases sleep_s=%.6f wait_s=%.6f\n", in_sleep, in_wait);
+    printf("phases sleep_us=%llu wait_us=%llu\n", (unsigned long long)(sleep_phase_ns / 1000),
+           (unsigned long long)(wait_phase_ns / 1000));
     return 0;
 }

@@ -494,7 +494,7 @@ fn offcpu_blocked_time_under_old_kernels() {
             let (sleep, _) = r.blocked_under("sleep_phase");
             let (pipe, woken) = r.blocked_under("wait_phase");
             let split = 100.0 * sleep as f64 / (sleep + pipe).max(1) as f64;
-            let (in_sleep, in_wait) = (r.workload_value("sleep_s"), r.workload_value("wait_s"));
+            let (in_sleep, in_wait) = (r.workload_value("sleep_us"), r.workload_value("wait_us"));
             let truth = 100.0 * in_sleep / (in_sleep + in_wait);
             let band = 60.0..=80.0;
             if (split - truth).abs() > SPLIT_TOLERANCE
