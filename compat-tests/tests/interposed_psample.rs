@@ -143,8 +143,22 @@ impl Run {
     }
 }
 
-/// `psample ARGS` (with `-o` inserted before `--`), under `profile`'s kernel or plainly.
-fn run(profile: Option<&KernelProfile>, args: &[&str]) -> Run {
+/// A psample run under way, its output going to a temp file.
+struct Started {
+    label: String,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+    proc: Proc,
+}
+
+enum Proc {
+    Plain(std::process::Child),
+    Interposed(interpose::Supervised),
+}
+
+/// Start `psample ARGS` (with `-o` inserted before `--`), under `profile`'s kernel or
+/// plainly.
+fn start(profile: Option<&KernelProfile>, args: &[&str]) -> Started {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.folded");
     let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -161,34 +175,90 @@ fn run(profile: Option<&KernelProfile>, args: &[&str]) -> Run {
         profile.map_or("plain", |p| p.name),
         args.join(" ")
     );
-    let (output, tally) = match profile {
-        Some(p) => {
-            let (o, t) = interpose::spawn(p.clone(), &mut cmd)
-                .and_then(|s| s.wait_with_output())
-                .unwrap_or_else(|e| panic!("{label}: {e}"));
-            (o, Some(t))
-        }
-        None => (cmd.output().expect("running psample"), None),
+    let proc = match profile {
+        Some(p) => Proc::Interposed(
+            interpose::spawn(p.clone(), &mut cmd).unwrap_or_else(|e| panic!("{label}: {e}")),
+        ),
+        None => Proc::Plain(cmd.spawn().expect("running psample")),
     };
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let mut folded = BTreeMap::new();
-    for line in text.lines() {
-        let (stack, n) = line.rsplit_once(' ').expect("folded line");
-        *folded.entry(stack.to_string()).or_insert(0) += n.parse::<u64>().expect("count");
-    }
-    let run = Run {
+    Started {
         label,
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        folded,
-        tally,
-    };
-    assert_eq!(run.status, 0, "psample failed\n{}", run.context());
-    if let Some(t) = &run.tally {
-        assert!(t.errors.is_empty(), "interposer errors\n{}", run.context());
+        out,
+        _dir: dir,
+        proc,
     }
-    run
+}
+
+impl Started {
+    fn finish(self) -> Run {
+        let (output, tally) = match self.proc {
+            Proc::Interposed(s) => {
+                let (o, t) = s
+                    .wait_with_output()
+                    .unwrap_or_else(|e| panic!("{}: {e}", self.label));
+                (o, Some(t))
+            }
+            Proc::Plain(c) => (c.wait_with_output().expect("waiting for psample"), None),
+        };
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut folded = BTreeMap::new();
+        for line in text.lines() {
+            let (stack, n) = line.rsplit_once(' ').expect("folded line");
+            *folded.entry(stack.to_string()).or_insert(0) += n.parse::<u64>().expect("count");
+        }
+        let run = Run {
+            label: self.label,
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            folded,
+            tally,
+        };
+        assert_eq!(run.status, 0, "psample failed\n{}", run.context());
+        if let Some(t) = &run.tally {
+            assert!(t.errors.is_empty(), "interposer errors\n{}", run.context());
+        }
+        run
+    }
+}
+
+fn run(profile: Option<&KernelProfile>, args: &[&str]) -> Run {
+    start(profile, args).finish()
+}
+
+/// A workload left running (killed on drop), with its pid.
+struct Running {
+    child: std::process::Child,
+    pid: String,
+}
+
+impl Running {
+    fn start(path: &Path, args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the workload");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("workload output");
+        let pid = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .unwrap_or_else(|| panic!("no pid= in {line:?}"))
+            .to_string();
+        Running { child, pid }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn old_profiles() -> [KernelProfile; 3] {
@@ -264,13 +334,12 @@ fn each_profile_refuses_what_its_kernel_lacks() {
 const SPLIT_TOLERANCE: f64 = 3.0;
 
 /// Samples each side of a comparison gathers (over several runs when the machine is busy):
-/// binomial noise of a 70 % share is then σ ≈ 0.5 points, so the difference of two sides
-/// (σ ≈ 0.7) stays within the tolerance by more than four σ.
+/// binomial noise of a 70 % share is then σ ≈ 0.5 points a side.
 const MIN_SAMPLES: u64 = 8_000;
 const MAX_RUNS: usize = 8;
 
-/// hot_a/hot_b samples of `args` run until [`MIN_SAMPLES`] are in, with the lost records
-/// and interposer context of every run.
+/// hot_a/hot_b samples of one side, with the lost records and the context of runs that lost.
+#[derive(Default)]
 struct Split {
     hot_a: u64,
     hot_b: u64,
@@ -280,44 +349,52 @@ struct Split {
 }
 
 impl Split {
-    fn measure(p: Option<&KernelProfile>, args: &[&str]) -> Split {
-        let mut s = Split {
-            hot_a: 0,
-            hot_b: 0,
-            lost: 0,
-            runs: 0,
-            contexts: Vec::new(),
-        };
-        while s.hot_a + s.hot_b < MIN_SAMPLES && s.runs < MAX_RUNS {
-            let r = run(p, args);
-            s.hot_a += r.count_with("hot_a");
-            s.hot_b += r.count_with("hot_b");
-            s.lost += r.lost();
-            s.runs += 1;
-            if r.lost() != 0 {
-                s.contexts.push(r.context());
-            }
+    fn add(&mut self, r: &Run) {
+        self.hot_a += r.count_with("hot_a");
+        self.hot_b += r.count_with("hot_b");
+        self.lost += r.lost();
+        self.runs += 1;
+        if r.lost() != 0 {
+            self.contexts.push(r.context());
         }
-        s
+    }
+
+    fn samples(&self) -> u64 {
+        self.hot_a + self.hot_b
     }
 
     fn share(&self) -> f64 {
-        100.0 * self.hot_a as f64 / (self.hot_a + self.hot_b).max(1) as f64
+        100.0 * self.hot_a as f64 / self.samples().max(1) as f64
     }
 
     fn describe(&self) -> String {
         format!(
             "hot_a {:.1}% of {} samples in {} runs, lost {}",
             self.share(),
-            self.hot_a + self.hot_b,
+            self.samples(),
             self.runs,
             self.lost
         )
     }
 }
 
+/// `record ARGS -p PID` plainly and under `p` at the same time, on the same running
+/// workload, until each side has [`MIN_SAMPLES`]: both sample the same execution, so only
+/// sampling noise separates them (the workload's own split drifts by a point between runs).
+fn split_pair(p: &KernelProfile, args: &[&str], pid: &str) -> (Split, Split) {
+    let args: Vec<&str> = args.iter().copied().chain(["-p", pid, "-d", "2"]).collect();
+    let (mut plain, mut old) = (Split::default(), Split::default());
+    while (plain.samples() < MIN_SAMPLES || old.samples() < MIN_SAMPLES) && plain.runs < MAX_RUNS {
+        let a = start(None, &args);
+        let b = start(Some(p), &args);
+        plain.add(&a.finish());
+        old.add(&b.finish());
+    }
+    (plain, old)
+}
+
 /// `record` in fp and DWARF mode gives the same hot_a/hot_b split under each old-kernel
-/// profile as without the interposer, with no lost records.
+/// profile as without the interposer (within [`SPLIT_TOLERANCE`]), with no lost records.
 ///
 /// cpu_split runs hot_a 70 % / hot_b 30 % by iteration count. DWARF mode copies 4 KiB of
 /// stack (the workload's stacks are far shallower) to keep the data rate at these sample
@@ -326,40 +403,36 @@ impl Split {
 fn record_split_is_the_same_under_old_kernels() {
     require_root();
     let _one = serial();
-    let fp = workload("cpu_split_fp");
-    let nofp = workload("cpu_split_nofp");
-    let (fp, nofp) = (fp.to_str().unwrap(), nofp.to_str().unwrap());
-    let modes: [(&str, Vec<&str>); 2] = [
-        ("fp", vec!["record", "-F", "9999", "--", fp]),
+    let modes: [(&str, &str, Vec<&str>); 2] = [
+        ("fp", "cpu_split_fp", vec!["record", "-F", "9999"]),
         (
             "dwarf",
-            vec![
-                "record",
-                "-F",
-                "4999",
-                "--call-graph",
-                "dwarf,4096",
-                "--",
-                nofp,
-            ],
+            "cpu_split_nofp",
+            vec!["record", "-F", "4999", "--call-graph", "dwarf,4096"],
         ),
     ];
     let mut report = String::new();
     let mut failures = Vec::new();
-    for (mode, base) in &modes {
-        let args: Vec<&str> = base.iter().copied().chain(["-t", "2", "-s", "2"]).collect();
-        let plain = Split::measure(None, &args);
-        report.push_str(&format!("{mode} plain: {}\n", plain.describe()));
-        failures.extend(plain.contexts.iter().cloned());
+    for (mode, name, args) in &modes {
+        let w = Running::start(&workload(name), &["-t", "2", "-s", "0"]);
         for p in old_profiles() {
-            let got = Split::measure(Some(&p), &args);
-            report.push_str(&format!("{mode} {}: {}\n", p.name, got.describe()));
-            let enough =
-                got.hot_a + got.hot_b >= MIN_SAMPLES && plain.hot_a + plain.hot_b >= MIN_SAMPLES;
-            if !enough || (got.share() - plain.share()).abs() > SPLIT_TOLERANCE {
-                failures.push(format!("{mode} {}: {}", p.name, got.describe()));
+            let (plain, old) = split_pair(&p, args, &w.pid);
+            report.push_str(&format!(
+                "{mode} {}: {} / plain: {}\n",
+                p.name,
+                old.describe(),
+                plain.describe()
+            ));
+            let enough = plain.samples() >= MIN_SAMPLES && old.samples() >= MIN_SAMPLES;
+            if !enough || (old.share() - plain.share()).abs() > SPLIT_TOLERANCE {
+                failures.push(format!(
+                    "{mode} {}: {} / plain {}",
+                    p.name,
+                    old.describe(),
+                    plain.describe()
+                ));
             }
-            failures.extend(got.contexts.iter().cloned());
+            failures.extend(plain.contexts.into_iter().chain(old.contexts));
         }
     }
     eprint!("{report}");
