@@ -150,25 +150,28 @@ mod tests {
         r
     }
 
-    #[test]
-    fn a_stalled_reader_loses_nothing_and_keeps_ring_order() {
-        // One page of data: 256 records of 16 bytes fit.
-        let mut heap = HeapRing::with_layout(4096, 1, false).unwrap();
+    /// A set of one ring of one data page (256 records of 16 bytes), and its producer side.
+    fn one_ring(cpu: u32) -> (HeapRing, SharedRings) {
+        let heap = HeapRing::with_layout(4096, 1, false).unwrap();
         let ring = RingBuffer::new(heap.memory()).unwrap();
-        let set: SharedRings = Arc::new(Mutex::new(RingSet {
+        let set = Arc::new(Mutex::new(RingSet {
             list: vec![CpuRing {
-                cpu: 3,
+                cpu,
                 ring,
                 owner: 0,
             }],
             spill: Spill::default(),
         }));
-        // The reader is away while 1000 records are written; the drainer empties the ring
-        // each time it passes half full.
+        (heap, set)
+    }
+
+    #[test]
+    fn a_stalled_reader_loses_nothing_and_keeps_ring_order() {
+        let (mut heap, set) = one_ring(3);
+        // The reader is away while 1000 records are written (four times what the ring
+        // holds); the drainer looks every 100 records and empties it past half full.
         for i in 0..1000u32 {
-            while heap.push_record(&record(i as u8)) == PushOutcome::Lost {
-                lock(&set).spill_full_rings(1 << 20);
-            }
+            assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
             if i % 100 == 99 {
                 lock(&set).spill_full_rings(1 << 20);
             }
@@ -187,25 +190,32 @@ mod tests {
 
     #[test]
     fn the_copies_stop_at_the_limit() {
-        let mut heap = HeapRing::with_layout(4096, 1, false).unwrap();
-        let ring = RingBuffer::new(heap.memory()).unwrap();
-        let set: SharedRings = Arc::new(Mutex::new(RingSet {
-            list: vec![CpuRing {
-                cpu: 0,
-                ring,
-                owner: 0,
-            }],
-            spill: Spill::default(),
-        }));
+        let (mut heap, set) = one_ring(0);
         for i in 0..200u32 {
             assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
         }
         lock(&set).spill_full_rings(1);
         for i in 0..200u32 {
-            let _ = heap.push_record(&record(i as u8));
+            assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
         }
-        // Over the limit: the second batch stays in the ring (and the kernel drops the rest).
+        // Over the limit: the second batch stays in the ring (the kernel drops what follows).
         lock(&set).spill_full_rings(1);
         assert_eq!(lock(&set).spill.records.len(), 200);
+        assert_eq!(lock(&set).list[0].ring.pending(), 200 * 16);
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_never_meets_the_drainer() {
+        let (mut heap, set) = one_ring(0);
+        let drainer = Drainer::start(set.clone(), 1 << 20).unwrap();
+        for round in 0..20u32 {
+            for i in 0..100u32 {
+                assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
+            }
+            // Under half full: the drainer leaves it to the reader.
+            assert_eq!(lock(&set).drain(|_, _| {}), 100, "round {round}");
+        }
+        drop(drainer);
+        assert_eq!(lock(&set).spill_peak(), 0);
     }
 }
