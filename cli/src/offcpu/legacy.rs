@@ -87,14 +87,18 @@ impl Sources {
                 .set_filter(cpu_switch, &field_filter("next_pid", tids))
                 .is_ok();
         let (sys_exit, exit_note) = open_sys_exit(session, kernel, tracing, a, switch_spec, &cpus)?;
-        let mechanism = format!(
-            "switch-ins: CPU-wide sched_switch (filtered {}) or {exit_note}, whichever comes first",
+        let cpu_wide = format!(
+            "CPU-wide sched_switch (filtered {})",
             if filtered {
                 "in the kernel and in psample"
             } else {
                 "in psample"
             }
         );
+        let mechanism = match sys_exit {
+            Some(_) => format!("switch-ins: {cpu_wide} or {exit_note}, whichever comes first"),
+            None => format!("switch-ins: {cpu_wide} only ({exit_note})"),
+        };
         Ok(Sources {
             cpu_switch,
             sys_exit,
@@ -116,12 +120,7 @@ fn open_sys_exit(
     let fs = crate::tracing::Fs(kernel);
     let id = match tracing.event_id(&fs, "raw_syscalls", "sys_exit") {
         Ok(id) => id,
-        Err(e) => {
-            return Ok((
-                None,
-                format!("no syscall exits (raw_syscalls:sys_exit unavailable: {e})"),
-            ))
-        }
+        Err(e) => return Ok((None, format!("raw_syscalls:sys_exit unavailable: {e}"))),
     };
     let mut attr = a.switch;
     attr.config = id;
