@@ -10,12 +10,13 @@
 //! Architecture-specific parts live in [`arch`].
 
 pub mod arch;
+mod code_order;
 pub mod fixture;
 mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod target_file;
+mod retired;
 mod unwinder;
 mod vdso;
 
