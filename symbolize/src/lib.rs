@@ -12,6 +12,7 @@
 mod bytes;
 mod demangle;
 mod dwarf;
+mod function_starts;
 mod kallsyms;
 mod loaded_object;
 pub mod locate;
@@ -176,8 +177,9 @@ impl Symbolizer {
     }
 
     /// Frames for one runtime address, innermost first (inlined callees before the function
-    /// that contains them). An address nothing names yields one frame
-    /// `basename+0xFILEOFFSET`, so it can be looked up later with addr2line.
+    /// that contains them). An address no symbol names yields one frame
+    /// `basename+0xFILEOFFSET`: the file offset of its function's start where call-frame
+    /// information (FDEs) bounds the function, else of the address itself.
     pub fn symbolize(&mut self, module: ModuleHandle, addr: u64) -> Vec<Frame> {
         self.symbolize_detailed(module, addr)
             .into_iter()
@@ -199,6 +201,9 @@ impl Symbolizer {
         let (kind, start, pgoff) = (entry.spec.kind, entry.spec.start, entry.spec.pgoff);
         let file_offset = addr.wrapping_sub(start).wrapping_add(pgoff);
         let idx = module.0 as usize;
+        // Where nothing names the address, the start of its function (from CFI) still does:
+        // one frame per function instead of one per address.
+        let mut name_offset = file_offset;
         let frames = match kind {
             ModuleKind::Anon => self
                 .jit_frame(idx, addr)
@@ -210,7 +215,14 @@ impl Symbolizer {
                     let opts = &self.opts;
                     let obj = &mut self.objects[obj_idx];
                     match obj.file_offset_to_vaddr(file_offset) {
-                        Some(vaddr) => obj.frames(vaddr, opts),
+                        Some(vaddr) => {
+                            let frames = obj.frames(vaddr, opts);
+                            if frames.is_empty() {
+                                name_offset =
+                                    obj.function_start_offset(vaddr).unwrap_or(file_offset);
+                            }
+                            frames
+                        }
                         None => Vec::new(),
                     }
                 }
@@ -230,7 +242,7 @@ impl Symbolizer {
                 .map(|e| unknown_label(&e.spec))
                 .unwrap_or_default();
             return vec![FrameDetail {
-                name: format!("{label}+0x{file_offset:x}"),
+                name: format!("{label}+0x{name_offset:x}"),
                 kind: FrameKind::User,
                 file: None,
                 line: None,

@@ -9,6 +9,7 @@ use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::demangle::demangle;
 use crate::dwarf::{has_debug_info, DwarfInfo};
+use crate::function_starts::FunctionStarts;
 use crate::locate::{self, Resolved};
 use crate::minidebuginfo;
 use crate::symbol_table::SymbolTable;
@@ -24,6 +25,8 @@ struct LoadSegment {
 pub(crate) struct LoadedObject {
     segments: Vec<LoadSegment>,
     symbols: SymbolTable,
+    /// FDE ranges: the function around an address that no symbol names.
+    function_starts: FunctionStarts,
     dwarf: Option<DwarfInfo>,
     cache: HashMap<u64, Vec<FrameDetail>>,
     /// GNU build-id of the file, for formats that identify binaries by it (pprof).
@@ -40,6 +43,7 @@ impl LoadedObject {
         let mut me = LoadedObject {
             segments: Vec::new(),
             symbols: SymbolTable::default(),
+            function_starts: FunctionStarts::None,
             dwarf: None,
             cache: HashMap::new(),
             build_id: None,
@@ -97,6 +101,12 @@ impl LoadedObject {
         sources.extend(debug_obj.as_ref());
         sources.extend(mini_obj.as_ref());
         me.symbols = SymbolTable::build(&sources);
+        let debug_pair = match (&debug, &debug_obj) {
+            (Some((_, d)), Some(o)) => Some((o, d)),
+            _ => None,
+        };
+        me.function_starts = guarded(|| FunctionStarts::load((&obj, data), debug_pair))
+            .unwrap_or(FunctionStarts::None);
 
         // Without inline frames the symbol table names functions just as well, and building the
         // DWARF context is the most expensive part of loading.
@@ -123,6 +133,21 @@ impl LoadedObject {
             .iter()
             .find(|s| offset >= s.offset && offset - s.offset < s.filesz)
             .map(|s| s.vaddr.wrapping_add(offset - s.offset))
+    }
+
+    /// File offset of an ELF virtual address, through the PT_LOAD segments.
+    pub fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+            .map(|s| s.offset + (vaddr - s.vaddr))
+    }
+
+    /// File offset of the start of the function around `vaddr`, from its FDE; for
+    /// addresses that [`Self::frames`] cannot name.
+    pub fn function_start_offset(&self, vaddr: u64) -> Option<u64> {
+        let start = guarded(|| self.function_starts.start_of(vaddr)).flatten()?;
+        self.vaddr_to_file_offset(start)
     }
 
     /// Frames at `vaddr` with their source positions, innermost first; empty when nothing

@@ -155,7 +155,13 @@ fn empty_section() -> crate::bytes::SectionBytes {
     FileBytes::owned(Vec::new()).whole()
 }
 
-fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> crate::bytes::SectionBytes {
+/// A section's bytes read in place, or inflated when compressed (up to [`MAX_SECTION`]);
+/// empty when missing or unreadable.
+pub(crate) fn section(
+    obj: &object::File<'_>,
+    data: &FileBytes,
+    name: &str,
+) -> crate::bytes::SectionBytes {
     let Some(sec) = obj.section_by_name(name) else {
         return empty_section();
     };
