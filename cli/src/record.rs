@@ -327,6 +327,12 @@ pub fn run_session(
             None
         }
     };
+    let mut builder = StackBuilder::new(mode);
+    if matches!(mode, CallGraph::Dwarf(_)) && matches!(target, Target::Pids(_) | Target::Tids(_)) {
+        for &pid in &pids {
+            builder.unwinder.prepare(&tracker.procs, pid);
+        }
+    }
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
@@ -340,7 +346,7 @@ pub fn run_session(
     }
     let mut rec = Recorder {
         tracker,
-        builder: StackBuilder::new(mode),
+        builder,
         profile: Profile::new(),
         samples: 0,
         own_pid: std::process::id(),

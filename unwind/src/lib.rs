@@ -10,6 +10,7 @@
 //! Architecture-specific parts live in [`arch`].
 
 pub mod arch;
+mod entry_symbols;
 pub mod fixture;
 mod maps;
 mod module_cache;

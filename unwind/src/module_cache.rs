@@ -137,8 +137,12 @@ impl ModuleStore {
             *last_used = self.tick;
             return Some(module.clone());
         }
+        // object's parser reads headers and the CFI sections through the cache; symbol
+        // tables are streamed from a second handle (see entry_symbols) so that the cache
+        // never holds them.
+        let raw = file.try_clone().ok()?;
         let cache = object::ReadCache::new(file);
-        let (mut module, hints) = ModuleFile::parse(&cache)?;
+        let (mut module, hints) = ModuleFile::parse(&cache, &raw)?;
         if let (Some(expected), Some(actual)) = (&mapping.build_id, &module.build_id) {
             // The kernel told us which build was mapped; a different file at that path
             // would unwind with the wrong tables.
@@ -153,8 +157,10 @@ impl ModuleStore {
                 module.build_id.as_deref(),
                 hints.debuglink.as_deref(),
             ) {
-                let debug_cache = object::ReadCache::new(debug);
-                module.merge_debug_file(&debug_cache, &hints);
+                if let Ok(debug_raw) = debug.try_clone() {
+                    let debug_cache = object::ReadCache::new(debug);
+                    module.merge_debug_file(&debug_cache, &debug_raw, &hints);
+                }
             }
         }
         let module = Arc::new(module);
@@ -188,7 +194,7 @@ impl ModuleStore {
             return known.clone();
         }
         let parsed = crate::vdso::own_vdso_image()
-            .and_then(|image| ModuleFile::parse(&image[..]))
+            .and_then(|image| ModuleFile::parse(&image[..], &image[..]))
             .map(|(module, _)| Arc::new(module));
         let key = FileKey {
             dev: 0,
