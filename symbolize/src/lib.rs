@@ -19,7 +19,7 @@ pub mod locate;
 mod minidebuginfo;
 mod perf_map;
 mod procfs;
-mod symbol_table;
+mod symbol_index;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -7,13 +7,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::bytes::FileBytes;
 use crate::demangle::demangle;
 use crate::dwarf::{has_debug_info, DwarfInfo};
 use crate::function_starts::FunctionStarts;
 use crate::locate::{self, Resolved};
 use crate::minidebuginfo;
-use crate::symbol_table::SymbolTable;
+use crate::symbol_index::{self, IndexKey, SymbolIndex, SymbolSource};
 use crate::{FrameDetail, FrameKind, ModuleSpec, SymbolizeOptions};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
 struct LoadSegment {
@@ -24,7 +26,7 @@ struct LoadSegment {
 
 pub(crate) struct LoadedObject {
     segments: Vec<LoadSegment>,
-    symbols: SymbolTable,
+    symbols: Arc<SymbolIndex>,
     /// FDE ranges: the function around an address that no symbol names.
     function_starts: FunctionStarts,
     dwarf: Option<DwarfInfo>,
@@ -42,7 +44,7 @@ impl LoadedObject {
     ) -> LoadedObject {
         let mut me = LoadedObject {
             segments: Vec::new(),
-            symbols: SymbolTable::default(),
+            symbols: Arc::default(),
             function_starts: FunctionStarts::None,
             dwarf: None,
             cache: HashMap::new(),
@@ -93,14 +95,25 @@ impl LoadedObject {
         } else {
             mini_debuginfo(&obj, &resolved.path, notes)
         };
-        let mini_obj = mini_data
-            .as_ref()
-            .and_then(|d| object::File::parse(&d[..]).ok());
-
-        let mut sources: Vec<&object::File<'_>> = vec![&obj];
-        sources.extend(debug_obj.as_ref());
-        sources.extend(mini_obj.as_ref());
-        me.symbols = SymbolTable::build(&sources);
+        let mini_bytes = mini_data.map(FileBytes::owned);
+        let debug_path = debug.as_ref().map(|(p, _)| p.clone());
+        let key = match &me.build_id {
+            Some(id) => IndexKey::BuildId(id.clone(), debug_path),
+            None => IndexKey::File(resolved.key.clone(), debug_path),
+        };
+        me.symbols = symbol_index::shared(key, || {
+            let mut sources = vec![SymbolSource { data, obj: &obj }];
+            if let (Some((_, d)), Some(o)) = (&debug, &debug_obj) {
+                sources.push(SymbolSource { data: d, obj: o });
+            }
+            let mini_obj = mini_bytes
+                .as_ref()
+                .and_then(|d| Some((d, object::File::parse(&**d).ok()?)));
+            if let Some((d, o)) = &mini_obj {
+                sources.push(SymbolSource { data: d, obj: o });
+            }
+            SymbolIndex::build(&sources)
+        });
         let debug_pair = match (&debug, &debug_obj) {
             (Some((_, d)), Some(o)) => Some((o, d)),
             _ => None,
@@ -177,7 +190,7 @@ impl LoadedObject {
             Some(f) => (f.name, f.file, f.line),
             None => (None, None, None),
         };
-        let outer = outer.or_else(|| self.symbols.lookup(vaddr).map(str::to_string));
+        let outer = outer.or_else(|| self.symbols.lookup(vaddr).map(|n| n.into_owned()));
         let Some(outer) = outer else {
             return Vec::new();
         };

@@ -176,7 +176,13 @@ pub(crate) fn section(
     }
     match sec.uncompressed_data() {
         Ok(Cow::Borrowed(b)) => data.section_of(b).unwrap_or_else(empty_section),
-        Ok(Cow::Owned(v)) => FileBytes::owned(v).whole(),
+        Ok(Cow::Owned(v)) => {
+            // The compressed bytes are not read again: give their pages back.
+            if let Ok(raw) = sec.data() {
+                data.release(raw);
+            }
+            FileBytes::owned(v).whole()
+        }
         Err(_) => empty_section(),
     }
 }
