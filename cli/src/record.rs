@@ -204,6 +204,7 @@ pub fn render(
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
     let named = NamedFrames::default();
+    crate::fold::prefetch_debuginfo(sym, procs, profile.iter().flat_map(|(_, f, _)| f));
     if format != output::Format::Pprof {
         return output::Rendered::Lines(Folder::new(sym, procs, &named).fold(profile));
     }
@@ -517,6 +518,9 @@ pub fn run_session(
     );
     if let Some(p) = &args.common.output {
         summary.line("written", p.display().to_string());
+    }
+    if let Some(d) = sym.debuginfod_summary() {
+        summary.line("debuginfod", d);
     }
     for w in sym.warnings() {
         summary.warnings.push(w);

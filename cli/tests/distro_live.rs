@@ -217,3 +217,399 @@ fn pprof_keeps_exact_addresses_of_unnamed_functions() {
         "demo_alpha's samples should keep their distinct addresses: {by_function:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// debuginfod
+// ---------------------------------------------------------------------------------------
+
+/// A server process the test started; killed (and reaped) when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Status code of `GET path` on 127.0.0.1:port, if anything answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// elfutils' debuginfod serving the ELF/DWARF files of `dir`, on loopback, once it has
+/// indexed `build_id`.
+fn debuginfod_server(dir: &Path, db: &Path, build_id: &str) -> Server {
+    let path = format!("/buildid/{build_id}/debuginfo");
+    for _attempt in 0..5 {
+        let port = free_port();
+        let child = Command::new("debuginfod")
+            .args(["-F", "-g", "0", "-t", "0", "-p", &port.to_string(), "-d"])
+            .arg(db)
+            .arg(dir)
+            // It would forward misses to the servers the environment names.
+            .env_remove("DEBUGINFOD_URLS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("debuginfod is needed (apt-get install debuginfod)");
+        let mut server = Server { child, port };
+        for _ in 0..300 {
+            if http_status(port, &path) == Some(200) {
+                return server;
+            }
+            if server.child.try_wait().ok().flatten().is_some() {
+                break; // The port was taken meanwhile: try another.
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        drop(server);
+    }
+    panic!("debuginfod did not come up serving {path}");
+}
+
+/// psample record of the stripped demo with `env` set and DEBUGINFOD_* otherwise unset.
+fn record_with(s: &Stripped, env: &[(&str, &str)], extra: &[&str]) -> (Output, f64) {
+    let out_file = s.dir.path().join("out.folded");
+    let _ = std::fs::remove_file(&out_file);
+    let mut cmd = Command::new(psample());
+    cmd.args(["record", "-F", "499", "-o"]).arg(&out_file);
+    cmd.args(extra);
+    cmd.arg("--").arg(&s.binary).args(["-s", "1"]);
+    for var in [
+        "DEBUGINFOD_URLS",
+        "DEBUGINFOD_TIMEOUT",
+        "DEBUGINFOD_MAXSIZE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let t0 = std::time::Instant::now();
+    let o = cmd.output().expect("run psample");
+    let secs = t0.elapsed().as_secs_f64();
+    (
+        Output {
+            status: o.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            folded: std::fs::read_to_string(&out_file).unwrap_or_default(),
+        },
+        secs,
+    )
+}
+
+fn summary_line<'a>(stderr: &'a str, key: &str) -> &'a str {
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+        .unwrap_or_else(|| panic!("no {key} line in:\n{stderr}"))
+}
+
+/// Function names and the inlined helper came from the debug file.
+fn named_from_debug_file(out: &Output) {
+    let folded = parse_folded(&out.folded);
+    assert!(
+        count_with(&folded, "demo_alpha") > 0
+            && count_with(&folded, "demo_beta") > 0
+            && count_with(&folded, "demo_mix_[i]") > 0,
+        "names and inline frames from the debug file expected:\n{}\n{}",
+        out.folded,
+        out.stderr
+    );
+}
+
+/// Nothing named the static functions: every frame in the binary is a function start.
+fn named_by_function_starts(s: &Stripped, out: &Output) {
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let starts: BTreeSet<String> = s.functions.keys().map(|f| s.frame(f)).collect();
+    let folded = parse_folded(&out.folded);
+    assert!(
+        count_with(&folded, &s.frame("demo_alpha")) > 0,
+        "{}",
+        out.folded
+    );
+    for frame in folded.keys().flat_map(|k| k.split(';')) {
+        assert!(
+            !frame.starts_with("demo_"),
+            "{frame} named without debug info"
+        );
+        if frame.starts_with("distro_demo+") {
+            assert!(starts.contains(frame), "{frame} is not a function start");
+        }
+    }
+}
+
+#[test]
+fn debuginfod_names_a_stripped_binary_then_its_cache_does() {
+    require_perf_access();
+    let _g = serial();
+    let s = stripped_demo();
+    let serve = s.dir.path().join("served");
+    std::fs::create_dir(&serve).unwrap();
+    std::fs::copy(&s.debug, serve.join("distro_demo.debug")).unwrap();
+    let cache = s.dir.path().join("cache");
+    let cache_s = cache.to_str().unwrap().to_string();
+    let server = debuginfod_server(&serve, &s.dir.path().join("db.sqlite"), &s.build_id);
+    let url = format!("http://127.0.0.1:{}", server.port);
+
+    let env = [
+        ("DEBUGINFOD_URLS", url.as_str()),
+        ("DEBUGINFOD_CACHE_PATH", cache_s.as_str()),
+    ];
+    let (out, _) = record_with(&s, &env, &[]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    named_from_debug_file(&out);
+    let line = summary_line(&out.stderr, "debuginfod");
+    assert!(line.starts_with("1 fetched, 0 cached, 0 failed"), "{line}");
+    assert!(cache.join(&s.build_id).join("debuginfo").is_file());
+
+    // The server is gone: the cache alone names the frames.
+    drop(server);
+    let (out, _) = record_with(&s, &env, &[]);
+    named_from_debug_file(&out);
+    let line = summary_line(&out.stderr, "debuginfod");
+    assert!(line.starts_with("0 fetched, 1 cached, 0 failed"), "{line}");
+
+    // --debuginfod off: not even the cache is consulted.
+    let (out, _) = record_with(&s, &env, &["--debuginfod", "off"]);
+    named_by_function_starts(&s, &out);
+    assert!(!out.stderr.contains("debuginfod"), "{}", out.stderr);
+}
+
+/// A loopback server that accepts connections and then, per connection, either never
+/// answers or answers 200 with `body`. Stops when dropped.
+struct FakeServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    fn start(body: Option<Vec<u8>>) -> FakeServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        if let Some(body) = &body {
+                            let _ = conn.set_nonblocking(false);
+                            let mut req = [0u8; 1024];
+                            let _ = conn.read(&mut req);
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = conn.write_all(body);
+                        } else {
+                            held.push(conn); // Never answered.
+                        }
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        FakeServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_hanging_or_lying_debuginfod_costs_at_most_the_deadline_and_changes_nothing() {
+    require_perf_access();
+    let _g = serial();
+    let s = stripped_demo();
+    let cache = s.dir.path().join("cache");
+    let cache_s = cache.to_str().unwrap().to_string();
+
+    // Hangs after accepting. Its transfer timeout is far beyond the 2 s deadline: only the
+    // deadline can end the wait.
+    let hang = FakeServer::start(None);
+    let url = format!("http://127.0.0.1:{}", hang.port);
+    let env = [
+        ("DEBUGINFOD_URLS", url.as_str()),
+        ("DEBUGINFOD_CACHE_PATH", cache_s.as_str()),
+        ("DEBUGINFOD_TIMEOUT", "600"),
+    ];
+    let (out, secs) = record_with(&s, &env, &["--debuginfod-deadline", "2s"]);
+    named_by_function_starts(&s, &out);
+    let line = summary_line(&out.stderr, "debuginfod");
+    assert!(line.starts_with("0 fetched, 0 cached, 1 failed"), "{line}");
+    // 1 s of workload + 2 s of deadline; the bound is loose for loaded machines, but far
+    // below the 600 s the transfer timeout alone would allow.
+    assert!(secs < 60.0, "took {secs:.1} s with a 2 s deadline");
+    drop(hang);
+
+    // Answers 200 with something that is not the debug file.
+    let liar = FakeServer::start(Some(b"\x7fELF but not really a debug file".repeat(100)));
+    let url = format!("http://127.0.0.1:{}", liar.port);
+    let env = [
+        ("DEBUGINFOD_URLS", url.as_str()),
+        ("DEBUGINFOD_CACHE_PATH", cache_s.as_str()),
+    ];
+    let (out, _) = record_with(&s, &env, &[]);
+    named_by_function_starts(&s, &out);
+    let line = summary_line(&out.stderr, "debuginfod");
+    assert!(
+        line.starts_with("0 fetched, 0 cached, 1 failed") && line.contains("build-id"),
+        "{line}"
+    );
+    // Nothing unverified entered the cache, and no temporary file was left.
+    let entry = cache.join(&s.build_id);
+    let left: Vec<_> = std::fs::read_dir(&entry)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "cache holds {left:?}");
+}
+
+#[test]
+fn debuginfod_over_https_with_the_systems_trust_store() {
+    require_perf_access();
+    let _g = serial();
+    let s = stripped_demo();
+    let tls = s.dir.path().join("tls");
+    let www = tls.join("www");
+    let served = www.join("buildid").join(&s.build_id);
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(&s.debug, served.join("debuginfo")).unwrap();
+    let p = |name: &str| tls.join(name).to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=psample test CA"];
+    ca.extend(ec);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+    tool("openssl", &ca);
+    let (leaf_key, leaf_csr, leaf_pem, ext) =
+        (p("leaf.key"), p("leaf.csr"), p("leaf.pem"), p("ext"));
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &leaf_key,
+        "-out",
+        &leaf_csr,
+    ];
+    csr.extend(ec);
+    tool("openssl", &csr);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    tool(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &leaf_csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf_pem,
+            "-extfile",
+            &ext,
+        ],
+    );
+    let mut server = None;
+    for _attempt in 0..5 {
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-cert", &leaf_pem, "-key", &leaf_key])
+            .current_dir(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let mut srv = Server { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                server = Some(srv);
+                break;
+            }
+            if srv.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if server.is_some() {
+            break;
+        }
+    }
+    let server = server.expect("openssl s_server did not start");
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let cache = s.dir.path().join("cache");
+    let cache_s = cache.to_str().unwrap().to_string();
+
+    // Not trusted by the system: refused, frames stay unnamed.
+    let env = [
+        ("DEBUGINFOD_URLS", url.as_str()),
+        ("DEBUGINFOD_CACHE_PATH", cache_s.as_str()),
+    ];
+    let (out, _) = record_with(&s, &env, &[]);
+    named_by_function_starts(&s, &out);
+    assert!(summary_line(&out.stderr, "debuginfod").contains("1 failed"));
+
+    // Trusted through SSL_CERT_FILE, as a company CA in the system store would be.
+    let env = [
+        ("DEBUGINFOD_URLS", url.as_str()),
+        ("DEBUGINFOD_CACHE_PATH", cache_s.as_str()),
+        ("SSL_CERT_FILE", ca_pem.as_str()),
+    ];
+    let (out, _) = record_with(&s, &env, &[]);
+    named_from_debug_file(&out);
+    let line = summary_line(&out.stderr, "debuginfod");
+    assert!(line.starts_with("1 fetched"), "{line}");
+}

@@ -10,6 +10,7 @@
 //! opened lazily and shared between all mappings of the same file.
 
 mod bytes;
+mod debuginfod;
 mod demangle;
 mod dwarf;
 mod function_starts;
@@ -23,8 +24,12 @@ mod symbol_index;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
+pub use debuginfod::DEFAULT_DEADLINE as DEBUGINFOD_DEFAULT_DEADLINE;
 pub use demangle::demangle;
+
+use debuginfod::Debuginfod;
 
 use kallsyms::KernelSymbols;
 use loaded_object::LoadedObject;
@@ -42,6 +47,10 @@ pub struct SymbolizeOptions {
     pub debug_dirs: Vec<PathBuf>,
     /// Name kernel addresses from /proc/kallsyms; when false they are all `[kernel]`.
     pub kernel: bool,
+    /// Fetch debug files (and executables that cannot be read) from the debuginfod servers
+    /// in `DEBUGINFOD_URLS`, spending at most this long on the network; `None` (the
+    /// default), or no servers named: never.
+    pub debuginfod: Option<Duration>,
 }
 
 impl Default for SymbolizeOptions {
@@ -51,6 +60,7 @@ impl Default for SymbolizeOptions {
             demangle: true,
             debug_dirs: Vec::new(),
             kernel: true,
+            debuginfod: None,
         }
     }
 }
@@ -150,6 +160,8 @@ pub struct Symbolizer {
     objects_by_key: HashMap<FileKey, usize>,
     perf_maps: PerfMaps,
     kernel: Option<KernelSymbols>,
+    /// Created on first need from the environment; `Some(None)` when there is no server.
+    debuginfod: Option<Option<Debuginfod>>,
     warnings: Vec<String>,
     warned: HashSet<String>,
 }
@@ -163,6 +175,7 @@ impl Symbolizer {
             objects_by_key: HashMap::new(),
             perf_maps: PerfMaps::default(),
             kernel: None,
+            debuginfod: None,
             warnings: Vec::new(),
             warned: HashSet::new(),
         }
@@ -323,6 +336,41 @@ impl Symbolizer {
         }
     }
 
+    /// Downloads, in parallel, what debuginfod would be asked for while symbolizing frames
+    /// of `modules` (debug files of binaries that have neither a local one nor symbols and
+    /// DWARF of their own; executables that cannot be read), so that symbolization then
+    /// finds them in the cache. Does nothing unless debuginfod is enabled and configured.
+    pub fn prefetch_debuginfo(&mut self, modules: &[ModuleSpec]) {
+        if self.opts.debuginfod.is_none() || self.debuginfod().is_none() {
+            return;
+        }
+        let mut wanted = Vec::new();
+        let mut seen = HashSet::new();
+        for spec in modules.iter().filter(|s| s.kind == ModuleKind::File) {
+            if let Some(want) = loaded_object::debuginfod_wants(spec, &self.opts) {
+                if seen.insert(want.clone()) {
+                    wanted.push(want);
+                }
+            }
+        }
+        if let Some(d) = self.debuginfod() {
+            d.prefetch(&wanted);
+        }
+    }
+
+    /// The summary line for debuginfod (`N fetched, N cached, N failed (servers)`), if it
+    /// was used.
+    pub fn debuginfod_summary(&self) -> Option<String> {
+        self.debuginfod.as_ref()?.as_ref()?.summary()
+    }
+
+    fn debuginfod(&mut self) -> Option<&Debuginfod> {
+        let deadline = self.opts.debuginfod?;
+        self.debuginfod
+            .get_or_insert_with(|| Debuginfod::from_env(deadline))
+            .as_ref()
+    }
+
     /// Everything worth telling the user, each message once: hidden kernel addresses, refused
     /// perf maps, files that did not match their mapping, unusable debug data.
     pub fn warnings(&self) -> Vec<String> {
@@ -368,11 +416,26 @@ impl Symbolizer {
         }
         let spec = entry.spec.clone();
         let mut notes = Vec::new();
-        let idx = match locate::resolve(&spec, &mut notes) {
+        let resolved = locate::resolve(&spec, &mut notes).or_else(|why| -> Result<_, String> {
+            // The file is gone (or out of reach): debuginfod may have the executable itself.
+            let id = spec.build_id.as_deref().ok_or(why.clone())?;
+            let (path, data) = self
+                .debuginfod()
+                .and_then(|d| d.find(id, debuginfod::Kind::Executable))
+                .ok_or(why)?;
+            locate::resolved_at(path, data).ok_or_else(|| "unreadable cache entry".to_string())
+        });
+        if self.opts.debuginfod.is_some() {
+            // Loading may need a debug file from debuginfod.
+            self.debuginfod();
+        }
+        let debuginfod = self.debuginfod.as_ref().and_then(Option::as_ref);
+        let idx = match resolved {
             Ok(resolved) => Some(match self.objects_by_key.get(&resolved.key) {
                 Some(&idx) => idx,
                 None => {
-                    let obj = LoadedObject::load(&spec, &resolved, &self.opts, &mut notes);
+                    let obj =
+                        LoadedObject::load(&spec, &resolved, &self.opts, debuginfod, &mut notes);
                     self.objects.push(obj);
                     let idx = self.objects.len() - 1;
                     self.objects_by_key.insert(resolved.key, idx);

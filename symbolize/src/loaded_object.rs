@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::bytes::FileBytes;
+use crate::debuginfod::{self, Debuginfod};
 use crate::demangle::demangle;
 use crate::dwarf::{has_debug_info, DwarfInfo};
 use crate::function_starts::FunctionStarts;
@@ -40,6 +41,7 @@ impl LoadedObject {
         spec: &ModuleSpec,
         resolved: &Resolved,
         opts: &SymbolizeOptions,
+        debuginfod: Option<&Debuginfod>,
         notes: &mut Vec<String>,
     ) -> LoadedObject {
         let mut me = LoadedObject {
@@ -74,17 +76,18 @@ impl LoadedObject {
             })
             .collect();
 
-        let main_has_symtab = obj.section_by_name(".symtab").is_some();
-        let main_has_dwarf = has_debug_info(&obj);
-        let debug = if main_has_dwarf && main_has_symtab {
+        let debug = if is_self_sufficient(&obj) {
             None
         } else {
             locate::find_debug(spec, &obj, &opts.debug_dirs)
+                .or_else(|| debuginfod?.find(me.build_id.as_deref()?, debuginfod::Kind::Debuginfo))
         };
         let debug_obj = debug
             .as_ref()
             .and_then(|(_, d)| object::File::parse(&**d).ok());
 
+        let main_has_symtab = obj.section_by_name(".symtab").is_some();
+        let main_has_dwarf = has_debug_info(&obj);
         // MiniDebugInfo only matters when nothing better provides a full symbol table.
         let mini_data = if main_has_symtab
             || debug_obj
@@ -220,6 +223,28 @@ impl LoadedObject {
         });
         out
     }
+}
+
+/// A binary with its own symbol table and DWARF needs no debug file.
+fn is_self_sufficient(obj: &object::File<'_>) -> bool {
+    obj.section_by_name(".symtab").is_some() && has_debug_info(obj)
+}
+
+/// What [`LoadedObject::load`] would ask debuginfod for, for the mapping `spec`: the
+/// executable when the file cannot be read (and the kernel reported its build-id), its
+/// debug file when it needs one and none is found locally.
+pub(crate) fn debuginfod_wants(
+    spec: &ModuleSpec,
+    opts: &SymbolizeOptions,
+) -> Option<(Vec<u8>, debuginfod::Kind)> {
+    let Ok(resolved) = locate::resolve(spec, &mut Vec::new()) else {
+        return Some((spec.build_id.clone()?, debuginfod::Kind::Executable));
+    };
+    let obj = object::File::parse(&*resolved.data).ok()?;
+    if is_self_sufficient(&obj) || locate::find_debug(spec, &obj, &opts.debug_dirs).is_some() {
+        return None;
+    }
+    Some((obj.build_id().ok()??.to_vec(), debuginfod::Kind::Debuginfo))
 }
 
 fn mini_debuginfo(

@@ -613,9 +613,14 @@ pub fn run_session(
             }
             summary.warnings.extend(f.warnings);
         }
-        _ => summary
-            .warnings
-            .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
+        _ => {
+            if let Some(d) = own_sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+                summary.line("debuginfod", d);
+            }
+            summary
+                .warnings
+                .extend(own_sym.map(|s| s.warnings()).unwrap_or_default())
+        }
     }
     summary.print(args.common.verbose);
     Ok(cause)
@@ -631,6 +636,11 @@ fn render(
     format: output::Format,
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
+    let stacks = report.by_stack.keys().flat_map(|k| {
+        let waker = k.waker.map(|w| t.stacks.get(w.stack)).unwrap_or_default();
+        t.stacks.get(k.stack).iter().chain(waker)
+    });
+    crate::fold::prefetch_debuginfo(sym, t.procs, stacks);
     if format != output::Format::Pprof {
         return output::Rendered::Lines(fold_report(report, t, sym));
     }
