@@ -221,6 +221,7 @@ impl Debuginfod {
             }
         }
         if not_found == self.config.urls.len() {
+            self.note(format!("{hex}/{}: not found", kind.as_str()));
             self.cache.mark_missing(hex, kind);
         }
         Outcome::Failed
@@ -344,9 +345,11 @@ mod tests {
             "downloads were not concurrent"
         );
         assert!(t0.elapsed() < Duration::from_secs(10));
-        assert_eq!(
-            d.summary().unwrap(),
-            format!("0 fetched, 0 cached, {PARALLEL} failed (http://127.0.0.1:{port})")
+        let summary = d.summary().unwrap();
+        let head = format!("0 fetched, 0 cached, {PARALLEL} failed (http://127.0.0.1:{port}): ");
+        assert!(
+            summary.starts_with(&head) && summary.contains("/debuginfo: not found"),
+            "{summary}"
         );
         // Every server said 404: negative entries, as elfutils writes them.
         assert_eq!(
