@@ -3,12 +3,12 @@
 //! from BEFORE (red grew, blue shrank). Inputs are folded text or pprof, in any mix.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::args::DiffArgs;
 use crate::error::CliError;
-use crate::output::{pprof, AtomicFile};
+use crate::output::pprof;
 
 /// Largest input read (folded text, or a pprof file before decompression).
 const MAX_INPUT: u64 = 1 << 30;
@@ -105,22 +105,12 @@ pub fn run(args: DiffArgs) -> Result<i32, CliError> {
         args.before.display(),
         args.after.display()
     );
-    let result = match &args.output {
-        None => {
-            let stdout = io::stdout();
-            let mut out = BufWriter::new(stdout.lock());
-            write_svg(&mut out, &lines, &title).and_then(|_| out.flush())
-        }
-        Some(p) => {
-            crate::output::check_writable(p).map_err(CliError::new)?;
-            let mut f = AtomicFile::create(p).map_err(|e| CliError::new(e.to_string()))?;
-            let r = {
-                let mut out = BufWriter::new(f.as_file_mut());
-                write_svg(&mut out, &lines, &title).and_then(|_| out.flush())
-            };
-            r.and_then(|_| f.commit())
-        }
-    };
+    if let Some(p) = &args.output {
+        crate::output::check_writable(p).map_err(CliError::new)?;
+    }
+    let result = crate::output::write_with(args.output.as_deref(), |mut out| {
+        write_svg(&mut out, &lines, &title)
+    });
     result.map_err(|e| CliError::new(format!("writing the diff failed: {e}")))?;
     Ok(0)
 }
