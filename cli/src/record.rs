@@ -148,6 +148,14 @@ impl StackBuilder {
         }
     }
 
+    /// Loads what unwinding `pid`'s samples needs (DWARF mode: its modules' CFI) before
+    /// sampling starts, so the first samples do not stall the ring reader.
+    pub fn prepare(&mut self, tracker: &Tracker, pid: u32) {
+        if let CallGraph::Dwarf(_) = self.mode {
+            self.unwinder.prepare(&tracker.procs, pid);
+        }
+    }
+
     /// Build `self.frames` (leaf first) from a sample.
     pub fn build(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
         self.kernel.clear();
@@ -329,9 +337,9 @@ pub fn run_session(
         }
     };
     let mut builder = StackBuilder::new(mode);
-    if matches!(mode, CallGraph::Dwarf(_)) && matches!(target, Target::Pids(_) | Target::Tids(_)) {
+    if matches!(target, Target::Pids(_) | Target::Tids(_)) {
         for &pid in &pids {
-            builder.unwinder.prepare(&tracker.procs, pid);
+            builder.prepare(&tracker, pid);
         }
     }
     if !is_cmd {

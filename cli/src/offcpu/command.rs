@@ -372,6 +372,13 @@ pub fn run_session(
         .map(|c| c.iter().max().map_or(1, |m| *m as usize + 1))
         .unwrap_or(1);
 
+    let mut builder = StackBuilder::new(mode);
+    if !system_wide && !is_cmd {
+        // As in record: big binaries are loaded before the first switch-out needs them.
+        for &pid in &pids {
+            builder.prepare(&tracker, pid);
+        }
+    }
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
@@ -415,7 +422,7 @@ pub fn run_session(
 
     let mut c = Collector {
         tracker,
-        builder: StackBuilder::new(mode),
+        builder,
         stacks,
         names,
         totals: Report::default(),
