@@ -82,6 +82,15 @@ impl Cache {
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
+        // A link planted in the cache would send our files elsewhere.
+        let meta = fs::symlink_metadata(&dir)?;
+        // SAFETY: geteuid has no preconditions.
+        if !meta.is_dir() || meta.uid() != unsafe { libc::geteuid() } {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory of ours",
+                dir.display()
+            )));
+        }
         let name = format!(
             ".{}.psample.{}.{}",
             kind.as_str(),
@@ -152,6 +161,21 @@ pub(crate) fn default_root() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_in_the_cache_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("ab12")).unwrap();
+        let cache = Cache::new(dir.path().to_path_buf());
+        assert!(cache.temp("ab12", Kind::Debuginfo).is_err());
+        cache.mark_missing("ab12", Kind::Debuginfo);
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        // A linked entry is no entry.
+        fs::create_dir(dir.path().join("cd34")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("cd34/debuginfo")).unwrap();
+        assert_eq!(cache.lookup("cd34", Kind::Debuginfo), Entry::Unknown);
+    }
 
     #[test]
     fn entries_commit_and_negative_entries_expire() {

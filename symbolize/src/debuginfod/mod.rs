@@ -15,7 +15,6 @@ mod cache;
 mod http;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -258,9 +257,16 @@ impl Debuginfod {
     }
 }
 
-/// The file at `path`, mapped, if it is ELF with build-id `want`.
+/// The file at `path`, mapped, if it is a regular ELF file with build-id `want`. Opened
+/// without following a link or blocking on a FIFO: the cache is only as trusted as its
+/// directory.
 fn open_verified(path: &std::path::Path, want: &[u8]) -> Option<FileBytes> {
-    let file = File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
