@@ -2,8 +2,11 @@
 //!
 //! Names code addresses of profiled processes the way the target process sees its files:
 //! through `/proc/PID/root` and `/proc/PID/map_files` (containers, deleted or replaced
-//! binaries), with ELF `.symtab`/`.dynsym`, DWARF inline frames, separate debug files (build-id
-//! and `.gnu_debuglink`), MiniDebugInfo, the vDSO, JIT perf maps and `/proc/kallsyms`.
+//! binaries), with ELF `.symtab`/`.dynsym` (a bounded-memory index shared per file, see
+//! `symbol_index`), DWARF inline frames, separate debug files (build-id and
+//! `.gnu_debuglink`, locally or from debuginfod servers, see `debuginfod`), MiniDebugInfo, the
+//! vDSO, JIT perf maps and `/proc/kallsyms`. Code no symbol names is named by the start of its
+//! function from call-frame information (`function_starts`).
 //!
 //! Usage: register every mapping with [`Symbolizer::add_module`] (cheap), then ask
 //! [`Symbolizer::symbolize`] for each distinct address once, after collection. Files are
