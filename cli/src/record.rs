@@ -382,9 +382,12 @@ pub fn run_session(
             Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
             None => stopper.poll_timeout_ms(),
         };
-        if let Err(e) = session.wait(timeout) {
-            summary.warnings.push(format!("stopping early: {e}"));
-            break StopCause::Signal;
+        match session.wait(timeout) {
+            Ok((_, hup)) => stopper.after_wait(hup),
+            Err(e) => {
+                summary.warnings.push(format!("stopping early: {e}"));
+                break StopCause::Signal;
+            }
         }
         reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
         // Drain the BPF maps about once a second so they never fill on long runs.
@@ -535,7 +538,7 @@ pub fn run_session(
     }
     summary.print(args.common.verbose);
     if samples == 0 {
-        eprintln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
+        crate::errln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
     }
     Ok(cause)
 }

@@ -54,6 +54,22 @@ impl FunctionStarts {
         }
     }
 
+    /// Whether lookups read the mapped file in place (and so must stop once it shrank).
+    pub fn reads_file(&self) -> bool {
+        matches!(self, FunctionStarts::HdrTable(_))
+    }
+
+    /// Heap held (for the symbolizer's memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            FunctionStarts::Scanned { starts, lens } => {
+                starts.capacity() * size_of::<u64>() + lens.capacity() * size_of::<u32>()
+            }
+            FunctionStarts::HdrTable(_) => size_of::<HdrTable>(),
+            FunctionStarts::None => 0,
+        }
+    }
+
     /// Start (ELF virtual address) of the function whose FDE covers `vaddr`.
     pub fn start_of(&self, vaddr: u64) -> Option<u64> {
         match self {
@@ -91,7 +107,7 @@ fn address_size(obj: &object::File<'_>) -> u8 {
     }
 }
 
-/// A section's bytes (inflated if compressed, within the DWARF reader's cap) and address.
+/// A section's bytes (inflated if compressed, within budget) and address.
 fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> Option<(Reader, u64)> {
     let sec = obj.section_by_name(name)?;
     if sec.kind() == object::SectionKind::UninitializedData {

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::budget::ANSWERS_PER_FILE_MAX;
 use crate::bytes::FileBytes;
 use crate::debuginfod::{self, Debuginfod};
 use crate::demangle::demangle;
@@ -34,6 +36,13 @@ pub(crate) struct LoadedObject {
     cache: HashMap<u64, Vec<FrameDetail>>,
     /// GNU build-id of the file, for formats that identify binaries by it (pprof).
     pub build_id: Option<Vec<u8>>,
+    /// The mapped files DWARF (and an in-place FDE table) is read from lazily, checked for
+    /// truncation after each read.
+    mapped: Vec<FileBytes>,
+    /// A mapped file shrank while we read it; set once, reported once.
+    pub truncated: Option<String>,
+    /// Heap held by the symbol table and DWARF index (fixed after loading).
+    loaded_bytes: usize,
 }
 
 impl LoadedObject {
@@ -51,6 +60,9 @@ impl LoadedObject {
             dwarf: None,
             cache: HashMap::new(),
             build_id: None,
+            mapped: Vec::new(),
+            truncated: None,
+            loaded_bytes: 0,
         };
         let data = &resolved.data;
         let obj = match object::File::parse(&**data) {
@@ -139,7 +151,26 @@ impl LoadedObject {
         } else {
             None
         };
+        me.mapped.push(data.clone());
+        me.mapped.extend(debug.map(|(_, d)| d));
+        if me.mapped.iter().any(FileBytes::faulted) {
+            // What was parsed may be zeros: nothing of it can be trusted.
+            notes.push(truncation_note(&resolved.path));
+            me.symbols = Arc::default();
+            me.function_starts = FunctionStarts::None;
+            me.dwarf = None;
+            me.mapped.clear();
+        }
+        // A shared index is counted by each of its users: an over- rather than underestimate.
+        me.loaded_bytes = me.symbols.heap_bytes()
+            + me.function_starts.heap_bytes()
+            + me.dwarf.as_ref().map_or(0, |d| d.heap_bytes());
         me
+    }
+
+    /// Estimated heap held: symbols, FDE table, DWARF index and cached answers.
+    pub fn heap_bytes(&self) -> usize {
+        self.loaded_bytes + self.cache.len() * 160
     }
 
     /// ELF virtual address of a file offset, through the PT_LOAD segments (the same rule for
@@ -161,9 +192,13 @@ impl LoadedObject {
 
     /// File offset of the start of the function around `vaddr`, from its FDE; for
     /// addresses that [`Self::frames`] cannot name.
-    pub fn function_start_offset(&self, vaddr: u64) -> Option<u64> {
-        let start = guarded(|| self.function_starts.start_of(vaddr)).flatten()?;
-        self.vaddr_to_file_offset(start)
+    pub fn function_start_offset(&mut self, vaddr: u64) -> Option<u64> {
+        let start = guarded(|| self.function_starts.start_of(vaddr)).flatten();
+        if self.check_truncation() {
+            // The FDE table was read in place from a file that shrank meanwhile.
+            return None;
+        }
+        self.vaddr_to_file_offset(start?)
     }
 
     /// Frames at `vaddr` with their source positions, innermost first; empty when nothing
@@ -172,9 +207,41 @@ impl LoadedObject {
         if let Some(f) = self.cache.get(&vaddr) {
             return f.clone();
         }
-        let frames = self.compute(vaddr, opts);
+        let mut frames = self.compute(vaddr, opts);
+        if self.check_truncation() {
+            // Answer again from the symbol index alone (see `check_truncation`).
+            frames = self.compute(vaddr, opts);
+        }
+        if self.cache.len() >= ANSWERS_PER_FILE_MAX {
+            self.cache.clear();
+        }
         self.cache.insert(vaddr, frames.clone());
         frames
+    }
+
+    /// Whether a mapped file shrank under a read since the last check (the first time only).
+    /// Then what reads the files lazily is dropped: the DWARF reader and an in-place FDE
+    /// table. The symbol index stays: it was built while the files were intact, keeps small
+    /// string tables as copies and stops naming from a big one whose file shrank.
+    fn check_truncation(&mut self) -> bool {
+        if self.truncated.is_some() || !self.mapped.iter().any(FileBytes::faulted) {
+            return false;
+        }
+        self.truncated = Some(truncation_note(Path::new(&self.describe())));
+        self.dwarf = None;
+        if self.function_starts.reads_file() {
+            self.function_starts = FunctionStarts::None;
+        }
+        self.mapped.clear();
+        self.cache.clear();
+        true
+    }
+
+    fn describe(&self) -> String {
+        match &self.build_id {
+            Some(id) => format!("file with build-id {}", hex(id)),
+            None => "a mapped file".into(),
+        }
     }
 
     fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
@@ -245,6 +312,18 @@ pub(crate) fn debuginfod_wants(
         return None;
     }
     Some((obj.build_id().ok()??.to_vec(), debuginfod::Kind::Debuginfo))
+}
+
+fn truncation_note(path: &Path) -> String {
+    format!(
+        "{} shrank while psample read it; its DWARF (and anything read after the change) is \
+         not used",
+        path.display()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mini_debuginfo(

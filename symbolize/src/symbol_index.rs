@@ -9,6 +9,12 @@
 //! resident set as it goes) and touches a name only to break a tie between symbols at the
 //! same address. One index serves every process and mapping of the same file, and every
 //! symbolizer alive at the same time ([`shared`]); it is freed with its last user.
+//!
+//! A file's symbols are capped ([`budget::SYMBOLS_PER_FILE_MAX`] entries, names only from the
+//! first [`budget::SYMBOL_NAME_BYTES_PER_FILE_MAX`] bytes of its string tables). The files
+//! belong to the profiled processes, which may truncate them while they are mapped (see
+//! `sigbus`): small string tables are copied when indexed, so their names outlive such a
+//! change; names of a big table are read in place and, once its file shrank, not used.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,6 +25,7 @@ use object::elf::{
 };
 use object::read::elf::{ElfFile, FileHeader, SectionHeader, Sym};
 
+use crate::budget;
 use crate::bytes::{FileBytes, SectionBytes};
 
 /// Symbol names longer than this are cut; they only ever come from hostile or broken files.
@@ -35,6 +42,10 @@ const RELEASE_TIES_EVERY: usize = 16 * 1024;
 const MAX_SIZE: u32 = (1 << 24) - 1;
 /// String tables per index: binary, debug file and MiniDebugInfo (one table each).
 const MAX_SOURCES: usize = 16;
+/// String tables up to this size are copied rather than read in place: their names then
+/// survive the file shrinking under us, for little memory (a library's `.dynstr` is tens of
+/// KiB; node's 7.5 MB `.strtab` stays in the file).
+const STRINGS_COPY_MAX: usize = 256 * 1024;
 
 /// One function: its address, the offset of its name in the string table `source`, its size
 /// (0: unknown, extends to the next symbol) and, while building, its rank.
@@ -71,8 +82,31 @@ impl Entry {
 pub(crate) struct SymbolIndex {
     /// Sorted by address, one per address.
     entries: Vec<Entry>,
-    /// String tables the entries' names point into (slices of mapped files).
+    /// String tables the entries' names point into (slices of mapped files, or copies).
     strings: Vec<SectionBytes>,
+    /// A file shrank while the index was built from it: never shared.
+    tainted: bool,
+}
+
+/// How much of a file's symbols is kept (the budget's per-file caps; tests use small ones).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    symbols: usize,
+    name_bytes: usize,
+}
+
+impl Limits {
+    const BUDGET: Limits = Limits {
+        symbols: budget::SYMBOLS_PER_FILE_MAX,
+        name_bytes: budget::SYMBOL_NAME_BYTES_PER_FILE_MAX,
+    };
+}
+
+/// What a file's symbols (over all its sources) have taken of their [`Limits`].
+#[derive(Default)]
+struct Room {
+    name_bytes: usize,
+    full: bool,
 }
 
 /// One object's symbols: its bytes and the parsed file over them.
@@ -86,13 +120,22 @@ impl SymbolIndex {
     /// files); addresses are ELF virtual addresses, which all of them share. A file's
     /// `.dynsym` is read only when it has no `.symtab` (which then holds all of it).
     pub fn build(sources: &[SymbolSource<'_>]) -> SymbolIndex {
+        Self::build_within(sources, Limits::BUDGET)
+    }
+
+    fn build_within(sources: &[SymbolSource<'_>], limits: Limits) -> SymbolIndex {
         let mut index = SymbolIndex::default();
+        let mut room = Room::default();
         for src in sources {
             match src.obj {
-                object::File::Elf64(elf) => index.add_file(elf, src.data),
-                object::File::Elf32(elf) => index.add_file(elf, src.data),
+                object::File::Elf64(elf) => index.add_file(elf, src.data, limits, &mut room),
+                object::File::Elf32(elf) => index.add_file(elf, src.data, limits, &mut room),
                 _ => {}
             }
+        }
+        if room.full {
+            // A file (hostile, or beyond anything real) with more symbols than kept.
+            budget::file_capped();
         }
         index.finish();
         // Breaking ties read names all over the string tables; lookups will read back only
@@ -100,7 +143,19 @@ impl SymbolIndex {
         for table in &index.strings {
             table.release();
         }
+        index.tainted = sources.iter().any(|s| s.data.faulted());
         index
+    }
+
+    /// Heap held (for the symbolizer's memory budget): the entries and copied string tables.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * size_of::<Entry>()
+            + self
+                .strings
+                .iter()
+                .filter(|t| !t.is_mapped())
+                .map(|t| t.len())
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,13 +200,48 @@ impl SymbolIndex {
 
     fn name(&self, e: Entry) -> Option<Cow<'_, str>> {
         let bytes = self.name_bytes(e)?;
-        (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes))
+        let name = (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes))?;
+        // Read in place from a file that shrank (now, or before): zeros or a cut name.
+        if self
+            .strings
+            .get(e.source())
+            .is_some_and(SectionBytes::faulted)
+        {
+            return None;
+        }
+        Some(name)
+    }
+
+    /// The string table at `raw` (in `data`) as the index keeps it: within the file's
+    /// name-bytes room, copied when small.
+    fn keep_strings(
+        data: &FileBytes,
+        raw: &[u8],
+        limits: Limits,
+        room: &mut Room,
+    ) -> Option<SectionBytes> {
+        let left = limits.name_bytes.saturating_sub(room.name_bytes);
+        if raw.len() > left {
+            // Names past the room are not indexed (their offsets lie outside the slice).
+            room.full = true;
+        }
+        let raw = &raw[..raw.len().min(left)];
+        room.name_bytes += raw.len();
+        let in_place = data.section_of(raw)?;
+        if in_place.is_mapped() && raw.len() <= STRINGS_COPY_MAX {
+            let copy = FileBytes::owned(raw.to_vec()).whole();
+            data.release(raw);
+            return Some(copy);
+        }
+        Some(in_place)
     }
 
     fn add_file<Elf: FileHeader<Endian = object::Endianness>>(
         &mut self,
         elf: &ElfFile<'_, Elf>,
         data: &FileBytes,
+        limits: Limits,
+        room: &mut Room,
     ) {
         let table = if elf.elf_symbol_table().is_empty() {
             elf.elf_dynamic_symbol_table()
@@ -167,7 +257,7 @@ impl SymbolIndex {
             .section(table.string_section())
             .ok()
             .and_then(|s| s.data(endian, elf.data()).ok())
-            .and_then(|d| data.section_of(d))
+            .and_then(|d| Self::keep_strings(data, d, limits, room))
         else {
             return;
         };
@@ -175,7 +265,8 @@ impl SymbolIndex {
         self.strings.push(strings);
         let syms = table.symbols();
         // Sized up front: growing by doubling would briefly hold twice the table.
-        self.entries.reserve(syms.len());
+        let left = limits.symbols.saturating_sub(self.entries.len());
+        self.entries.reserve(syms.len().min(left));
         let exec_section = |shndx: u16| {
             sections
                 .section(object::SectionIndex(usize::from(shndx)))
@@ -184,10 +275,17 @@ impl SymbolIndex {
         for chunk in syms.chunks((RELEASE_EVERY / size_of::<Elf::Sym>()).max(1)) {
             for sym in chunk {
                 if let Some(e) = self.entry(sym, endian, source, &exec_section) {
+                    if self.entries.len() >= limits.symbols {
+                        room.full = true;
+                        break;
+                    }
                     self.entries.push(e);
                 }
             }
             data.release(object::pod::bytes_of_slice(chunk));
+            if room.full && self.entries.len() >= limits.symbols {
+                return;
+            }
         }
     }
 
@@ -202,6 +300,14 @@ impl SymbolIndex {
         let addr: u64 = sym.st_value(endian).into();
         let name = sym.st_name(endian);
         if shndx == SHN_UNDEF || addr == 0 || name == 0 {
+            return None;
+        }
+        // A name past the kept part of its table (see `keep_strings`) is not indexed.
+        if self
+            .strings
+            .get(source)
+            .is_none_or(|t| name as usize >= t.len())
+        {
             return None;
         }
         let typed = match sym.st_type() {
@@ -288,12 +394,16 @@ pub(crate) fn shared(key: IndexKey, build: impl FnOnce() -> SymbolIndex) -> Arc<
         .lock()
         .ok()
         .and_then(|m| m.as_ref()?.get(&key)?.upgrade())
+        .filter(|live| !live.tainted)
     {
         return live;
     }
     // Built outside the lock: another thread may build the same index meanwhile, which
     // costs time once but never blocks symbolization behind a big file.
     let index = Arc::new(build());
+    if index.tainted {
+        return index;
+    }
     if let Ok(mut guard) = SHARED.lock() {
         let map = guard.get_or_insert_with(HashMap::new);
         map.retain(|_, w| w.strong_count() > 0);
@@ -310,6 +420,7 @@ mod tests {
         SymbolIndex {
             entries,
             strings: vec![FileBytes::owned(names.to_vec()).whole()],
+            tainted: false,
         }
     }
 
@@ -409,5 +520,85 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 100);
+    }
+
+    #[test]
+    fn per_file_caps_bound_entries_and_name_bytes() {
+        let data = FileBytes::owned(std::fs::read("/proc/self/exe").expect("own exe"));
+        let obj = object::File::parse(&*data).expect("elf");
+        let sources = [SymbolSource {
+            data: &data,
+            obj: &obj,
+        }];
+        let full = SymbolIndex::build(&sources);
+        let few = SymbolIndex::build_within(
+            &sources,
+            Limits {
+                symbols: 10,
+                name_bytes: usize::MAX,
+            },
+        );
+        assert!(few.len() <= 10 && full.len() > 100);
+        let names = 64 * 1024;
+        let small = SymbolIndex::build_within(
+            &sources,
+            Limits {
+                symbols: usize::MAX,
+                name_bytes: names,
+            },
+        );
+        assert!(small.len() < full.len());
+        assert!(small.strings.iter().map(|t| t.len()).sum::<usize>() <= names);
+        assert!(small.entries.iter().all(|e| (e.name as usize) < names));
+        assert!(small.entries.iter().any(|e| small.name(*e).is_some()));
+        assert!(budget::report()
+            .iter()
+            .any(|l| l.contains("more than psample keeps of one file")));
+    }
+
+    #[test]
+    fn names_read_in_place_are_not_used_once_the_file_shrank() {
+        use std::io::Write;
+        let exe = std::fs::read("/proc/self/exe").expect("own exe");
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(&exe).expect("write");
+        let data = FileBytes::map(f.as_file()).expect("map");
+        let obj = object::File::parse(&*data).expect("elf");
+        let index = SymbolIndex::build(&[SymbolSource {
+            data: &data,
+            obj: &obj,
+        }]);
+        // A test binary's .strtab is MBs: read in place, not copied.
+        assert!(index.strings.iter().all(SectionBytes::is_mapped));
+        // A name that runs across a page boundary: cut the file there, and a read of it
+        // would give its first half, ended by the zeros of the page after.
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let at_file = |e: &Entry| {
+            let table = &index.strings[e.source()];
+            table.as_ptr() as usize - data.as_ptr() as usize + e.name as usize
+        };
+        let (e, name, cut) = index
+            .entries
+            .iter()
+            .find_map(|e| {
+                let name = index.name(*e)?.into_owned();
+                let start = at_file(e);
+                let cut = (start / page + 1) * page;
+                (start + name.len() > cut && cut < data.len()).then_some((*e, name, cut))
+            })
+            .expect("a name across pages");
+        assert!(!data.faulted());
+        f.as_file().set_len(cut as u64).expect("truncate");
+        assert_eq!(index.name(e), None, "{name} read cut short");
+        assert!(data.faulted());
+        // Nor is such an index handed to another user.
+        let key = || IndexKey::BuildId(b"shrunk-index-test".to_vec(), None);
+        let first = shared(key(), || SymbolIndex {
+            tainted: true,
+            ..SymbolIndex::default()
+        });
+        let second = shared(key(), SymbolIndex::default);
+        assert!(!Arc::ptr_eq(&first, &second));
     }
 }

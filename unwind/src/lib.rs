@@ -10,13 +10,14 @@
 //! Architecture-specific parts live in [`arch`].
 
 pub mod arch;
+mod code_order;
 mod entry_symbols;
 pub mod fixture;
 mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod target_file;
+mod retired;
 mod unwinder;
 mod vdso;
 

@@ -457,9 +457,12 @@ pub fn run_session(
             Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
             None => stopper.poll_timeout_ms(),
         };
-        if let Err(e) = session.wait(timeout) {
-            summary.warnings.push(format!("stopping early: {e}"));
-            break session::StopCause::Signal;
+        match session.wait(timeout) {
+            Ok((_, hup)) => stopper.after_wait(hup),
+            Err(e) => {
+                summary.warnings.push(format!("stopping early: {e}"));
+                break session::StopCause::Signal;
+            }
         }
         reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
         c.reorder.end_round(|_, e| engine.push(e));

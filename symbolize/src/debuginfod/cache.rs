@@ -36,8 +36,7 @@ pub(crate) enum Entry {
 
 impl Cache {
     pub fn new(root: PathBuf) -> Cache {
-        let cache_miss = fs::read_to_string(root.join("cache_miss_s"))
-            .ok()
+        let cache_miss = read_setting(&root.join("cache_miss_s"))
             .and_then(|s| s.trim().parse().ok())
             .map_or(DEFAULT_CACHE_MISS, Duration::from_secs);
         Cache { root, cache_miss }
@@ -137,6 +136,17 @@ impl Cache {
     }
 }
 
+/// A setting file of the cache (a number of seconds): a regular file, not a link, read up to
+/// a few bytes, so a FIFO or a huge file planted in the cache costs nothing.
+fn read_setting(path: &Path) -> Option<String> {
+    use std::io::Read;
+    const SETTING_MAX: u64 = 64;
+    let file = crate::target_file::open_host(path, false).ok()?;
+    let mut text = String::new();
+    file.take(SETTING_MAX).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// `$DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`, else
 /// `~/.cache/debuginfod_client` (elfutils' order; its older `~/.debuginfod_client_cache` is
 /// used when that directory already exists).
@@ -195,6 +205,20 @@ mod tests {
             cache.lookup("ab12", Kind::Debuginfo),
             Entry::Present(_)
         ));
+
+        // A FIFO as the setting would block a plain read forever: it is not read.
+        let fifo = std::ffi::CString::new(
+            dir.path()
+                .join("cache_miss_s")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let cache = Cache::new(dir.path().to_path_buf());
+        assert_eq!(cache.lookup("cd34", Kind::Executable), Entry::Missing);
+        fs::remove_file(dir.path().join("cache_miss_s")).unwrap();
 
         fs::write(dir.path().join("cache_miss_s"), "0\n").unwrap();
         let cache = Cache::new(dir.path().to_path_buf());

@@ -257,19 +257,13 @@ impl Debuginfod {
     }
 }
 
-/// The file at `path`, mapped, if it is a regular ELF file with build-id `want`. Opened
-/// without following a link or blocking on a FIFO: the cache is only as trusted as its
+/// The file at `path`, mapped, if it is a regular ELF file with build-id `want`. Opened as
+/// psample opens a target's files ([`crate::target_file::open_host`]): a link is not
+/// followed, nothing but a regular file is opened (no FIFO to block on, no device), and the
+/// mapping is guarded against the file shrinking: the cache is only as trusted as its
 /// directory.
 fn open_verified(path: &std::path::Path, want: &[u8]) -> Option<FileBytes> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
+    let file = crate::target_file::open_host(path, false).ok()?;
     let data = FileBytes::map(&file).ok()?;
     let id = object::File::parse(&*data).ok()?.build_id().ok()??;
     crate::locate::build_ids_match(want, id).then_some(data)
