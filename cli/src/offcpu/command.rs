@@ -368,6 +368,13 @@ pub fn run_session(
         .map(|c| c.iter().max().map_or(1, |m| *m as usize + 1))
         .unwrap_or(1);
 
+    let mut builder = StackBuilder::new(mode);
+    if !system_wide && !is_cmd {
+        // As in record: big binaries are loaded before the first switch-out needs them.
+        for &pid in &pids {
+            builder.prepare(&tracker, pid);
+        }
+    }
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
@@ -418,7 +425,7 @@ pub fn run_session(
 
     let mut c = Collector {
         tracker,
-        builder: StackBuilder::new(mode),
+        builder,
         stacks,
         names,
         totals: Report::default(),
@@ -640,9 +647,14 @@ pub fn run_session(
             }
             summary.warnings.extend(f.warnings);
         }
-        _ => summary
-            .warnings
-            .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
+        _ => {
+            if let Some(d) = own_sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+                summary.line("debuginfod", d);
+            }
+            summary
+                .warnings
+                .extend(own_sym.map(|s| s.warnings()).unwrap_or_default())
+        }
     }
     summary.print(args.common.verbose);
     Ok(cause)
@@ -658,6 +670,11 @@ fn render(
     format: output::Format,
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
+    let stacks = report.by_stack.keys().flat_map(|k| {
+        let waker = k.waker.map(|w| t.stacks.get(w.stack)).unwrap_or_default();
+        t.stacks.get(k.stack).iter().chain(waker)
+    });
+    crate::fold::prefetch_debuginfo(sym, t.procs, stacks);
     if format != output::Format::Pprof {
         return output::Rendered::Lines(fold_report(report, t, sym));
     }
