@@ -235,7 +235,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     } else if has_feature(Feature::ContextSwitch) {
         "sched_switch samples + context-switch records for switch-ins".to_string()
     } else {
-        "sched_switch samples + CPU-wide sched_switch for switch-ins".to_string()
+        "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins".to_string()
     };
     out("offcpu", offcpu);
     if sampling.is_none() {

@@ -289,6 +289,9 @@ impl SymbolizerPool {
 
     fn warnings(&self) -> Vec<String> {
         let mut all = self.retired_warnings.clone();
+        if let Some(d) = self.sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+            all.push(format!("debuginfod: {d}"));
+        }
         for w in self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default() {
             if !all.contains(&w) {
                 all.push(w);
@@ -546,6 +549,8 @@ mod tests {
             no_inline: false,
             no_demangle: false,
             debug_dirs: vec![],
+            debuginfod: crate::args::DebuginfodMode::Off,
+            debuginfod_deadline: std::time::Duration::from_secs(30),
         };
         let labels = Labels {
             title: "t".into(),

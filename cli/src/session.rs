@@ -168,6 +168,26 @@ impl StopCause {
     }
 }
 
+/// Most memory the background drainer may hold per ring byte, and in all.
+const DRAIN_RINGS: usize = 16;
+const DRAIN_MAX: usize = 256 << 20;
+
+/// Let a background thread empty rings the reader leaves past half full (see
+/// [`Session::drain_in_background`]): the first DWARF unwind in a large binary can hold the
+/// reader for a second, longer than a default ring lasts. Bounded to [`DRAIN_RINGS`] times
+/// the rings' size (at most [`DRAIN_MAX`]); beyond it the kernel drops and counts records.
+pub fn drain_in_background(session: &mut Session, ring_pages: usize) -> Result<(), CliError> {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let rings = ring_pages
+        .saturating_mul(page)
+        .saturating_mul(session.ring_count().max(1));
+    let limit = rings.saturating_mul(DRAIN_RINGS).clamp(16 << 20, DRAIN_MAX);
+    session
+        .drain_in_background(limit)
+        .map_err(|e| CliError::new(format!("cannot start the ring drainer thread: {e}")))
+}
+
 /// One record drained from a ring, kept until the batch is sorted by time.
 struct Pending {
     time: u64,
