@@ -248,8 +248,8 @@ impl Workload {
             })
             .collect::<Result<Vec<u64>, String>>()?;
         Ok(Stack {
-            kernel: Vec::new(),
             user,
+            ..Stack::default()
         })
     }
 
