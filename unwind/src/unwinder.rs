@@ -304,7 +304,11 @@ impl Unwinder {
         self.store.module(pid, id, mapping)
     }
 
-    /// Bring `pid`'s framehop unwinder in line with its current executable mappings.
+    /// Bring `pid`'s framehop unwinder in line with its current executable mappings: drop
+    /// modules whose mappings are gone. Modules are added as the walk meets them
+    /// ([`ensure_module`]): a process maps far more code than its stacks run through, and
+    /// system-wide every process would otherwise have all its libraries parsed at its first
+    /// sample.
     fn sync(&mut self, procs: &Processes, pid: u32) -> bool {
         if procs.removals() != self.seen_removals {
             self.seen_removals = procs.removals();
@@ -336,8 +340,7 @@ impl Unwinder {
             return true;
         }
         state.exec_version = space.exec_version;
-        let wanted: Vec<_> = procs.exec_mappings(space).collect();
-        let wanted_ids: HashSet<MappingId> = wanted.iter().map(|(id, _)| *id).collect();
+        let wanted_ids: HashSet<MappingId> = procs.exec_mappings(space).map(|(id, _)| id).collect();
         let stale: Vec<MappingId> = state
             .modules
             .keys()
@@ -349,15 +352,6 @@ impl Unwinder {
                 state
                     .framehop
                     .remove_module(module.framehop.avma_range().start);
-            }
-        }
-        for (id, mapping) in wanted {
-            if state.modules.contains_key(&id) {
-                continue;
-            }
-            if let Some(module) = self.store.module(pid, id, mapping) {
-                state.framehop.add_module(module.framehop.clone());
-                state.modules.insert(id, module);
             }
         }
         true
@@ -381,7 +375,7 @@ impl Unwinder {
         if !self.sync(procs, pid) {
             return Stopped(StopReason::NoMapping);
         }
-        let Some(state) = self.states.get(&pid) else {
+        let Some(state) = self.states.get_mut(&pid) else {
             return Stopped(StopReason::NoMapping);
         };
         let mut read_stack = |addr: u64| words.read(addr);
@@ -395,6 +389,7 @@ impl Unwinder {
             let Some(id) = procs.find(pid, lookup) else {
                 return Stopped(StopReason::NoMapping);
             };
+            ensure_module(state, &mut self.store, procs, pid, id);
             let module = state.modules.get(&id);
             if module.is_none() && !procs.get(id).is_some_and(|m| m.exec) {
                 return Stopped(StopReason::NoMapping);
@@ -556,4 +551,25 @@ fn restore_sigframe<S: StackWords>(
         return Err(StopReason::NoMapping);
     }
     Ok((ip, new_sp, bp))
+}
+
+/// Add the module of mapping `id` to `pid`'s unwinder if it is executable and loads (the
+/// store remembers files that do not, so a failure costs one lookup per frame after that).
+fn ensure_module(
+    state: &mut ProcState,
+    store: &mut ModuleStore,
+    procs: &Processes,
+    pid: u32,
+    id: MappingId,
+) {
+    if state.modules.contains_key(&id) {
+        return;
+    }
+    let Some(mapping) = procs.get(id).filter(|m| m.exec) else {
+        return;
+    };
+    if let Some(module) = store.module(pid, id, mapping) {
+        state.framehop.add_module(module.framehop.clone());
+        state.modules.insert(id, module);
+    }
 }
