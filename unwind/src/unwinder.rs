@@ -1,6 +1,6 @@
 //! Online user-stack unwinding of sampled (registers, stack bytes) pairs.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -82,13 +82,15 @@ struct ProcState {
     incarnation: u64,
     exec_version: u64,
     framehop: UnwinderX86_64<SectionData>,
-    modules: HashMap<MappingId, Arc<LoadedModule>>,
+    modules: FxHashMap<MappingId, Arc<LoadedModule>>,
 }
 
 /// User-stack unwinder for all processes; see [`Unwinder::unwind_dwarf`].
 pub struct Unwinder {
     store: ModuleStore,
-    states: HashMap<u32, ProcState>,
+    /// Looked up several times per sample: a fast hasher (keys are pids, not chosen by
+    /// anyone psample does not trust to choose them).
+    states: FxHashMap<u32, ProcState>,
     cache: CacheX86_64,
     seen_removals: u64,
     /// Scratch for [`Self::unwind_hybrid`]'s replay of the kernel's walk (no allocation per
@@ -186,7 +188,7 @@ impl Unwinder {
     pub fn with_resolver(resolver: FileResolver) -> Self {
         Self {
             store: ModuleStore::new(resolver),
-            states: HashMap::new(),
+            states: FxHashMap::default(),
             cache: CacheX86_64::new(),
             seen_removals: 0,
             hybrid_records: Vec::new(),
@@ -326,21 +328,22 @@ impl Unwinder {
             incarnation: space.incarnation,
             exec_version: 0,
             framehop: UnwinderX86_64::new(),
-            modules: HashMap::new(),
+            modules: FxHashMap::default(),
         });
         if state.incarnation != space.incarnation {
             *state = ProcState {
                 incarnation: space.incarnation,
                 exec_version: 0,
                 framehop: UnwinderX86_64::new(),
-                modules: HashMap::new(),
+                modules: FxHashMap::default(),
             };
         }
         if state.exec_version == space.exec_version {
             return true;
         }
         state.exec_version = space.exec_version;
-        let wanted_ids: HashSet<MappingId> = procs.exec_mappings(space).map(|(id, _)| id).collect();
+        let wanted_ids: FxHashSet<MappingId> =
+            procs.exec_mappings(space).map(|(id, _)| id).collect();
         let stale: Vec<MappingId> = state
             .modules
             .keys()
