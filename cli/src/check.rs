@@ -8,9 +8,9 @@ use perfring::probe::{self, Probe};
 use perfring::sys::Kernel;
 
 use crate::args::CheckArgs;
-use crate::error::CliError;
-use crate::perms;
-use crate::session;
+use collect::perms;
+use collect::session;
+use collect::Error as CliError;
 
 fn yes_no(p: Probe, verbose: bool) -> String {
     match p {
@@ -141,7 +141,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
 
     println!("tracing");
-    let tracing = perfring::tracepoint::Tracing::locate(&crate::tracing::Fs(k), perms::is_root());
+    let tracing = perfring::tracepoint::Tracing::locate(&collect::tracing::Fs(k), perms::is_root());
     let (switch_ok, wakeup_ok) = match &tracing {
         Ok(t) => {
             out(
@@ -157,7 +157,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
                     }
                 ),
             );
-            let fs = crate::tracing::Fs(k);
+            let fs = collect::tracing::Fs(k);
             let sw = t.event_id(&fs, "sched", "sched_switch");
             let wk = t.event_id(&fs, "sched", "sched_wakeup");
             out(

@@ -23,7 +23,7 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 fn total(path: &Path) -> u64 {
-    psample::diff::load_folded(path)
+    collect::output::input::load_folded(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .iter()
         .map(|l| l.1)

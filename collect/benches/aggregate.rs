@@ -2,10 +2,10 @@
 //! the aggregated profile into sorted lines (after symbolization, which is benchmarked in
 //! the symbolize crate; here frames are pre-named so only aggregation is measured).
 
+use collect::fold::{Folder, NamedFrames};
+use collect::frame::Frame;
+use collect::profile::Profile;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use psample::fold::{Folder, NamedFrames};
-use psample::profile::Profile;
-use psample::stack::Frame;
 use symbolize::{SymbolizeOptions, Symbolizer};
 use unwind::Processes;
 

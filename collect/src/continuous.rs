@@ -24,12 +24,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use symbolize::Symbolizer;
 
-use crate::args::{CommonArgs, ContinuousArgs, SymbolArgs, TargetArgs};
-use crate::error::CliError;
 use crate::output::{Format, Labels, Rendered};
 use crate::push::Pusher;
-use crate::session::StopCause;
-use crate::target::{self, Target};
+use crate::session::{signals, Observer, StopCause};
+use crate::target::{self, Lookup, Target, TargetSpec};
+use crate::Error;
+
+/// Continuous profiling: `--every`, `--out-dir`, `--keep`, `--push`.
+#[derive(Debug, Clone)]
+pub struct ContinuousOptions {
+    /// Length of one interval.
+    pub every: Duration,
+    /// Where the interval profiles go (created if missing).
+    pub out_dir: PathBuf,
+    /// Keep only the newest N interval profiles (`None`: keep all).
+    pub keep: Option<usize>,
+    /// Also POST each interval to a Pyroscope-compatible server at this `http://` URL.
+    pub push: Option<String>,
+    /// Application name sent with `push` (default: `psample.<command>`).
+    pub push_name: Option<String>,
+}
 
 /// A symbolizer that has registered this many mappings, or parsed this many distinct files,
 /// is replaced by a fresh one at the next boundary. Files still in use are parsed again
@@ -81,31 +95,23 @@ pub struct Intervals {
 }
 
 impl Intervals {
-    /// `None` when `--every` was not given.
-    pub fn from_args(
-        c: &ContinuousArgs,
-        common: &CommonArgs,
-        symbols: &SymbolArgs,
+    /// Start the interval clock and the writer thread for `command`'s intervals.
+    pub fn start(
+        c: &ContinuousOptions,
+        format: Option<Format>,
+        symbols: &symbolize::SymbolizeOptions,
         command: &str,
         labels: Labels,
-    ) -> Result<Option<Intervals>, CliError> {
-        let (Some(every), Some(dir)) = (c.every, c.out_dir.as_ref()) else {
-            return Ok(None);
-        };
-        if common.output.is_some() {
-            return Err(CliError::new(
-                "--every writes into --out-dir; -o cannot be used with it",
-            ));
-        }
+    ) -> Result<Intervals, Error> {
+        let dir = &c.out_dir;
         if c.keep == Some(0) {
-            return Err(CliError::new("--keep must be at least 1"));
+            return Err(Error::new("--keep must be at least 1"));
         }
-        std::fs::create_dir_all(dir).map_err(|e| {
-            CliError::new(format!("cannot create --out-dir {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(format!("cannot create --out-dir {}: {e}", dir.display())))?;
         crate::output::check_writable(&dir.join("probe"))
-            .map_err(|e| CliError::new(format!("--out-dir: {e}")))?;
-        let format = Format::resolve(common.format, None);
+            .map_err(|e| Error::new(format!("--out-dir: {e}")))?;
+        let format = Format::resolve(format, None);
         let pusher = match &c.push {
             Some(url) => {
                 let name = c
@@ -113,7 +119,7 @@ impl Intervals {
                     .clone()
                     .unwrap_or_else(|| format!("psample.{command}"));
                 Some(Arc::new(
-                    Pusher::start(url, &name, format, command).map_err(CliError::new)?,
+                    Pusher::start(url, &name, format, command).map_err(Error::new)?,
                 ))
             }
             None => None,
@@ -124,9 +130,9 @@ impl Intervals {
         let thread = std::thread::Builder::new()
             .name("psample-writer".into())
             .spawn(move || writer.run(rx, SymbolizerPool::new(symbols)))
-            .map_err(|e| CliError::new(format!("cannot start the writer thread: {e}")))?;
-        Ok(Some(Intervals {
-            every,
+            .map_err(|e| Error::new(format!("cannot start the writer thread: {e}")))?;
+        Ok(Intervals {
+            every: c.every,
             format,
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -134,7 +140,7 @@ impl Intervals {
             writer: Some(thread),
             pusher,
             waited: Duration::ZERO,
-        }))
+        })
     }
 
     /// Whether the current interval is over.
@@ -242,7 +248,7 @@ impl Drop for Intervals {
 
 /// The symbolizer shared by consecutive intervals, rebuilt when it holds too much.
 struct SymbolizerPool {
-    symbols: SymbolArgs,
+    symbols: symbolize::SymbolizeOptions,
     sym: Option<Symbolizer>,
     /// Intervals rendered since `sym` was created.
     age: u32,
@@ -254,7 +260,7 @@ struct SymbolizerPool {
 const MAX_WARNINGS: usize = 100;
 
 impl SymbolizerPool {
-    fn new(symbols: SymbolArgs) -> Self {
+    fn new(symbols: symbolize::SymbolizeOptions) -> Self {
         SymbolizerPool {
             symbols,
             sym: None,
@@ -284,7 +290,7 @@ impl SymbolizerPool {
         self.age = self.age.saturating_add(1);
         let symbols = &self.symbols;
         self.sym
-            .get_or_insert_with(|| crate::symbols::symbolizer(symbols))
+            .get_or_insert_with(|| Symbolizer::new(symbols.clone()))
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -446,22 +452,21 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// The processes `--pid-file`/`--comm` name right now (empty when none is running).
-pub fn lookup_targets(c: &ContinuousArgs) -> Vec<u32> {
-    if let Some(f) = &c.pid_file {
-        return pid_from_file(f).into_iter().collect();
+/// The processes `lookup` names right now (empty when none is running).
+pub fn lookup_targets(lookup: &Lookup) -> Vec<u32> {
+    match lookup {
+        Lookup::PidFile(f) => pid_from_file(f).into_iter().collect(),
+        Lookup::Comm(name) => {
+            let me = std::process::id();
+            let mut pids: Vec<u32> = target::all_pids()
+                .into_iter()
+                .filter(|&p| p != me && target::comm_of(p).as_deref() == Some(name.as_str()))
+                .filter(|&p| target::process_alive(p))
+                .collect();
+            pids.sort_unstable();
+            pids
+        }
     }
-    if let Some(name) = &c.comm {
-        let me = std::process::id();
-        let mut pids: Vec<u32> = target::all_pids()
-            .into_iter()
-            .filter(|&p| p != me && target::comm_of(p).as_deref() == Some(name.as_str()))
-            .filter(|&p| target::process_alive(p))
-            .collect();
-        pids.sort_unstable();
-        return pids;
-    }
-    Vec::new()
 }
 
 fn pid_from_file(path: &Path) -> Option<u32> {
@@ -472,68 +477,77 @@ fn pid_from_file(path: &Path) -> Option<u32> {
     (pid > 0 && target::process_alive(pid)).then_some(pid)
 }
 
-/// Run a command's sessions on its target: once, or (with `--every`) interval by interval,
-/// re-attaching after target restarts. Shared by `record` and `offcpu`.
+/// Run a command's sessions on its targets: once, or (with `continuous`) interval by
+/// interval, re-attaching after target restarts. Shared by `record` and `offcpu`.
 pub fn run_command(
-    c: &ContinuousArgs,
-    common: &CommonArgs,
-    symbols: &SymbolArgs,
-    target: &TargetArgs,
+    opts: &crate::session::SessionOptions,
     command: &str,
     labels: Labels,
-    mut session: impl FnMut(Target, Option<&mut Intervals>) -> Result<StopCause, CliError>,
-) -> Result<i32, CliError> {
-    let default_target = || Target::from_args(target).map_err(CliError::new);
-    let Some(mut intervals) = Intervals::from_args(c, common, symbols, command, labels)? else {
-        session(default_target()?, None)?;
-        return Ok(0);
+    observer: &mut dyn Observer,
+    mut session: impl FnMut(
+        Target,
+        Option<&mut Intervals>,
+        &mut dyn Observer,
+    ) -> Result<StopCause, Error>,
+) -> Result<(), Error> {
+    let mut intervals = match &opts.continuous {
+        Some(c) => Some(Intervals::start(
+            c,
+            opts.format,
+            &opts.symbols,
+            command,
+            labels,
+        )?),
+        None => None,
     };
-    run_restartable(c, default_target, |t| session(t, Some(&mut intervals)))
+    match &opts.target {
+        TargetSpec::Fixed(t) => {
+            session(t.clone(), intervals.as_mut(), observer)?;
+            Ok(())
+        }
+        TargetSpec::Lookup(lookup) => {
+            run_restartable(lookup, observer, |t, o| session(t, intervals.as_mut(), o))
+        }
+    }
 }
 
-/// Run `session` over and over: each time the targets named by `--pid-file`/`--comm` exit,
-/// wait for them to come back and attach again. Without those flags it runs once.
+/// Run `session` over and over: each time the targets `lookup` names exit, wait for them to
+/// come back and attach again.
 pub fn run_restartable(
-    c: &ContinuousArgs,
-    default_target: impl Fn() -> Result<Target, CliError>,
-    mut session: impl FnMut(Target) -> Result<StopCause, CliError>,
-) -> Result<i32, CliError> {
-    let restartable = c.pid_file.is_some() || c.comm.is_some();
-    if !restartable {
-        session(default_target()?)?;
-        return Ok(0);
-    }
-    let what = match (&c.pid_file, &c.comm) {
-        (Some(f), _) => format!("the process in {}", f.display()),
-        (_, Some(n)) => format!("processes named {n:?}"),
-        _ => unreachable!("restartable implies one of them"),
+    lookup: &Lookup,
+    observer: &mut dyn Observer,
+    mut session: impl FnMut(Target, &mut dyn Observer) -> Result<StopCause, Error>,
+) -> Result<(), Error> {
+    let what = match lookup {
+        Lookup::PidFile(f) => format!("the process in {}", f.display()),
+        Lookup::Comm(n) => format!("processes named {n:?}"),
     };
-    crate::signals::install();
+    signals::install();
     let mut attached_once = false;
     let mut waiting_said = false;
     loop {
-        if crate::signals::stop_requested() {
-            return Ok(0);
+        if signals::stop_requested() {
+            return Ok(());
         }
-        let pids = lookup_targets(c);
+        let pids = lookup_targets(lookup);
         if pids.is_empty() {
             if !waiting_said {
-                eprintln!("psample: waiting for {what}");
+                observer.notice(&format!("waiting for {what}"));
                 waiting_said = true;
             }
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
         waiting_said = false;
-        match session(Target::Pids(pids)) {
+        match session(Target::Pids(pids), observer) {
             Ok(StopCause::TargetsExited) => {
                 attached_once = true;
-                eprintln!("psample: targets exited; re-attaching when {what} is back");
+                observer.notice(&format!("targets exited; re-attaching when {what} is back"));
             }
-            Ok(_) => return Ok(0),
+            Ok(_) => return Ok(()),
             // The process may exit while we attach; after a first success keep trying.
             Err(e) if attached_once || e.to_string().contains("exited") => {
-                eprintln!("psample: attaching failed ({e}); retrying");
+                observer.notice(&format!("attaching failed ({e}); retrying"));
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => return Err(e),
@@ -553,37 +567,27 @@ mod tests {
         assert_eq!(utc_stamp(t(1_798_761_599, 999)), "20261231T235959.999Z");
     }
 
-    fn args(dir: &Path, keep: Option<usize>) -> (ContinuousArgs, CommonArgs, SymbolArgs, Labels) {
-        let c = ContinuousArgs {
-            every: Some(Duration::from_secs(3600)),
-            out_dir: Some(dir.to_path_buf()),
+    fn args(
+        dir: &Path,
+        keep: Option<usize>,
+    ) -> (ContinuousOptions, symbolize::SymbolizeOptions, Labels) {
+        let c = ContinuousOptions {
+            every: Duration::from_secs(3600),
+            out_dir: dir.to_path_buf(),
             keep,
-            pid_file: None,
-            comm: None,
             push: None,
             push_name: None,
         };
-        let common = CommonArgs {
-            duration: None,
-            output: None,
-            format: None,
-            verbose: false,
-            mmap_pages: None,
-        };
-        let symbols = SymbolArgs {
-            no_inline: false,
-            no_demangle: false,
-            debug_dirs: vec![],
-        };
+        let symbols = symbolize::SymbolizeOptions::default();
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
         };
-        (c, common, symbols, labels)
+        (c, symbols, labels)
     }
 
     fn writer(dir: &Path, keep: Option<usize>) -> Writer {
-        let (_, _, _, labels) = args(dir, keep);
+        let (_, _, labels) = args(dir, keep);
         Writer::new(dir, keep, Format::Folded, "record", labels, None)
     }
 
@@ -615,10 +619,8 @@ mod tests {
     #[test]
     fn intervals_are_written_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (c, common, symbols, labels) = args(dir.path(), None);
-        let mut iv = Intervals::from_args(&c, &common, &symbols, "record", labels)
-            .unwrap()
-            .unwrap();
+        let (c, symbols, labels) = args(dir.path(), None);
+        let mut iv = Intervals::start(&c, None, &symbols, "record", labels).unwrap();
         let (tx, rx) = mpsc::channel::<()>();
         // A slow render must not block the caller (only a second queued one may).
         let w = iv.cut();
@@ -648,7 +650,7 @@ mod tests {
 
     #[test]
     fn symbolizer_is_rebuilt_after_max_age() {
-        let (_, _, symbols, _) = args(Path::new("/nonexistent"), None);
+        let (_, symbols, _) = args(Path::new("/nonexistent"), None);
         let mut pool = SymbolizerPool::new(symbols);
         let mut sym = pool.next();
         let spec = |start: u64| symbolize::ModuleSpec {

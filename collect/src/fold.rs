@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use symbolize::{FrameKind, ModuleHandle, ModuleKind, ModuleSpec, Symbolizer};
 use unwind::{MappingId, Processes};
 
+use crate::frame::Frame;
 use crate::output::folded::{escape_comm, escape_frame};
 use crate::profile::Profile;
-use crate::stack::Frame;
 
 /// Names of frames that were named at collection time (see [`Frame::Named`]).
 pub type NamedFrames = crate::names::Names;

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::frame::Frame;
 use crate::names::Names;
-use crate::stack::Frame;
 
 /// Counts per (thread name, raw stack). Stacks are stored leaf first, as collected.
 #[derive(Default)]

@@ -5,8 +5,6 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::args::TargetArgs;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Pids(Vec<u32>),
@@ -15,33 +13,23 @@ pub enum Target {
     Command(Vec<String>),
 }
 
-impl Target {
-    pub fn from_args(a: &TargetArgs) -> Result<Target, String> {
-        let chosen = [
-            !a.pids.is_empty(),
-            !a.tids.is_empty(),
-            a.all_cpus,
-            !a.command.is_empty(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if chosen == 0 {
-            return Err("nothing to profile: give -p PID, -t TID, -a, or -- COMMAND".into());
-        }
-        if chosen > 1 {
-            return Err("choose one target: -p, -t, -a or -- COMMAND".into());
-        }
-        Ok(if !a.pids.is_empty() {
-            Target::Pids(a.pids.clone())
-        } else if !a.tids.is_empty() {
-            Target::Tids(a.tids.clone())
-        } else if a.all_cpus {
-            Target::AllCpus
-        } else {
-            Target::Command(a.command.clone())
-        })
-    }
+/// What a command profiles: fixed targets, or processes looked up by name or pid file and
+/// attached to again whenever they come back (continuous mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// These targets, for one session.
+    Fixed(Target),
+    /// Whatever this names right now; re-attach after the targets exit and come back.
+    Lookup(Lookup),
+}
+
+/// How restartable targets are found again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The process whose PID is in this file (`--pid-file`).
+    PidFile(std::path::PathBuf),
+    /// Processes with this name in /proc/PID/comm (`--comm`).
+    Comm(String),
 }
 
 /// Threads of a process from /proc/PID/task.

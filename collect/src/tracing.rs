@@ -3,7 +3,7 @@
 use perfring::sys::Kernel;
 use perfring::tracepoint::{FileAccess, Tracing};
 
-use crate::error::CliError;
+use crate::Error;
 
 /// Adapter giving perfring's tracepoint code file access through a [`Kernel`].
 pub struct Fs<'a>(pub &'a dyn Kernel);
@@ -21,6 +21,6 @@ impl FileAccess for Fs<'_> {
 }
 
 /// Find (or, as root, mount) the tracing directory.
-pub fn locate(kernel: &dyn Kernel) -> Result<Tracing, CliError> {
-    Tracing::locate(&Fs(kernel), crate::perms::is_root()).map_err(|e| CliError::new(e.to_string()))
+pub fn locate(kernel: &dyn Kernel) -> Result<Tracing, Error> {
+    Tracing::locate(&Fs(kernel), crate::perms::is_root()).map_err(|e| Error::new(e.to_string()))
 }

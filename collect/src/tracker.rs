@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
 use unwind::Processes;
 
-use crate::stack::Frame;
+use crate::frame::Frame;
 use crate::target;
 
 /// PERF_RECORD_MISC_KERNEL.

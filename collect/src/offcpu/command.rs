@@ -20,7 +20,6 @@
 //! are on the same clock as the events; without it the window is taken from the events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,21 +30,19 @@ use perfring::record::{Record, Sample};
 use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
-use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey, StateFilter};
+use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey};
 use super::reorder::Reorder;
-use crate::args::{self, CallGraph, OffcpuArgs};
+use super::OffCpuOptions;
 use crate::continuous::{self, Intervals};
-use crate::error::CliError;
 use crate::fold::{Folder, NamedFrames};
+use crate::frame::Frame;
 use crate::names::Names;
 use crate::output::{self, folded::escape_comm, pprof, Labels};
-use crate::progress::Progress;
-use crate::record::StackBuilder;
-use crate::session::{self, Attach, Reader, Stopper};
-use crate::stack::Frame;
-use crate::summary::Summary;
+use crate::session::{self, Attach, Observer, Reader, Stopper, Summary};
+use crate::stack::{StackBuilder, StackMode};
 use crate::target::{self, Launched, Target};
 use crate::tracker::Tracker;
+use crate::Error;
 
 /// Interned stacks (leaf first).
 #[derive(Default)]
@@ -83,13 +80,13 @@ fn monotonic_ns() -> u64 {
 fn tracepoint_attr(
     id: u64,
     st: u64,
-    mode: CallGraph,
+    mode: StackMode,
     inherit: bool,
     on_exec: bool,
     sideband: bool,
 ) -> RawAttr {
     let mut b = AttrBuilder::new(EventKind::Tracepoint(id)).period(1);
-    if let CallGraph::Dwarf(size) = mode {
+    if let StackMode::Dwarf(size) = mode {
         b = b
             .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
             .sample_stack_user(size)
@@ -108,15 +105,6 @@ fn tracepoint_attr(
         .use_clockid(Some(libc::CLOCK_MONOTONIC))
         .wakeup_watermark(0)
         .build()
-}
-
-fn state_filter(s: Option<args::StateFilter>) -> StateFilter {
-    match s {
-        None => StateFilter::Blocked,
-        Some(args::StateFilter::Any) => StateFilter::Any,
-        Some(args::StateFilter::S) => StateFilter::Interruptible,
-        Some(args::StateFilter::D) => StateFilter::Uninterruptible,
-    }
 }
 
 /// Kernel frames of a blocked thread from /proc/PID/task/TID/stack (root only; lines look
@@ -156,10 +144,6 @@ struct Specs {
     cpu_switch: Option<usize>,
 }
 
-pub fn run(args: OffcpuArgs) -> Result<i32, CliError> {
-    run_with_kernel(args, session::linux_kernel())
-}
-
 fn labels(wakers: bool) -> Labels {
     Labels {
         title: if wakers {
@@ -171,33 +155,37 @@ fn labels(wakers: bool) -> Labels {
     }
 }
 
-/// `offcpu` against any [`Kernel`] (compat-tests pass emulated kernels).
-pub fn run_with_kernel(args: OffcpuArgs, kernel: Arc<dyn Kernel>) -> Result<i32, CliError> {
+/// `psample offcpu` against any [`Kernel`] (compat-tests pass emulated kernels).
+pub fn run(
+    args: &OffCpuOptions,
+    kernel: Arc<dyn Kernel>,
+    observer: &mut dyn Observer,
+) -> Result<(), Error> {
     continuous::run_command(
-        &args.continuous,
-        &args.common,
-        &args.symbols,
-        &args.target,
+        &args.session,
         "offcpu",
         labels(args.wakers),
-        |target, intervals| run_session(&args, target, kernel.clone(), intervals),
+        observer,
+        |target, iv, obs| run_session(args, target, kernel.clone(), iv, obs),
     )
 }
 
 /// One session on one target; in continuous mode (`intervals`) one profile per interval.
 pub fn run_session(
-    args: &OffcpuArgs,
+    args: &OffCpuOptions,
     target: Target,
     kernel: Arc<dyn Kernel>,
     mut intervals: Option<&mut Intervals>,
-) -> Result<session::StopCause, CliError> {
-    let format = output::Format::resolve(args.common.format, args.common.output.as_deref());
-    if let Some(p) = &args.common.output {
-        output::check_writable(p).map_err(CliError::new)?;
+    observer: &mut dyn Observer,
+) -> Result<session::StopCause, Error> {
+    let common = &args.session;
+    let format = output::Format::resolve(common.format, common.output.as_deref());
+    if let Some(p) = &common.output {
+        output::check_writable(p).map_err(Error::new)?;
     }
     if let Some(max) = args.max_us {
         if max < args.min_us {
-            return Err(CliError::new(format!(
+            return Err(Error::new(format!(
                 "-M {max} is below -m {}: no interval could match",
                 args.min_us
             )));
@@ -206,28 +194,28 @@ pub fn run_session(
     let mut summary = Summary::new("offcpu");
     let tracing = crate::tracing::locate(kernel.as_ref())?;
     let fs = crate::tracing::Fs(kernel.as_ref());
-    let tp = |name: &str| -> Result<(u64, perfring::tracepoint::TracepointFormat), CliError> {
+    let tp = |name: &str| -> Result<(u64, perfring::tracepoint::TracepointFormat), Error> {
         let id = tracing
             .event_id(&fs, "sched", name)
-            .map_err(|e| CliError::new(format!("offcpu needs sched:{name}: {e}")))?;
+            .map_err(|e| Error::new(format!("offcpu needs sched:{name}: {e}")))?;
         let fmt = tracing
             .format(&fs, "sched", name)
-            .map_err(|e| CliError::new(format!("reading sched:{name} format: {e}")))?;
+            .map_err(|e| Error::new(format!("reading sched:{name} format: {e}")))?;
         Ok((id, fmt))
     };
     let (switch_id, switch_fmt) = tp("sched_switch")?;
     let switch_dec = SchedSwitchDecoder::new(&switch_fmt)
-        .map_err(|e| CliError::new(format!("sched_switch format not understood: {e}")))?;
+        .map_err(|e| Error::new(format!("sched_switch format not understood: {e}")))?;
     let wakeup = if args.wakers {
         let (id, fmt) = tp("sched_wakeup")?;
         let dec = SchedWakeupDecoder::new(&fmt)
-            .map_err(|e| CliError::new(format!("sched_wakeup format not understood: {e}")))?;
+            .map_err(|e| Error::new(format!("sched_wakeup format not understood: {e}")))?;
         Some((id, dec))
     } else {
         None
     };
 
-    let mode = args.call_graph.mode();
+    let mode = common.stack;
     let system_wide = matches!(target, Target::AllCpus);
     let is_cmd = matches!(target, Target::Command(_));
     let inherit = !matches!(target, Target::Tids(_) | Target::AllCpus);
@@ -238,12 +226,12 @@ pub fn run_session(
         | sample::PERIOD
         | sample::CALLCHAIN
         | sample::RAW;
-    if let CallGraph::Dwarf(_) = mode {
+    if let StackMode::Dwarf(_) = mode {
         st |= sample::REGS_USER | sample::STACK_USER;
     }
-    let pages = args.common.mmap_pages.unwrap_or(match mode {
-        CallGraph::Fp => 128,
-        CallGraph::Dwarf(_) => 512,
+    let pages = common.mmap_pages.unwrap_or(match mode {
+        StackMode::Fp => 128,
+        StackMode::Dwarf(_) => 512,
     });
     session::check_ring_fits(pages, mode)?;
     let mut session = Session::new(kernel.clone(), pages);
@@ -266,12 +254,12 @@ pub fn run_session(
 
     let mut launched = match &target {
         Target::Command(argv) => Some(
-            Launched::spawn(argv, target::sudo_user(args.target.keep_root))
-                .map_err(|e| CliError::new(format!("cannot start {:?}: {e}", argv[0])))?,
+            Launched::spawn(argv, target::sudo_user(common.keep_root))
+                .map_err(|e| Error::new(format!("cannot start {:?}: {e}", argv[0])))?,
         ),
         _ => None,
     };
-    crate::signals::install();
+    session::signals::install();
     let cpu_specs: Vec<usize> = wakeup_spec.into_iter().collect();
     let pids = session::attach(
         Attach {
@@ -309,11 +297,11 @@ pub fn run_session(
         let spec = session.add_spec("sched:sched_switch (cpu-wide)", a);
         let cpus = kernel
             .online_cpus()
-            .map_err(|e| CliError::new(format!("cannot list CPUs: {e}")))?;
+            .map_err(|e| Error::new(format!("cannot list CPUs: {e}")))?;
         for cpu in cpus {
             session
                 .open(spec, -1, cpu)
-                .map_err(|e| CliError::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
+                .map_err(|e| Error::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
         }
         specs.cpu_switch = Some(spec);
         let tids: Vec<u32> = pids
@@ -358,7 +346,7 @@ pub fn run_session(
     }
     let fmt = session
         .sample_format()
-        .ok_or_else(|| CliError::new("no event was opened"))?;
+        .ok_or_else(|| Error::new("no event was opened"))?;
     let clock_monotonic = session.ladder.support(Feature::UseClockid) == Support::Yes;
     let comm_exec = session.ladder.support(Feature::CommExec) == Support::Yes;
     let mut tracker = Tracker::new(comm_exec);
@@ -373,11 +361,11 @@ pub fn run_session(
         .unwrap_or(1);
 
     if !is_cmd {
-        session.enable().map_err(|e| CliError::new(e.to_string()))?;
+        session.enable().map_err(|e| Error::new(e.to_string()))?;
     }
     if let Some(l) = launched.as_mut() {
         l.start()
-            .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
+            .map_err(|e| Error::new(format!("cannot start the command: {e}")))?;
     }
     if let Some(iv) = intervals.as_deref_mut() {
         iv.begin();
@@ -386,7 +374,7 @@ pub fn run_session(
     let opts = Options {
         min_ns: args.min_us.saturating_mul(1000),
         max_ns: args.max_us.map(|m| m.saturating_mul(1000)),
-        states: state_filter(args.state),
+        states: args.state,
         wakers: args.wakers,
     };
     let mut engine = Engine::new(opts, if clock_monotonic { start_ns } else { 0 });
@@ -433,8 +421,7 @@ pub fn run_session(
         last_time: 0,
     };
     let mut reader = Reader::new();
-    let mut stopper = Stopper::new(args.common.duration, &target, &pids);
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let mut stopper = Stopper::new(common.duration, &target, &pids);
     let mut upkeep = Upkeep::new();
     let cause = loop {
         if let Some(cause) = stopper.check(launched.as_ref()) {
@@ -456,14 +443,14 @@ pub fn run_session(
         }
         reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
         c.reorder.end_round(|_, e| engine.push(e));
-        progress.tick(c.counts.switch_outs);
+        observer.progress(c.counts.switch_outs);
     };
     session.disable();
     let stop_ns = monotonic_ns();
     let stop_started = Instant::now();
     reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
     c.reorder.drain_all(|_, e| engine.push(e));
-    progress.finish();
+    observer.progress_done();
     let Collector {
         tracker,
         stacks,
@@ -513,11 +500,11 @@ pub fn run_session(
                 std::time::SystemTime::now() - std::time::Duration::from_nanos(window_ns),
                 std::time::Duration::from_nanos(window_ns),
             );
-            let sym = own_sym.insert(crate::symbols::symbolizer(&args.symbols));
+            let sym = own_sym.insert(symbolize::Symbolizer::new(common.symbols.clone()));
             ended
                 .render(sym, format, window)
-                .write(args.common.output.as_deref(), format, &labels(args.wakers))
-                .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+                .write(common.output.as_deref(), format, &labels(args.wakers))
+                .map_err(|e| Error::new(format!("writing the profile failed: {e}")))?;
         }
     }
     let report = totals;
@@ -586,7 +573,7 @@ pub fn run_session(
         ),
     );
     summary.line("mechanisms", mechanisms.join("; "));
-    if args.common.verbose {
+    if common.verbose {
         summary.line("tables", tables);
     }
     if !clock_monotonic {
@@ -599,7 +586,7 @@ pub fn run_session(
         "output ready",
         format!("{} ms after stop", stop_started.elapsed().as_millis()),
     );
-    if let Some(p) = &args.common.output {
+    if let Some(p) = &common.output {
         summary.line("written", p.display().to_string());
     }
     match (intervals.as_deref(), flushed) {
@@ -617,7 +604,8 @@ pub fn run_session(
             .warnings
             .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
     }
-    summary.print(args.common.verbose);
+    summary.verbose = common.verbose;
+    observer.summary(&summary);
     Ok(cause)
 }
 
@@ -688,7 +676,7 @@ fn render(
         sample_types: vec![("off-cpu".into(), "microseconds".into())],
         period_type: ("off-cpu".into(), "microseconds".into()),
         period: 1,
-        time_nanos: crate::record::pprof_time(window.0),
+        time_nanos: pprof::time_nanos(window.0),
         duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
     }))
 }

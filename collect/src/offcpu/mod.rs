@@ -11,10 +11,26 @@ pub mod command;
 pub mod intervals;
 pub mod reorder;
 
+pub use command::run;
 pub use intervals::{
     Engine, OffcpuEvent, Options, Report, StackId, StackKey, StateFilter, ThreadTotals, WakerKey,
 };
 pub use reorder::Reorder;
+
+/// What `offcpu` takes besides the session options.
+#[derive(Debug, Clone)]
+pub struct OffCpuOptions {
+    /// Targets, output, stack mode, symbolization.
+    pub session: crate::session::SessionOptions,
+    /// Intervals shorter than this many microseconds are not counted (`-m`).
+    pub min_us: u64,
+    /// Intervals longer than this many microseconds are not counted (`-M`).
+    pub max_us: Option<u64>,
+    /// Which switch-out states open an interval (`--state`).
+    pub state: StateFilter,
+    /// Attribute each interval to the stack that woke it (`--wakers`).
+    pub wakers: bool,
+}
 
 #[cfg(test)]
 mod tests {

@@ -12,11 +12,22 @@ use perfring::bpf::{StackCounter, StackCounterOptions};
 use perfring::event::Session;
 use perfring::sys::Ioctl;
 
-use crate::args::{BpfMode, CallGraph};
-use crate::error::CliError;
+use crate::frame::{context, Frame};
 use crate::profile::Profile;
-use crate::stack::{context, Frame};
+use crate::stack::StackMode;
 use crate::tracker::Tracker;
+use crate::Error;
+
+/// Whether to aggregate stacks in the kernel (`--bpf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpfMode {
+    /// Where it gives the same result (frame-pointer stacks) and the kernel allows it.
+    Auto,
+    /// Never: always the ring buffer.
+    Never,
+    /// Always, or fail.
+    Always,
+}
 
 /// A loaded and attached counter.
 pub struct BpfAggregation {
@@ -32,9 +43,9 @@ pub enum Decision {
     NotUsed(String),
 }
 
-fn refuse(mode: BpfMode, why: String) -> Result<Decision, CliError> {
+fn refuse(mode: BpfMode, why: String) -> Result<Decision, Error> {
     match mode {
-        BpfMode::Always => Err(CliError::new(format!("--bpf always: {why}"))),
+        BpfMode::Always => Err(Error::new(format!("--bpf always: {why}"))),
         _ => Ok(Decision::NotUsed(why)),
     }
 }
@@ -42,15 +53,15 @@ fn refuse(mode: BpfMode, why: String) -> Result<Decision, CliError> {
 /// Load the counter and attach it to every event of `spec`, or explain why not.
 pub fn setup(
     mode: BpfMode,
-    call_graph: CallGraph,
+    call_graph: StackMode,
     session: &Session,
     spec: usize,
     verbose: bool,
-) -> Result<Decision, CliError> {
+) -> Result<Decision, Error> {
     if mode == BpfMode::Never {
         return Ok(Decision::NotUsed("--bpf never".into()));
     }
-    if let CallGraph::Dwarf(_) = call_graph {
+    if let StackMode::Dwarf(_) = call_graph {
         return refuse(
             mode,
             "BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer".into(),
@@ -81,7 +92,7 @@ pub fn setup(
                     ),
                 );
             }
-            return Err(CliError::new(format!(
+            return Err(Error::new(format!(
                 "attaching the BPF program to event {i} failed after others succeeded: {}; \
                  rerun with --bpf never",
                 errno.desc()

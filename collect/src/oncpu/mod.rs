@@ -1,32 +1,44 @@
 //! `psample record`: sampled on-CPU stacks, user + kernel.
 
-use std::io::IsTerminal;
 use std::time::Instant;
 
 use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
 use perfring::event::Session;
 use perfring::features::{Feature, Support};
-use perfring::record::{Record, Sample};
-use unwind::{StopReason, UnwindResult, Unwinder, UserRegs};
+use perfring::record::Record;
 
-use crate::args::{CallGraph, RecordArgs};
 use crate::continuous::{self, Intervals};
-use crate::error::CliError;
 use crate::fold::{Folder, NamedFrames};
 use crate::output::{self, folded::escape_comm, pprof, Labels};
 use crate::profile::Profile;
-use crate::session::{self, Attach, Reader, StopCause, Stopper};
-use crate::stack::{split_callchain, Frame};
-use crate::summary::Summary;
+use crate::session::{self, Attach, Observer, Reader, SessionOptions, StopCause, Stopper, Summary};
+use crate::stack::{StackBuilder, StackMode};
 use crate::target::{self, Launched, Target};
 use crate::tracker::Tracker;
-use crate::{bpf_mode, progress, symbols};
+use crate::Error;
+
+pub mod bpf;
+
+use bpf::BpfMode;
+
+/// What `record` takes besides the session options.
+#[derive(Debug, Clone)]
+pub struct OnCpuOptions {
+    /// Targets, output, stack mode, symbolization.
+    pub session: SessionOptions,
+    /// Samples per second per CPU or thread (clamped to the kernel's maximum).
+    pub freq: u64,
+    /// `cpu-clock`, `task-clock`, `cycles` or `tracepoint:SUBSYS:NAME`.
+    pub event: String,
+    /// In-kernel stack aggregation.
+    pub bpf: BpfMode,
+}
 
 /// Parse `-e`: returns the event and a printable name.
 pub fn parse_event(
     spec: &str,
     kernel: &dyn perfring::sys::Kernel,
-) -> Result<(EventKind, String), CliError> {
+) -> Result<(EventKind, String), Error> {
     match spec {
         "cpu-clock" => Ok((EventKind::CpuClock, spec.into())),
         "task-clock" => Ok((EventKind::TaskClock, spec.into())),
@@ -36,7 +48,7 @@ pub fn parse_event(
                 .strip_prefix("tracepoint:")
                 .or_else(|| spec.strip_prefix("t:"));
             let Some((subsys, name)) = rest.and_then(|r| r.split_once(':')) else {
-                return Err(CliError::new(format!(
+                return Err(Error::new(format!(
                     "unknown event {spec:?}: use cpu-clock, task-clock, cycles or \
                      tracepoint:SUBSYS:NAME (see /sys/kernel/tracing/available_events)"
                 )));
@@ -44,7 +56,7 @@ pub fn parse_event(
             let tracing = crate::tracing::locate(kernel)?;
             let id = tracing
                 .event_id(&crate::tracing::Fs(kernel), subsys, name)
-                .map_err(|e| CliError::new(format!("tracepoint {subsys}:{name}: {e}")))?;
+                .map_err(|e| Error::new(format!("tracepoint {subsys}:{name}: {e}")))?;
             Ok((EventKind::Tracepoint(id), format!("{subsys}:{name}")))
         }
     }
@@ -73,14 +85,14 @@ pub fn clamp_frequency(
 pub fn sampling_attr(
     kind: EventKind,
     hz: u64,
-    mode: CallGraph,
+    mode: StackMode,
     inherit: bool,
     on_exec: bool,
 ) -> RawAttr {
     let mut st =
         sample::IP | sample::TID | sample::TIME | sample::CPU | sample::PERIOD | sample::CALLCHAIN;
     let mut b = AttrBuilder::new(kind);
-    if let CallGraph::Dwarf(size) = mode {
+    if let StackMode::Dwarf(size) = mode {
         st |= sample::REGS_USER | sample::STACK_USER;
         b = b
             .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
@@ -105,92 +117,6 @@ pub fn sampling_attr(
         .exclude_hv(true)
         .wakeup_watermark(0)
         .build()
-}
-
-/// Unwinding and completeness accounting for user stacks.
-#[derive(Default)]
-pub struct UnwindStats {
-    pub samples: u64,
-    pub complete: u64,
-    pub reasons: std::collections::BTreeMap<String, u64>,
-}
-
-impl UnwindStats {
-    pub fn add(&mut self, r: &UnwindResult) {
-        self.samples += 1;
-        if r.reason == StopReason::ReachedEntry {
-            self.complete += 1;
-        } else {
-            *self.reasons.entry(format!("{:?}", r.reason)).or_insert(0) += 1;
-        }
-    }
-}
-
-/// Per-sample state reused across samples so the hot path does not allocate.
-pub struct StackBuilder {
-    pub mode: CallGraph,
-    pub unwinder: Unwinder,
-    kernel: Vec<u64>,
-    user: Vec<u64>,
-    pub frames: Vec<Frame>,
-    pub unwind_stats: UnwindStats,
-}
-
-impl StackBuilder {
-    pub fn new(mode: CallGraph) -> Self {
-        StackBuilder {
-            mode,
-            unwinder: Unwinder::new(),
-            kernel: Vec::new(),
-            user: Vec::new(),
-            frames: Vec::new(),
-            unwind_stats: UnwindStats::default(),
-        }
-    }
-
-    /// Build `self.frames` (leaf first) from a sample.
-    pub fn build(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
-        self.kernel.clear();
-        self.user.clear();
-        self.frames.clear();
-        if let Some(cc) = &s.callchain {
-            split_callchain(cc.iter(), &mut self.kernel, &mut self.user);
-        }
-        if let CallGraph::Dwarf(_) = self.mode {
-            // The kernel's user callchain (if exclude_callchain_user was refused) is replaced
-            // by our own unwinding of the copied stack.
-            self.user.clear();
-            if let (Some(regs), Some(stack)) = (&s.regs_user, s.stack_user) {
-                let (ip, sp, bp) = (
-                    regs.get(unwind::arch::x86_64::PERF_REG_IP as u32),
-                    regs.get(unwind::arch::x86_64::PERF_REG_SP as u32),
-                    regs.get(unwind::arch::x86_64::PERF_REG_BP as u32),
-                );
-                if let (Some(ip), Some(sp), Some(bp)) = (ip, sp, bp) {
-                    let r = self.unwinder.unwind_dwarf(
-                        &tracker.procs,
-                        pid,
-                        UserRegs { ip, sp, bp },
-                        stack,
-                        &mut self.user,
-                    );
-                    self.unwind_stats.add(&r);
-                    for a in self.user.iter_mut().skip(1) {
-                        *a = a.wrapping_sub(1);
-                    }
-                }
-            }
-        }
-        self.frames
-            .extend(self.kernel.iter().map(|a| Frame::Kernel(*a)));
-        for &a in &self.user {
-            self.frames.push(tracker.user_frame(pid, a));
-        }
-    }
-}
-
-pub fn run(args: RecordArgs) -> Result<i32, CliError> {
-    run_with_kernel(args, session::linux_kernel())
 }
 
 /// The profile of a run or of one interval, in the output format. `period_ns` converts
@@ -223,48 +149,46 @@ pub fn render(
         ],
         period_type: ("cpu".into(), "nanoseconds".into()),
         period: period_ns as i64,
-        time_nanos: pprof_time(window.0),
+        time_nanos: pprof::time_nanos(window.0),
         duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
     }))
 }
 
-/// Nanoseconds since the epoch, as pprof's time_nanos.
-pub fn pprof_time(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
-}
-
-/// `record` against any [`perfring::sys::Kernel`] (compat-tests pass emulated kernels).
-pub fn run_with_kernel(
-    args: RecordArgs,
-    kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
-) -> Result<i32, CliError> {
-    let labels = Labels {
+fn labels() -> Labels {
+    Labels {
         title: "psample record".into(),
         count_name: "samples".into(),
-    };
+    }
+}
+
+/// `psample record` against any [`perfring::sys::Kernel`] (compat-tests pass emulated ones).
+pub fn run(
+    args: &OnCpuOptions,
+    kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
+    observer: &mut dyn Observer,
+) -> Result<(), Error> {
     continuous::run_command(
-        &args.continuous,
-        &args.common,
-        &args.symbols,
-        &args.target,
+        &args.session,
         "record",
-        labels,
-        |target, intervals| run_session(&args, target, kernel.clone(), intervals),
+        labels(),
+        observer,
+        |target, iv, obs| run_session(args, target, kernel.clone(), iv, obs),
     )
 }
 
 /// One session on one target: attach, sample until stopped, write. In continuous mode
 /// (`intervals`), one profile per interval is written instead of one at the end.
 pub fn run_session(
-    args: &RecordArgs,
+    args: &OnCpuOptions,
     target: Target,
     kernel: std::sync::Arc<dyn perfring::sys::Kernel>,
     mut intervals: Option<&mut Intervals>,
-) -> Result<StopCause, CliError> {
-    let format = output::Format::resolve(args.common.format, args.common.output.as_deref());
-    if let Some(p) = &args.common.output {
-        output::check_writable(p).map_err(CliError::new)?;
+    observer: &mut dyn Observer,
+) -> Result<StopCause, Error> {
+    let common = &args.session;
+    let format = output::Format::resolve(common.format, common.output.as_deref());
+    if let Some(p) = &common.output {
+        output::check_writable(p).map_err(Error::new)?;
     }
     let mut summary = Summary::new("record");
     let hz = clamp_frequency(args.freq, kernel.as_ref(), &mut summary.warnings);
@@ -273,13 +197,13 @@ pub fn run_session(
         iv.set_sample_rate(hz);
     }
     let (kind, event_name) = parse_event(&args.event, kernel.as_ref())?;
-    let mode = args.call_graph.mode();
+    let mode = common.stack;
     let is_cmd = matches!(target, Target::Command(_));
     let inherit = !matches!(target, Target::Tids(_) | Target::AllCpus);
     let attr = sampling_attr(kind, hz, mode, inherit, is_cmd);
-    let pages = args.common.mmap_pages.unwrap_or(match mode {
-        CallGraph::Fp => 64,
-        CallGraph::Dwarf(_) => 512,
+    let pages = common.mmap_pages.unwrap_or(match mode {
+        StackMode::Fp => 64,
+        StackMode::Dwarf(_) => 512,
     });
     session::check_ring_fits(pages, mode)?;
     let mut session = Session::new(kernel.clone(), pages);
@@ -288,12 +212,12 @@ pub fn run_session(
 
     let mut launched = match &target {
         Target::Command(argv) => Some(
-            Launched::spawn(argv, target::sudo_user(args.target.keep_root))
-                .map_err(|e| CliError::new(format!("cannot start {:?}: {e}", argv[0])))?,
+            Launched::spawn(argv, target::sudo_user(common.keep_root))
+                .map_err(|e| Error::new(format!("cannot start {:?}: {e}", argv[0])))?,
         ),
         _ => None,
     };
-    crate::signals::install();
+    session::signals::install();
     let pids = session::attach(
         Attach {
             session: &mut session,
@@ -310,7 +234,7 @@ pub fn run_session(
     }
     let fmt = session
         .sample_format()
-        .ok_or_else(|| CliError::new("no event was opened"))?;
+        .ok_or_else(|| Error::new("no event was opened"))?;
     let comm_exec = session.ladder.support(Feature::CommExec) == Support::Yes;
     let mut tracker = Tracker::new(comm_exec);
     if !matches!(target, Target::Command(_)) {
@@ -318,21 +242,21 @@ pub fn run_session(
             tracker.load_process(pid);
         }
     }
-    let mut bpf = match bpf_mode::setup(args.bpf, mode, &session, spec, args.common.verbose)? {
-        bpf_mode::Decision::Use(b) => Some(b),
-        bpf_mode::Decision::NotUsed(why) => {
-            if args.bpf != crate::args::BpfMode::Never {
+    let mut bpf = match bpf::setup(args.bpf, mode, &session, spec, common.verbose)? {
+        bpf::Decision::Use(b) => Some(b),
+        bpf::Decision::NotUsed(why) => {
+            if args.bpf != BpfMode::Never {
                 summary.line("bpf", format!("not used: {why}"));
             }
             None
         }
     };
     if !is_cmd {
-        session.enable().map_err(|e| CliError::new(e.to_string()))?;
+        session.enable().map_err(|e| Error::new(e.to_string()))?;
     }
     if let Some(l) = launched.as_mut() {
         l.start()
-            .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
+            .map_err(|e| Error::new(format!("cannot start the command: {e}")))?;
     }
 
     if let Some(iv) = intervals.as_deref_mut() {
@@ -346,8 +270,7 @@ pub fn run_session(
         own_pid: std::process::id(),
     };
     let mut reader = Reader::new();
-    let mut stopper = Stopper::new(args.common.duration, &target, &pids);
-    let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
+    let mut stopper = Stopper::new(common.duration, &target, &pids);
     let mut last_bpf_drain = Instant::now();
     let cause = loop {
         if let Some(c) = stopper.check(launched.as_ref()) {
@@ -381,7 +304,7 @@ pub fn run_session(
                 last_bpf_drain = Instant::now();
             }
         }
-        progress.tick(rec.samples + bpf.as_ref().map_or(0, |b| b.samples));
+        observer.progress(rec.samples + bpf.as_ref().map_or(0, |b| b.samples));
     };
     session.disable();
     let stop_started = Instant::now();
@@ -401,7 +324,7 @@ pub fn run_session(
             ),
         );
     }
-    progress.finish();
+    observer.progress_done();
     let elapsed = stopper.elapsed();
     let Recorder {
         tracker,
@@ -415,14 +338,11 @@ pub fn run_session(
     summary.line("duration", format!("{:.2} s", elapsed.as_secs_f64()));
     summary.line(
         "event",
-        format!(
-            "{event_name} at {hz} Hz, call graph {}",
-            describe_mode(mode)
-        ),
+        format!("{event_name} at {hz} Hz, call graph {}", mode.describe()),
     );
     summary.line("samples", samples.to_string());
     summary.line("threads seen", tracker.threads_seen().to_string());
-    if args.common.verbose {
+    if common.verbose {
         summary.line(
             "tables",
             format!(
@@ -442,7 +362,7 @@ pub fn run_session(
             ),
         );
     }
-    if let CallGraph::Dwarf(_) = mode {
+    if let StackMode::Dwarf(_) = mode {
         summary.add_unwind(&builder.unwind_stats);
     }
     summary.add_fallbacks(&session);
@@ -469,10 +389,11 @@ pub fn run_session(
             summary.line("push", p);
         }
         summary.warnings.extend(flushed.warnings);
-        summary.print(args.common.verbose);
+        summary.verbose = common.verbose;
+        observer.summary(&summary);
         return Ok(cause);
     }
-    let mut sym = symbols::symbolizer(&args.symbols);
+    let mut sym = symbolize::Symbolizer::new(common.symbols.clone());
     let window = (std::time::SystemTime::now() - elapsed, elapsed);
     let rendered = render(
         &profile,
@@ -483,15 +404,8 @@ pub fn run_session(
         window,
     );
     rendered
-        .write(
-            args.common.output.as_deref(),
-            format,
-            &Labels {
-                title: "psample record".into(),
-                count_name: "samples".into(),
-            },
-        )
-        .map_err(|e| CliError::new(format!("writing the profile failed: {e}")))?;
+        .write(common.output.as_deref(), format, &labels())
+        .map_err(|e| Error::new(format!("writing the profile failed: {e}")))?;
     summary.line(
         "stacks",
         format!(
@@ -509,24 +423,21 @@ pub fn run_session(
         "output ready",
         format!("{} ms after stop", stop_started.elapsed().as_millis()),
     );
-    if let Some(p) = &args.common.output {
+    if let Some(p) = &common.output {
         summary.line("written", p.display().to_string());
     }
     for w in sym.warnings() {
         summary.warnings.push(w);
     }
-    summary.print(args.common.verbose);
     if samples == 0 {
-        eprintln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
+        summary.warnings.push(
+            "no samples were collected (was the target idle or blocked? try `psample offcpu`)"
+                .into(),
+        );
     }
+    summary.verbose = common.verbose;
+    observer.summary(&summary);
     Ok(cause)
-}
-
-fn describe_mode(mode: CallGraph) -> String {
-    match mode {
-        CallGraph::Fp => "fp".into(),
-        CallGraph::Dwarf(n) => format!("dwarf ({n} bytes of stack)"),
-    }
 }
 
 /// The per-record state of a recording.

@@ -4,7 +4,9 @@
 //! place, so a crash or a second Ctrl-C never leaves a half-written file under the real name.
 
 mod atomic;
+pub mod diff;
 pub mod folded;
+pub mod input;
 pub mod pprof;
 pub mod svg;
 
@@ -37,14 +39,9 @@ impl Format {
         }
     }
 
-    /// `--format` when given, else what the file name says.
-    pub fn resolve(explicit: Option<crate::args::OutputFormat>, path: Option<&Path>) -> Format {
-        match explicit {
-            Some(crate::args::OutputFormat::Folded) => Format::Folded,
-            Some(crate::args::OutputFormat::Svg) => Format::Svg,
-            Some(crate::args::OutputFormat::Pprof) => Format::Pprof,
-            None => Format::from_path(path),
-        }
+    /// The format asked for (`--format`) when given, else what the file name says.
+    pub fn resolve(explicit: Option<Format>, path: Option<&Path>) -> Format {
+        explicit.unwrap_or_else(|| Format::from_path(path))
     }
 
     /// File extension for generated names (continuous mode).

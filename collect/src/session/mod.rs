@@ -10,10 +10,60 @@ use perfring::features::Feature;
 use perfring::record::{parse_record, Record, SampleFormat};
 use perfring::sys::{Errno, Kernel};
 
-use crate::error::CliError;
+use crate::output::Format;
 use crate::perms;
-use crate::signals;
+use crate::stack::StackMode;
 use crate::target::{self, Launched, Target};
+use crate::Error;
+
+pub mod signals;
+pub mod summary;
+
+pub use summary::Summary;
+
+/// What every profiling session takes besides the command's own options.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// What to profile.
+    pub target: crate::target::TargetSpec,
+    /// One profile per interval instead of one at the end.
+    pub continuous: Option<crate::continuous::ContinuousOptions>,
+    /// Stop after this long (`None`: on a signal, or when the targets exit).
+    pub duration: Option<Duration>,
+    /// Where the profile goes (`None`: stdout). Not used in continuous mode.
+    pub output: Option<std::path::PathBuf>,
+    /// The output format; `None`: what the output file name says.
+    pub format: Option<Format>,
+    /// More in the summary: every kernel feature, table sizes, the BPF verifier log.
+    pub verbose: bool,
+    /// Data pages per CPU ring (`None`: the command's default for the stack mode).
+    pub mmap_pages: Option<usize>,
+    /// How user stacks are collected.
+    pub stack: StackMode,
+    /// A command launched under sudo keeps root instead of running as the invoking user.
+    pub keep_root: bool,
+    /// How frames are named after collection.
+    pub symbols: symbolize::SymbolizeOptions,
+}
+
+/// What the caller sees of a run while it goes: a progress counter, the summary of each
+/// session, and notices (waiting for a target to come back). The command line prints them;
+/// tests and other programs may ignore them.
+pub trait Observer {
+    /// Events collected so far in this session (samples, switch-outs), several times a second.
+    fn progress(&mut self, _count: u64) {}
+    /// The session stopped reading; the progress display can go.
+    fn progress_done(&mut self) {}
+    /// A session ended: what it collected, lost and fell back on.
+    fn summary(&mut self, _summary: &Summary) {}
+    /// Something the user should know while a long run goes on.
+    fn notice(&mut self, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {}
 
 /// How events are attached to the target.
 pub struct Attach<'a> {
@@ -30,27 +80,27 @@ pub fn attach(
     a: Attach<'_>,
     target: &Target,
     launched: Option<&Launched>,
-) -> Result<Vec<u32>, CliError> {
+) -> Result<Vec<u32>, Error> {
     let kernel = a.session.kernel().clone();
     let cpus = kernel
         .online_cpus()
-        .map_err(|e| CliError::new(format!("cannot list online CPUs: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot list online CPUs: {e}")))?;
     let mut opened_tids: HashSet<u32> = HashSet::new();
     let mut pids: Vec<u32> = Vec::new();
-    let open_thread = |session: &mut Session, tid: u32| -> Result<bool, CliError> {
+    let open_thread = |session: &mut Session, tid: u32| -> Result<bool, Error> {
         for &spec in a.task_specs {
             for &cpu in &cpus {
                 match session.open(spec, tid as i32, cpu) {
                     Ok(()) => {}
                     Err(SessionError::Open(e)) if e.errno == Errno::ESRCH => return Ok(false),
                     Err(SessionError::Open(e)) => {
-                        return Err(CliError::new(perms::explain_open(
+                        return Err(Error::new(perms::explain_open(
                             kernel.as_ref(),
                             e.errno,
                             &format!("{} for thread {tid}", session.spec(spec).name),
                         )))
                     }
-                    Err(e) => return Err(CliError::new(e.to_string())),
+                    Err(e) => return Err(Error::new(e.to_string())),
                 }
             }
         }
@@ -70,7 +120,7 @@ pub fn attach(
         Target::Command(_) => {
             let pid = launched.map(|l| l.pid).unwrap_or(0);
             if !open_thread(a.session, pid)? {
-                return Err(CliError::new(
+                return Err(Error::new(
                     "the launched command exited before it could be profiled",
                 ));
             }
@@ -79,7 +129,7 @@ pub fn attach(
         Target::Pids(list) => {
             for &pid in list {
                 if !target::process_alive(pid) {
-                    return Err(CliError::new(format!(
+                    return Err(Error::new(format!(
                         "no such process: {pid} (check the PID with `ps -p {pid}`)"
                     )));
                 }
@@ -102,9 +152,7 @@ pub fn attach(
                 if !opened_tids.iter().any(|t| target::tgid_of(*t) == Some(pid))
                     && !target::process_alive(pid)
                 {
-                    return Err(CliError::new(format!(
-                        "process {pid} exited during start-up"
-                    )));
+                    return Err(Error::new(format!("process {pid} exited during start-up")));
                 }
                 pids.push(pid);
             }
@@ -112,7 +160,7 @@ pub fn attach(
         Target::Tids(list) => {
             for &tid in list {
                 if !target::thread_alive(tid) || !open_thread(a.session, tid)? {
-                    return Err(CliError::new(format!(
+                    return Err(Error::new(format!(
                         "no such thread: {tid} (list threads with `ls /proc/PID/task`)"
                     )));
                 }
@@ -132,19 +180,19 @@ pub fn attach(
         }
     }
     if a.session.event_count() == 0 {
-        return Err(CliError::new("no events could be opened for the target"));
+        return Err(Error::new("no events could be opened for the target"));
     }
     Ok(pids)
 }
 
-fn open_err(kernel: &dyn Kernel, session: &Session, spec: usize, e: SessionError) -> CliError {
+fn open_err(kernel: &dyn Kernel, session: &Session, spec: usize, e: SessionError) -> Error {
     match e {
-        SessionError::Open(o) => CliError::new(perms::explain_open(
+        SessionError::Open(o) => Error::new(perms::explain_open(
             kernel,
             o.errno,
             &format!("{} on CPU {}", session.spec(spec).name, o.cpu),
         )),
-        other => CliError::new(other.to_string()),
+        other => Error::new(other.to_string()),
     }
 }
 
@@ -272,7 +320,7 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    pub fn new(duration: Option<f64>, target: &Target, pids: &[u32]) -> Self {
+    pub fn new(duration: Option<Duration>, target: &Target, pids: &[u32]) -> Self {
         let (pids, tids) = match target {
             Target::Tids(t) => (Vec::new(), t.clone()),
             Target::AllCpus => (Vec::new(), Vec::new()),
@@ -280,7 +328,7 @@ impl Stopper {
         };
         Stopper {
             start: Instant::now(),
-            duration: duration.map(Duration::from_secs_f64),
+            duration,
             pids,
             tids,
             last_check: Instant::now(),
@@ -346,8 +394,8 @@ pub fn linux_kernel() -> Arc<dyn Kernel> {
 /// A DWARF sample carries its copy of the user stack, and the kernel cannot write a record
 /// larger than the ring: every sample would be dropped, without even a LOST record. Refuse
 /// that combination of `--mmap-pages` and `--call-graph dwarf,SIZE` before sampling.
-pub fn check_ring_fits(pages: usize, mode: crate::args::CallGraph) -> Result<(), CliError> {
-    let crate::args::CallGraph::Dwarf(stack) = mode else {
+pub fn check_ring_fits(pages: usize, mode: StackMode) -> Result<(), Error> {
+    let StackMode::Dwarf(stack) = mode else {
         return Ok(());
     };
     // SAFETY: sysconf has no preconditions.
@@ -357,7 +405,7 @@ pub fn check_ring_fits(pages: usize, mode: crate::args::CallGraph) -> Result<(),
     let sample = stack as usize + 2048;
     if ring < sample {
         let need = sample.div_ceil(page).next_power_of_two();
-        return Err(CliError::new(format!(
+        return Err(Error::new(format!(
             "--mmap-pages {pages} gives a {ring}-byte ring, smaller than one DWARF sample \
              (~{sample} bytes with {stack} bytes of stack): use --mmap-pages {need} or more, \
              or a smaller --call-graph dwarf,SIZE"
@@ -369,15 +417,14 @@ pub fn check_ring_fits(pages: usize, mode: crate::args::CallGraph) -> Result<(),
 #[cfg(test)]
 mod ring_fit_tests {
     use super::*;
-    use crate::args::CallGraph;
 
     #[test]
     fn dwarf_samples_must_fit_the_ring() {
-        assert!(check_ring_fits(1, CallGraph::Fp).is_ok());
-        assert!(check_ring_fits(1, CallGraph::Dwarf(1024)).is_ok());
-        let err = check_ring_fits(1, CallGraph::Dwarf(8192)).unwrap_err();
+        assert!(check_ring_fits(1, StackMode::Fp).is_ok());
+        assert!(check_ring_fits(1, StackMode::Dwarf(1024)).is_ok());
+        let err = check_ring_fits(1, StackMode::Dwarf(8192)).unwrap_err();
         assert!(err.message.contains("--mmap-pages 4"), "{err}");
-        assert!(check_ring_fits(4, CallGraph::Dwarf(8192)).is_ok());
-        assert!(check_ring_fits(512, CallGraph::Dwarf(65528)).is_ok());
+        assert!(check_ring_fits(4, StackMode::Dwarf(8192)).is_ok());
+        assert!(check_ring_fits(512, StackMode::Dwarf(65528)).is_ok());
     }
 }

@@ -2,13 +2,15 @@
 
 use perfring::event::Session;
 
-use crate::record::UnwindStats;
 use crate::session;
+use crate::stack::UnwindStats;
 
 pub struct Summary {
     command: &'static str,
     lines: Vec<(String, String)>,
     pub warnings: Vec<String>,
+    /// Also list every kernel feature and its support.
+    pub verbose: bool,
     fallbacks: Vec<String>,
     features: Vec<String>,
 }
@@ -19,6 +21,7 @@ impl Summary {
             command,
             lines: Vec::new(),
             warnings: Vec::new(),
+            verbose: false,
             fallbacks: Vec::new(),
             features: Vec::new(),
         }
@@ -86,22 +89,32 @@ impl Summary {
             .collect();
     }
 
-    pub fn print(&self, verbose: bool) {
+    /// The summary as the command line prints it: a heading, aligned `key  value` lines,
+    /// the fallbacks (and when verbose every feature), then the warnings.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         let width = self.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        eprintln!("psample {}:", self.command);
+        let _ = writeln!(out, "psample {}:", self.command);
         for (k, v) in &self.lines {
-            eprintln!("  {k:width$}  {v}");
+            let _ = writeln!(out, "  {k:width$}  {v}");
         }
         if self.fallbacks.is_empty() {
-            eprintln!("  {:width$}  none", "fallbacks");
+            let _ = writeln!(out, "  {:width$}  none", "fallbacks");
         } else {
-            eprintln!("  {:width$}  {}", "fallbacks", self.fallbacks.join("; "));
+            let _ = writeln!(
+                out,
+                "  {:width$}  {}",
+                "fallbacks",
+                self.fallbacks.join("; ")
+            );
         }
-        if verbose {
-            eprintln!("  {:width$}  {}", "features", self.features.join(" "));
+        if self.verbose {
+            let _ = writeln!(out, "  {:width$}  {}", "features", self.features.join(" "));
         }
         for w in &self.warnings {
-            eprintln!("psample: warning: {w}");
+            let _ = writeln!(out, "psample: warning: {w}");
         }
+        out
     }
 }

@@ -20,8 +20,8 @@ use symbolize::{FrameKind, ModuleHandle, Symbolizer};
 use unwind::{MappingId, Processes};
 
 use crate::fold::NamedFrames;
+use crate::frame::Frame;
 use crate::output::folded::escape_frame;
-use crate::stack::Frame;
 pub use proto::Profile;
 use proto::{Function, Line, Location, Mapping, Sample, ValueType};
 
@@ -305,6 +305,12 @@ impl<'a> Builder<'a> {
             default_sample_type: 0,
         }
     }
+}
+
+/// Nanoseconds since the epoch, as pprof's `time_nanos`.
+pub fn time_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 /// Which value of a profile to read: the first whose type is one of `preferred`, else the

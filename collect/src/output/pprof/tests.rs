@@ -119,7 +119,7 @@ fn user_frames_get_mappings_build_ids_and_lines() {
     let p = b.finish(&meta());
     let m = &p.mapping[0];
     assert!(m.memory_start <= addr && addr < m.memory_limit);
-    assert!(p.string(m.filename).contains("psample"));
+    assert!(p.string(m.filename).contains("collect"));
     assert!(
         p.string(m.build_id).len() >= 16,
         "build-id hex: {:?}",

@@ -1,0 +1,36 @@
+//! # collect — psample's collection pipeline
+//!
+//! Everything between "records come out of the ring" and "a profile is written", as a
+//! library with plain option structs (the `psample` binary is argument parsing, dispatch and
+//! printing on top of it):
+//!
+//! - [`session`]: attaching a perfring session to a target, the read loop, the summary;
+//! - [`continuous`]: one profile per interval, the writer thread, re-attaching to restarted
+//!   targets;
+//! - [`oncpu`], [`offcpu`]: the `record` and `offcpu` pipelines;
+//! - [`tracker`]: process names and address spaces from side-band records;
+//! - [`stack`], [`frame`]: building one sample's raw stack (frame pointers or DWARF);
+//! - [`profile`], [`names`]: aggregation of raw stacks before symbolization;
+//! - [`fold`], [`output`], [`push`]: symbolizing once per distinct frame, folded/SVG/pprof
+//!   encoders and atomic files, uploads to Pyroscope-compatible servers;
+//! - [`target`], [`tracing`], [`perms`], [`limits`]: targets and the host.
+
+pub mod continuous;
+pub mod error;
+pub mod fold;
+pub mod frame;
+pub mod limits;
+pub mod names;
+pub mod offcpu;
+pub mod oncpu;
+pub mod output;
+pub mod perms;
+pub mod profile;
+pub mod push;
+pub mod session;
+pub mod stack;
+pub mod target;
+pub mod tracing;
+pub mod tracker;
+
+pub use error::Error;
