@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use perfring::record::Sample;
+use perfring::record::{adjust_return_addresses, Sample};
 use unwind::{StopReason, UnwindResult, Unwinder, UserRegs};
 
-use crate::frame::{split_callchain, Frame};
+use crate::frame::Frame;
 use crate::tracker::Tracker;
 
 /// How user stacks are collected.
@@ -84,7 +84,7 @@ impl StackBuilder {
         self.user.clear();
         self.frames.clear();
         if let Some(cc) = &s.callchain {
-            split_callchain(cc.iter(), &mut self.kernel, &mut self.user);
+            cc.split(&mut self.kernel, &mut self.user);
         }
         if let StackMode::Dwarf(_) = self.mode {
             // The kernel's user callchain (if exclude_callchain_user was refused) is replaced
@@ -105,9 +105,7 @@ impl StackBuilder {
                         &mut self.user,
                     );
                     self.unwind_stats.add(&r);
-                    for a in self.user.iter_mut().skip(1) {
-                        *a = a.wrapping_sub(1);
-                    }
+                    adjust_return_addresses(&mut self.user);
                 }
             }
         }

@@ -10,9 +10,10 @@ use std::os::fd::AsFd;
 
 use perfring::bpf::{StackCounter, StackCounterOptions};
 use perfring::event::Session;
+use perfring::record::push_stack;
 use perfring::sys::Ioctl;
 
-use crate::frame::{context, Frame};
+use crate::frame::Frame;
 use crate::profile::Profile;
 use crate::stack::StackMode;
 use crate::tracker::Tracker;
@@ -35,6 +36,7 @@ pub struct BpfAggregation {
     pub samples: u64,
     pub keys: u64,
     frames: Vec<Frame>,
+    addrs: Vec<u64>,
 }
 
 /// Whether BPF aggregation is used for this run, and why not when it isn't.
@@ -104,6 +106,7 @@ pub fn setup(
         samples: 0,
         keys: 0,
         frames: Vec::new(),
+        addrs: Vec::new(),
     })))
 }
 
@@ -124,20 +127,14 @@ impl BpfAggregation {
             self.keys += 1;
             self.samples += c.count;
             self.frames.clear();
-            // Same convention as PERF_SAMPLE_CALLCHAIN: the first address is the sampled IP,
-            // later ones are return addresses; some kernels also store the PERF_CONTEXT_*
-            // marker in BPF stacks, which is not an address.
-            let addrs = |stack: &[u64]| -> Vec<u64> {
-                stack
-                    .iter()
-                    .filter(|a| !context::is_marker(**a) && **a != 0)
-                    .enumerate()
-                    .map(|(i, a)| if i == 0 { *a } else { a.wrapping_sub(1) })
-                    .collect()
-            };
+            // Same convention as PERF_SAMPLE_CALLCHAIN (perfring's push_stack).
+            self.addrs.clear();
+            push_stack(c.kernel_stack.iter().copied(), &mut self.addrs);
             self.frames
-                .extend(addrs(&c.kernel_stack).into_iter().map(Frame::Kernel));
-            for a in addrs(&c.user_stack) {
+                .extend(self.addrs.iter().map(|a| Frame::Kernel(*a)));
+            self.addrs.clear();
+            push_stack(c.user_stack.iter().copied(), &mut self.addrs);
+            for &a in &self.addrs {
                 self.frames.push(tracker.user_frame(c.pid, a));
             }
             // Both stack ids failed (map collision or full): keep the samples, visibly.

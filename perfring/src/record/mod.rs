@@ -6,6 +6,7 @@
 //! bounds-checked: malformed input yields a [`ParseError`], never a panic. Record types this
 //! parser does not decode come back as [`Record::Unknown`]; skip them by the header size.
 
+mod callchain;
 mod cursor;
 mod sample;
 
@@ -43,11 +44,11 @@ mod bits {
 
 use perf_event_open_sys::bindings as b;
 
-use cursor::{c_string, read_u64, Cursor};
-pub use sample::{
-    context, BranchEntry, BranchStack, Callchain, CallchainContext, ReadValue, ReadValues, Sample,
-    U64Array, UserRegs,
+pub use callchain::{
+    adjust_return_addresses, call_site, context, push_stack, Callchain, CallchainContext,
 };
+use cursor::{c_string, read_u64, Cursor};
+pub use sample::{BranchEntry, BranchStack, ReadValue, ReadValues, Sample, U64Array, UserRegs};
 
 /// Record type numbers (`enum perf_event_type`) for the records this parser decodes.
 pub mod record_type {

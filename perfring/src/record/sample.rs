@@ -3,6 +3,7 @@
 
 use perf_event_open_sys::bindings as b;
 
+use super::callchain::Callchain;
 use super::cursor::{read_u64, Cursor};
 use super::{bits, ParseError, SampleFormat};
 
@@ -56,7 +57,7 @@ pub struct U64Array<'a> {
 }
 
 impl<'a> U64Array<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         U64Array { bytes }
     }
     pub fn len(&self) -> usize {
@@ -93,95 +94,6 @@ struct Hex(u64);
 impl std::fmt::Debug for Hex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#x}", self.0)
-    }
-}
-
-/// Which part of the machine the following callchain entries belong to. The kernel
-/// interleaves these markers (values in the top 4095 of the u64 range) with addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CallchainContext {
-    Hypervisor,
-    Kernel,
-    User,
-    /// Placeholder for a user stack the kernel will deliver later (6.x deferred unwinding).
-    UserDeferred,
-    Guest,
-    GuestKernel,
-    GuestUser,
-}
-
-/// `PERF_CONTEXT_*` marker values as they appear in a callchain.
-pub mod context {
-    use perf_event_open_sys::bindings as b;
-    pub const HV: u64 = b::PERF_CONTEXT_HV;
-    pub const KERNEL: u64 = b::PERF_CONTEXT_KERNEL;
-    pub const USER: u64 = b::PERF_CONTEXT_USER;
-    pub const USER_DEFERRED: u64 = b::PERF_CONTEXT_USER_DEFERRED;
-    pub const GUEST: u64 = b::PERF_CONTEXT_GUEST;
-    pub const GUEST_KERNEL: u64 = b::PERF_CONTEXT_GUEST_KERNEL;
-    pub const GUEST_USER: u64 = b::PERF_CONTEXT_GUEST_USER;
-    /// Every value at or above this is a marker, never an address.
-    pub const MAX: u64 = b::PERF_CONTEXT_MAX;
-}
-
-impl CallchainContext {
-    /// The context a marker value switches to; `None` for addresses and unknown markers.
-    pub fn from_marker(value: u64) -> Option<Self> {
-        Some(match value {
-            context::HV => CallchainContext::Hypervisor,
-            context::KERNEL => CallchainContext::Kernel,
-            context::USER => CallchainContext::User,
-            context::USER_DEFERRED => CallchainContext::UserDeferred,
-            context::GUEST => CallchainContext::Guest,
-            context::GUEST_KERNEL => CallchainContext::GuestKernel,
-            context::GUEST_USER => CallchainContext::GuestUser,
-            _ => return None,
-        })
-    }
-
-    /// True for any value in the marker range, including markers newer than this code.
-    pub fn is_marker(value: u64) -> bool {
-        value >= context::MAX
-    }
-}
-
-/// PERF_SAMPLE_CALLCHAIN: instruction pointers, innermost first, with context markers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Callchain<'a> {
-    entries: U64Array<'a>,
-}
-
-impl<'a> Callchain<'a> {
-    /// Number of entries, markers included.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-    /// Every raw entry, markers included.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + 'a {
-        self.entries.iter()
-    }
-    pub fn get(&self, index: usize) -> Option<u64> {
-        self.entries.get(index)
-    }
-    pub fn as_u64_array(&self) -> U64Array<'a> {
-        self.entries
-    }
-    /// Addresses only, each tagged with the context of the last marker before it
-    /// (`None` before any marker, as in chains from kernels that omit them).
-    /// Unknown markers are skipped and reset the context to `None`.
-    pub fn frames(&self) -> impl Iterator<Item = (Option<CallchainContext>, u64)> + 'a {
-        let mut ctx = None;
-        self.entries.iter().filter_map(move |v| {
-            if CallchainContext::is_marker(v) {
-                ctx = CallchainContext::from_marker(v);
-                None
-            } else {
-                Some((ctx, v))
-            }
-        })
     }
 }
 
@@ -355,9 +267,7 @@ pub(super) fn parse_sample<'a>(
     if has(fmt, bits::CALLCHAIN) {
         let nr = c.u64("callchain.nr")?;
         let entries = c.array(nr, 8, "callchain")?;
-        s.callchain = Some(Callchain {
-            entries: U64Array::new(entries),
-        });
+        s.callchain = Some(Callchain::new(U64Array::new(entries)));
     }
     if has(fmt, bits::RAW) {
         // u32 size + data, padded by the kernel so that the pair ends 8-byte aligned.
