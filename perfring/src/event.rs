@@ -144,6 +144,11 @@ impl Session {
         self.rings.len()
     }
 
+    /// The CPU of every ring, in the order [`Session::drain`] reads them.
+    pub fn ring_cpus(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rings.iter().map(|r| r.cpu)
+    }
+
     /// Open `spec` for `pid`/`tid` (-1 for any task) on `cpu`, walking the ladder, and route it
     /// into that CPU's ring. Returns the errno-level error unchanged so callers can tell a
     /// vanished thread (ESRCH) from a real failure.

@@ -11,7 +11,9 @@
 //! - [`event`]: opening sets of events per thread or per CPU, redirecting many events into
 //!   one ring per CPU with `PERF_EVENT_IOC_SET_OUTPUT`;
 //! - [`ring`]: the mmap'd ring buffer reader (acquire/release on head/tail, wrapped records);
-//! - [`record`]: the zero-copy parser for every record type a sampler meets;
+//! - [`record`]: the zero-copy parser for every record type a sampler meets, and the
+//!   callchain convention;
+//! - [`order`]: the rings of a session merged into one stream in time order;
 //! - [`tracepoint`]: tracefs/debugfs discovery and tracepoint `format` file parsing;
 //! - [`bpf`]: the optional in-kernel stack aggregation (bpf(2), a tiny assembler).
 //!
@@ -22,6 +24,7 @@ pub mod attr;
 pub mod bpf;
 pub mod event;
 pub mod features;
+pub mod order;
 pub mod probe;
 pub mod record;
 pub mod ring;

@@ -26,19 +26,19 @@ use std::time::Instant;
 use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
 use perfring::event::Session;
 use perfring::features::{Feature, Support};
+use perfring::order::{Ordered, OrderedReader};
 use perfring::record::{Record, Sample};
 use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
 use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey};
-use super::reorder::Reorder;
 use super::OffCpuOptions;
 use crate::continuous::{self, Intervals};
 use crate::fold::{Folder, NamedFrames};
 use crate::frame::Frame;
 use crate::names::Names;
 use crate::output::{self, folded::escape_comm, pprof, Labels};
-use crate::session::{self, Attach, Observer, Reader, Stopper, Summary};
+use crate::session::{self, Attach, Observer, Stopper, Summary};
 use crate::stack::{StackBuilder, StackMode};
 use crate::target::{self, Launched, Target};
 use crate::tracker::Tracker;
@@ -355,11 +355,6 @@ pub fn run_session(
             tracker.load_process(pid);
         }
     }
-    let cpu_count = kernel
-        .online_cpus()
-        .map(|c| c.iter().max().map_or(1, |m| *m as usize + 1))
-        .unwrap_or(1);
-
     if !is_cmd {
         session.enable().map_err(|e| Error::new(e.to_string()))?;
     }
@@ -407,7 +402,7 @@ pub fn run_session(
         stacks,
         names,
         totals: Report::default(),
-        reorder: Reorder::new(cpu_count),
+        pending: Vec::new(),
         counts: Counts::default(),
         specs,
         ids: session.id_table(),
@@ -420,7 +415,7 @@ pub fn run_session(
         first_time: None,
         last_time: 0,
     };
-    let mut reader = Reader::new();
+    let mut reader = OrderedReader::new(fmt);
     let mut stopper = Stopper::new(common.duration, &target, &pids);
     let mut upkeep = Upkeep::new();
     let cause = loop {
@@ -441,15 +436,16 @@ pub fn run_session(
             summary.warnings.push(format!("stopping early: {e}"));
             break session::StopCause::Signal;
         }
-        reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
-        c.reorder.end_round(|_, e| engine.push(e));
+        reader.pump(&mut session, |o| c.on_record(o));
+        c.pending.drain(..).for_each(|e| engine.push(e));
         observer.progress(c.counts.switch_outs);
     };
     session.disable();
     let stop_ns = monotonic_ns();
     let stop_started = Instant::now();
-    reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
-    c.reorder.drain_all(|_, e| engine.push(e));
+    reader.pump(&mut session, |o| c.on_record(o));
+    reader.finish(|o| c.on_record(o));
+    c.pending.drain(..).for_each(|e| engine.push(e));
     observer.progress_done();
     let Collector {
         tracker,
@@ -553,7 +549,7 @@ pub fn run_session(
             }
         ),
     );
-    summary.add_lost(&session, reader.parse_errors);
+    summary.add_lost(&session, reader.stats().parse_errors);
     if report.dropped_intervals > 0 || report.capped_intervals > 0 {
         summary.line(
             "not counted",
@@ -698,7 +694,8 @@ struct Collector {
     names: Names,
     /// Continuous mode: the counters of the intervals already written, for the summary.
     totals: Report,
-    reorder: Reorder<OffcpuEvent>,
+    /// Engine events of the records just read, in time order.
+    pending: Vec<OffcpuEvent>,
     counts: Counts,
     specs: Specs,
     /// Event id → spec, for telling switch, wakeup and CPU-wide samples apart.
@@ -724,9 +721,9 @@ impl Collector {
         named: &NamedFrames,
         format: output::Format,
     ) {
-        // Events still held for cross-CPU ordering go in now; an interval spanning the
-        // boundary is paired as usual, in the report it closes in.
-        self.reorder.drain_all(|_, e| engine.push(e));
+        // Records still held for cross-CPU ordering go into the next interval; an interval
+        // spanning the boundary is paired as usual, in the report it closes in.
+        self.pending.drain(..).for_each(|e| engine.push(e));
         let report = engine.take_report();
         self.totals.add_totals(&report);
         self.totals
@@ -765,20 +762,19 @@ impl Collector {
         self.builder.unwind_stats = stats;
     }
 
-    fn on_record(&mut self, cpu: u32, rec: &Record<'_>) {
-        let time = crate::session::record_time(rec);
+    fn on_record(&mut self, o: &Ordered<'_>) {
+        let (cpu, rec) = (o.cpu, &o.record);
+        let time = o.time.unwrap_or(0);
         if time != 0 {
             self.first_time.get_or_insert(time);
             self.last_time = self.last_time.max(time);
         }
-        let ring = cpu as usize;
         match rec {
             Record::Sample(s) => self.on_sample(cpu, s),
             Record::Switch(sw) if !sw.out => {
                 if let Some(tid) = sw.sample_id.tid {
                     self.counts.switch_ins += 1;
-                    self.reorder
-                        .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+                    self.pending.push(OffcpuEvent::SwitchIn { time, cpu, tid });
                 }
             }
             Record::SwitchCpuWide(sw) if !sw.out => {
@@ -786,19 +782,17 @@ impl Collector {
                 // (next_prev names the task that left).
                 if let Some(tid) = sw.sample_id.tid.filter(|&t| t != 0) {
                     self.counts.switch_ins += 1;
-                    self.reorder
-                        .push(ring, time, OffcpuEvent::SwitchIn { time, cpu, tid });
+                    self.pending.push(OffcpuEvent::SwitchIn { time, cpu, tid });
                 }
             }
             Record::Lost(l) => {
-                // Untimed (no sample_id_all): it belongs after the ring's last record.
-                let t = l.sample_id.time.or(self.reorder.latest(ring));
+                // Untimed (no sample_id_all): the reader dates it by the ring's last record.
                 let ev = OffcpuEvent::Lost {
                     cpu,
-                    time: t,
+                    time: o.time,
                     count: l.lost,
                 };
-                self.reorder.push(ring, t.unwrap_or(0), ev);
+                self.pending.push(ev);
             }
             Record::Exit(e) => {
                 self.tracker.on_record(rec);
@@ -807,12 +801,11 @@ impl Collector {
                     pid: e.pid,
                     tid: e.tid,
                 };
-                self.reorder.push(ring, e.time, ev);
+                self.pending.push(ev);
             }
             Record::Comm(c) if c.exec => {
                 self.tracker.on_record(rec);
-                self.reorder
-                    .push(ring, time, OffcpuEvent::Exec { time, pid: c.pid });
+                self.pending.push(OffcpuEvent::Exec { time, pid: c.pid });
             }
             _ => {
                 self.tracker.on_record(rec);
@@ -827,7 +820,6 @@ impl Collector {
         let Some(spec) = s.id.and_then(|id| self.ids.get(&id).copied()) else {
             return;
         };
-        let ring = cpu as usize;
         if spec == self.specs.switch || Some(spec) == self.specs.cpu_switch {
             let Ok(sw) = self.switch_dec.decode(raw) else {
                 self.counts.decode_errors += 1;
@@ -840,15 +832,11 @@ impl Collector {
                     self.system_wide || self.targets.contains(&pid_of_thread(&self.tracker, next));
                 if next != 0 && next != self.own_pid && wanted {
                     self.counts.switch_ins += 1;
-                    self.reorder.push(
-                        ring,
+                    self.pending.push(OffcpuEvent::SwitchIn {
                         time,
-                        OffcpuEvent::SwitchIn {
-                            time,
-                            cpu,
-                            tid: next,
-                        },
-                    );
+                        cpu,
+                        tid: next,
+                    });
                 }
                 if cpu_wide_fallback {
                     return;
@@ -872,7 +860,7 @@ impl Collector {
                 state,
                 stack,
             };
-            self.reorder.push(ring, time, ev);
+            self.pending.push(ev);
         } else if Some(spec) == self.specs.wakeup {
             let Some(dec) = &self.wakeup_dec else { return };
             let Ok(w) = dec.decode(raw) else {
@@ -904,7 +892,7 @@ impl Collector {
                 waker,
                 waker_stack,
             };
-            self.reorder.push(ring, time, ev);
+            self.pending.push(ev);
         }
     }
 }

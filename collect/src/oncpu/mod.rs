@@ -5,13 +5,14 @@ use std::time::Instant;
 use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
 use perfring::event::Session;
 use perfring::features::{Feature, Support};
+use perfring::order::OrderedReader;
 use perfring::record::Record;
 
 use crate::continuous::{self, Intervals};
 use crate::fold::{Folder, NamedFrames};
 use crate::output::{self, folded::escape_comm, pprof, Labels};
 use crate::profile::Profile;
-use crate::session::{self, Attach, Observer, Reader, SessionOptions, StopCause, Stopper, Summary};
+use crate::session::{self, Attach, Observer, SessionOptions, StopCause, Stopper, Summary};
 use crate::stack::{StackBuilder, StackMode};
 use crate::target::{self, Launched, Target};
 use crate::tracker::Tracker;
@@ -269,7 +270,7 @@ pub fn run_session(
         samples: 0,
         own_pid: std::process::id(),
     };
-    let mut reader = Reader::new();
+    let mut reader = OrderedReader::new(fmt);
     let mut stopper = Stopper::new(common.duration, &target, &pids);
     let mut last_bpf_drain = Instant::now();
     let cause = loop {
@@ -294,7 +295,7 @@ pub fn run_session(
             summary.warnings.push(format!("stopping early: {e}"));
             break StopCause::Signal;
         }
-        reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
+        reader.pump(&mut session, |o| rec.handle(&o.record));
         // Drain the BPF maps about once a second so they never fill on long runs.
         if let Some(b) = bpf.as_mut() {
             if last_bpf_drain.elapsed() >= std::time::Duration::from_secs(1) {
@@ -308,7 +309,8 @@ pub fn run_session(
     };
     session.disable();
     let stop_started = Instant::now();
-    reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
+    reader.pump(&mut session, |o| rec.handle(&o.record));
+    reader.finish(|o| rec.handle(&o.record));
     if let Some(b) = bpf.as_mut() {
         if let Err(e) = b.drain(&mut rec.tracker, &mut rec.profile, rec.own_pid) {
             summary.warnings.push(format!("reading BPF counts: {e}"));
@@ -352,7 +354,7 @@ pub fn run_session(
             ),
         );
     }
-    summary.add_lost(&session, reader.parse_errors);
+    summary.add_lost(&session, reader.stats().parse_errors);
     if tracker.stats.throttles > 0 {
         summary.line(
             "throttled",

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use perfring::event::{Session, SessionError};
 use perfring::features::Feature;
-use perfring::record::{parse_record, Record, SampleFormat};
 use perfring::sys::{Errno, Kernel};
 
 use crate::output::Format;
@@ -212,101 +211,6 @@ impl StopCause {
             StopCause::TargetsExited => "targets exited",
         }
     }
-}
-
-/// One record drained from a ring, kept until the batch is sorted by time.
-struct Pending {
-    time: u64,
-    cpu: u32,
-    start: usize,
-    end: usize,
-}
-
-/// Drains rings in batches, sorts each batch by time across CPUs (so an MMAP on one CPU is
-/// seen before a sample that hits it on another), and hands records to the consumer.
-pub struct Reader {
-    arena: Vec<u8>,
-    pending: Vec<Pending>,
-    pub parse_errors: u64,
-    pub records: u64,
-}
-
-impl Default for Reader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Reader {
-    pub fn new() -> Self {
-        Reader {
-            arena: Vec::new(),
-            pending: Vec::new(),
-            parse_errors: 0,
-            records: 0,
-        }
-    }
-
-    /// Drain every ring once and deliver the records in time order.
-    pub fn pump(
-        &mut self,
-        session: &mut Session,
-        fmt: &SampleFormat,
-        mut consume: impl FnMut(u32, &Record<'_>),
-    ) -> usize {
-        self.arena.clear();
-        self.pending.clear();
-        let (arena, pending) = (&mut self.arena, &mut self.pending);
-        let mut errors = 0u64;
-        let n = session.drain(|cpu, bytes| {
-            let time = match parse_record(bytes, fmt) {
-                Ok(r) => record_time(&r),
-                Err(_) => {
-                    errors += 1;
-                    return;
-                }
-            };
-            let start = arena.len();
-            arena.extend_from_slice(bytes);
-            pending.push(Pending {
-                time,
-                cpu,
-                start,
-                end: arena.len(),
-            });
-        });
-        self.parse_errors += errors;
-        // Stable: records of one ring keep their order when times tie (or are absent).
-        self.pending.sort_by_key(|p| p.time);
-        for p in &self.pending {
-            if let Ok(rec) = parse_record(&self.arena[p.start..p.end], fmt) {
-                consume(p.cpu, &rec);
-            }
-        }
-        self.records += n as u64;
-        // Keep the arena's capacity bounded after a burst.
-        if self.arena.capacity() > 64 << 20 {
-            self.arena = Vec::new();
-        }
-        n
-    }
-}
-
-/// The time of a record (0 when the kernel gave none, which keeps ring order).
-pub fn record_time(r: &Record<'_>) -> u64 {
-    let t = match r {
-        Record::Sample(s) => s.time,
-        Record::Mmap(m) => m.sample_id.time,
-        Record::Comm(c) => c.sample_id.time,
-        Record::Fork(f) | Record::Exit(f) => Some(f.time),
-        Record::Lost(l) => l.sample_id.time,
-        Record::LostSamples(l) => l.sample_id.time,
-        Record::Throttle(t) | Record::Unthrottle(t) => Some(t.time),
-        Record::Switch(s) => s.sample_id.time,
-        Record::SwitchCpuWide(s) => s.sample_id.time,
-        _ => None,
-    };
-    t.unwrap_or(0)
 }
 
 /// Stop conditions for the read loop.

@@ -117,6 +117,45 @@ impl SampleFormat {
     }
 }
 
+impl SampleFormat {
+    /// The time of a record without parsing it: read at the position the format implies
+    /// (after IDENTIFIER, IP and TID in a sample; in the `sample_id` trailer of other kernel
+    /// records; in the body of FORK, EXIT and THROTTLE). `None` when the record carries no
+    /// time (TIME not sampled, no sample_id_all, a perf-tool type) or is too short for it.
+    /// For a well-formed record this is the time [`parse_record`] reports.
+    pub fn time_of(&self, record: &[u8]) -> Option<u64> {
+        if self.sample_type & bits::TIME == 0 {
+            return None;
+        }
+        let header = RecordHeader::parse(record).ok()?;
+        let size = usize::from(header.size);
+        if size < RecordHeader::SIZE || record.len() < size {
+            return None;
+        }
+        let before = |bits_before: u64| 8 * (self.sample_type & bits_before).count_ones() as usize;
+        let at = match header.record_type {
+            record_type::SAMPLE => {
+                RecordHeader::SIZE + before(bits::IDENTIFIER | bits::IP | bits::TID)
+            }
+            // pid, ppid, tid, ptid, then the time.
+            record_type::FORK | record_type::EXIT => RecordHeader::SIZE + 16,
+            record_type::THROTTLE | record_type::UNTHROTTLE => RecordHeader::SIZE,
+            t if t < record_type::USER_TYPE_START && self.sample_id_all => {
+                let trailer = size.checked_sub(self.sample_id_size())?;
+                if trailer < RecordHeader::SIZE {
+                    return None;
+                }
+                trailer + before(bits::TID)
+            }
+            _ => return None,
+        };
+        record
+            .get(at..at.checked_add(8)?)
+            .filter(|_| at + 8 <= size)
+            .map(|b| read_u64(b, 0))
+    }
+}
+
 /// The 8-byte `struct perf_event_header` that starts every record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
