@@ -1,16 +1,19 @@
-//! Folded aggregation: adding samples to a `Profile` (the per-sample hot path) and folding
-//! the aggregated profile into sorted lines (after symbolization, which is benchmarked in
-//! the symbolize crate; here frames are pre-named so only aggregation is measured).
+//! Folded aggregation: interning a sample's stack and adding it to a `Profile` (the
+//! per-sample hot path) and folding the aggregated profile into sorted lines (after
+//! symbolization, which is benchmarked in the symbolize crate; here frames are pre-named
+//! so only aggregation is measured).
 
-use collect::fold::{Folder, NamedFrames};
 use collect::frame::Frame;
+use collect::names::Names;
+use collect::output::fold::Folder;
 use collect::profile::Profile;
+use collect::tables::Tables;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use symbolize::{SymbolizeOptions, Symbolizer};
 use unwind::Processes;
 
 /// `distinct` stacks of depth 24 sharing a common root, like a real service's profile.
-fn stacks(named: &mut NamedFrames, distinct: usize) -> Vec<Vec<Frame>> {
+fn stacks(named: &mut Names, distinct: usize) -> Vec<Vec<Frame>> {
     (0..distinct)
         .map(|i| {
             (0..24)
@@ -31,31 +34,36 @@ fn stacks(named: &mut NamedFrames, distinct: usize) -> Vec<Vec<Frame>> {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("aggregate");
     for distinct in [100usize, 5000] {
-        let mut named = NamedFrames::default();
-        let all = stacks(&mut named, distinct);
+        let mut t = Tables::default();
+        let all = stacks(&mut t.frame_names, distinct);
         let samples = 100_000u64;
         g.throughput(Throughput::Elements(samples));
         g.bench_with_input(BenchmarkId::new("add_samples", distinct), &all, |b, all| {
             b.iter(|| {
+                let mut t = Tables::default();
                 let mut p = Profile::new();
-                let name = p.name_id("service");
+                let name = t.names.intern("service");
                 for i in 0..samples as usize {
-                    p.add(name, &all[(i * 7919) % all.len()], 1);
+                    let stack = t.stacks.intern(&all[(i * 7919) % all.len()]);
+                    p.add(name, stack, 1);
                 }
                 p.total()
             })
         });
         let mut p = Profile::new();
-        let name = p.name_id("service");
+        let name = t.names.intern("service");
         for (i, s) in all.iter().enumerate() {
-            p.add(name, s, i as u64 + 1);
+            let stack = t.stacks.intern(s);
+            p.add(name, stack, i as u64 + 1);
         }
         g.throughput(Throughput::Elements(distinct as u64));
         g.bench_with_input(BenchmarkId::new("fold_stacks", distinct), &p, |b, p| {
             b.iter(|| {
                 let mut sym = Symbolizer::new(SymbolizeOptions::default());
                 let procs = Processes::new();
-                Folder::new(&mut sym, &procs, &named).fold(p).len()
+                Folder::new(&mut sym, &procs, &t.frame_names)
+                    .fold(p, &t)
+                    .len()
             })
         });
     }

@@ -14,7 +14,7 @@
 //! writer; beyond that the read loop waits (and says so in the summary).
 //!
 //! With `--pid-file`/`--comm` the targets are looked up again when they exit, and a new
-//! session is attached to the new process ([`run_restartable`]).
+//! session is attached to the new process ([`crate::session::dispatch`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -26,8 +26,7 @@ use symbolize::Symbolizer;
 
 use crate::output::{Format, Labels, Rendered};
 use crate::push::Pusher;
-use crate::session::{signals, Observer, StopCause};
-use crate::target::{self, Lookup, Target, TargetSpec};
+use crate::target::{self, Lookup};
 use crate::Error;
 
 /// Continuous profiling: `--every`, `--out-dir`, `--keep`, `--push`.
@@ -475,84 +474,6 @@ fn pid_from_file(path: &Path) -> Option<u32> {
     let text = String::from_utf8_lossy(text.get(..64).unwrap_or(&text)).into_owned();
     let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
     (pid > 0 && target::process_alive(pid)).then_some(pid)
-}
-
-/// Run a command's sessions on its targets: once, or (with `continuous`) interval by
-/// interval, re-attaching after target restarts. Shared by `record` and `offcpu`.
-pub fn run_command(
-    opts: &crate::session::SessionOptions,
-    command: &str,
-    labels: Labels,
-    observer: &mut dyn Observer,
-    mut session: impl FnMut(
-        Target,
-        Option<&mut Intervals>,
-        &mut dyn Observer,
-    ) -> Result<StopCause, Error>,
-) -> Result<(), Error> {
-    let mut intervals = match &opts.continuous {
-        Some(c) => Some(Intervals::start(
-            c,
-            opts.format,
-            &opts.symbols,
-            command,
-            labels,
-        )?),
-        None => None,
-    };
-    match &opts.target {
-        TargetSpec::Fixed(t) => {
-            session(t.clone(), intervals.as_mut(), observer)?;
-            Ok(())
-        }
-        TargetSpec::Lookup(lookup) => {
-            run_restartable(lookup, observer, |t, o| session(t, intervals.as_mut(), o))
-        }
-    }
-}
-
-/// Run `session` over and over: each time the targets `lookup` names exit, wait for them to
-/// come back and attach again.
-pub fn run_restartable(
-    lookup: &Lookup,
-    observer: &mut dyn Observer,
-    mut session: impl FnMut(Target, &mut dyn Observer) -> Result<StopCause, Error>,
-) -> Result<(), Error> {
-    let what = match lookup {
-        Lookup::PidFile(f) => format!("the process in {}", f.display()),
-        Lookup::Comm(n) => format!("processes named {n:?}"),
-    };
-    signals::install();
-    let mut attached_once = false;
-    let mut waiting_said = false;
-    loop {
-        if signals::stop_requested() {
-            return Ok(());
-        }
-        let pids = lookup_targets(lookup);
-        if pids.is_empty() {
-            if !waiting_said {
-                observer.notice(&format!("waiting for {what}"));
-                waiting_said = true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
-        waiting_said = false;
-        match session(Target::Pids(pids), observer) {
-            Ok(StopCause::TargetsExited) => {
-                attached_once = true;
-                observer.notice(&format!("targets exited; re-attaching when {what} is back"));
-            }
-            Ok(_) => return Ok(()),
-            // The process may exit while we attach; after a first success keep trying.
-            Err(e) if attached_once || e.to_string().contains("exited") => {
-                observer.notice(&format!("attaching failed ({e}); retrying"));
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]

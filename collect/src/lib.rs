@@ -17,7 +17,6 @@
 
 pub mod continuous;
 pub mod error;
-pub mod fold;
 pub mod frame;
 pub mod limits;
 pub mod names;
@@ -25,10 +24,13 @@ pub mod offcpu;
 pub mod oncpu;
 pub mod output;
 pub mod perms;
+pub mod pipeline;
 pub mod profile;
 pub mod push;
 pub mod session;
 pub mod stack;
+pub mod stacks;
+pub mod tables;
 pub mod target;
 pub mod tracing;
 pub mod tracker;

@@ -10,6 +10,10 @@ pub const MAX_NAMES: usize = 65_536;
 /// What a string beyond [`MAX_NAMES`] is shown as.
 pub const OVERFLOW: &str = "[other names]";
 
+/// A string's id in its [`Names`] table.
+pub type NameId = u32;
+
+/// Interned strings, each stored once.
 #[derive(Default, Clone, Debug)]
 pub struct Names {
     names: Vec<String>,
@@ -17,7 +21,8 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn intern(&mut self, name: &str) -> u32 {
+    /// The id of `name`, adding it if new (beyond [`MAX_NAMES`] the shared overflow entry).
+    pub fn intern(&mut self, name: &str) -> NameId {
         if let Some(id) = self.ids.get(name) {
             return *id;
         }
@@ -35,14 +40,17 @@ impl Names {
         id
     }
 
-    pub fn get(&self, id: u32) -> &str {
+    /// The string of `id` (`[?]` for an id this table never gave out).
+    pub fn get(&self, id: NameId) -> &str {
         self.names.get(id as usize).map_or("[?]", String::as_str)
     }
 
+    /// Distinct strings held.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    /// Whether nothing was interned yet.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

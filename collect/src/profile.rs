@@ -1,57 +1,42 @@
-//! Aggregation: identical raw stacks merged with a count, before any symbolization.
+//! On-CPU aggregation: samples counted per (thread name, interned stack), before any
+//! symbolization.
 
 use std::collections::HashMap;
 
-use crate::frame::Frame;
-use crate::names::Names;
+use crate::names::NameId;
+use crate::stacks::StackId;
 
-/// Counts per (thread name, raw stack). Stacks are stored leaf first, as collected.
-#[derive(Default)]
+/// Counts per (thread name, stack). Ids refer to the session's [`crate::tables::Tables`].
+#[derive(Default, Debug, Clone)]
 pub struct Profile {
-    names: Names,
-    /// name id → stack → count. Two levels so a repeated stack is found by borrowed slice
-    /// (`Box<[Frame]>: Borrow<[Frame]>`) and costs no allocation.
-    counts: HashMap<u32, HashMap<Box<[Frame]>, u64>>,
+    counts: HashMap<(NameId, StackId), u64>,
     total: u64,
 }
 
 impl Profile {
+    /// An empty profile.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Intern a process/thread name (comm) so per-sample keys stay small.
-    pub fn name_id(&mut self, name: &str) -> u32 {
-        self.names.intern(name)
-    }
-
-    pub fn name(&self, id: u32) -> &str {
-        self.names.get(id)
-    }
-
-    /// Add `count` to a stack. `frames` is leaf first.
-    pub fn add(&mut self, name: u32, frames: &[Frame], count: u64) {
+    /// Add `count` samples of `stack` taken in a thread named `name`.
+    pub fn add(&mut self, name: NameId, stack: StackId, count: u64) {
         self.total += count;
-        let stacks = self.counts.entry(name).or_default();
-        match stacks.get_mut(frames) {
-            Some(c) => *c += count,
-            None => {
-                stacks.insert(frames.into(), count);
-            }
-        }
+        *self.counts.entry((name, stack)).or_insert(0) += count;
     }
 
+    /// Samples added.
     pub fn total(&self) -> u64 {
         self.total
     }
 
+    /// Distinct (name, stack) pairs.
     pub fn distinct_stacks(&self) -> usize {
-        self.counts.values().map(HashMap::len).sum()
+        self.counts.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &[Frame], u64)> {
-        self.counts
-            .iter()
-            .flat_map(|(n, stacks)| stacks.iter().map(move |(f, c)| (*n, &f[..], *c)))
+    /// Every (name, stack, count), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (NameId, StackId, u64)> + '_ {
+        self.counts.iter().map(|(&(n, s), &c)| (n, s, c))
     }
 }

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 
 use perfring::tracepoint::TaskState;
 
-/// Stacks are interned by the caller; the engine only groups by id.
-pub type StackId = u32;
 /// A thread's name (comm) as interned by the caller when the event was read. Blocked time
 /// is keyed by name, not by thread id, so a host that starts thousands of short-lived
 /// processes adds keys per distinct program, not per thread (and the name is the one the
 /// thread had then, as bcc's offcputime reports it, even after the thread is long gone).
-pub type NameId = u32;
+pub use crate::names::NameId;
+/// Stacks are interned by the caller; the engine only groups by id.
+pub use crate::stacks::StackId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffcpuEvent {
@@ -502,6 +502,30 @@ impl Engine {
                 o.stack = f(o.stack);
                 if let Some(w) = &mut o.waker {
                     w.stack = f(w.stack);
+                }
+            }
+        }
+    }
+
+    /// Names that open intervals still refer to (blocked threads and their wakers).
+    pub fn open_names(&self) -> Vec<NameId> {
+        let mut v: Vec<NameId> = Vec::new();
+        for t in self.threads.values() {
+            if let Some(o) = &t.open {
+                v.push(o.who);
+                v.extend(o.waker.map(|w| w.who));
+            }
+        }
+        v
+    }
+
+    /// Renumber the names of open intervals after the caller compacted its name table.
+    pub fn remap_names(&mut self, f: impl Fn(NameId) -> NameId) {
+        for t in self.threads.values_mut() {
+            if let Some(o) = &mut t.open {
+                o.who = f(o.who);
+                if let Some(w) = &mut o.waker {
+                    w.who = f(w.who);
                 }
             }
         }

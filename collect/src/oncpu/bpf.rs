@@ -14,9 +14,9 @@ use perfring::record::push_stack;
 use perfring::sys::Ioctl;
 
 use crate::frame::Frame;
+use crate::pipeline::Pipeline;
 use crate::profile::Profile;
 use crate::stack::StackMode;
-use crate::tracker::Tracker;
 use crate::Error;
 
 /// Whether to aggregate stacks in the kernel (`--bpf`).
@@ -33,7 +33,9 @@ pub enum BpfMode {
 /// A loaded and attached counter.
 pub struct BpfAggregation {
     counter: StackCounter,
+    /// Samples counted in the kernel and drained so far.
     pub samples: u64,
+    /// Distinct (pid, tid, stacks) keys drained.
     pub keys: u64,
     frames: Vec<Frame>,
     addrs: Vec<u64>,
@@ -41,7 +43,9 @@ pub struct BpfAggregation {
 
 /// Whether BPF aggregation is used for this run, and why not when it isn't.
 pub enum Decision {
+    /// Aggregate in the kernel with this counter.
     Use(Box<BpfAggregation>),
+    /// Use the ring buffer; why.
     NotUsed(String),
 }
 
@@ -113,15 +117,10 @@ pub fn setup(
 impl BpfAggregation {
     /// Move the kernel's counts into `profile`. Errors are reported, not fatal: counts
     /// collected so far stay in the profile.
-    pub fn drain(
-        &mut self,
-        tracker: &mut Tracker,
-        profile: &mut Profile,
-        own_pid: u32,
-    ) -> Result<(), String> {
+    pub fn drain(&mut self, p: &mut Pipeline, profile: &mut Profile) -> Result<(), String> {
         let counts = self.counter.drain().map_err(|e| e.to_string())?;
         for c in counts {
-            if c.pid == own_pid {
+            if c.pid == p.own_pid {
                 continue;
             }
             self.keys += 1;
@@ -135,15 +134,16 @@ impl BpfAggregation {
             self.addrs.clear();
             push_stack(c.user_stack.iter().copied(), &mut self.addrs);
             for &a in &self.addrs {
-                self.frames.push(tracker.user_frame(c.pid, a));
+                self.frames.push(p.tracker.user_frame(c.pid, a));
             }
             // Both stack ids failed (map collision or full): keep the samples, visibly.
             if self.frames.is_empty() {
                 self.frames.push(Frame::Label("[stack lost]"));
             }
-            tracker.saw_thread(c.tid);
-            let name = profile.name_id(tracker.comm(c.pid, c.tid));
-            profile.add(name, &self.frames, c.count);
+            p.tracker.saw_thread(c.tid);
+            let stack = p.intern_stack(&self.frames);
+            let name = p.thread_name(c.pid, c.tid);
+            profile.add(name, stack, c.count);
         }
         Ok(())
     }

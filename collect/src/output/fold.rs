@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use symbolize::{FrameKind, ModuleHandle, ModuleKind, ModuleSpec, Symbolizer};
 use unwind::{MappingId, Processes};
 
+use super::folded::{escape_comm, escape_frame};
 use crate::frame::Frame;
-use crate::output::folded::{escape_comm, escape_frame};
+use crate::names::Names;
 use crate::profile::Profile;
-
-/// Names of frames that were named at collection time (see [`Frame::Named`]).
-pub type NamedFrames = crate::names::Names;
+use crate::tables::Tables;
 
 /// What the symbolizer needs to know of a mapping seen at sample time.
 pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
@@ -39,14 +38,15 @@ pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
 pub struct Folder<'a> {
     sym: &'a mut Symbolizer,
     procs: &'a Processes,
-    named: &'a NamedFrames,
+    named: &'a Names,
     modules: HashMap<MappingId, ModuleHandle>,
     /// Frame → rendered names, root-most first (an inlined chain expands to several).
     cache: HashMap<Frame, Vec<String>>,
 }
 
 impl<'a> Folder<'a> {
-    pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a NamedFrames) -> Self {
+    /// A folder naming [`Frame::Named`] frames from `named`.
+    pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a Names) -> Self {
         Folder {
             sym,
             procs,
@@ -135,16 +135,17 @@ impl<'a> Folder<'a> {
         parts.join(";")
     }
 
-    /// Fold a whole profile into sorted, merged lines.
-    pub fn fold(&mut self, profile: &Profile) -> Vec<(String, u64)> {
+    /// Fold a whole profile (its ids refer to `tables`) into sorted, merged lines.
+    pub fn fold(&mut self, profile: &Profile, tables: &Tables) -> Vec<(String, u64)> {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
-        for (name, frames, count) in profile.iter() {
-            let line = self.render(profile.name(name), frames);
+        for (name, stack, count) in profile.iter() {
+            let line = self.render(tables.names.get(name), tables.stacks.get(stack));
             *merged.entry(line).or_insert(0) += count;
         }
         merged.into_iter().collect()
     }
 
+    /// Distinct frames symbolized so far.
     pub fn distinct_frames(&self) -> usize {
         self.cache.len()
     }
@@ -163,7 +164,7 @@ mod tests {
             kernel: false,
         });
         let procs = Processes::new();
-        let named = NamedFrames::default();
+        let named = Names::default();
         let mut f = Folder::new(&mut sym, &procs, &named);
         let gone = Frame::User {
             mapping: MappingId(12345),

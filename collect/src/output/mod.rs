@@ -5,6 +5,7 @@
 
 mod atomic;
 pub mod diff;
+pub mod fold;
 pub mod folded;
 pub mod input;
 pub mod pprof;

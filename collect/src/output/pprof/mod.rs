@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use symbolize::{FrameKind, ModuleHandle, Symbolizer};
 use unwind::{MappingId, Processes};
 
-use crate::fold::NamedFrames;
 use crate::frame::Frame;
+use crate::names::Names;
 use crate::output::folded::escape_frame;
 pub use proto::Profile;
 use proto::{Function, Line, Location, Mapping, Sample, ValueType};
@@ -63,7 +63,7 @@ pub struct Meta {
 pub struct Builder<'a> {
     sym: &'a mut Symbolizer,
     procs: &'a Processes,
-    named: &'a NamedFrames,
+    named: &'a Names,
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     functions: Vec<Function>,
@@ -77,7 +77,7 @@ pub struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a NamedFrames) -> Self {
+    pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a Names) -> Self {
         Builder {
             sym,
             procs,
@@ -128,7 +128,7 @@ impl<'a> Builder<'a> {
             return Some(*m);
         }
         let m = self.procs.get(id)?;
-        let handle = self.sym.add_module(crate::fold::module_spec(m));
+        let handle = self.sym.add_module(super::fold::module_spec(m));
         let (start, end, pgoff, path) = (m.start, m.end, m.pgoff, m.path.clone());
         let build_id = self
             .sym

@@ -1,6 +1,7 @@
 use super::*;
-use crate::fold::Folder;
+use crate::output::fold::Folder;
 use crate::profile::Profile as RawProfile;
+use crate::tables::Tables;
 use proptest::prelude::*;
 use symbolize::SymbolizeOptions;
 
@@ -21,30 +22,36 @@ fn meta() -> Meta {
 /// stacks through the folder and through pprof: the folded lines must be identical.
 #[test]
 fn pprof_folds_back_to_the_folded_output() {
-    let mut named = NamedFrames::default();
+    let mut t = Tables::default();
+    let named = &mut t.frame_names;
     let (main, work, read) = (
         named.intern("main"),
         named.intern("work;odd\nname"),
         named.intern("read_[k]"),
     );
     let mut raw = RawProfile::new();
-    let a = raw.name_id("app");
-    let b = raw.name_id("other thread");
-    raw.add(a, &[Frame::Named(work), Frame::Named(main)], 3);
-    raw.add(a, &[Frame::Unmapped(0x1234), Frame::Named(main)], 2);
-    raw.add(a, &[Frame::Named(work), Frame::Named(main)], 4);
-    raw.add(
+    let a = t.names.intern("app");
+    let b = t.names.intern("other thread");
+    let mut add = |name, frames: &[Frame], count| {
+        let stack = t.stacks.intern(frames);
+        raw.add(name, stack, count);
+    };
+    add(a, &[Frame::Named(work), Frame::Named(main)], 3);
+    add(a, &[Frame::Unmapped(0x1234), Frame::Named(main)], 2);
+    add(a, &[Frame::Named(work), Frame::Named(main)], 4);
+    add(
         b,
         &[Frame::Named(read), Frame::Label("[blocked at start]")],
         1,
     );
     let procs = Processes::new();
     let mut sym = Symbolizer::new(SymbolizeOptions::default());
-    let folded = Folder::new(&mut sym, &procs, &named).fold(&raw);
+    let folded = Folder::new(&mut sym, &procs, &t.frame_names).fold(&raw, &t);
 
-    let mut b = Builder::new(&mut sym, &procs, &named);
-    for (name, frames, count) in raw.iter() {
-        let comm = crate::output::folded::escape_comm(raw.name(name));
+    let mut b = Builder::new(&mut sym, &procs, &t.frame_names);
+    for (name, stack, count) in raw.iter() {
+        let comm = crate::output::folded::escape_comm(t.names.get(name));
+        let frames = t.stacks.get(stack);
         let mut nodes: Vec<Node<'_>> = frames.iter().map(|f| Node::Frame(*f)).collect();
         nodes.push(Node::Text(&comm));
         b.add(&nodes, &[count as i64, count as i64 * 10_101_010]);
@@ -67,7 +74,7 @@ fn pprof_folds_back_to_the_folded_output() {
 
 #[test]
 fn waker_stacks_render_like_offwaketime() {
-    let mut named = NamedFrames::default();
+    let mut named = Names::default();
     let (sleep, main, wake, w_main) = (
         named.intern("schedule_[k]"),
         named.intern("main"),
@@ -109,7 +116,7 @@ fn user_frames_get_mappings_build_ids_and_lines() {
     procs.load_proc_maps(me).unwrap();
     let addr = to_folded as *const () as u64;
     let mapping = procs.find(me, addr).expect("own code is mapped");
-    let named = NamedFrames::default();
+    let named = Names::default();
     let mut sym = Symbolizer::new(SymbolizeOptions::default());
     let mut b = Builder::new(&mut sym, &procs, &named);
     b.add(
