@@ -19,7 +19,8 @@ mod target_file;
 mod unwinder;
 mod vdso;
 
+pub use arch::UserRegs;
 pub use maps::ParsedMapLine;
 pub use module_cache::FileResolver;
 pub use processes::{Mapping, MappingId, Processes};
-pub use unwinder::{StopReason, UnwindResult, Unwinder, UserRegs, MAX_FRAMES};
+pub use unwinder::{StopReason, UnwindResult, Unwinder, MAX_FRAMES};
