@@ -49,12 +49,15 @@ fn memlock_limit() -> String {
     }
 }
 
+/// One `key  value` line of the report.
+fn out(key: &str, val: String) {
+    println!("  {key:<28} {val}");
+}
+
 pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let kernel = session::linux_kernel();
     let k: &dyn Kernel = kernel.as_ref();
     let v = args.verbose;
-    let out = |key: &str, val: String| println!("  {key:<28} {val}");
-
     println!(
         "psample check — this host, this user ({}):",
         if perms::is_root() {
@@ -63,6 +66,36 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             "unprivileged"
         }
     );
+    permissions(k);
+    let events = events(k, v);
+    let answers = features(k, v);
+    let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
+    let (switch_ok, wakeup_ok) = tracing(k);
+    println!("bpf");
+    let bpf = perfring::bpf::probe();
+    out(
+        "perf_event BPF programs",
+        match &bpf {
+            Ok(()) => "yes".into(),
+            Err(e) => format!("no ({e})"),
+        },
+    );
+    let plan = Plan {
+        events,
+        kernel_stacks: has_feature(Feature::KernelSamples),
+        bpf: bpf.is_ok(),
+        offcpu: switch_ok && wakeup_ok,
+        context_switch: has_feature(Feature::ContextSwitch),
+    };
+    if !plan.print() {
+        return Err(CliError::new(
+            "nothing can be sampled here: see the permissions above (perf_event_paranoid, capabilities)",
+        ));
+    }
+    Ok(0)
+}
+
+fn permissions(k: &dyn Kernel) {
     println!("permissions");
     let paranoid = k.sysctl_i64("kernel/perf_event_paranoid");
     out(
@@ -114,7 +147,16 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             )
         }),
     );
+}
 
+/// The sampling events this host offers.
+struct Events {
+    cpu_clock: Probe,
+    task_clock: Probe,
+    cycles: Probe,
+}
+
+fn events(k: &dyn Kernel, v: bool) -> Events {
     println!("events");
     let cpu_clock = probe::event(k, EventKind::CpuClock);
     let task_clock = probe::event(k, EventKind::TaskClock);
@@ -127,6 +169,14 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         probe::attr_size(k).map_or("unknown".into(), |s| format!("{s} bytes")),
     );
 
+    Events {
+        cpu_clock,
+        task_clock,
+        cycles,
+    }
+}
+
+fn features(k: &dyn Kernel, v: bool) -> Vec<(Feature, Probe)> {
     println!("kernel features (fallback ladder)");
     let mut answers = Vec::new();
     for f in Feature::ALL {
@@ -138,11 +188,14 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         out(f.name(), text);
         answers.push((f, p));
     }
-    let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
+    answers
+}
 
+/// The tracing directory and the sched tracepoints: whether switch and wakeup exist.
+fn tracing(k: &dyn Kernel) -> (bool, bool) {
     println!("tracing");
     let tracing = perfring::tracepoint::Tracing::locate(&collect::tracing::Fs(k), perms::is_root());
-    let (switch_ok, wakeup_ok) = match &tracing {
+    let found = match &tracing {
         Ok(t) => {
             out(
                 "tracing directory",
@@ -186,62 +239,62 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             "missing".into()
         },
     );
+    found
+}
 
-    println!("bpf");
-    let bpf = perfring::bpf::probe();
-    out(
-        "perf_event BPF programs",
-        match &bpf {
-            Ok(()) => "yes".into(),
-            Err(e) => format!("no ({e})"),
-        },
-    );
+/// What psample will use, from the answers above.
+struct Plan {
+    events: Events,
+    kernel_stacks: bool,
+    bpf: bool,
+    offcpu: bool,
+    context_switch: bool,
+}
 
-    println!("psample will use");
-    let sampling = if cpu_clock.is_yes() {
-        Some("cpu-clock")
-    } else if task_clock.is_yes() {
-        Some("task-clock")
-    } else {
-        None
-    };
-    let kernel_stacks = has_feature(Feature::KernelSamples);
-    match sampling {
-        Some(ev) => out(
-            "record",
-            format!(
-                "{ev}{}, frame-pointer or DWARF user stacks{}{}",
-                if cycles.is_yes() {
-                    " (cycles available with -e cycles)"
-                } else {
-                    ""
-                },
-                if kernel_stacks {
-                    " + kernel stacks"
-                } else {
-                    ", user stacks only (kernel sampling not permitted)"
-                },
-                if bpf.is_ok() {
-                    "; in-kernel BPF aggregation for fp stacks"
-                } else {
-                    ""
-                }
+impl Plan {
+    /// Print the plan; false when nothing can be sampled.
+    fn print(&self) -> bool {
+        println!("psample will use");
+        let e = &self.events;
+        let sampling = if e.cpu_clock.is_yes() {
+            Some("cpu-clock")
+        } else if e.task_clock.is_yes() {
+            Some("task-clock")
+        } else {
+            None
+        };
+        match sampling {
+            Some(ev) => out(
+                "record",
+                format!(
+                    "{ev}{}, frame-pointer or DWARF user stacks{}{}",
+                    if e.cycles.is_yes() {
+                        " (cycles available with -e cycles)"
+                    } else {
+                        ""
+                    },
+                    if self.kernel_stacks {
+                        " + kernel stacks"
+                    } else {
+                        ", user stacks only (kernel sampling not permitted)"
+                    },
+                    if self.bpf {
+                        "; in-kernel BPF aggregation for fp stacks"
+                    } else {
+                        ""
+                    }
+                ),
             ),
-        ),
-        None => out("record", "nothing: no sampling event can be opened".into()),
+            None => out("record", "nothing: no sampling event can be opened".into()),
+        }
+        let offcpu = if !self.offcpu {
+            "unavailable: needs sched:sched_switch and sched:sched_wakeup tracepoints"
+        } else if self.context_switch {
+            "sched_switch samples + context-switch records for switch-ins"
+        } else {
+            "sched_switch samples + CPU-wide sched_switch for switch-ins"
+        };
+        out("offcpu", offcpu.to_string());
+        sampling.is_some()
     }
-    let offcpu = if !(switch_ok && wakeup_ok) {
-        "unavailable: needs sched:sched_switch and sched:sched_wakeup tracepoints".to_string()
-    } else if has_feature(Feature::ContextSwitch) {
-        "sched_switch samples + context-switch records for switch-ins".to_string()
-    } else {
-        "sched_switch samples + CPU-wide sched_switch for switch-ins".to_string()
-    };
-    out("offcpu", offcpu);
-    if sampling.is_none() {
-        return Err(CliError::new(
-            "nothing can be sampled here: see the permissions above (perf_event_paranoid, capabilities)",
-        ));
-    }
-    Ok(0)
 }

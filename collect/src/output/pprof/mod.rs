@@ -40,6 +40,9 @@ pub enum Node<'a> {
     Text(&'a str),
 }
 
+/// A location line before interning: function name, source file, line.
+type LineInfo = (String, Option<String>, Option<u32>);
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum LocKey {
     Frame(Frame),
@@ -154,6 +157,33 @@ impl<'a> Builder<'a> {
         Some((pid, handle))
     }
 
+    /// The lines (innermost first) of a user address, noting on its mapping what they
+    /// carry; returns the mapping's id (0 when the mapping is gone).
+    fn user_lines(&mut self, mapping: MappingId, addr: u64, lines: &mut Vec<LineInfo>) -> u64 {
+        let Some((mid, handle)) = self.mapping(mapping) else {
+            lines.push(("[unknown]".into(), None, None));
+            return 0;
+        };
+        let detailed = self.sym.symbolize_detailed(handle, addr);
+        let has_lines = detailed.iter().any(|d| d.line.is_some());
+        let inline = detailed.len() > 1;
+        if let Some(m) = self.mappings.get_mut(mid as usize - 1) {
+            m.has_line_numbers |= has_lines;
+            m.has_filenames |= has_lines;
+            m.has_inline_frames |= inline;
+        }
+        for d in detailed {
+            let n = escape_frame(&d.name);
+            let n = match d.kind {
+                FrameKind::Jit => format!("{n}_[j]"),
+                FrameKind::Kernel => format!("{n}_[k]"),
+                FrameKind::User | FrameKind::Inline => n,
+            };
+            lines.push((n, d.file, d.line));
+        }
+        mid
+    }
+
     fn location(&mut self, node: Node<'_>) -> u64 {
         let key = match node {
             Node::Frame(f) => LocKey::Frame(f),
@@ -168,7 +198,7 @@ impl<'a> Builder<'a> {
             ..Location::default()
         };
         // (name, file, line), innermost first.
-        let mut lines: Vec<(String, Option<String>, Option<u32>)> = Vec::new();
+        let mut lines: Vec<LineInfo> = Vec::new();
         let (frame, waker) = match node {
             Node::Frame(f) => (Some(f), false),
             Node::Waker(f) => (Some(f), true),
@@ -185,29 +215,7 @@ impl<'a> Builder<'a> {
             }
             Some(Frame::User { mapping, addr }) => {
                 loc.address = addr;
-                match self.mapping(mapping) {
-                    Some((mid, handle)) => {
-                        loc.mapping_id = mid;
-                        let detailed = self.sym.symbolize_detailed(handle, addr);
-                        let has_lines = detailed.iter().any(|d| d.line.is_some());
-                        let inline = detailed.len() > 1;
-                        if let Some(m) = self.mappings.get_mut(mid as usize - 1) {
-                            m.has_line_numbers |= has_lines;
-                            m.has_filenames |= has_lines;
-                            m.has_inline_frames |= inline;
-                        }
-                        for d in detailed {
-                            let n = escape_frame(&d.name);
-                            let n = match d.kind {
-                                FrameKind::Jit => format!("{n}_[j]"),
-                                FrameKind::Kernel => format!("{n}_[k]"),
-                                FrameKind::User | FrameKind::Inline => n,
-                            };
-                            lines.push((n, d.file, d.line));
-                        }
-                    }
-                    None => lines.push(("[unknown]".into(), None, None)),
-                }
+                loc.mapping_id = self.user_lines(mapping, addr, &mut lines);
             }
             Some(Frame::Unmapped(addr)) => {
                 loc.address = addr;
