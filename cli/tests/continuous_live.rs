@@ -32,7 +32,7 @@ fn total(path: &Path) -> u64 {
 
 #[test]
 fn one_file_per_interval_newest_kept() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +81,7 @@ fn one_file_per_interval_newest_kept() {
 
 #[test]
 fn comm_target_is_reattached_after_restart() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     // A private name so no other process matches --comm.
@@ -181,7 +181,7 @@ fn listener() -> (String, Requests) {
 
 #[test]
 fn intervals_are_pushed_and_failures_retried() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let (url, got) = listener();
     let w = start("cpu_split_fp", &["-s", "30"]);
@@ -258,7 +258,7 @@ int main(void) {
 
 #[test]
 fn diff_of_a_changed_hot_path_highlights_it() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("changed.c");
@@ -343,7 +343,7 @@ fn diff_of_a_changed_hot_path_highlights_it() {
 
 #[test]
 fn offcpu_intervals_split_blocked_time_without_double_counting() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("sleep_pipe", &[]);
     let dir = tempfile::tempdir().unwrap();

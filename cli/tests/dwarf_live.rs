@@ -30,7 +30,7 @@ fn completeness(folded: &BTreeMap<String, u64>) -> f64 {
 /// points, ≥ 95 % complete stacks, at least as good as perf --call-graph dwarf.
 #[test]
 fn dwarf_unwinding_is_complete_and_matches_perf() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("cpu_split_nofp", &["-t", "2", "-s", "14"]);
     let pid = w.pid.to_string();
@@ -94,7 +94,7 @@ fn dwarf_unwinding_is_complete_and_matches_perf() {
 /// Threads created and libraries dlopen'ed after attach unwind too.
 #[test]
 fn late_threads_and_dlopened_libraries_unwind() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("threads_late", &["-n", "1", "-t", "2", "-s", "8"]);
     let pid = w.pid.to_string();

@@ -8,7 +8,7 @@ use support::*;
 /// of blocked time and a total close to the wall time.
 #[test]
 fn sleep_and_pipe_waits_split_70_30() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("sleep_pipe", &["-s", "10"]);
     let pid = w.pid.to_string();
@@ -43,7 +43,7 @@ fn sleep_and_pipe_waits_split_70_30() {
 
 #[test]
 fn wakers_are_joined_offwaketime_style() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("sleep_pipe", &["-s", "10"]);
     let pid = w.pid.to_string();
@@ -90,7 +90,7 @@ fn offcpu_rejects_impossible_filters() {
 /// ends it and the load generator's socket writes that wake the request reader.
 #[test]
 fn fsync_server_under_load_shows_fsync_and_its_wakers() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     assert!(
         std::process::Command::new("wrk")
@@ -183,7 +183,7 @@ fn fsync_server_under_load_shows_fsync_and_its_wakers() {
 /// intervals a second. Switch-ins now come from SWITCH_CPU_WIDE records.
 #[test]
 fn system_wide_sees_the_switch_in_of_every_interval() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let mut churn = std::process::Command::new("sh")
         .args(["-c", "while :; do sleep 0.02; done"])

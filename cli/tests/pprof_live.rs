@@ -67,7 +67,7 @@ fn folded_of(path: &Path) -> BTreeMap<String, u64> {
 
 #[test]
 fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +116,7 @@ fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
 
 #[test]
 fn inline_frames_are_lines_of_one_location() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("inl.pprof");
@@ -147,7 +147,7 @@ fn inline_frames_are_lines_of_one_location() {
 
 #[test]
 fn offcpu_pprof_totals_equal_in_microseconds() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("sleep_pipe", &[]);
     let dir = tempfile::tempdir().unwrap();
