@@ -50,6 +50,7 @@ pub struct ContinuousOptions {
 /// interval) nor the parsed files (every new binary a busy host runs, system-wide) can grow
 /// without bound.
 pub const MAX_SYMBOLIZER_MODULES: usize = 20_000;
+/// Distinct parsed files after which the symbolizer is replaced (see [`MAX_SYMBOLIZER_MODULES`]).
 pub const MAX_SYMBOLIZER_OBJECTS: usize = 64;
 /// And after this many intervals regardless: what a symbolizer holds is then at most what
 /// the last few intervals touched, whatever their files cost (a host running freshly built
@@ -73,8 +74,11 @@ enum Msg {
 /// The writer's account so far, returned by [`Intervals::flush`].
 #[derive(Debug, Default, Clone)]
 pub struct Flushed {
+    /// Interval files written.
     pub written: u64,
+    /// Interval files that could not be written.
     pub write_errors: u64,
+    /// Symbolizer and writer warnings, deduplicated.
     pub warnings: Vec<String>,
     /// Longest time one interval took to render and write.
     pub slowest: Duration,
@@ -83,6 +87,7 @@ pub struct Flushed {
 /// Interval clock for one continuous run, and the handle of its writer thread.
 pub struct Intervals {
     every: Duration,
+    /// The format of the interval files.
     pub format: Format,
     started: Instant,
     started_wall: SystemTime,

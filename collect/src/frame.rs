@@ -10,9 +10,13 @@ use unwind::MappingId;
 /// ([`perfring::record::call_site`]): return addresses point into their call instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Frame {
+    /// A kernel address (callchain convention applied).
     Kernel(u64),
+    /// A user address in a mapping known at sample time.
     User {
+        /// The mapping (canonical: the same file in any process is one mapping).
         mapping: MappingId,
+        /// The address, re-expressed in that mapping.
         addr: u64,
     },
     /// A user address outside every known mapping.

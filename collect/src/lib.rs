@@ -15,6 +15,9 @@
 //!   encoders and atomic files, uploads to Pyroscope-compatible servers;
 //! - [`target`], [`tracing`], [`perms`], [`limits`]: targets and the host.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod continuous;
 pub mod error;
 pub mod frame;

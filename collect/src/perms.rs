@@ -13,6 +13,7 @@ pub fn paranoid_meaning(level: i64) -> &'static str {
     }
 }
 
+/// Whether psample runs as root (effective uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -24,12 +24,16 @@ pub const ATTEMPTS: u32 = 5;
 /// `http://host[:port][/prefix]`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// Host name or address.
     pub host: String,
+    /// TCP port.
     pub port: u16,
+    /// Path prefix before `/ingest`.
     pub prefix: String,
 }
 
 impl Endpoint {
+    /// Parse `http://HOST[:PORT][/PREFIX]`.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let rest = match url.strip_prefix("http://") {
             Some(r) => r,
@@ -81,8 +85,11 @@ fn percent_encode(s: &str) -> String {
 
 /// One upload.
 pub struct Upload {
+    /// The profile file's bytes.
     pub body: Vec<u8>,
+    /// Start of the interval.
     pub from: SystemTime,
+    /// End of the interval.
     pub until: SystemTime,
 }
 
@@ -167,6 +174,7 @@ pub struct Pusher {
 }
 
 impl Pusher {
+    /// Start the upload thread for `url` under application name `name`.
     pub fn start(url: &str, name: &str, format: Format, _command: &str) -> Result<Pusher, String> {
         Self::start_with_backoff(url, name, format, Duration::from_secs(1))
     }
@@ -213,6 +221,7 @@ impl Pusher {
         }
     }
 
+    /// Uploads done, retried and dropped, for the summary.
     pub fn describe(&self) -> String {
         let s = &self.stats;
         format!(

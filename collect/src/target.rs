@@ -5,11 +5,16 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// What one session profiles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// Every thread of these processes, including new ones (`-p`).
     Pids(Vec<u32>),
+    /// Only these threads (`-t`).
     Tids(Vec<u32>),
+    /// Every CPU (`-a`).
     AllCpus,
+    /// A command psample launches (`-- CMD ARGS`).
     Command(Vec<String>),
 }
 
@@ -50,12 +55,14 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A thread's name from /proc/TID/comm.
 pub fn comm_of(tid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{tid}/comm"))
         .ok()
         .map(|s| s.trim_end_matches('\n').to_string())
 }
 
+/// Whether a process exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     // kill(pid, 0) would miss zombies' state; /proc/PID/stat state 'Z' means gone for us.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -74,6 +81,7 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether a thread exists and is not a zombie.
 pub fn thread_alive(tid: u32) -> bool {
     process_alive(tid)
 }
@@ -90,6 +98,7 @@ pub fn all_pids() -> Vec<u32> {
 
 /// A command forked and held before exec until events are attached to it.
 pub struct Launched {
+    /// Its pid.
     pub pid: u32,
     go: Option<OwnedFd>,
 }
@@ -97,7 +106,9 @@ pub struct Launched {
 /// Credentials to drop to in the child (from sudo's SUDO_UID/SUDO_GID).
 #[derive(Clone, Copy, Debug)]
 pub struct DropTo {
+    /// User id.
     pub uid: u32,
+    /// Group id.
     pub gid: u32,
 }
 
@@ -142,6 +153,8 @@ impl Launched {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
+            // SAFETY: in the forked child: only async-signal-safe calls (see above) on
+            // memory prepared before the fork, ending in exec or _exit.
             unsafe {
                 drop(wr);
                 let mut b = 0u8;

@@ -21,23 +21,34 @@ const KERNEL_CPUMODE: u16 = 1;
 /// follows them) in memory.
 pub const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// Side-band records seen, by kind.
 #[derive(Default, Debug, Clone)]
 pub struct SidebandStats {
+    /// MMAP and MMAP2 records.
     pub mmaps: u64,
+    /// COMM records.
     pub comms: u64,
+    /// Execs (COMM with the exec flag, or inferred).
     pub execs: u64,
+    /// FORK records.
     pub forks: u64,
+    /// EXIT records.
     pub exits: u64,
+    /// THROTTLE records: the kernel lowered the sample rate.
     pub throttles: u64,
+    /// UNTHROTTLE records.
     pub unthrottles: u64,
 }
 
+/// Process names and address spaces of the targets, kept current from side-band records.
 pub struct Tracker {
+    /// Address spaces and mappings.
     pub procs: Processes,
     comms: HashMap<u32, String>,
     pid_of: HashMap<u32, u32>,
     /// Whether COMM records carry the exec flag (comm_exec accepted by the kernel).
     pub comm_exec: bool,
+    /// Side-band records seen.
     pub stats: SidebandStats,
     /// Threads seen in samples that have not exited (and been reaped) yet.
     sampled: HashSet<u32>,
@@ -56,6 +67,7 @@ struct Exited {
 }
 
 impl Tracker {
+    /// A tracker; `comm_exec`: COMM records say when they come from an exec.
     pub fn new(comm_exec: bool) -> Self {
         Tracker {
             procs: Processes::new(),

@@ -23,24 +23,49 @@ use crate::sys::{Errno, Ioctl, Kernel};
 /// Errors from building or reading a session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// perf_event_open refused, even after the ladder's fallbacks.
     #[error("{0}")]
     Open(#[from] OpenError),
     #[error("mapping the ring buffer for CPU {cpu} failed even at {pages} pages: {errno} ({}). \
              Raise the limit with `sysctl kernel.perf_event_mlock_kb=2048` or `ulimit -l`",
              errno.desc())]
+    /// The ring could not be mapped, even shrunk.
     Mmap {
+        /// The ring's CPU.
         cpu: u32,
+        /// The smallest size tried, in data pages.
         pages: usize,
+        /// Why.
         errno: Errno,
     },
+    /// PERF_EVENT_IOC_SET_OUTPUT refused.
     #[error("redirecting an event into CPU {cpu}'s ring failed: {errno} ({})", errno.desc())]
-    SetOutput { cpu: u32, errno: Errno },
+    SetOutput {
+        /// The ring's CPU.
+        cpu: u32,
+        /// Why.
+        errno: Errno,
+    },
+    /// The mapped ring's header is unusable.
     #[error("the kernel's ring header for CPU {cpu} is invalid: {detail}")]
-    Ring { cpu: u32, detail: String },
+    Ring {
+        /// The ring's CPU.
+        cpu: u32,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An event with a different record layout than the session's first.
     #[error("events in one session must share a sample layout (event {0} differs)")]
     MixedLayout(String),
+    /// An ioctl on the events failed.
     #[error("ioctl {what} failed: {errno} ({})", errno.desc())]
-    Ioctl { what: &'static str, errno: Errno },
+    Ioctl {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        errno: Errno,
+    },
+    /// poll(2) failed.
     #[error("poll failed: {0}")]
     Poll(Errno),
 }
@@ -51,7 +76,9 @@ const READ_FORMAT_ID: u64 = 1 << 2;
 /// One kind of event in the session (e.g. "cpu-clock", "sched:sched_switch").
 #[derive(Debug, Clone)]
 pub struct EventSpec {
+    /// Its name, for messages.
     pub name: String,
+    /// Its attr, as the ladder leaves it.
     pub attr: RawAttr,
 }
 
@@ -73,6 +100,7 @@ struct CpuRing {
 /// All open events of one recording and their per-CPU rings.
 pub struct Session {
     kernel: Arc<dyn Kernel>,
+    /// What the kernel accepted and refused so far.
     pub ladder: Ladder,
     specs: Vec<EventSpec>,
     events: Vec<OpenEvent>,
@@ -100,6 +128,7 @@ impl Session {
         }
     }
 
+    /// The kernel the session talks to.
     pub fn kernel(&self) -> &Arc<dyn Kernel> {
         &self.kernel
     }
@@ -116,6 +145,7 @@ impl Session {
         self.specs.len() - 1
     }
 
+    /// The spec registered as `index`.
     pub fn spec(&self, index: usize) -> &EventSpec {
         &self.specs[index]
     }
@@ -136,10 +166,12 @@ impl Session {
         self.ids.clone()
     }
 
+    /// Events open.
     pub fn event_count(&self) -> usize {
         self.events.len()
     }
 
+    /// Rings mapped (one per CPU).
     pub fn ring_count(&self) -> usize {
         self.rings.len()
     }

@@ -20,6 +20,9 @@
 //! Data read from the kernel is treated as untrusted: malformed input yields an error
 //! value, never a panic or an out-of-bounds read.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod attr;
 pub mod bpf;
 pub mod event;

@@ -35,6 +35,7 @@ impl FileBytes {
         Ok(FileBytes(Arc::new(Backing::Mapped(map))))
     }
 
+    /// Bytes read into memory (a vDSO image, decompressed debug data).
     pub fn owned(data: Vec<u8>) -> FileBytes {
         FileBytes(Arc::new(Backing::Owned(data.into_boxed_slice())))
     }

@@ -9,6 +9,9 @@
 //! [`Symbolizer::symbolize`] for each distinct address once, after collection. Files are
 //! opened lazily and shared between all mappings of the same file.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bytes;
 mod demangle;
 mod dwarf;
@@ -68,13 +71,17 @@ pub enum ModuleKind {
 /// One mapping of one process, as the profiler saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModuleSpec {
+    /// What backs the mapping.
     pub kind: ModuleKind,
     /// Exactly as in /proc/PID/maps or the MMAP record (may end in " (deleted)").
     pub path: String,
     /// A process that maps it: used for /proc/PID/root, /proc/PID/map_files and NSpid.
     pub pid: u32,
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
+    /// File offset of `start`.
     pub pgoff: u64,
     /// The build-id the kernel reported (MMAP2 build-id variant), if any.
     pub build_id: Option<Vec<u8>>,
@@ -86,9 +93,12 @@ pub struct ModuleSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModuleHandle(u32);
 
+/// Where a frame's name comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
+    /// A user-space function.
     User,
+    /// A kernel function (shown as `name_[k]`).
     Kernel,
     /// An inlined callee (shown as `name_[i]`).
     Inline,
@@ -99,7 +109,9 @@ pub enum FrameKind {
 /// One named frame; `name` carries no `_[k]`/`_[i]`/`_[j]` suffix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Frame {
+    /// The function's name (demangled unless asked not to).
     pub name: String,
+    /// What kind of code it is.
     pub kind: FrameKind,
 }
 
@@ -108,9 +120,13 @@ pub struct Frame {
 /// For an inlined callee's caller the position is the call site.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FrameDetail {
+    /// The function's name (demangled unless asked not to).
     pub name: String,
+    /// What kind of code it is.
     pub kind: FrameKind,
+    /// Its source file, when DWARF says.
     pub file: Option<String>,
+    /// Its source line, when DWARF says.
     pub line: Option<u32>,
 }
 
@@ -154,6 +170,7 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
+    /// A symbolizer with `opts`; files are read lazily, on first use.
     pub fn new(opts: SymbolizeOptions) -> Symbolizer {
         Symbolizer {
             opts,

@@ -17,8 +17,11 @@ const MAX_STACK: usize = 65528;
 /// One recorded sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixtureSample {
+    /// The thread sampled.
     pub tid: u32,
+    /// Registers at the sample point.
     pub regs: UserRegs,
+    /// The copied user stack, from the stack pointer up.
     pub stack: Vec<u8>,
 }
 
@@ -73,13 +76,18 @@ pub fn decode_samples(bytes: &[u8]) -> Option<Vec<FixtureSample>> {
 /// A loaded fixture directory: `maps.txt`, `samples.bin`, and module files named by the
 /// basename of their mapped path.
 pub struct Fixture {
+    /// The fixture directory.
     pub dir: PathBuf,
+    /// The process the samples were taken from.
     pub pid: u32,
+    /// Its address space, from `maps.txt`, resolving files in `dir`.
     pub processes: Processes,
+    /// The samples.
     pub samples: Vec<FixtureSample>,
 }
 
 impl Fixture {
+    /// Load the fixture in `dir`.
     pub fn load(dir: &Path) -> std::io::Result<Fixture> {
         let invalid =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());

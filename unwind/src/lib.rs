@@ -9,6 +9,9 @@
 //!
 //! Architecture-specific parts live in [`arch`].
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod fixture;
 mod maps;

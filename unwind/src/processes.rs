@@ -16,11 +16,15 @@ pub struct MappingId(pub u32);
 /// One mapped range of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
     /// File offset of `start`.
     pub pgoff: u64,
+    /// The mapped file's path, or a name such as `[vdso]` (empty when anonymous).
     pub path: String,
+    /// Executable (code; only code mappings can be in a stack).
     pub exec: bool,
     /// `(major, minor, inode)` of the backing file when known.
     pub inode: Option<(u32, u32, u64)>,
@@ -127,6 +131,7 @@ pub struct Processes {
 }
 
 impl Processes {
+    /// No address space yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -66,7 +66,9 @@ impl std::fmt::Display for StopReason {
 /// Outcome of one unwind: how many addresses were pushed and why it stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnwindResult {
+    /// Addresses pushed.
     pub frames: usize,
+    /// Why it stopped.
     pub reason: StopReason,
 }
 
@@ -119,6 +121,7 @@ impl StackCopy<'_> {
 }
 
 impl Unwinder {
+    /// An unwinder with empty caches.
     pub fn new() -> Self {
         Self::with_resolver(default_resolver())
     }

@@ -17,50 +17,76 @@ pub use crate::names::NameId;
 /// Stacks are interned by the caller; the engine only groups by id.
 pub use crate::stacks::StackId;
 
+/// One event the engine consumes, in time order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffcpuEvent {
     /// A per-task `sched_switch` sample: `tid` leaves the CPU in `state`, with its stack.
     SwitchOut {
+        /// When (sample time, ns).
         time: u64,
+        /// The CPU whose ring delivered it.
         cpu: u32,
+        /// The thread leaving the CPU.
         tid: u32,
+        /// Its name at the switch-out.
         who: NameId,
+        /// The state it leaves in (`prev_state`).
         state: TaskState,
+        /// Its stack at the switch-out.
         stack: StackId,
     },
     /// `tid` starts running: a SWITCH record that is not a switch-out, a SWITCH_CPU_WIDE
     /// record's next task, or a CPU-wide `sched_switch`'s `next_pid`.
     SwitchIn {
+        /// When.
         time: u64,
+        /// The CPU whose ring delivered it.
         cpu: u32,
+        /// The thread starting to run.
         tid: u32,
     },
     /// `sched_wakeup`/`sched_wakeup_new` of `target_tid`, sampled in the waker's context.
     Wakeup {
+        /// When.
         time: u64,
+        /// The CPU whose ring delivered it.
         cpu: u32,
+        /// The thread woken.
         target_tid: u32,
+        /// The waker's name.
         waker: NameId,
+        /// The waker's stack.
         waker_stack: StackId,
     },
     /// A PERF_RECORD_LOST from `cpu`'s ring (`time` from sample_id_all when available).
     Lost {
+        /// The ring that lost records.
         cpu: u32,
+        /// When the loss was reported (`None`: unknown).
         time: Option<u64>,
+        /// Records lost.
         count: u64,
     },
+    /// A thread exited (PERF_RECORD_EXIT): an interval still open lost its switch-in.
     Exit {
+        /// When.
         time: u64,
+        /// Its process.
         pid: u32,
+        /// The thread.
         tid: u32,
     },
+    /// A process exec'd (PERF_RECORD_COMM with the exec flag).
     Exec {
+        /// When.
         time: u64,
+        /// The process (its leader tid is alive again).
         pid: u32,
     },
 }
 
 impl OffcpuEvent {
+    /// The event's time (`None` for a loss of unknown time).
     pub fn time(&self) -> Option<u64> {
         match *self {
             OffcpuEvent::SwitchOut { time, .. }
@@ -88,6 +114,7 @@ pub enum StateFilter {
 }
 
 impl StateFilter {
+    /// Whether a switch-out in `state` opens an interval.
     pub fn accepts(self, state: TaskState) -> bool {
         match (self, state) {
             // A dead task never switches back in; its last switch-out is not a wait.
@@ -101,20 +128,25 @@ impl StateFilter {
     }
 }
 
+/// What the engine counts.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Intervals shorter than this are not reported (`-m`, in ns).
     pub min_ns: u64,
     /// Intervals longer than this are not reported (`-M`, in ns).
     pub max_ns: Option<u64>,
+    /// Which switch-out states open an interval (`--state`).
     pub states: StateFilter,
     /// Attribute each interval to the stack that woke it (`--wakers`).
     pub wakers: bool,
 }
 
+/// Who woke a blocked thread: the waker's name and stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WakerKey {
+    /// The waker's name.
     pub who: NameId,
+    /// The waker's stack.
     pub stack: StackId,
 }
 
@@ -122,16 +154,22 @@ pub struct WakerKey {
 /// offcputime folds the same way), and the waker's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
+    /// The blocked thread's name.
     pub who: NameId,
+    /// Its stack at the switch-out.
     pub stack: StackId,
     /// `None` without `--wakers`, or when no wakeup was seen for the interval.
     pub waker: Option<WakerKey>,
 }
 
+/// Blocked time of one thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ThreadTotals {
+    /// Its name (when it last blocked).
     pub who: NameId,
+    /// Blocked nanoseconds counted.
     pub blocked_ns: u64,
+    /// Intervals counted.
     pub intervals: u64,
 }
 
@@ -148,6 +186,7 @@ pub struct Report {
     pub threads_forgotten: u64,
     /// Blocked time of all intervals counted, including forgotten threads'.
     pub blocked_ns: u64,
+    /// Intervals counted (whole or capped).
     pub counted_intervals: u64,
     /// Upper bound of blocked time not counted because the interval's end may have been in
     /// lost records.
@@ -243,6 +282,7 @@ struct Thread {
     exited: bool,
 }
 
+/// Pairs switch-outs with switch-ins, per thread, into a [`Report`].
 pub struct Engine {
     opts: Options,
     start_time: u64,
@@ -256,6 +296,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine counting with `opts` from `start_time` (the clock of the events).
     pub fn new(opts: Options, start_time: u64) -> Engine {
         Engine {
             opts,

@@ -48,6 +48,7 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
 }
 
 impl AtomicFile {
+    /// A temporary file next to `dest` (never following or replacing anything there).
     pub fn create(dest: &Path) -> io::Result<AtomicFile> {
         let dir = parent_of(dest);
         let base = dest
@@ -86,6 +87,7 @@ impl AtomicFile {
         ))
     }
 
+    /// The temporary file, to write to.
     pub fn as_file_mut(&mut self) -> &mut File {
         self.file.as_mut().expect("file present until commit")
     }

@@ -25,6 +25,7 @@ pub fn escape_comm(comm: &str) -> String {
     }
 }
 
+/// Write `stack count` lines.
 pub fn write(out: &mut impl Write, lines: &[(String, u64)]) -> io::Result<()> {
     for (stack, count) in lines {
         writeln!(out, "{stack} {count}")?;

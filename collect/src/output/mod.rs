@@ -19,8 +19,11 @@ pub use atomic::{check_writable, AtomicFile};
 /// What kind of file to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Brendan Gregg's folded stacks (`.folded`, or any other name).
     Folded,
+    /// An interactive SVG flame graph (`.svg`).
     Svg,
+    /// Gzipped profile.proto (`.pb.gz`, `.pprof`, `.pb`).
     Pprof,
 }
 
@@ -111,7 +114,9 @@ pub fn write_lines(
 /// How the counts should be labelled in an SVG.
 #[derive(Clone, Debug)]
 pub struct Labels {
+    /// The flame graph's title.
     pub title: String,
+    /// What the counts are (`samples`, `us`).
     pub count_name: String,
 }
 
@@ -146,7 +151,9 @@ pub fn write_profile(
 
 /// A profile ready to be written: folded lines (for folded and SVG) or a pprof message.
 pub enum Rendered {
+    /// Sorted `stack count` lines (folded and SVG).
     Lines(Vec<(String, u64)>),
+    /// A pprof profile.
     Pprof(pprof::Profile),
 }
 
@@ -177,6 +184,7 @@ impl Rendered {
         }
     }
 
+    /// Whether nothing would be written.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

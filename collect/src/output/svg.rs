@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use super::Labels;
 
+/// Write `lines` (folded, sorted) as an SVG flame graph.
 pub fn write(out: &mut impl Write, lines: &[(String, u64)], labels: &Labels) -> io::Result<()> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = labels.title.clone();

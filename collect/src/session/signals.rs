@@ -12,6 +12,7 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     }
 }
 
+/// Install the handlers (idempotent).
 pub fn install() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing a handler that only touches an atomic and calls _exit.
@@ -24,6 +25,7 @@ pub fn install() {
     }
 }
 
+/// Whether a stop was asked for.
 pub fn stop_requested() -> bool {
     STOPS.load(Ordering::SeqCst) > 0
 }

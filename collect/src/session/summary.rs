@@ -5,9 +5,11 @@ use perfring::event::Session;
 use crate::session;
 use crate::stack::UnwindStats;
 
+/// The summary of one session: `key value` lines, fallbacks, warnings.
 pub struct Summary {
     command: &'static str,
     lines: Vec<(String, String)>,
+    /// Printed after the lines, one `psample: warning:` each.
     pub warnings: Vec<String>,
     /// Also list every kernel feature and its support.
     pub verbose: bool,
@@ -16,6 +18,7 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// An empty summary of `command`.
     pub fn new(command: &'static str) -> Self {
         Summary {
             command,
@@ -27,6 +30,7 @@ impl Summary {
         }
     }
 
+    /// Add a `key value` line.
     pub fn line(&mut self, key: &str, value: impl Into<String>) {
         self.lines.push((key.to_string(), value.into()));
     }
@@ -58,6 +62,7 @@ impl Summary {
         self.line("lost", v);
     }
 
+    /// The `unwinding` line: completeness of the user stacks unwound, and the top reasons they stopped short.
     pub fn add_unwind(&mut self, u: &UnwindStats) {
         let pct = if u.samples > 0 {
             100.0 * u.complete as f64 / u.samples as f64
@@ -81,6 +86,7 @@ impl Summary {
         self.line("unwinding", v);
     }
 
+    /// The fallbacks the session's ladder took, and every feature's support (verbose).
     pub fn add_fallbacks(&mut self, s: &Session) {
         self.fallbacks = session::fallbacks(s);
         self.features = perfring::features::Feature::ALL

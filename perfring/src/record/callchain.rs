@@ -17,25 +17,38 @@ use super::sample::U64Array;
 /// interleaves these markers (values in the top 4095 of the u64 range) with addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CallchainContext {
+    /// PERF_CONTEXT_HV: the hypervisor.
     Hypervisor,
+    /// PERF_CONTEXT_KERNEL: the kernel.
     Kernel,
+    /// PERF_CONTEXT_USER: user space.
     User,
     /// Placeholder for a user stack the kernel will deliver later (6.x deferred unwinding).
     UserDeferred,
+    /// PERF_CONTEXT_GUEST: a guest (any part).
     Guest,
+    /// PERF_CONTEXT_GUEST_KERNEL: a guest's kernel.
     GuestKernel,
+    /// PERF_CONTEXT_GUEST_USER: a guest's user space.
     GuestUser,
 }
 
 /// `PERF_CONTEXT_*` marker values as they appear in a callchain.
 pub mod context {
     use perf_event_open_sys::bindings as b;
+    /// Hypervisor frames follow.
     pub const HV: u64 = b::PERF_CONTEXT_HV;
+    /// Kernel frames follow.
     pub const KERNEL: u64 = b::PERF_CONTEXT_KERNEL;
+    /// User frames follow.
     pub const USER: u64 = b::PERF_CONTEXT_USER;
+    /// A user stack delivered later follows (6.x deferred unwinding).
     pub const USER_DEFERRED: u64 = b::PERF_CONTEXT_USER_DEFERRED;
+    /// Guest frames follow.
     pub const GUEST: u64 = b::PERF_CONTEXT_GUEST;
+    /// Guest kernel frames follow.
     pub const GUEST_KERNEL: u64 = b::PERF_CONTEXT_GUEST_KERNEL;
+    /// Guest user frames follow.
     pub const GUEST_USER: u64 = b::PERF_CONTEXT_GUEST_USER;
     /// Every value at or above this is a marker, never an address.
     pub const MAX: u64 = b::PERF_CONTEXT_MAX;
@@ -77,6 +90,7 @@ impl<'a> Callchain<'a> {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+    /// Whether the chain has no entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -84,9 +98,11 @@ impl<'a> Callchain<'a> {
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + 'a {
         self.entries.iter()
     }
+    /// Entry `index`, markers included.
     pub fn get(&self, index: usize) -> Option<u64> {
         self.entries.get(index)
     }
+    /// The entries as an array.
     pub fn as_u64_array(&self) -> U64Array<'a> {
         self.entries
     }

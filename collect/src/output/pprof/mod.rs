@@ -55,10 +55,13 @@ enum LocKey {
 pub struct Meta {
     /// (type, unit) per value, e.g. [("samples","count"), ("cpu","nanoseconds")].
     pub sample_types: Vec<(String, String)>,
+    /// (type, unit) of the sampling period.
     pub period_type: (String, String),
+    /// The sampling period, in `period_type` units.
     pub period: i64,
     /// Wall-clock start, nanoseconds since the epoch.
     pub time_nanos: i64,
+    /// Length of the profile, nanoseconds.
     pub duration_nanos: i64,
 }
 
@@ -80,6 +83,7 @@ pub struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    /// A builder symbolizing with `sym`, user frames from `procs`, named frames from `named`.
     pub fn new(sym: &'a mut Symbolizer, procs: &'a Processes, named: &'a Names) -> Self {
         Builder {
             sym,
@@ -275,6 +279,7 @@ impl<'a> Builder<'a> {
         self.scratch = ids;
     }
 
+    /// The profile, with `meta` describing its values (samples sorted: the same profile always encodes to the same bytes).
     pub fn finish(mut self, meta: &Meta) -> Profile {
         let sample_type: Vec<ValueType> = meta
             .sample_types

@@ -5,79 +5,125 @@ use std::io::{Read, Write};
 
 use super::wire::{Reader, Value, WireError, Writer};
 
+/// `ValueType`: what a value means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ValueType {
     /// Index into the string table.
     pub ty: i64,
+    /// The unit (string table index).
     pub unit: i64,
 }
 
+/// `Label`: a key and a string or number attached to a sample.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Label {
+    /// The key (string table index).
     pub key: i64,
+    /// A string value (string table index), or 0.
     pub str: i64,
+    /// A numeric value.
     pub num: i64,
 }
 
+/// `Sample`: a stack and its values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Leaf first.
     pub location_id: Vec<u64>,
+    /// One value per `sample_type`.
     pub value: Vec<i64>,
+    /// Labels (psample writes none).
     pub label: Vec<Label>,
 }
 
+/// `Mapping`: a mapped file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mapping {
+    /// Its id (1-based).
     pub id: u64,
+    /// Start address.
     pub memory_start: u64,
+    /// End address (exclusive).
     pub memory_limit: u64,
+    /// File offset of `memory_start`.
     pub file_offset: u64,
+    /// File name (string table index).
     pub filename: i64,
+    /// Build-id in hex (string table index).
     pub build_id: i64,
+    /// Its locations have function names.
     pub has_functions: bool,
+    /// Its locations have file names.
     pub has_filenames: bool,
+    /// Its locations have line numbers.
     pub has_line_numbers: bool,
+    /// Its locations have inlined frames.
     pub has_inline_frames: bool,
 }
 
+/// `Line`: one function (of an inline chain) at a location.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Line {
+    /// The function's id.
     pub function_id: u64,
+    /// Source line (0: unknown).
     pub line: i64,
 }
 
+/// `Location`: one address and the functions it is in, innermost first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Location {
+    /// Its id (1-based).
     pub id: u64,
+    /// Its mapping's id (0: none).
     pub mapping_id: u64,
+    /// The address.
     pub address: u64,
     /// Innermost (most deeply inlined) first; the last is the function the address is in.
     pub line: Vec<Line>,
 }
 
+/// `Function`: a function name and its source file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Function {
+    /// Its id (1-based).
     pub id: u64,
+    /// Name (string table index).
     pub name: i64,
+    /// System name, e.g. mangled (string table index).
     pub system_name: i64,
+    /// Source file (string table index).
     pub filename: i64,
+    /// First line of the function (0: unknown).
     pub start_line: i64,
 }
 
+/// `Profile`, the message of a pprof file (the fields psample reads and writes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profile {
+    /// What each sample value means.
     pub sample_type: Vec<ValueType>,
+    /// The samples.
     pub sample: Vec<Sample>,
+    /// Mapped files.
     pub mapping: Vec<Mapping>,
+    /// Addresses.
     pub location: Vec<Location>,
+    /// Functions.
     pub function: Vec<Function>,
+    /// Strings; index 0 is the empty string.
     pub string_table: Vec<String>,
+    /// Start, nanoseconds since the epoch.
     pub time_nanos: i64,
+    /// Length, nanoseconds.
     pub duration_nanos: i64,
+    /// What the period is.
     pub period_type: Option<ValueType>,
+    /// Sampling period.
     pub period: i64,
+    /// Comments (string table indices).
     pub comment: Vec<i64>,
+    /// The sample type shown by default (string table index).
     pub default_sample_type: i64,
 }
 
@@ -89,6 +135,7 @@ fn value_type(w: &mut Writer, field: u32, v: &ValueType) {
 }
 
 impl Profile {
+    /// String `idx` of the string table (empty when out of range).
     pub fn string(&self, idx: i64) -> &str {
         usize::try_from(idx)
             .ok()
@@ -96,6 +143,7 @@ impl Profile {
             .map_or("", String::as_str)
     }
 
+    /// The protobuf encoding (not gzipped).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         for st in &self.sample_type {

@@ -4,16 +4,22 @@
 
 /// Wire types used by profile.proto.
 pub const VARINT: u8 = 0;
+/// Wire type of a fixed 64-bit value.
 pub const I64: u8 = 1;
+/// Wire type of a length-delimited value.
 pub const LEN: u8 = 2;
+/// Wire type of a fixed 32-bit value.
 pub const I32: u8 = 5;
 
+/// Appends protobuf fields to a buffer.
 #[derive(Default)]
 pub struct Writer {
+    /// The encoded bytes.
     pub buf: Vec<u8>,
 }
 
 impl Writer {
+    /// A varint, without a tag.
     pub fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
@@ -34,10 +40,12 @@ impl Writer {
         }
     }
 
+    /// A signed integer field (as varint; omitted when 0).
     pub fn int(&mut self, field: u32, v: i64) {
         self.uint(field, v as u64);
     }
 
+    /// A bool field (omitted when false).
     pub fn bool(&mut self, field: u32, v: bool) {
         self.uint(field, u64::from(v));
     }
@@ -56,6 +64,7 @@ impl Writer {
         self.bytes(field, &inner.buf);
     }
 
+    /// A packed repeated varint field (omitted when empty).
     pub fn packed(&mut self, field: u32, values: impl Iterator<Item = u64>) {
         let mut inner = Writer::default();
         for v in values {
@@ -67,6 +76,7 @@ impl Writer {
     }
 }
 
+/// Malformed protobuf input: what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError(pub &'static str);
 
@@ -79,12 +89,16 @@ impl std::fmt::Display for WireError {
 /// One field value as read.
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
+    /// A varint.
     Varint(u64),
+    /// A fixed 32- or 64-bit value.
     Fixed(u64),
+    /// Length-delimited bytes.
     Bytes(&'a [u8]),
 }
 
 impl Value<'_> {
+    /// The value as an integer (varint or fixed).
     pub fn as_u64(&self) -> Result<u64, WireError> {
         match *self {
             Value::Varint(v) | Value::Fixed(v) => Ok(v),
@@ -92,6 +106,7 @@ impl Value<'_> {
         }
     }
 
+    /// The value as bytes (length-delimited only).
     pub fn as_bytes(&self) -> Result<&[u8], WireError> {
         match self {
             Value::Bytes(b) => Ok(b),
@@ -117,20 +132,24 @@ impl Value<'_> {
     }
 }
 
+/// Reads protobuf fields from bytes, bounds-checked.
 pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader of `data`.
     pub fn new(data: &'a [u8]) -> Self {
         Reader { data, pos: 0 }
     }
 
+    /// Whether everything was read.
     pub fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
 
+    /// A varint.
     pub fn varint(&mut self) -> Result<u64, WireError> {
         let mut v = 0u64;
         for i in 0..10 {
