@@ -5,7 +5,7 @@
  * Protocol (stdout, line buffered so a harness reading a pipe sees it immediately):
  *   pid=<PID> name=<workload> [extra]          printed once the workload is ready
  *   result name=<workload> ops=<N> seconds=<T> ops_per_sec=<R> window_ops=<N> window_seconds=<T> end_mono=<T>
- * SIGINT/SIGTERM or the -s deadline stop the workload; SIGUSR1 marks the start of the
+ * SIGINT/SIGTERM, the -s deadline or the WL_CPU_SECONDS budget stop the workload; SIGUSR1 marks the start of the
  * measurement window, so a harness can exclude the time a profiler needs to attach. Without
  * SIGUSR1 the window is the whole run. end_mono is CLOCK_MONOTONIC at stop, which lets a
  * harness measure "stop to output ready" against the same clock.
@@ -83,6 +83,30 @@ static inline void wl_die(const char *what)
     exit(1);
 }
 
+static inline double wl_parse_seconds(const char *v);
+
+/* One-shot timer `which` (ITIMER_REAL: wall time, ITIMER_PROF: the process's CPU time). */
+static inline void wl_arm_timer(int which, double seconds)
+{
+    struct itimerval it;
+    memset(&it, 0, sizeof it);
+    it.it_value.tv_sec = (time_t)seconds;
+    it.it_value.tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6);
+    if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
+        it.it_value.tv_usec = 1;
+    setitimer(which, &it, NULL);
+}
+
+/* WL_CPU_SECONDS=X in the environment also stops the workload once the process (all its
+ * threads) has used X seconds of CPU. Tests use it so that how much work gets sampled does
+ * not depend on how loaded the machine is; the -s deadline is wall time. */
+static inline void wl_arm_cpu_budget(void)
+{
+    const char *v = getenv("WL_CPU_SECONDS");
+    if (v && *v)
+        wl_arm_timer(ITIMER_PROF, wl_parse_seconds(v));
+}
+
 /* Installs the handlers and arms the deadline. seconds <= 0 means run until signalled. */
 static inline void wl_start(double seconds)
 {
@@ -93,21 +117,16 @@ static inline void wl_start(double seconds)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGALRM, &sa, NULL);
+    sigaction(SIGPROF, &sa, NULL);
     sa.sa_handler = wl_on_mark;
     sigaction(SIGUSR1, &sa, NULL);
     /* A reader of our stdout may go away; exiting on SIGPIPE would lose the result line. */
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     wl_start_mono = wl_now();
-    if (seconds > 0) {
-        struct itimerval it;
-        memset(&it, 0, sizeof it);
-        it.it_value.tv_sec = (time_t)seconds;
-        it.it_value.tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6);
-        if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
-            it.it_value.tv_usec = 1;
-        setitimer(ITIMER_REAL, &it, NULL);
-    }
+    if (seconds > 0)
+        wl_arm_timer(ITIMER_REAL, seconds);
+    wl_arm_cpu_budget();
 }
 
 /* Blocks the calling thread (not busy) until stopped: for workloads whose main thread only

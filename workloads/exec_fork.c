@@ -1,7 +1,7 @@
 /*
  * exec_fork: a target whose process tree changes while it is profiled. After printing its
- * pid it forks a child that spins in forked_child_spin() for SECONDS, spins itself in
- * before_exec_spin() for DELAY seconds, then execs the command after `--` (same pid, new
+ * pid it forks a child that spins in forked_child_spin() for SECONDS of CPU, spins itself
+ * in before_exec_spin() for DELAY seconds of CPU, then execs the command after `--` (same pid, new
  * image). A profiler attached with -p must follow the fork (inherit) and the exec (new
  * mappings, new comm) and name frames of both images correctly.
  *
@@ -28,20 +28,29 @@ NOINL uint64_t spin_step(uint64_t x)
     return x;
 }
 
+/* Seconds of CPU this thread has used: the spins below last that long on CPU, so what a
+ * profiler can sample of them does not depend on machine load. */
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 NOINL void forked_child_spin(double seconds)
 {
-    double end = wl_now() + seconds;
+    double end = thread_cpu() + seconds;
     uint64_t x = 3;
-    while (wl_now() < end)
+    while (thread_cpu() < end)
         x = spin_step(x);
     sink = x;
 }
 
 NOINL void before_exec_spin(double seconds)
 {
-    double end = wl_now() + seconds;
+    double end = thread_cpu() + seconds;
     uint64_t x = 5;
-    while (wl_now() < end)
+    while (thread_cpu() < end)
         x = spin_step(x);
     sink = x;
 }
@@ -73,8 +82,16 @@ int main(int argc, char **argv)
      * program's) must not kill us with SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
     printf("pid=%d name=exec_fork\n", (int)getpid());
-    /* Give the profiler time to attach before the tree changes. */
-    sleep(1);
+    /* Give the profiler time to attach before the tree changes: with WL_GO_ON_STDIN set,
+     * until a byte (or EOF) arrives on stdin, which a test sends once it sees the profiler
+     * attached; otherwise one second. */
+    if (getenv("WL_GO_ON_STDIN")) {
+        char c;
+        while (read(0, &c, 1) < 0 && errno == EINTR) {
+        }
+    } else {
+        sleep(1);
+    }
     pid_t child = fork();
     if (child < 0)
         wl_die("fork");

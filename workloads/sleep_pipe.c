@@ -7,6 +7,9 @@
  * almost no CPU. The child is a separate process so a per-process profile of the parent does
  * not include its sleeps.
  *
+ * At exit it prints, after the result line, `phases sleep_us=N wait_us=M`: the time it
+ * measured in each phase.
+ *
  * usage: sleep_pipe [-s SECONDS] [-a SLEEP_MS] [-b PIPE_WAIT_MS]
  */
 #include "common.h"
@@ -59,6 +62,17 @@ static inline __attribute__((always_inline)) void sleep_ms_exact(long ms)
     /* Resume after a signal (SIGUSR1 marks): the split must not depend on signal timing. */
     while (blocking_nanosleep(&ts, &ts) < 0 && errno == EINTR && !wl_stopped()) {
     }
+}
+
+/* Time spent in each phase, measured by the workload itself: the reference an off-CPU
+ * profile is checked against, whatever wake-up latency a loaded machine adds to either. */
+static uint64_t sleep_phase_ns, wait_phase_ns;
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 NOINL void sleep_phase(void)
@@ -127,14 +141,20 @@ int main(int argc, char **argv)
     printf("pid=%d name=sleep_pipe child=%d sleep_ms=%ld wait_ms=%ld\n", (int)getpid(),
            (int)child, sleep_ms, wait_ms);
     while (!wl_stopped()) {
+        uint64_t t0 = mono_ns();
         sleep_phase();
+        uint64_t t1 = mono_ns();
+        sleep_phase_ns += t1 - t0;
         if (wl_stopped() || !wait_phase(go[1], back[0]))
             break;
+        wait_phase_ns += mono_ns() - t1;
         atomic_fetch_add(&iterations, 1);
     }
     close(go[1]);
     close(back[0]);
     waitpid(child, NULL, 0);
     wl_report("sleep_pipe");
+    printf("phases sleep_us=%llu wait_us=%llu\n", (unsigned long long)(sleep_phase_ns / 1000),
+           (unsigned long long)(wait_phase_ns / 1000));
     return 0;
 }

@@ -8,20 +8,25 @@ use support::*;
 fn bpf_always_matches_ring_buffer_path() {
     require!(Need::SystemWide);
     let _serial = serial();
-    let w = start("cpu_split_fp", &["-t", "2", "-s", "12"]);
+    let w = start("cpu_split_fp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
-    let bpf = run_psample(&[
-        "record", "-p", &pid, "-F", "999", "-d", "2", "--bpf", "always",
-    ]);
+    // Both runs sample 2 CPU-seconds of the workload, so their totals compare on any machine.
+    let (bpf, _) = run_psample_until_cpu(
+        &["record", "-p", &pid, "-F", "999", "--bpf", "always"],
+        w.pid,
+        2.0,
+    );
     assert_eq!(bpf.status, 0, "--bpf always failed: {}", bpf.stderr);
     assert!(
         bpf.stderr.contains("in-kernel aggregation"),
         "{}",
         bpf.stderr
     );
-    let ring = run_psample(&[
-        "record", "-p", &pid, "-F", "999", "-d", "2", "--bpf", "never",
-    ]);
+    let (ring, _) = run_psample_until_cpu(
+        &["record", "-p", &pid, "-F", "999", "--bpf", "never"],
+        w.pid,
+        2.0,
+    );
     assert_eq!(ring.status, 0, "{}", ring.stderr);
     assert!(!ring.stderr.contains("in-kernel"), "{}", ring.stderr);
 
@@ -55,19 +60,13 @@ fn bpf_always_matches_ring_buffer_path() {
 fn bpf_auto_falls_back_for_dwarf_and_always_refuses() {
     require!(Need::SystemWide);
     let _serial = serial();
-    let w = start("cpu_split_nofp", &["-t", "1", "-s", "8"]);
+    let w = start("cpu_split_nofp", &["-t", "1", "-s", "0"]);
     let pid = w.pid.to_string();
-    let auto = run_psample(&[
-        "record",
-        "-p",
-        &pid,
-        "-F",
-        "199",
-        "-d",
-        "1",
-        "--call-graph",
-        "dwarf",
-    ]);
+    let (auto, _) = run_psample_until_cpu(
+        &["record", "-p", &pid, "-F", "199", "--call-graph", "dwarf"],
+        w.pid,
+        0.5,
+    );
     assert_eq!(auto.status, 0, "{}", auto.stderr);
     assert!(
         auto.stderr.contains("not used"),

@@ -8,7 +8,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use support::*;
 
@@ -65,13 +64,21 @@ fn one_file_per_interval_newest_kept() {
     let samples = summary_number(&stderr, "samples").unwrap() as u64;
     let kept = files(dir.path(), ".pb.gz");
     assert_eq!(kept.len(), 2, "{kept:?}");
-    for f in &kept {
-        assert!(f
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("psample-record-20"));
-    }
+    // psample-record-KEY-RUN-SEQ-STAMP.pb.gz: the last two intervals of run 1.
+    let seqs: Vec<u64> = kept
+        .iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let parts: Vec<&str> = name.split('-').collect();
+            assert_eq!(
+                (parts[0], parts[1], parts[3]),
+                ("psample", "record", "0001"),
+                "{name}"
+            );
+            parts[4].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [written as u64 - 1, written as u64], "{kept:?}");
     // The older kept file is a whole interval of a busy thread.
     assert!(total(&kept[0]) > 20, "{}", total(&kept[0]));
     assert!(kept.iter().map(|f| total(f)).sum::<u64>() <= samples);
@@ -79,29 +86,48 @@ fn one_file_per_interval_newest_kept() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
+/// Lines of a child's stderr, collected by a thread as they come.
+fn collect_lines(r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let t = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            let mut t = t.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    text
+}
+
 #[test]
 fn comm_target_is_reattached_after_restart() {
     require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    // A private name so no other process matches --comm.
-    let bin = dir.path().join("psrestart");
-    std::fs::copy(workload("cpu_split_fp"), &bin).unwrap();
-    let out = dir.path().join("out");
-    let spawn = || {
-        let mut c = Command::new(&bin)
-            .args(["-s", "30"])
-            .stdout(Stdio::piped())
+    // Two different programs under one private name (so no other process matches --comm):
+    // what each interval file holds shows which run of the target it saw.
+    let copy = |workload_name: &str, sub: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d).unwrap();
+        let bin = d.join("psrestart");
+        std::fs::copy(workload(workload_name), &bin).unwrap();
+        bin
+    };
+    let (first_bin, second_bin) = (copy("cpu_split_fp", "a"), copy("syscall_heavy", "b"));
+    let spawn = |bin: &Path| {
+        let child = Command::new(bin)
+            .args(["-s", "0"])
+            .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        c
+        Running {
+            pid: child.id(),
+            child,
+        }
     };
-    let mut first = spawn();
-    let ps = Command::new(psample())
+    let out = dir.path().join("out");
+    let mut ps = Command::new(psample())
         .args([
             "record",
             "-F",
@@ -110,8 +136,6 @@ fn comm_target_is_reattached_after_restart() {
             "psrestart",
             "--every",
             "1s",
-            "-d",
-            "7",
         ])
         .arg("--out-dir")
         .arg(&out)
@@ -119,27 +143,47 @@ fn comm_target_is_reattached_after_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    first.kill().unwrap();
-    first.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    let mut second = spawn();
-    let o = ps.wait_with_output().unwrap();
-    second.kill().unwrap();
-    let _ = second.wait();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("re-attaching"), "{stderr}");
+    let mut guard = KillGuard(Some(ps.id()));
+    let stderr = collect_lines(ps.stderr.take().unwrap());
+    let has_frame = |frame: &str| {
+        out.is_dir()
+            && files(&out, ".folded")
+                .iter()
+                .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(frame)))
+    };
+    // Each step waits for what it needs, not for a time.
+    let first = spawn(&first_bin);
+    wait_until_sampling(ps.id());
+    wait_for_cpu(first.pid, 0.5);
+    drop(first);
+    wait_until("psample to notice the exit", || {
+        stderr.lock().unwrap().contains("re-attaching")
+    });
+    let second = spawn(&second_bin);
+    wait_until("an interval of the restarted target", || {
+        has_frame("syscall_loop")
+    });
+    sigint(ps.id());
+    let status = ps.wait().unwrap();
+    guard.defuse();
+    drop(second);
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(status.success(), "{stderr}");
     let written = files(&out, ".folded");
-    assert!(written.len() >= 4, "{written:?}\n{stderr}");
-    // Samples before the restart and after it, in different files.
-    let with_samples: Vec<u64> = written.iter().map(|f| total(f)).collect();
-    let last_nonzero = with_samples.iter().rposition(|n| *n > 0).unwrap();
-    let first_nonzero = with_samples.iter().position(|n| *n > 0).unwrap();
+    let texts: Vec<String> = written
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    // Samples before the restart and after it, in different files, in that order.
+    let before = texts.iter().rposition(|t| t.contains("hot_a"));
+    let after = texts.iter().position(|t| t.contains("syscall_loop"));
     assert!(
-        with_samples[last_nonzero] > 50 && last_nonzero >= first_nonzero + 2,
-        "samples per file: {with_samples:?}"
+        matches!((before, after), (Some(b), Some(a)) if b < a),
+        "files: {written:?}\n{texts:?}"
     );
+    assert!(texts
+        .iter()
+        .all(|t| !(t.contains("hot_a") && t.contains("syscall_loop"))));
 }
 
 /// A Pyroscope-like listener: answers 503 to the first request, 200 afterwards, and keeps

@@ -32,19 +32,13 @@ fn completeness(folded: &BTreeMap<String, u64>) -> f64 {
 fn dwarf_unwinding_is_complete_and_matches_perf() {
     require!(Need::SystemWide);
     let _serial = serial();
-    let w = start("cpu_split_nofp", &["-t", "2", "-s", "14"]);
+    let w = start("cpu_split_nofp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
-    let out = run_psample(&[
-        "record",
-        "-p",
-        &pid,
-        "-F",
-        "999",
-        "-d",
-        "2",
-        "--call-graph",
-        "dwarf",
-    ]);
+    let (out, _) = run_psample_until_cpu(
+        &["record", "-p", &pid, "-F", "999", "--call-graph", "dwarf"],
+        w.pid,
+        2.0,
+    );
     assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
     let folded = parse_folded(&out.folded);
     let ours = share(&folded, "hot_a", "hot_b");
@@ -70,17 +64,7 @@ fn dwarf_unwinding_is_complete_and_matches_perf() {
         .keys()
         .any(|s| s.contains("start_thread;thread_main;run;work;hot_b")));
 
-    let perf = perf_folded(&[
-        "--call-graph",
-        "dwarf",
-        "-F",
-        "999",
-        "-p",
-        &pid,
-        "--",
-        "sleep",
-        "2",
-    ]);
+    let (perf, _) = perf_folded_until_cpu(&["--call-graph", "dwarf", "-F", "999"], w.pid, 2.0);
     let theirs = share(&perf, "hot_a", "hot_b");
     let theirs_complete = completeness(&perf);
     eprintln!("perf: hot_a {theirs:.1}%, complete {theirs_complete:.1}%");
@@ -96,19 +80,27 @@ fn dwarf_unwinding_is_complete_and_matches_perf() {
 fn late_threads_and_dlopened_libraries_unwind() {
     require!(Need::SystemWide);
     let _serial = serial();
-    let w = start("threads_late", &["-n", "1", "-t", "2", "-s", "8"]);
-    let pid = w.pid.to_string();
-    let out = run_psample(&[
-        "record",
-        "-p",
-        &pid,
-        "-F",
-        "999",
-        "-d",
-        "2.5",
-        "--call-graph",
-        "dwarf",
-    ]);
+    // Attached from the start (a launched command), the late threads come 1 s later; the
+    // main thread only waits until then, so of the 1.5 CPU-seconds the run lasts
+    // (WL_CPU_SECONDS) nearly all are the late threads'.
+    let out = run_psample_env(
+        &[
+            "record",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf",
+            "--",
+            workload("threads_late").to_str().unwrap(),
+            "-n",
+            "1",
+            "-t",
+            "2",
+            "-s",
+            "0",
+        ],
+        &[("WL_CPU_SECONDS", "1.5")],
+    );
     assert_eq!(out.status, 0, "{}", out.stderr);
     let folded = parse_folded(&out.folded);
     let late = count_with(&folded, "late_worker_hot");
@@ -125,19 +117,24 @@ fn late_threads_and_dlopened_libraries_unwind() {
         out.folded
     );
 
-    let w = start("dlopen_demo", &["-n", "1", "-s", "8"]);
-    let pid = w.pid.to_string();
-    let out = run_psample(&[
-        "record",
-        "-p",
-        &pid,
-        "-F",
-        "999",
-        "-d",
-        "2.5",
-        "--call-graph",
-        "dwarf",
-    ]);
+    // One thread spins for 1 s of wall time (at most 1 CPU-second), then dlopens: of 2
+    // CPU-seconds in all, at least 1 is spent in the library.
+    let out = run_psample_env(
+        &[
+            "record",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf",
+            "--",
+            workload("dlopen_demo").to_str().unwrap(),
+            "-n",
+            "1",
+            "-s",
+            "0",
+        ],
+        &[("WL_CPU_SECONDS", "2")],
+    );
     assert_eq!(out.status, 0, "{}", out.stderr);
     let folded = parse_folded(&out.folded);
     let lib = count_with(&folded, "demo_hot_inner");

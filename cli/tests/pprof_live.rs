@@ -69,19 +69,22 @@ fn folded_of(path: &Path) -> BTreeMap<String, u64> {
 fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
     require!(Need::SystemWide);
     let _g = serial();
-    let w = start("cpu_split_fp", &["-s", "30"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cpu.pb.gz");
     let pid = w.pid.to_string();
-    let o = Command::new(psample())
-        .args(["record", "-F", "499", "-d", "2", "-p", &pid, "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
+    // 2 CPU-seconds of the one busy thread: ~1000 samples at 499 Hz, and at least 2 s of
+    // wall time, however loaded the machine is.
+    let args: Vec<String> = ["record", "-F", "499", "-p", &pid, "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect();
+    let run = profile_until_cpu(psample(), &args, w.pid, 2.0);
+    let stderr = run.stderr;
+    assert_eq!(run.status, 0, "{stderr}");
     let samples = summary_number(&stderr, "samples").expect("samples in summary") as u64;
-    assert!(samples > 300, "too few samples: {samples}\n{stderr}");
+    assert!(samples > 600, "too few samples: {samples}\n{stderr}");
 
     let folded = folded_of(&out);
     assert_eq!(folded.values().sum::<u64>(), samples);
@@ -121,12 +124,12 @@ fn inline_frames_are_lines_of_one_location() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("inl.pprof");
     let o = Command::new(psample())
-        .args([
-            "record", "-F", "499", "-d", "1.5", "--format", "pprof", "-o",
-        ])
+        .args(["record", "-F", "499", "--format", "pprof", "-o"])
         .arg(&out)
         .arg("--")
         .arg(workload("inline_demo"))
+        .args(["-s", "0"])
+        .env("WL_CPU_SECONDS", "0.5")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,16 +42,6 @@ fn signal(pid: u32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
-/// Names in `dir`, to prove no temporary or partial files are left.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn valid_folded(text: &str) -> std::collections::BTreeMap<String, u64> {
     assert!(text.ends_with('\n'), "output is not complete: {text:?}");
     parse_folded(text)
@@ -62,7 +51,7 @@ fn valid_folded(text: &str) -> std::collections::BTreeMap<String, u64> {
 fn stop_signals_drain_write_and_exit_zero() {
     require!(Need::SystemWide);
     let _g = serial();
-    let w = start("cpu_split_fp", &["-s", "30"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     for (sig, name) in [
         (libc::SIGINT, "SIGINT"),
@@ -72,17 +61,19 @@ fn stop_signals_drain_write_and_exit_zero() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("sig.folded");
         let child = spawn_psample(&["record", "-p", &pid, "-o", out.to_str().unwrap()]);
-        std::thread::sleep(Duration::from_millis(1500));
+        // Signalled once the busy thread has run 0.5 s on CPU while sampled: ~50 samples at
+        // 99 Hz, ~70 % in hot_a, whatever the load.
+        wait_until_sampling(child.id());
+        wait_for_cpu(w.pid, 0.5);
         signal(child.id(), sig);
-        let (code, err) = finish(child, Duration::from_secs(20));
+        let (code, err) = finish(child, HANG);
         assert_eq!(code, Some(0), "{name}: {err}");
         assert!(err.contains("stopped by signal"), "{name}: {err}");
         let folded = valid_folded(&std::fs::read_to_string(&out).unwrap());
         let hot = count_with(&folded, "hot_a");
-        // 1.5 s at 99 Hz of a busy thread is ~150 samples, ~70 % in hot_a; the bound leaves
-        // room for a loaded machine while still proving the rings were drained.
+        // The rings were drained: far more than a handful of hot_a samples.
         assert!(hot > 10, "{name}: only {hot} hot_a samples: {folded:?}");
-        assert_eq!(entries(dir.path()), vec!["sig.folded"], "{name}");
+        assert_eq!(dir_names(dir.path()), vec!["sig.folded"], "{name}");
     }
 }
 
@@ -90,81 +81,102 @@ fn stop_signals_drain_write_and_exit_zero() {
 fn second_signal_exits_at_once_without_a_partial_file() {
     require!(Need::SystemWide);
     let _g = serial();
-    let w = start("cpu_split_fp", &["-s", "30"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("twice.folded");
     std::fs::write(&out, "previous;profile 1\n").unwrap();
     let child = spawn_psample(&["record", "-p", &pid, "-o", out.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(1000));
+    // Sampling (so the handlers are installed) with samples to write.
+    wait_until_sampling(child.id());
+    wait_for_cpu(w.pid, 0.3);
     // Two different signals: both are delivered (a repeated SIGINT could merge while pending).
     signal(child.id(), libc::SIGINT);
     signal(child.id(), libc::SIGTERM);
-    let (code, err) = finish(child, Duration::from_secs(5));
+    // Exit 130 (not 0) says the second signal ended it before the profile was written.
+    let (code, err) = finish(child, HANG);
     assert_eq!(code, Some(130), "{err}");
     // The old file is untouched and nothing half-written sits next to it.
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "previous;profile 1\n"
     );
-    assert_eq!(entries(dir.path()), vec!["twice.folded"]);
+    assert_eq!(dir_names(dir.path()), vec!["twice.folded"]);
 }
 
 #[test]
 fn killed_run_never_leaves_a_half_file_under_the_output_name() {
     require!(Need::SystemWide);
     let _g = serial();
-    let w = start("cpu_split_fp", &["-s", "30"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("k.folded");
     std::fs::write(&out, "old 1\n").unwrap();
     let child = spawn_psample(&["record", "-p", &pid, "-o", out.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_until_sampling(child.id());
+    wait_for_cpu(w.pid, 0.3);
     signal(child.id(), libc::SIGKILL);
-    let (code, _) = finish(child, Duration::from_secs(5));
+    let (code, _) = finish(child, HANG);
     assert_eq!(code, None, "killed by a signal");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "old 1\n");
 }
 
+/// A symlink the caller made is followed: its target is replaced atomically (keeping its
+/// mode), the link stays. (Links another user planted are refused: safety_output.rs.)
 #[test]
-fn planted_symlink_at_the_output_path_is_replaced_not_followed() {
+fn own_symlink_at_the_output_path_is_followed_and_kept() {
     require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let victim = dir.path().join("victim");
-    std::fs::write(&victim, "precious\n").unwrap();
+    let real = dir.path().join("real.folded");
+    std::fs::write(&real, "previous 1\n").unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let out = dir.path().join("link.folded");
-    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    std::os::unix::fs::symlink(&real, &out).unwrap();
     let wl = workload("cpu_split_fp");
-    let child = spawn_psample(&[
+    let mut c = Command::new(psample());
+    c.args([
         "record",
         "-o",
         out.to_str().unwrap(),
         "--",
         wl.to_str().unwrap(),
-        "-s",
-        "1",
-    ]);
-    let (code, err) = finish(child, Duration::from_secs(20));
+    ])
+    .args(["-s", "0"])
+    .env("WL_CPU_SECONDS", "0.5")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let (code, err) = finish(c.spawn().unwrap(), HANG);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
-    let meta = std::fs::symlink_metadata(&out).unwrap();
-    assert!(meta.file_type().is_file(), "the link itself was replaced");
-    assert!(std::fs::read_to_string(&out).unwrap().contains("hot_a"));
+    assert!(std::fs::symlink_metadata(&out)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o640
+    );
+    assert!(std::fs::read_to_string(&real).unwrap().contains("hot_a"));
+    assert_eq!(dir_names(dir.path()), vec!["link.folded", "real.folded"]);
 }
 
 #[test]
 fn target_exit_stops_and_writes_everything_collected() {
     require!(Need::SystemWide);
     let _g = serial();
-    // -p: the process exits on its own after 2 s; psample runs without -d.
-    let w = start("cpu_split_fp", &["-s", "2"]);
+    // -p: the process exits on its own (SIGTERM ends a workload normally) once psample has
+    // sampled 0.5 CPU-seconds of it; psample runs without -d.
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("exit.folded");
     let child = spawn_psample(&["record", "-p", &pid, "-o", out.to_str().unwrap()]);
-    let (code, err) = finish(child, Duration::from_secs(20));
+    wait_until_sampling(child.id());
+    wait_for_cpu(w.pid, 0.5);
+    signal(w.pid, libc::SIGTERM);
+    let (code, err) = finish(child, HANG);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("targets exited"), "{err}");
     let folded = valid_folded(&std::fs::read_to_string(&out).unwrap());
@@ -180,9 +192,9 @@ fn target_exit_stops_and_writes_everything_collected() {
         "--",
         wl.to_str().unwrap(),
         "-s",
-        "30",
+        "0",
     ]);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until_sampling(child.id());
     let target =
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
             .unwrap();
@@ -192,8 +204,14 @@ fn target_exit_stops_and_writes_everything_collected() {
         .expect("launched child")
         .parse()
         .unwrap();
+    // Launched commands are sampled from their exec: the CPU it used since then was sampled.
+    let wl_real = std::fs::canonicalize(&wl).unwrap();
+    wait_until("the launched command to exec", || {
+        std::fs::read_link(format!("/proc/{target}/exe")).is_ok_and(|e| e == wl_real)
+    });
+    wait_for_cpu(target, 0.5);
     signal(target, libc::SIGKILL);
-    let (code, err) = finish(child, Duration::from_secs(20));
+    let (code, err) = finish(child, HANG);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("targets exited"), "{err}");
     let folded = valid_folded(&std::fs::read_to_string(&out).unwrap());
@@ -206,9 +224,11 @@ fn lost_records_are_counted_and_reported() {
     let _g = serial();
     // A one-page ring per CPU at 5 kHz with 2 KiB of stack per sample: the ring overflows
     // between drains and the kernel reports LOST records.
-    let w = start("cpu_split_fp", &["-t", "2", "-s", "60"]);
+    let w = start("cpu_split_fp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
-    let o = run_psample(&[
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lost.folded");
+    let child = spawn_psample(&[
         "record",
         "-p",
         &pid,
@@ -218,9 +238,23 @@ fn lost_records_are_counted_and_reported() {
         "dwarf,2048",
         "--mmap-pages",
         "1",
-        "-d",
-        "2",
+        "-o",
+        out.to_str().unwrap(),
     ]);
+    // Forced, not left to how fast psample drains: stopped, it cannot drain at all while
+    // 0.2 CPU-seconds at 5 kHz (1000 samples of 2 KiB) go to rings of one page.
+    wait_until_sampling(child.id());
+    signal(child.id(), libc::SIGSTOP);
+    wait_for_cpu(w.pid, 0.2);
+    signal(child.id(), libc::SIGCONT);
+    wait_for_cpu(w.pid, 0.2);
+    signal(child.id(), libc::SIGINT);
+    let (code, stderr) = finish(child, HANG);
+    let o = Output {
+        status: code.unwrap_or(-1),
+        stderr,
+        folded: std::fs::read_to_string(&out).unwrap_or_default(),
+    };
     assert_eq!(o.status, 0, "{}", o.stderr);
     let lost = summary_number(&o.stderr, "lost").expect("a lost line in the summary");
     assert!(lost > 0.0, "{}", o.stderr);
@@ -229,8 +263,9 @@ fn lost_records_are_counted_and_reported() {
     assert!(count_with(&parse_folded(&o.folded), "hot_a") > 0);
 }
 
-/// exec_fork attached with -p: it forks a spinning child, spins 1.5 s itself, then execs
-/// cpu_split_fp (same pid, new image) which creates 2 more threads.
+/// exec_fork attached with -p: once psample samples, it forks a child that spins 1 CPU-s,
+/// spins 0.5 CPU-s itself, then execs cpu_split_fp (same pid, new image) which creates 2
+/// more threads and stops after 1 CPU-s.
 fn fork_exec_run(extra: &[&str]) {
     require!(Need::SystemWide);
     let _g = serial();
@@ -240,25 +275,46 @@ fn fork_exec_run(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let cpu = dir.path().join("cpu_split_fp");
     std::fs::copy(workload("cpu_split_fp"), &cpu).unwrap();
-    let w = start(
-        "exec_fork",
-        &[
-            "-n",
-            "1.5",
-            "-s",
-            "3",
-            "--",
-            cpu.to_str().unwrap(),
-            "-t",
-            "3",
-            "-s",
-            "3",
-        ],
-    );
-    let pid = w.pid.to_string();
-    let mut args = vec!["record", "-p", &pid];
+    let mut w = Command::new(workload("exec_fork"))
+        .args(["-n", "0.5", "-s", "1", "--", cpu.to_str().unwrap()])
+        .args(["-t", "3", "-s", "0"])
+        .env("WL_GO_ON_STDIN", "1")
+        .env("WL_CPU_SECONDS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(w.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let stdin = w.stdin.take();
+    // Killed (with its tree: the forked child dies with it, see exec_fork) if the test fails.
+    let w = Running {
+        pid: w.id(),
+        child: w,
+    };
+    let pid = line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("pid="))
+        .expect("pid= line")
+        .to_string();
+    let out = dir.path().join("fork_exec.folded");
+    let mut args = vec!["record", "-p", &pid, "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let o = run_psample(&args);
+    let child = spawn_psample(&args);
+    // The tree changes only once psample samples (closing stdin lets exec_fork go on).
+    wait_until_sampling(child.id());
+    drop(stdin);
+    let (code, stderr) = finish(child, HANG);
+    drop(w);
+    let o = Output {
+        status: code.unwrap_or(-1),
+        stderr,
+        folded: std::fs::read_to_string(&out).unwrap_or_default(),
+    };
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert!(o.stderr.contains("targets exited"), "{}", o.stderr);
     let folded = parse_folded(&o.folded);
@@ -319,7 +375,7 @@ fn deleted_and_replaced_binaries_still_symbolize() {
         // Alive until killed below: symbolization happens while it still runs (an exited
         // process with a deleted binary cannot be symbolized by anyone).
         let mut child = Command::new(&bin)
-            .args(["-s", "60"])
+            .args(["-s", "0"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -330,7 +386,7 @@ fn deleted_and_replaced_binaries_still_symbolize() {
             std::fs::copy("/bin/true", &bin).unwrap();
         }
         let pid = child.id().to_string();
-        let o = run_psample(&["record", "-p", &pid, "-d", "2"]);
+        let (o, _) = run_psample_until_cpu(&["record", "-p", &pid], child.id(), 0.5);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(o.status, 0, "{}", o.stderr);

@@ -5,7 +5,6 @@ mod support;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -70,7 +69,14 @@ fn zombie_target_is_no_such_process() {
     // A child that exited but was not reaped still has /proc/PID: it must not count as alive.
     let mut child = Command::new("true").spawn().unwrap();
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait for the exit without reaping (WNOWAIT): a zombie for sure, however slow the
+    // machine is.
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter; pid is our own child.
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+    };
+    assert_eq!(rc, 0, "waitid: {}", std::io::Error::last_os_error());
     let (code, err) = run(&mut psample_cmd(&[
         "record",
         "-p",
@@ -165,23 +171,22 @@ fn output_path_problems_are_found_before_sampling() {
         ("/proc/psample.folded".into(), "not writable"),
     ];
     for (path, expect) in cases {
-        let started = Instant::now();
-        // -a for 5 s: a late check would show as a 5 s run.
-        let (code, err) = run(&mut psample_cmd(&["record", "-a", "-d", "5", "-o", &path]));
+        // The profiled command would leave this marker: a check after launching it (that
+        // is, after sampling started) shows, whatever the machine's speed.
+        let marker = dir.path().join("launched");
+        let (code, err) = run(psample_cmd(&["record", "-o", &path, "--", "touch"]).arg(&marker));
         assert_eq!(code, Some(1), "{path}: {err}");
         assert!(err.contains(expect), "{path}: {err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{path} checked late"
-        );
+        assert!(!marker.exists(), "{path} checked after the command started");
     }
-    // A directory root can write but nobody cannot.
+    // A directory root can write but nobody cannot (a private temp dir of root's).
+    let private = dir.path().join("private.folded");
     let (code, err) = run(as_nobody(&mut psample_cmd(&[
         "record",
         "-d",
         "5",
         "-o",
-        "/root/psample-test.folded",
+        private.to_str().unwrap(),
         "--",
         "true",
     ])));
@@ -226,10 +231,10 @@ fn frequency_above_the_kernel_maximum_is_clamped_with_a_warning() {
         .trim()
         .parse()
         .unwrap();
-    let w = start("cpu_split_fp", &["-s", "60"]);
+    let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
     let too_high = (max * 10).to_string();
-    let o = run_psample(&["record", "-p", &pid, "-F", &too_high, "-d", "1"]);
+    let (o, _) = run_psample_until_cpu(&["record", "-p", &pid, "-F", &too_high], w.pid, 0.2);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert!(
         o.stderr.contains("above kernel.perf_event_max_sample_rate")
@@ -327,8 +332,10 @@ fn small_mlock_limit_shrinks_the_ring_with_a_note() {
         "--",
         wl.to_str().unwrap(),
         "-s",
-        "1",
+        "0",
     ]);
+    // Half a CPU-second of work, however long that takes here.
+    c.env("WL_CPU_SECONDS", "0.5");
     // SAFETY: setrlimit only, between fork and exec.
     unsafe {
         c.pre_exec(|| {
@@ -363,11 +370,14 @@ fn tracefs_is_mounted_when_missing_and_missing_tracefs_is_explained() {
         )
     };
     let ps = psample();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.folded");
     let o = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(script(&format!(
-            "{ps} record -e tracepoint:sched:sched_switch -a -d 1 -o /dev/null; \
-             test -d /sys/kernel/tracing/events"
+            "{ps} record -e tracepoint:sched:sched_switch -a -d 1 -o {}; \
+             test -d /sys/kernel/tracing/events",
+            out.display()
         )))
         .output()
         .expect("unshare (util-linux)");

@@ -21,7 +21,9 @@ fn launched_identity(extra: &[&str]) -> (String, String) {
         "id -u > {0}; id -g >> {0}; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
         ids.display()
     );
-    let mut args = vec!["record", "-o", "/dev/null"];
+    // The profile goes to a file of the test's own (never a host file such as /dev/null).
+    let out = dir.path().join("p.folded");
+    let mut args = vec!["record", "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
     let o = Command::new(psample())
@@ -73,7 +75,9 @@ fn invalid_sudo_variables_are_not_trusted_to_mean_anything_else() {
         let dir = tempfile::tempdir().unwrap();
         let ids = dir.path().join("ids");
         let o = Command::new(psample())
-            .args(["record", "-o", "/dev/null", "--", "sh", "-c"])
+            .args(["record", "-o"])
+            .arg(dir.path().join("p.folded"))
+            .args(["--", "sh", "-c"])
             .arg(format!("id -u > {}", ids.display()))
             .env("SUDO_UID", uid)
             .env("SUDO_GID", gid)

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use symbolize::Symbolizer;
 
-use crate::output::{Format, Labels, Rendered};
+use crate::output::outdir::{self, OutDir};
+use crate::output::{Format, Labels, OutputFile, Rendered};
 use crate::push::Pusher;
-use crate::target::{self, Lookup};
+use crate::target::{self, Lookup, Target, TargetSpec};
 use crate::Error;
 
 /// Continuous profiling: `--every`, `--out-dir`, `--keep`, `--push`.
@@ -99,23 +100,23 @@ pub struct Intervals {
 }
 
 impl Intervals {
-    /// Start the interval clock and the writer thread for `command`'s intervals.
+    /// Start the interval clock and the writer thread for `command`'s intervals of
+    /// `target`.
     pub fn start(
         c: &ContinuousOptions,
         format: Option<Format>,
         symbols: &symbolize::SymbolizeOptions,
+        target: &TargetSpec,
         command: &str,
         labels: Labels,
     ) -> Result<Intervals, Error> {
-        let dir = &c.out_dir;
         if c.keep == Some(0) {
             return Err(Error::new("--keep must be at least 1"));
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::new(format!("cannot create --out-dir {}: {e}", dir.display())))?;
-        crate::output::check_writable(&dir.join("probe"))
-            .map_err(|e| Error::new(format!("--out-dir: {e}")))?;
         let format = Format::resolve(format, None);
+        let key = outdir::target_key(&describe_target(target));
+        let out = OutDir::open(&c.out_dir, command, &key, format.extension())
+            .map_err(|e| Error::new(format!("--out-dir: {e}")))?;
         let pusher = match &c.push {
             Some(url) => {
                 let name = c
@@ -128,7 +129,7 @@ impl Intervals {
             }
             None => None,
         };
-        let writer = Writer::new(dir, c.keep, format, command, labels, pusher.clone());
+        let writer = Writer::new(out, c.keep, format, labels, pusher.clone());
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let symbols = symbols.clone();
         let thread = std::thread::Builder::new()
@@ -310,38 +311,33 @@ impl SymbolizerPool {
 
 /// Output and retention of interval files; lives on the writer thread.
 struct Writer {
-    dir: PathBuf,
+    out: OutDir,
     keep: Option<usize>,
     format: Format,
-    prefix: String,
     labels: Labels,
     pusher: Option<Arc<Pusher>>,
     written: u64,
     write_errors: u64,
     slowest: Duration,
-    last_name: String,
 }
 
 impl Writer {
     fn new(
-        dir: &Path,
+        out: OutDir,
         keep: Option<usize>,
         format: Format,
-        command: &str,
         labels: Labels,
         pusher: Option<Arc<Pusher>>,
     ) -> Writer {
         Writer {
-            dir: dir.to_path_buf(),
+            out,
             keep,
             format,
-            prefix: format!("psample-{command}-"),
             labels,
             pusher,
             written: 0,
             write_errors: 0,
             slowest: Duration::ZERO,
-            last_name: String::new(),
         }
     }
 
@@ -370,24 +366,10 @@ impl Writer {
     /// counted, never fatal: one full disk must not end a run that is meant to last for days.
     fn emit(&mut self, rendered: Rendered, window: (SystemTime, Duration)) -> Option<PathBuf> {
         let (start, len) = window;
-        let mut name = format!(
-            "{}{}.{}",
-            self.prefix,
-            utc_stamp(start),
-            self.format.extension()
-        );
-        // Two boundaries in the same millisecond (a restart right after a boundary).
-        if name <= self.last_name {
-            name = format!(
-                "{}{}-{}.{}",
-                self.prefix,
-                utc_stamp(start),
-                self.written,
-                self.format.extension()
-            );
-        }
-        let path = self.dir.join(&name);
-        let result = rendered.write(Some(&path), self.format, &self.labels);
+        // Named by sequence, so intervals in the same millisecond, or after the wall clock
+        // stepped back, are distinct and ordered.
+        let path = self.out.next_path(&utc_stamp(start));
+        let result = self.write(&rendered, &path);
         if let Some(p) = &self.pusher {
             match rendered.to_bytes() {
                 Ok(bytes) => p.submit(bytes, start, start + len),
@@ -395,10 +377,12 @@ impl Writer {
             }
         }
         match result {
-            Ok(()) => {
+            Ok(id) => {
                 self.written += 1;
-                self.last_name = name;
-                self.prune();
+                self.out.wrote(&path, id);
+                if let Some(keep) = self.keep {
+                    self.out.prune(keep);
+                }
                 Some(path)
             }
             Err(e) => {
@@ -409,26 +393,36 @@ impl Writer {
         }
     }
 
-    /// Delete the oldest of our files beyond `--keep`. Only names we generate are touched.
-    fn prune(&self) {
-        let Some(keep) = self.keep else { return };
-        let ext = format!(".{}", self.format.extension());
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut ours: Vec<String> = rd
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&self.prefix) && n.ends_with(&ext))
-            .collect();
-        ours.sort();
-        let excess = ours.len().saturating_sub(keep);
-        for n in ours.iter().take(excess) {
-            let _ = std::fs::remove_file(self.dir.join(n));
-        }
+    /// Write `rendered` under the new name `path`; its device and inode.
+    fn write(&self, rendered: &Rendered, path: &Path) -> std::io::Result<(u64, u64)> {
+        let mut file = OutputFile::create_new(path)?;
+        rendered.write_into(&mut file, self.format, &self.labels)?;
+        let id = file
+            .file_id()
+            .ok_or_else(|| std::io::Error::other("interval file has no inode"))?;
+        file.commit()?;
+        Ok(id)
     }
 }
 
-/// `20261127T032100.123Z`: sorts chronologically as text.
+/// What `--pid-file`/`--comm`/`-p`/`-t`/`-a`/`-- CMD` name, for the interval files' key.
+fn describe_target(t: &TargetSpec) -> String {
+    let list = |v: &[u32]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    };
+    match t {
+        TargetSpec::Lookup(Lookup::PidFile(f)) => format!("pid-file {}", f.display()),
+        TargetSpec::Lookup(Lookup::Comm(n)) => format!("comm {n}"),
+        TargetSpec::Fixed(Target::Pids(p)) => format!("pid {}", list(p)),
+        TargetSpec::Fixed(Target::Tids(t)) => format!("tid {}", list(t)),
+        TargetSpec::Fixed(Target::AllCpus) => "all".to_string(),
+        TargetSpec::Fixed(Target::Command(argv)) => format!("command {}", argv.join("\0")),
+    }
+}
+
+/// `20261127T032100.123Z`: the UTC time, for people (ordering uses sequence numbers).
 pub fn utc_stamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -484,6 +478,7 @@ fn pid_from_file(path: &Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::dir_names as names;
 
     #[test]
     fn utc_stamps_are_calendar_correct() {
@@ -512,41 +507,133 @@ mod tests {
         (c, symbols, labels)
     }
 
-    fn writer(dir: &Path, keep: Option<usize>) -> Writer {
+    fn pid_target(pid: u32) -> TargetSpec {
+        TargetSpec::Fixed(Target::Pids(vec![pid]))
+    }
+
+    fn writer_for(dir: &Path, keep: Option<usize>, key: &str) -> Writer {
         let (_, _, labels) = args(dir, keep);
-        Writer::new(dir, keep, Format::Folded, "record", labels, None)
+        let out = OutDir::open(dir, "record", key, "folded").unwrap();
+        Writer::new(out, keep, Format::Folded, labels, None)
+    }
+
+    fn writer(dir: &Path, keep: Option<usize>) -> Writer {
+        writer_for(dir, keep, "k1")
+    }
+
+    fn emit_at(w: &mut Writer, start: SystemTime, line: &str) -> PathBuf {
+        let rendered = Rendered::Lines(vec![(line.to_string(), 1)]);
+        w.emit(rendered, (start, Duration::from_secs(1))).unwrap()
     }
 
     #[test]
     fn emit_writes_distinct_files_and_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("unrelated.folded"), "x 1\n").unwrap();
-        let mut iv = writer(dir.path(), Some(2));
-        let mut paths = Vec::new();
-        for i in 1..=4u64 {
-            let w = (SystemTime::now(), Duration::from_secs(1));
-            let p = iv
-                .emit(Rendered::Lines(vec![(format!("a;b{i}"), i)]), w)
-                .unwrap();
-            paths.push(p);
-        }
-        assert_eq!(iv.written, 4);
-        let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+        let mut w = writer(dir.path(), Some(2));
+        // Forced, not hoped for: all four start in the same millisecond.
+        let t = UNIX_EPOCH + Duration::from_millis(1_798_761_599_999);
+        let paths: Vec<PathBuf> = (1..=4)
+            .map(|i| emit_at(&mut w, t, &format!("a;b{i}")))
             .collect();
-        names.sort();
-        assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names.contains(&"unrelated.folded".to_string()));
+        assert_eq!(w.written, 4);
+        assert_eq!(names(dir.path()).len(), 3, "{:?}", names(dir.path()));
+        assert!(dir.path().join("unrelated.folded").exists());
         assert!(!paths[0].exists() && !paths[1].exists());
-        assert_eq!(std::fs::read_to_string(&paths[3]).unwrap(), "a;b4 4\n");
+        assert_eq!(std::fs::read_to_string(&paths[2]).unwrap(), "a;b3 1\n");
+        assert_eq!(std::fs::read_to_string(&paths[3]).unwrap(), "a;b4 1\n");
+    }
+
+    #[test]
+    fn a_wall_clock_stepping_back_does_not_delete_new_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Some(2));
+        let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599);
+        let first = emit_at(&mut w, t, "a;first");
+        // An NTP step back by an hour, then by a day.
+        let second = emit_at(&mut w, t - Duration::from_secs(3600), "a;second");
+        let third = emit_at(&mut w, t - Duration::from_secs(86_400), "a;third");
+        assert!(!first.exists(), "the oldest interval goes");
+        assert!(second.exists() && third.exists(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn a_later_run_prunes_earlier_runs_files_for_its_target_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599);
+        let mut first = writer_for(dir.path(), Some(2), "k1");
+        let old: Vec<PathBuf> = (0..3).map(|_| emit_at(&mut first, t, "a;old")).collect();
+        drop(first);
+        // Another target's run shares the directory: untouched by either.
+        let mut other = writer_for(dir.path(), Some(1), "k2");
+        let others: Vec<PathBuf> = (0..2).map(|_| emit_at(&mut other, t, "a;other")).collect();
+        assert!(!others[0].exists() && others[1].exists());
+        let mut second = writer_for(dir.path(), Some(2), "k1");
+        assert_eq!(second.out.tracked().len(), 2, "the first run kept two");
+        let new = emit_at(&mut second, t - Duration::from_secs(60), "a;new");
+        // The newest earlier file and ours are kept: ordered by run, not by stamp.
+        assert!(!old[1].exists() && old[2].exists() && new.exists());
+        assert!(others[1].exists());
+        assert!(new
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("-k1-0002-000001-"));
+    }
+
+    /// Another user plants names of our form; none of them is ever deleted, and a file we
+    /// wrote that someone replaced is left alone too.
+    #[test]
+    fn planted_files_are_never_pruned() {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599);
+        let mut w = writer(dir.path(), Some(1));
+        let ours = emit_at(&mut w, t, "a;ours");
+        drop(w);
+        let stamp = utc_stamp(t);
+        let planted = [
+            format!("psample-record-k1-0000-000001-{stamp}.folded"),
+            format!("psample-record-k1-0009-000001-{stamp}.folded"),
+            "psample-record-9.folded".to_string(),
+            "psample-record-zz.folded".to_string(),
+        ];
+        for n in &planted {
+            let p = dir.path().join(n);
+            std::fs::write(&p, "a;planted 1\n").unwrap();
+            chown(&p, Some(65534), Some(65534)).unwrap();
+        }
+        // A name of ours hard-linked elsewhere is not "ours alone" either.
+        let linked = dir
+            .path()
+            .join(format!("psample-record-k1-0005-000001-{stamp}.folded"));
+        std::fs::write(&linked, "a;linked 1\n").unwrap();
+        std::fs::hard_link(&linked, dir.path().join("elsewhere")).unwrap();
+        let mut w = writer(dir.path(), Some(1));
+        assert_eq!(w.out.tracked().len(), 1, "{:?}", w.out.tracked());
+        let mine = emit_at(&mut w, t, "a;mine");
+        let replaced = emit_at(&mut w, t, "a;replaced");
+        assert!(!ours.exists() && !mine.exists());
+        // Someone swaps the file we wrote for their own: retention must not delete theirs.
+        std::fs::remove_file(&replaced).unwrap();
+        std::fs::write(&replaced, "a;theirs 1\n").unwrap();
+        chown(&replaced, Some(65534), Some(65534)).unwrap();
+        emit_at(&mut w, t, "a;last");
+        assert!(replaced.exists());
+        for n in &planted {
+            assert!(dir.path().join(n).exists(), "{n} was deleted");
+        }
+        assert!(linked.exists());
     }
 
     #[test]
     fn intervals_are_written_by_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
         let (c, symbols, labels) = args(dir.path(), None);
-        let mut iv = Intervals::start(&c, None, &symbols, "record", labels).unwrap();
+        let mut iv =
+            Intervals::start(&c, None, &symbols, &pid_target(1), "record", labels).unwrap();
         let (tx, rx) = mpsc::channel::<()>();
         // A slow render must not block the caller (only a second queued one may).
         let w = iv.cut();
@@ -557,7 +644,7 @@ mod tests {
                 Rendered::Lines(vec![("a;slow".into(), 3)])
             }),
         );
-        assert!(iv.waited < Duration::from_secs(1));
+        assert_eq!(iv.waited, Duration::ZERO, "the first submit never waits");
         tx.send(()).unwrap();
         let w = iv.cut();
         iv.submit(w, Box::new(|_| Rendered::Lines(vec![("b".into(), 1)])));

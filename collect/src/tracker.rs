@@ -319,10 +319,12 @@ mod tests {
         // A thread exit keeps the process.
         t.on_record(&Record::Exit(task(50, 51)));
         assert_eq!(t.pending_exits(), 0);
+        let before_exit = Instant::now();
         t.on_record(&Record::Exit(task(50, 50)));
         assert_eq!(t.pending_exits(), 1);
-        // Within the grace period late samples still resolve.
-        t.reap_exited(Instant::now());
+        // Within the grace period late samples still resolve (at most the time of the exit,
+        // so a slow machine cannot push this past the grace period).
+        t.reap_exited(before_exit);
         assert!(t.procs.find(50, 0x1800).is_some());
         t.reap_exited(Instant::now() + EXIT_GRACE + Duration::from_millis(1));
         assert!(!t.procs.contains(50));
@@ -345,7 +347,6 @@ mod tests {
     #[test]
     fn exited_threads_names_are_forgotten() {
         let mut t = Tracker::new(true);
-        let start = Instant::now();
         for tid in 2000..4000u32 {
             t.on_record(&Record::Fork(TaskEvent {
                 pid: 1,
@@ -360,7 +361,7 @@ mod tests {
             t.on_record(&Record::Exit(task(1, tid)));
         }
         assert_eq!(t.threads_seen(), 2000);
-        t.reap_exited(start + EXIT_GRACE * 2);
+        t.reap_exited(Instant::now() + EXIT_GRACE * 2);
         assert_eq!(t.known_threads(), 0);
         assert!(t.pid_of.is_empty());
         assert_eq!(t.threads_seen(), 2000, "the count survives the reaping");
@@ -388,7 +389,6 @@ mod tests {
     #[test]
     fn churn_keeps_only_live_spaces() {
         let mut t = Tracker::new(true);
-        let start = Instant::now();
         for pid in 1000..3000u32 {
             t.procs.on_mmap(
                 pid,
@@ -402,7 +402,7 @@ mod tests {
             );
             t.on_record(&Record::Exit(task(pid, pid)));
         }
-        t.reap_exited(start + EXIT_GRACE * 2);
+        t.reap_exited(Instant::now() + EXIT_GRACE * 2);
         assert_eq!(t.pending_exits(), 0);
         assert!((1000..3000).all(|p| !t.procs.contains(p)));
     }

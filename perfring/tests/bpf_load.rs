@@ -1,11 +1,14 @@
 //! Loader tests for the BPF stack counter against the running kernel. Needs root; fails
 //! loudly without.
 
+mod support;
+
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use perf_event_open_sys as sys;
 use perfring::bpf::{probe, BpfError, StackCounter, StackCounterOptions};
+use support::thread_cpu;
 
 fn load(opts: &StackCounterOptions) -> StackCounter {
     StackCounter::load(opts).unwrap_or_else(|e| panic!("load failed: {e}"))
@@ -119,9 +122,10 @@ fn counts_own_thread_without_stacks() {
     counter.attach(event.as_fd()).expect("attach");
     // SAFETY: plain perf ioctls on a live fd.
     assert!(unsafe { sys::ioctls::ENABLE(event.as_raw_fd(), 0) } >= 0);
-    let start = Instant::now();
+    // 300 ms of this thread's CPU (not wall) time: the sample count does not depend on load.
+    let end = thread_cpu() + Duration::from_millis(300);
     let mut x = 0u64;
-    while start.elapsed() < Duration::from_millis(300) {
+    while thread_cpu() < end {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
     // SAFETY: as above.
@@ -158,9 +162,9 @@ fn full_count_map_is_reported() {
     counter.attach(event.as_fd()).expect("attach");
     // SAFETY: plain perf ioctls on a live fd.
     assert!(unsafe { sys::ioctls::ENABLE(event.as_raw_fd(), 0) } >= 0);
-    let start = Instant::now();
+    let end = thread_cpu() + Duration::from_millis(300);
     // Alternate user work and syscalls so samples land on several distinct stacks.
-    while start.elapsed() < Duration::from_millis(300) {
+    while thread_cpu() < end {
         let mut x = 0u64;
         for i in 0..10_000u64 {
             x = std::hint::black_box(x ^ i);

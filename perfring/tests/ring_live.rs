@@ -3,11 +3,14 @@
 //! test depends only on ring.rs and record/. Needs root or perf_event_paranoid ≤ 1; fails
 //! loudly otherwise.
 
+mod support;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use perf_event_open_sys::bindings as b;
 use perfring::record::{parse_record, CallchainContext, Record, SampleFormat};
 use perfring::ring::{RingBuffer, RingMemory, RingStats};
+use support::thread_cpu;
 
 const PAGE: usize = 4096;
 
@@ -116,10 +119,12 @@ fn task_clock(sample_type: u64, period_ns: u64) -> b::perf_event_attr {
     attr
 }
 
+/// Spin for `ms` of this thread's CPU time: task-clock samples come per CPU time, so the
+/// counts below hold however loaded the machine is (wall time would not).
 fn burn(ms: u64) -> u64 {
-    let start = std::time::Instant::now();
+    let end = thread_cpu() + std::time::Duration::from_millis(ms);
     let mut x = 1u64;
-    while start.elapsed().as_millis() < u128::from(ms) {
+    while thread_cpu() < end {
         for i in 0..10_000u64 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
         }

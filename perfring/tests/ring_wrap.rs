@@ -283,20 +283,37 @@ fn tail_is_published_while_a_large_batch_is_consumed() {
     assert_eq!(ring.tail(), 1024 * 1024);
 }
 
+/// Producer and consumer on two threads. Both outcomes of a push are forced rather than
+/// left to scheduling: the ring is filled until a record is lost before the consumer may
+/// start, and the producer then keeps going until WANTED records got through a ring far
+/// smaller than they are, which only a consumer draining concurrently makes possible.
 #[test]
 fn concurrent_producer_and_consumer() {
     let mut ring = HeapRing::new(4).unwrap();
     let mut reader = RingBuffer::new(ring.memory()).unwrap();
-    const N: u64 = 20_000;
+    const WANTED: u64 = 5_000;
+    let (full_tx, full_rx) = std::sync::mpsc::channel::<()>();
     let producer = std::thread::spawn(move || {
-        let mut written = 0;
-        let mut lost = 0;
-        for i in 0..N {
-            let rec = callchain_sample(&vec![i; (i % 20) as usize]);
-            match ring.push_record(&rec) {
-                PushOutcome::Written => written += 1,
-                PushOutcome::Lost => lost += 1,
+        let (mut written, mut lost) = (0u64, 0u64);
+        let mut i = 0u64;
+        let mut push = |ring: &mut HeapRing, written: &mut u64, lost: &mut u64| {
+            i += 1;
+            match ring.push_record(&callchain_sample(&vec![i; (i % 20) as usize])) {
+                PushOutcome::Written => *written += 1,
+                PushOutcome::Lost => {
+                    *lost += 1;
+                    std::thread::yield_now();
+                }
             }
+        };
+        // Phase 1, consumer held back: the ring must fill up.
+        while lost == 0 {
+            push(&mut ring, &mut written, &mut lost);
+        }
+        full_tx.send(()).unwrap();
+        // Phase 2, concurrently with the consumer.
+        while written < WANTED {
+            push(&mut ring, &mut written, &mut lost);
         }
         // Flush the pending LOST report with one last record.
         while ring.pending_lost() > 0 {
@@ -308,6 +325,7 @@ fn concurrent_producer_and_consumer() {
         }
         (written, lost)
     });
+    full_rx.recv().unwrap();
     let mut samples = 0u64;
     let mut last_time_id = None;
     let fmt = callchain_format();
@@ -330,10 +348,9 @@ fn concurrent_producer_and_consumer() {
         }
     }
     let (written, lost): (u64, u64) = producer.join().unwrap();
-    assert!(
-        lost > 0 && written > 1000,
-        "test did not exercise both paths"
-    );
+    assert!(lost > 0 && written >= WANTED);
+    // Far more than one ring's worth went through: the consumer drained while producing.
+    assert!(written * 48 > 10 * 4 * 4096);
     let stats = reader.stats();
     assert_eq!(samples, written);
     assert_eq!(stats.lost_records, lost);

@@ -399,7 +399,8 @@ fn shared_library_frames_are_shared_between_processes() {
     // Two processes mapping the same libc: both resolve, and to the same name.
     let a = Target::spawn(Command::new("sleep").arg("1000"));
     let b = Target::spawn(Command::new("sleep").arg("1000"));
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    a.wait_until_sleeping();
+    b.wait_until_sleeping();
     let mut s = Symbolizer::new(SymbolizeOptions::default());
     let mut results = Vec::new();
     for t in [&a, &b] {

@@ -46,8 +46,8 @@ impl Score {
 fn psample_unwinder_is_at_least_as_complete_as_perf() {
     test_support::require!(test_support::Need::Perf);
     let built = build_programs();
-    let target = spawn(&built.prog, &["threads", "2", "0"]);
-    std::thread::sleep(Duration::from_millis(100));
+    let mut target = spawn(&built.prog, &["threads", "2", "0"]);
+    target.wait_for("went");
     let pid = target.pid();
 
     let perf_data = built.dir.path().join("perf.data");

@@ -82,7 +82,6 @@ fn hot1_share(t: &Tally) -> (f64, usize) {
 fn single_thread_chain_is_complete_and_split_is_70_30() {
     let built = build_programs();
     let target = spawn(&built.prog, &["single"]);
-    std::thread::sleep(Duration::from_millis(50));
     let mut procs = Processes::new();
     procs.load_proc_maps(target.pid()).expect("read maps");
     let mut sampler = Sampler::attach(target.pid());
@@ -116,13 +115,13 @@ fn single_thread_chain_is_complete_and_split_is_70_30() {
 #[test]
 fn threads_created_after_attach_unwind() {
     let built = build_programs();
-    let target = spawn(&built.prog, &["threads", "2", "150"]);
-    std::thread::sleep(Duration::from_millis(20));
+    let mut target = spawn(&built.prog, &["threads", "2", "go"]);
     let mut procs = Processes::new();
     // Maps loaded before the threads exist; threads share the space, so nothing changes.
     procs.load_proc_maps(target.pid()).expect("read maps");
     let mut sampler = Sampler::attach(target.pid());
-    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(sampler.tids().len(), 1, "attached before the threads exist");
+    target.go();
     sampler.attach_new_threads();
     assert_eq!(sampler.tids().len(), 3, "main + 2 workers");
     let samples = sampler.run(1200, Duration::from_micros(400));
@@ -150,15 +149,14 @@ fn threads_created_after_attach_unwind() {
 fn library_dlopened_after_attach_unwinds() {
     let built = build_programs();
     let lib = built.lib.to_str().expect("utf8 path").to_string();
-    let target = spawn(&built.prog, &["dlopen", &lib, "150"]);
-    std::thread::sleep(Duration::from_millis(20));
+    let mut target = spawn(&built.prog, &["dlopen", &lib, "go"]);
     let mut procs = Processes::new();
     procs.load_proc_maps(target.pid()).expect("read maps");
     let before = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).expect("maps");
     assert!(!before.contains("libhot.so"), "attached too late");
     let mut sampler = Sampler::attach(target.pid());
 
-    std::thread::sleep(Duration::from_millis(300));
+    target.go();
     // Feed the new mappings the way MMAP2 records would arrive.
     let after = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).expect("maps");
     let mut fed = 0;
@@ -200,8 +198,9 @@ fn library_dlopened_after_attach_unwinds() {
 #[test]
 fn stacks_through_signal_handlers_unwind() {
     let built = build_programs();
-    let target = spawn(&built.prog, &["signal"]);
-    std::thread::sleep(Duration::from_millis(120));
+    let mut target = spawn(&built.prog, &["signal"]);
+    // The chain runs inside the handler from here on.
+    target.wait_for("went");
     let mut procs = Processes::new();
     procs.load_proc_maps(target.pid()).expect("read maps");
     let mut sampler = Sampler::attach(target.pid());
@@ -239,7 +238,6 @@ fn frame_pointer_walk_fails_on_omitted_frame_pointers_but_not_on_fp_builds() {
         .expect("gcc");
     assert!(status.success());
     let target = spawn(&fp_prog, &["single"]);
-    std::thread::sleep(Duration::from_millis(50));
     let mut procs = Processes::new();
     procs.load_proc_maps(target.pid()).expect("maps");
     let mut sampler = Sampler::attach(target.pid());

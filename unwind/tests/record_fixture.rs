@@ -18,8 +18,8 @@ fn record_threads_fixture() {
     std::fs::create_dir_all(&out).expect("mkdir");
     let built = build_programs();
     let prog = built.dir.path().join("prog");
-    let target = spawn(&prog, &["threads", "2", "0"]);
-    std::thread::sleep(Duration::from_millis(100));
+    let mut target = spawn(&prog, &["threads", "2", "0"]);
+    target.wait_for("went");
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).expect("maps");
     let mut sampler = Sampler::attach(target.pid());
     assert_eq!(sampler.tids().len(), 3);

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use test_support::{require, Need};
 
@@ -101,6 +101,151 @@ pub fn start(name: &str, args: &[&str]) -> Running {
     Running { child, pid }
 }
 
+/// How long a wait for something that must happen may take before the test is declared
+/// hung. Not a timing check: every wait below ends on an event, however slow the machine.
+pub const HANG: Duration = Duration::from_secs(300);
+
+/// Poll `done` until it holds (or the test is hung).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < HANG,
+            "gave up after {HANG:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` has a perf ring mapped: psample (or perf) has opened its events.
+pub fn has_perf_ring(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.contains("anon_inode:[perf_event]"))
+}
+
+/// Whether the main thread of `pid` is blocked in poll/ppoll/epoll_wait (x86_64 numbers).
+fn in_poll(pid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+        return false;
+    };
+    matches!(
+        s.split_whitespace().next(),
+        Some("7" | "271" | "232" | "281")
+    )
+}
+
+/// Block until the profiler `pid` is sampling: it mapped its rings and waits in its read
+/// loop. Rings are mapped before the events are enabled (and before the processes' maps
+/// are read, and a BPF program loaded): only the read loop's poll comes after all that, for
+/// psample as for perf. A launched command is sampled from its exec on.
+pub fn wait_until_sampling(pid: u32) {
+    wait_until(&format!("process {pid} to sample"), || {
+        has_perf_ring(pid) && in_poll(pid)
+    });
+}
+
+/// Block until `pid` has used `secs` more CPU seconds (all threads) than now.
+pub fn wait_for_cpu(pid: u32, secs: f64) {
+    let from = cpu_seconds(pid);
+    wait_until(&format!("{secs} CPU-s of process {pid}"), || {
+        cpu_seconds(pid) >= from + secs
+    });
+}
+
+pub fn sigint(pid: u32) {
+    // SAFETY: sending a signal to a process the test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+}
+
+/// SIGKILLs a process when dropped, unless defused: a test that fails midway leaves nothing
+/// running (a profiler of `-a` or `--comm` would otherwise run on forever).
+pub struct KillGuard(pub Option<u32>);
+
+impl KillGuard {
+    pub fn defuse(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) of a process the test started and has not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A profiler run stopped by the test once its target had used a given amount of CPU.
+pub struct Sampled {
+    pub status: i32,
+    pub stderr: String,
+    /// CPU seconds `target` used between sampling start and the stop.
+    pub cpu: f64,
+}
+
+/// Run `program ARGS` (psample or perf, sampling `target`) until `target` has used `cpu`
+/// CPU-seconds while sampled, then stop it with SIGINT as Ctrl-C would. What is sampled then
+/// depends on the work done, not on how fast or loaded the machine is.
+pub fn profile_until_cpu(program: &str, args: &[String], target: u32, cpu: f64) -> Sampled {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    let mut guard = KillGuard(Some(child.id()));
+    wait_until_sampling(child.id());
+    let c0 = cpu_seconds(target);
+    wait_until(&format!("{cpu} CPU-s of process {target}"), || {
+        cpu_seconds(target) >= c0 + cpu
+    });
+    let c1 = cpu_seconds(target);
+    sigint(child.id());
+    let o = child.wait_with_output().expect("wait for the profiler");
+    guard.defuse();
+    Sampled {
+        status: o.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        cpu: c1 - c0,
+    }
+}
+
+/// [`run_psample`], stopped once `target` used `cpu` CPU-seconds while sampled (no `-d`).
+pub fn run_psample_until_cpu(args: &[&str], target: u32, cpu: f64) -> (Output, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.folded");
+    let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    full.push("-o".into());
+    full.push(out.display().to_string());
+    let s = profile_until_cpu(psample(), &full, target, cpu);
+    let folded = std::fs::read_to_string(&out).unwrap_or_default();
+    let o = Output {
+        status: s.status,
+        stderr: s.stderr,
+        folded,
+    };
+    (o, s.cpu)
+}
+
+/// [`run_psample`] with extra environment variables (for the launched command, e.g.
+/// `WL_CPU_SECONDS`, which makes a workload stop after that much CPU).
+pub fn run_psample_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_psample_with(args, |c| {
+        c.envs(env.iter().copied());
+    })
+}
+
+/// Names in a directory, sorted: tests check what was (and was not) left behind.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 pub struct Output {
     pub status: i32,
     pub stderr: String,
@@ -109,6 +254,10 @@ pub struct Output {
 
 /// Run psample with `args`, writing folded output to a temp file.
 pub fn run_psample(args: &[&str]) -> Output {
+    run_psample_with(args, |_| {})
+}
+
+fn run_psample_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.folded");
     let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -116,10 +265,10 @@ pub fn run_psample(args: &[&str]) -> Output {
     let pos = full.iter().position(|a| a == "--").unwrap_or(full.len());
     full.insert(pos, out.display().to_string());
     full.insert(pos, "-o".into());
-    let o = Command::new(psample())
-        .args(&full)
-        .output()
-        .expect("run psample");
+    let mut cmd = Command::new(psample());
+    cmd.args(&full);
+    adjust(&mut cmd);
+    let o = cmd.output().expect("run psample");
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     let folded = std::fs::read_to_string(&out).unwrap_or_default();
     Output {
@@ -186,9 +335,37 @@ pub fn perf_folded(record_args: &[&str]) -> BTreeMap<String, u64> {
         .status()
         .expect("perf is needed for the comparison (apt-get install linux-perf)");
     assert!(st.success(), "perf record failed");
+    perf_script_folded(&data)
+}
+
+/// `perf record ARGS -p target` stopped once `target` used `cpu` CPU-seconds while sampled
+/// (see [`profile_until_cpu`]): the folded stacks and the CPU seconds sampled.
+pub fn perf_folded_until_cpu(
+    record_args: &[&str],
+    target: u32,
+    cpu: f64,
+) -> (BTreeMap<String, u64>, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("perf.data");
+    let mut args: Vec<String> = vec!["record".into(), "-o".into(), data.display().to_string()];
+    args.extend(record_args.iter().map(|s| s.to_string()));
+    args.extend(["-p".to_string(), target.to_string()]);
+    let s = profile_until_cpu("perf", &args, target, cpu);
+    // After SIGINT perf writes its data, then exits 0 or 130 or re-raises SIGINT, depending
+    // on its version: what counts is that it wrote the data.
+    assert!(
+        s.stderr.contains("Captured and wrote"),
+        "perf record failed (status {}): {}",
+        s.status,
+        s.stderr
+    );
+    (perf_script_folded(&data), s.cpu)
+}
+
+fn perf_script_folded(data: &Path) -> BTreeMap<String, u64> {
     let o = Command::new("perf")
         .args(["script", "-F", "comm,ip,sym", "-i"])
-        .arg(&data)
+        .arg(data)
         .output()
         .expect("perf script");
     let text = String::from_utf8_lossy(&o.stdout);

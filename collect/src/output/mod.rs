@@ -1,20 +1,25 @@
-//! Output writers: folded stacks and SVG flame graphs, written atomically.
+//! Output writers: folded stacks, SVG flame graphs and pprof, and where they go.
 //!
-//! A profile is written to a temporary file in the destination directory and renamed into
-//! place, so a crash or a second Ctrl-C never leaves a half-written file under the real name.
+//! A regular output file is written to a temporary file in the destination directory and
+//! renamed into place, so a crash or a second Ctrl-C never leaves a half-written file under
+//! the real name; devices, FIFOs, sockets and stdout are written in place ([`sink`]).
+//! Continuous mode's output directory is checked and pruned by [`outdir`].
 
 mod atomic;
 pub mod diff;
 pub mod fold;
 pub mod folded;
 pub mod input;
+pub mod outdir;
 pub mod pprof;
+pub mod sink;
 pub mod svg;
+mod trust;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-pub use atomic::{check_writable, AtomicFile};
+pub use sink::{check_writable, OutputFile};
 
 /// What kind of file to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,57 +63,61 @@ impl Format {
     }
 }
 
-/// Write a pprof profile (gzipped) to `path`, atomically, or to stdout when `None`.
+/// Write a pprof profile (gzipped) to `path`, or to stdout when `None` (see [`OutputFile`]).
 pub fn write_pprof(path: Option<&Path>, profile: &pprof::Profile) -> io::Result<()> {
-    match path {
-        None => {
-            let stdout = io::stdout();
-            let mut out = stdout.lock();
-            profile.write_gz(&mut out)?;
-            out.flush()
-        }
-        Some(p) => {
-            let mut file = AtomicFile::create(p)?;
-            {
-                let mut out = io::BufWriter::new(file.as_file_mut());
-                profile.write_gz(&mut out)?;
-                out.flush()?;
-            }
-            file.commit()
-        }
-    }
+    write_with(path, |out| profile.write_gz(out))
 }
 
-/// Write folded lines as folded text or an SVG (`format` must not be pprof), atomically.
+/// Write folded lines as folded text or an SVG (`format` must not be pprof).
 pub fn write_lines(
     path: Option<&Path>,
     format: Format,
     lines: &[(String, u64)],
     labels: &Labels,
 ) -> io::Result<()> {
-    match path {
-        None => {
-            let stdout = io::stdout();
-            let mut out = io::BufWriter::new(stdout.lock());
-            match format {
-                Format::Svg => svg::write(&mut out, lines, labels)?,
-                _ => folded::write(&mut out, lines)?,
-            }
-            out.flush()
-        }
-        Some(p) => {
-            let mut file = AtomicFile::create(p)?;
-            {
-                let mut out = io::BufWriter::new(file.as_file_mut());
-                match format {
-                    Format::Svg => svg::write(&mut out, lines, labels)?,
-                    _ => folded::write(&mut out, lines)?,
-                }
-                out.flush()?;
-            }
-            file.commit()
-        }
+    write_with(path, |out| encode_lines(out, format, lines, labels))
+}
+
+fn encode_lines(
+    mut out: &mut dyn Write,
+    format: Format,
+    lines: &[(String, u64)],
+    labels: &Labels,
+) -> io::Result<()> {
+    match format {
+        Format::Svg => svg::write(&mut out, lines, labels),
+        _ => folded::write(&mut out, lines),
     }
+}
+
+/// Open `path` (see [`OutputFile::create`]), let `encode` write through a buffer, commit.
+pub fn write_with(
+    path: Option<&Path>,
+    encode: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = OutputFile::create(path)?;
+    encode_into(&mut file, encode)?;
+    file.commit()
+}
+
+fn encode_into(
+    file: &mut OutputFile,
+    encode: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut out = io::BufWriter::new(file);
+    encode(&mut out)?;
+    out.flush()
+}
+
+/// Names in a directory, sorted: tests check what was (and was not) left behind.
+#[cfg(test)]
+pub(crate) fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// How the counts should be labelled in an SVG.
@@ -120,33 +129,19 @@ pub struct Labels {
     pub count_name: String,
 }
 
-/// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`.
+/// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`:
+/// an SVG when the name ends in `.svg`, folded text otherwise.
 pub fn write_profile(
     path: Option<&PathBuf>,
     lines: &[(String, u64)],
     labels: &Labels,
 ) -> io::Result<()> {
-    let format = Format::from_path(path.map(PathBuf::as_path));
-    match path {
-        None => {
-            let stdout = io::stdout();
-            let mut out = io::BufWriter::new(stdout.lock());
-            folded::write(&mut out, lines)?;
-            out.flush()
-        }
-        Some(p) => {
-            let mut file = AtomicFile::create(p)?;
-            {
-                let mut out = io::BufWriter::new(file.as_file_mut());
-                match format {
-                    Format::Svg => svg::write(&mut out, lines, labels)?,
-                    Format::Folded | Format::Pprof => folded::write(&mut out, lines)?,
-                }
-                out.flush()?;
-            }
-            file.commit()
-        }
-    }
+    let path = path.map(PathBuf::as_path);
+    let format = match Format::from_path(path) {
+        Format::Svg => Format::Svg,
+        _ => Format::Folded,
+    };
+    write_lines(path, format, lines, labels)
 }
 
 /// A profile ready to be written: folded lines (for folded and SVG) or a pprof message.
@@ -158,11 +153,25 @@ pub enum Rendered {
 }
 
 impl Rendered {
-    /// Write in `format` to `path` (stdout when `None`), atomically.
+    /// Write in `format` to `path` (stdout when `None`; see [`OutputFile`]).
     pub fn write(&self, path: Option<&Path>, format: Format, labels: &Labels) -> io::Result<()> {
+        write_with(path, |out| self.encode(out, format, labels))
+    }
+
+    /// Write in `format` into an open [`OutputFile`] (not committed).
+    pub fn write_into(
+        &self,
+        file: &mut OutputFile,
+        format: Format,
+        labels: &Labels,
+    ) -> io::Result<()> {
+        encode_into(file, |out| self.encode(out, format, labels))
+    }
+
+    fn encode(&self, out: &mut dyn Write, format: Format, labels: &Labels) -> io::Result<()> {
         match self {
-            Rendered::Lines(lines) => write_lines(path, format, lines, labels),
-            Rendered::Pprof(p) => write_pprof(path, p),
+            Rendered::Lines(lines) => encode_lines(out, format, lines, labels),
+            Rendered::Pprof(p) => p.write_gz(out),
         }
     }
 

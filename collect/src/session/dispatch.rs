@@ -27,6 +27,7 @@ pub fn run_command(
             c,
             opts.format,
             &opts.symbols,
+            &opts.target,
             command,
             labels,
         )?),

@@ -69,6 +69,20 @@ impl Target {
         self.child.id()
     }
 
+    /// Block until the program sleeps in nanosleep/clock_nanosleep (`sleep N`): its loader
+    /// has mapped everything, however slow the machine is.
+    pub fn wait_until_sleeping(&self) {
+        let path = format!("/proc/{}/syscall", self.pid());
+        for _ in 0..30_000 {
+            let s = std::fs::read_to_string(&path).unwrap_or_default();
+            if matches!(s.split_whitespace().next(), Some("35" | "230")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never went to sleep", self.pid());
+    }
+
     /// Next line of output, split into hex numbers (non-hex words are skipped).
     pub fn read_addrs(&mut self) -> Vec<u64> {
         let mut line = String::new();

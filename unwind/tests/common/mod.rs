@@ -57,24 +57,68 @@ pub fn build_programs() -> Built {
     Built { dir, prog, lib }
 }
 
-/// Kills the child when dropped so a failing test leaves nothing spinning.
-pub struct Target(pub Child);
+/// A running test program (prog.c). Kills the child when dropped so a failing test leaves
+/// nothing spinning.
+pub struct Target {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    /// Kept open for the program's lines (a closed pipe would kill it with SIGPIPE).
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Target {
     pub fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.id()
+    }
+
+    /// Block until the program prints `line` ("ready", "went"): it reached that point,
+    /// however long a loaded machine took.
+    pub fn wait_for(&mut self, line: &str) {
+        use std::io::BufRead;
+        loop {
+            let mut got = String::new();
+            let n = self
+                .stdout
+                .read_line(&mut got)
+                .expect("read the program's output");
+            assert!(n > 0, "the program exited before printing {line:?}");
+            if got.trim_end() == line {
+                return;
+            }
+        }
+    }
+
+    /// Let a program started with DELAY_MS "go" go on (see prog.c), and wait until it went.
+    pub fn go(&mut self) {
+        drop(self.stdin.take());
+        self.wait_for("went");
     }
 }
 
+/// Start `prog ARGS` and wait until its main runs (the dynamic loader is done).
 pub fn spawn(prog: &Path, args: &[&str]) -> Target {
-    Target(Command::new(prog).args(args).spawn().expect("spawn target"))
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn target");
+    let stdin = child.stdin.take();
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut t = Target {
+        child,
+        stdin,
+        stdout,
+    };
+    t.wait_for("ready");
+    t
 }
 
 /// One captured sample: what PERF_SAMPLE_REGS_USER + PERF_SAMPLE_STACK_USER would carry.
