@@ -15,6 +15,7 @@
 mod bytes;
 mod demangle;
 mod dwarf;
+mod error;
 mod kallsyms;
 mod loaded_object;
 pub mod locate;
@@ -27,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 pub use demangle::demangle;
+pub use error::{FileError, KallsymsError};
 
 use kallsyms::KernelSymbols;
 use loaded_object::LoadedObject;

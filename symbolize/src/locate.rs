@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use object::Object;
 
-pub use crate::bytes::FileBytes;
+use crate::bytes::FileBytes;
+pub use crate::error::FileError;
 use crate::procfs;
 use crate::{ModuleKind, ModuleSpec};
 
@@ -27,8 +28,13 @@ const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
 /// its contents. `None` for anonymous mappings or when no trustworthy file can be found.
 /// For a `[vdso]` mapping this is the image copied out of the target's memory.
 pub fn open_target_file(spec: &ModuleSpec) -> Option<(PathBuf, FileBytes)> {
+    try_open_target_file(spec).ok()
+}
+
+/// [`open_target_file`], saying why there is no trustworthy file.
+pub fn try_open_target_file(spec: &ModuleSpec) -> Result<(PathBuf, FileBytes), FileError> {
     let mut notes = Vec::new();
-    resolve(spec, &mut notes).ok().map(|r| (r.path, r.data))
+    resolve(spec, &mut notes).map(|r| (r.path, r.data))
 }
 
 /// The separate debug file for the ELF image `binary` backing `spec`: by build-id under
@@ -74,18 +80,18 @@ pub(crate) fn basename(path: &str) -> &str {
 
 /// Locates and verifies the file for `spec`; human-readable notes about surprising findings
 /// (replaced files, unverifiable fallbacks) are appended to `notes`.
-pub(crate) fn resolve(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+pub(crate) fn resolve(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     match spec.kind {
-        ModuleKind::Anon => Err("anonymous mapping has no file".into()),
+        ModuleKind::Anon => Err(FileError::Anonymous),
         ModuleKind::Vdso => resolve_vdso(spec, notes),
         ModuleKind::File => resolve_file(spec, notes),
     }
 }
 
-fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     let clean = clean_path(&spec.path);
     if !clean.starts_with('/') {
-        return Err(format!("{}: not an absolute path", spec.path));
+        return Err(FileError::NotAbsolute(spec.path.clone()));
     }
     let deleted = spec.path.ends_with(DELETED_SUFFIX);
     // A zombie still has /proc/PID but no root or map_files any more: treat it as exited,
@@ -120,23 +126,33 @@ fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
                 }
             }
             Err(e) if mapped_identity.is_none() => {
-                return Err(format!("{clean} in pid {}: {e}", spec.pid));
+                return Err(FileError::InTargetRoot {
+                    path: clean.to_string(),
+                    pid: spec.pid,
+                    source: e,
+                });
             }
             Err(_) => {}
         }
     }
     if alive {
-        let file = File::open(&map_files).map_err(|e| format!("{}: {e}", map_files.display()))?;
+        let file = File::open(&map_files).map_err(|source| FileError::Open {
+            path: map_files.clone(),
+            source,
+        })?;
         return verify(spec, file, map_files, None);
     }
     if deleted {
-        return Err(format!(
-            "{clean} was deleted and pid {} has exited",
-            spec.pid
-        ));
+        return Err(FileError::DeletedAndExited {
+            path: clean.to_string(),
+            pid: spec.pid,
+        });
     }
     // The process is gone, so its root is unknown: only a verifiable host file will do.
-    let file = File::open(clean).map_err(|e| format!("{clean}: {e}"))?;
+    let file = File::open(clean).map_err(|source| FileError::Open {
+        path: PathBuf::from(clean),
+        source,
+    })?;
     if spec.build_id.is_none() && spec.inode.is_none() {
         notes.push(format!(
             "pid {} exited before symbolization and its mapping carried no build-id or inode; \
@@ -154,13 +170,13 @@ fn verify(
     file: File,
     path: PathBuf,
     expected: Option<(Option<u64>, u64)>,
-) -> Result<Resolved, String> {
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+) -> Result<Resolved, FileError> {
+    let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(FileError::NotRegular);
     }
     if let Some(want) = &spec.build_id {
-        let data = FileBytes::map(&file).map_err(|e| e.to_string())?;
+        let data = FileBytes::map(&file)?;
         let have = object::File::parse(&*data)
             .ok()
             .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec));
@@ -170,16 +186,16 @@ fn verify(
                 data,
                 key: key_of(&meta, 0),
             }),
-            Some(_) => Err("build-id differs".into()),
-            None => Err("file has no build-id".into()),
+            Some(_) => Err(FileError::BuildIdDiffers),
+            None => Err(FileError::NoBuildId),
         };
     }
     if let Some((dev, ino)) = expected {
         if meta.ino() != ino || dev.is_some_and(|d| d != meta.dev()) {
-            return Err("inode differs".into());
+            return Err(FileError::InodeDiffers);
         }
     }
-    let data = FileBytes::map(&file).map_err(|e| e.to_string())?;
+    let data = FileBytes::map(&file)?;
     Ok(Resolved {
         path,
         data,
@@ -206,7 +222,7 @@ fn key_of(meta: &std::fs::Metadata, content_crc: u32) -> FileKey {
     }
 }
 
-fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     let image = match read_memory(spec.pid, spec.start, spec.end) {
         Ok(image) => image,
         Err(e) => {
@@ -222,7 +238,7 @@ fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
             own_vdso()?
         }
     };
-    object::File::parse(&*image).map_err(|e| format!("vDSO is not ELF: {e}"))?;
+    object::File::parse(&*image).map_err(FileError::VdsoNotElf)?;
     let crc = crc32fast::hash(&image);
     Ok(Resolved {
         path: PathBuf::from("[vdso]"),
@@ -238,29 +254,29 @@ fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
     })
 }
 
-fn read_memory(pid: u32, start: u64, end: u64) -> Result<Vec<u8>, String> {
-    let len = end.checked_sub(start).ok_or("empty range")?;
+fn read_memory(pid: u32, start: u64, end: u64) -> Result<Vec<u8>, FileError> {
+    let len = end.saturating_sub(start);
     if len == 0 || len > MAX_VDSO {
-        return Err(format!("implausible vDSO size {len}"));
+        return Err(FileError::VdsoSize(len));
     }
-    let mut f = File::open(format!("/proc/{pid}/mem")).map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut f = File::open(format!("/proc/{pid}/mem"))?;
+    f.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    f.read_exact(&mut buf)?;
     Ok(buf)
 }
 
-fn own_vdso() -> Result<Vec<u8>, String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+fn own_vdso() -> Result<Vec<u8>, FileError> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
     let line = maps
         .lines()
         .find(|l| l.ends_with("[vdso]"))
-        .ok_or("no vDSO in this process")?;
-    let range = line.split_whitespace().next().ok_or("bad maps line")?;
-    let (s, e) = range.split_once('-').ok_or("bad maps line")?;
-    let s = u64::from_str_radix(s, 16).map_err(|e| e.to_string())?;
-    let e = u64::from_str_radix(e, 16).map_err(|e| e.to_string())?;
-    read_memory(std::process::id(), s, e)
+        .ok_or(FileError::OwnVdso("no vDSO in this process"))?;
+    let bad = || FileError::OwnVdso("bad [vdso] line in /proc/self/maps");
+    let range = line.split_whitespace().next().ok_or_else(bad)?;
+    let (s, e) = range.split_once('-').ok_or_else(bad)?;
+    let hex = |v| u64::from_str_radix(v, 16).map_err(|_| bad());
+    read_memory(std::process::id(), hex(s)?, hex(e)?)
 }
 
 /// Directories that may hold debug files, most specific first.
