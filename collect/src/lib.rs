@@ -4,16 +4,24 @@
 //! library with plain option structs (the `psample` binary is argument parsing, dispatch and
 //! printing on top of it):
 //!
-//! - [`session`]: attaching a perfring session to a target, the read loop, the summary;
+//! - [`session`]: attaching a perfring session to a target, the one read loop every
+//!   command shares (each supplies a [`session::Collector`]), the summary;
+//! - [`pipeline`], [`tables`], [`stacks`]: the per-session state collectors share (tracker,
+//!   stack builder, interned stacks and names) and how it is carried across intervals;
 //! - [`continuous`]: one profile per interval, the writer thread, re-attaching to restarted
 //!   targets;
 //! - [`oncpu`], [`offcpu`]: the `record` and `offcpu` pipelines;
 //! - [`tracker`]: process names and address spaces from side-band records;
 //! - [`stack`], [`frame`]: building one sample's raw stack (frame pointers or DWARF);
 //! - [`profile`], [`names`]: aggregation of raw stacks before symbolization;
-//! - [`fold`], [`output`], [`push`]: symbolizing once per distinct frame, folded/SVG/pprof
-//!   encoders and atomic files, uploads to Pyroscope-compatible servers;
+//! - [`output`], [`push`]: symbolizing once per distinct frame ([`output::fold`]),
+//!   folded/SVG/pprof encoders and where they are written, uploads to Pyroscope-compatible
+//!   servers;
 //! - [`target`], [`tracing`], [`perms`], [`limits`]: targets and the host.
+//!
+//! Modules import only from their own layer or below (top to bottom: oncpu/offcpu,
+//! session, continuous/push, output/pipeline, tracker/stack/tables/profile, the rest);
+//! `scripts/layers` checks it, docs/architecture.md describes the path of a sample.
 
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -333,7 +333,7 @@ impl Engine {
         }
     }
 
-    /// Feeds one event; events must come in time order (see [`super::reorder::Reorder`]).
+    /// Feeds one event; events must come in time order (perfring's ordered reader delivers them so).
     pub fn push(&mut self, event: OffcpuEvent) {
         let time = event.time().map_or(self.now, |t| t.max(self.now));
         self.now = time;

@@ -224,6 +224,7 @@ impl<'a, 'c> Live<'a, 'c> {
     }
 
     /// Hand the ended interval to the writer; the next starts with compacted tables.
+    /// Records the reader still holds for ordering (at most one round's) count in the next.
     fn end_interval(&mut self, iv: &mut Intervals) {
         self.drain();
         let aggregation = self.c.end_interval(&mut self.p);

@@ -1,7 +1,7 @@
 //! One session on one target, shared by every command that samples: setting it up
 //! ([`attach`]), the read loop with intervals, stop and final drain, and the summary lines
 //! every command reports ([`driver`]), each command supplying a small
-//! [`Collector`](driver::Collector); one-shot or continuous runs over restarting targets
+//! [`driver::Collector`]; one-shot or continuous runs over restarting targets
 //! ([`dispatch`]).
 
 use std::sync::Arc;

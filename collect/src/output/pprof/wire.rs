@@ -50,7 +50,7 @@ impl Writer {
         self.uint(field, u64::from(v));
     }
 
-    /// A string or bytes field, written even when empty (string_table[0] must be "").
+    /// A string or bytes field, written even when empty (`string_table[0]` must be "").
     pub fn bytes(&mut self, field: u32, b: &[u8]) {
         self.key(field, LEN);
         self.varint(b.len() as u64);
