@@ -51,14 +51,14 @@ fn memlock_limit() -> String {
 
 /// One `key  value` line of the report.
 fn out(key: &str, val: String) {
-    println!("  {key:<28} {val}");
+    collect::outln!("  {key:<28} {val}");
 }
 
 pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let kernel = session::linux_kernel();
     let k: &dyn Kernel = kernel.as_ref();
     let v = args.verbose;
-    println!(
+    collect::outln!(
         "psample check — this host, this user ({}):",
         if perms::is_root() {
             "root"
@@ -71,7 +71,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let answers = features(k, v);
     let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
     let (switch_ok, wakeup_ok) = tracing(k);
-    println!("bpf");
+    collect::outln!("bpf");
     let bpf = perfring::bpf::probe();
     out(
         "perf_event BPF programs",
@@ -96,7 +96,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
 }
 
 fn permissions(k: &dyn Kernel) {
-    println!("permissions");
+    collect::outln!("permissions");
     let paranoid = k.sysctl_i64("kernel/perf_event_paranoid");
     out(
         "perf_event_paranoid",
@@ -157,7 +157,7 @@ struct Events {
 }
 
 fn events(k: &dyn Kernel, v: bool) -> Events {
-    println!("events");
+    collect::outln!("events");
     let cpu_clock = probe::event(k, EventKind::CpuClock);
     let task_clock = probe::event(k, EventKind::TaskClock);
     let cycles = probe::event(k, EventKind::Cycles);
@@ -177,7 +177,7 @@ fn events(k: &dyn Kernel, v: bool) -> Events {
 }
 
 fn features(k: &dyn Kernel, v: bool) -> Vec<(Feature, Probe)> {
-    println!("kernel features (fallback ladder)");
+    collect::outln!("kernel features (fallback ladder)");
     let mut answers = Vec::new();
     for f in Feature::ALL {
         let p = probe::feature(k, f);
@@ -193,7 +193,7 @@ fn features(k: &dyn Kernel, v: bool) -> Vec<(Feature, Probe)> {
 
 /// The tracing directory and the sched tracepoints: whether switch and wakeup exist.
 fn tracing(k: &dyn Kernel) -> (bool, bool) {
-    println!("tracing");
+    collect::outln!("tracing");
     let tracing = perfring::tracepoint::Tracing::locate(&collect::tracing::Fs(k), perms::is_root());
     let found = match &tracing {
         Ok(t) => {
@@ -254,7 +254,7 @@ struct Plan {
 impl Plan {
     /// Print the plan; false when nothing can be sampled.
     fn print(&self) -> bool {
-        println!("psample will use");
+        collect::outln!("psample will use");
         let e = &self.events;
         let sampling = if e.cpu_clock.is_yes() {
             Some("cpu-clock")

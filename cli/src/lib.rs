@@ -21,7 +21,16 @@ use collect::Error;
 
 /// Parse the command line, run the command, and return the process exit code.
 pub fn run() -> i32 {
-    let cli = args::Cli::parse();
+    // Before anything opens a file: a closed 0/1/2 must not be reused for one.
+    collect::stdio::guard_std_fds();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors and --help/--version, printed without panicking on a closed pipe.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
     if !matches!(cli.command, args::Command::Check(_)) {
         // Before any event is opened: one fd per thread per CPU adds up fast.
         collect::limits::raise_nofile();
@@ -29,7 +38,7 @@ pub fn run() -> i32 {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("psample: error: {e}");
+            collect::errln!("psample: error: {e}");
             1
         }
     }

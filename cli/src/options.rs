@@ -95,7 +95,10 @@ fn continuous(c: &ContinuousArgs, common: &CommonArgs) -> Result<Option<Continuo
 fn target_spec(t: &TargetArgs, c: &ContinuousArgs) -> Result<TargetSpec, Error> {
     Ok(match (&c.pid_file, &c.comm) {
         (Some(f), _) => TargetSpec::Lookup(Lookup::PidFile(f.clone())),
-        (_, Some(n)) => TargetSpec::Lookup(Lookup::Comm(n.clone())),
+        (_, Some(n)) => TargetSpec::Lookup(Lookup::Comm {
+            name: n.clone(),
+            user: c.user.clone(),
+        }),
         _ => TargetSpec::Fixed(target(t).map_err(Error::new)?),
     })
 }

@@ -52,10 +52,10 @@ impl Observer for Terminal {
     }
 
     fn summary(&mut self, summary: &Summary) {
-        eprint!("{}", summary.render());
+        collect::errln!("{}", summary.render().trim_end());
     }
 
     fn notice(&mut self, message: &str) {
-        eprintln!("psample: {message}");
+        collect::errln!("psample: {message}");
     }
 }

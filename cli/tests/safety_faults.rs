@@ -342,8 +342,18 @@ fn fork_exec_run(extra: &[&str]) {
         .filter(|(s, _)| s.contains("[unknown]"))
         .map(|(_, c)| c)
         .sum();
+    // With --bpf the kernel adds samples up without timestamps, and psample resolves them
+    // when it drains (every second): samples of the old image taken since the last drain
+    // before the exec are resolved against the new image, so they come out unnamed. That is
+    // at most every sample of the 0.5 CPU-s the old image spins (~50 at 99 Hz), however the
+    // exec falls between drains; nothing else may be unnamed.
+    let bpf = extra.contains(&"always");
     assert!(
-        unknown * 20 <= total,
+        if bpf {
+            unknown <= 60
+        } else {
+            unknown * 20 <= total
+        },
         "{unknown} of {total} unnamed: {folded:?}"
     );
     assert!(

@@ -27,7 +27,7 @@ use symbolize::Symbolizer;
 use crate::output::outdir::{self, OutDir};
 use crate::output::{Format, Labels, OutputFile, Rendered};
 use crate::push::Pusher;
-use crate::target::{self, Lookup, Target, TargetSpec};
+use crate::target::{Lookup, Target, TargetSpec};
 use crate::Error;
 
 /// Continuous profiling: `--every`, `--out-dir`, `--keep`, `--push`.
@@ -188,14 +188,14 @@ impl Intervals {
             Ok(()) => return,
             Err(mpsc::TrySendError::Full(msg)) => msg,
             Err(mpsc::TrySendError::Disconnected(_)) => {
-                eprintln!("psample: the interval writer stopped; interval not written");
+                crate::errln!("psample: the interval writer stopped; interval not written");
                 return;
             }
         };
         // Only time actually spent blocked counts as the writer being behind.
         let t = Instant::now();
         if tx.send(msg).is_err() {
-            eprintln!("psample: the interval writer stopped; interval not written");
+            crate::errln!("psample: the interval writer stopped; interval not written");
         }
         self.waited += t.elapsed();
     }
@@ -373,7 +373,7 @@ impl Writer {
         if let Some(p) = &self.pusher {
             match rendered.to_bytes() {
                 Ok(bytes) => p.submit(bytes, start, start + len),
-                Err(e) => eprintln!("psample: cannot encode the interval for --push: {e}"),
+                Err(e) => crate::errln!("psample: cannot encode the interval for --push: {e}"),
             }
         }
         match result {
@@ -387,7 +387,7 @@ impl Writer {
             }
             Err(e) => {
                 self.write_errors += 1;
-                eprintln!("psample: writing {} failed: {e}", path.display());
+                crate::errln!("psample: writing {} failed: {e}", path.display());
                 None
             }
         }
@@ -414,7 +414,7 @@ fn describe_target(t: &TargetSpec) -> String {
     };
     match t {
         TargetSpec::Lookup(Lookup::PidFile(f)) => format!("pid-file {}", f.display()),
-        TargetSpec::Lookup(Lookup::Comm(n)) => format!("comm {n}"),
+        TargetSpec::Lookup(Lookup::Comm { name, .. }) => format!("comm {name}"),
         TargetSpec::Fixed(Target::Pids(p)) => format!("pid {}", list(p)),
         TargetSpec::Fixed(Target::Tids(t)) => format!("tid {}", list(t)),
         TargetSpec::Fixed(Target::AllCpus) => "all".to_string(),
@@ -448,31 +448,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// The processes `lookup` names right now (empty when none is running).
-pub fn lookup_targets(lookup: &Lookup) -> Vec<u32> {
-    match lookup {
-        Lookup::PidFile(f) => pid_from_file(f).into_iter().collect(),
-        Lookup::Comm(name) => {
-            let me = std::process::id();
-            let mut pids: Vec<u32> = target::all_pids()
-                .into_iter()
-                .filter(|&p| p != me && target::comm_of(p).as_deref() == Some(name.as_str()))
-                .filter(|&p| target::process_alive(p))
-                .collect();
-            pids.sort_unstable();
-            pids
-        }
-    }
-}
-
-fn pid_from_file(path: &Path) -> Option<u32> {
-    // A pid file is one number; anything larger is not one.
-    let text = std::fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(text.get(..64).unwrap_or(&text)).into_owned();
-    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
-    (pid > 0 && target::process_alive(pid)).then_some(pid)
 }
 
 #[cfg(test)]
@@ -670,6 +645,7 @@ mod tests {
             kind: symbolize::ModuleKind::Anon,
             path: String::new(),
             pid: 1,
+            pid_start: None,
             start,
             end: start + 4096,
             pgoff: 0,
@@ -683,17 +659,5 @@ mod tests {
         }
         assert_eq!(pool.next().module_count(), 0, "fresh after max age");
         assert_eq!(pool.age, 1);
-    }
-
-    #[test]
-    fn pid_files_are_validated() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x.pid");
-        std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
-        assert_eq!(pid_from_file(&f), Some(std::process::id()));
-        std::fs::write(&f, "not a pid").unwrap();
-        assert_eq!(pid_from_file(&f), None);
-        std::fs::write(&f, "4294967000").unwrap();
-        assert_eq!(pid_from_file(&f), None);
     }
 }

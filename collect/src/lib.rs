@@ -17,7 +17,8 @@
 //! - [`output`], [`push`]: symbolizing once per distinct frame ([`output::fold`]),
 //!   folded/SVG/pprof encoders and where they are written, uploads to Pyroscope-compatible
 //!   servers;
-//! - [`target`], [`tracing`], [`perms`], [`limits`]: targets and the host.
+//! - [`target`], [`follow`], [`tracing`], [`perms`], [`limits`], [`stdio`]: targets (and
+//!   finding them again), the host, and standard streams psample does not control.
 //!
 //! Modules import only from their own layer or below (top to bottom: oncpu/offcpu,
 //! session, continuous/push, output/pipeline, tracker/stack/tables/profile, the rest);
@@ -28,6 +29,7 @@
 
 pub mod continuous;
 pub mod error;
+pub mod follow;
 pub mod frame;
 pub mod limits;
 pub mod names;
@@ -41,6 +43,7 @@ pub mod push;
 pub mod session;
 pub mod stack;
 pub mod stacks;
+pub mod stdio;
 pub mod tables;
 pub mod target;
 pub mod tracing;

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
+use symbolize::identity::ProcessIdentity;
 use unwind::Processes;
 
 use crate::frame::Frame;
@@ -137,9 +138,12 @@ impl Tracker {
         self.exited.iter().filter(|e| e.pid == e.tid).count()
     }
 
-    /// Snapshot a process as it is now: its maps and thread names.
+    /// Snapshot a process as it is now: its identity, maps and thread names.
     pub fn load_process(&mut self, pid: u32) {
+        let identity = ProcessIdentity::of(pid);
         let _ = self.procs.load_proc_maps(pid);
+        self.procs
+            .set_start_time(pid, identity.map(|i| i.start_time));
         if let Ok(tids) = target::threads_of(pid) {
             for tid in tids {
                 self.pid_of.insert(tid, pid);
@@ -161,7 +165,12 @@ impl Tracker {
         // Counters describe the whole run (the summary's throttle count, for one).
         fresh.stats = self.stats.clone();
         for pid in pids {
-            if target::process_alive(pid) {
+            // The same process, not whichever took its PID since.
+            let same = match self.procs.known_start_time(pid) {
+                Some(start_time) => ProcessIdentity { pid, start_time }.is_running(),
+                None => target::process_alive(pid),
+            };
+            if same {
                 fresh.load_process(pid);
             }
         }

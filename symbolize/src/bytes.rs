@@ -1,5 +1,6 @@
 //! Shared, immutable file contents: either a read-only mapping of a file or bytes we produced
-//! ourselves (decompressed MiniDebugInfo, a vDSO image copied out of a process).
+//! ourselves (inflated sections, decompressed MiniDebugInfo, a vDSO image copied out of a
+//! process).
 //!
 //! DWARF readers keep sub-slices of these alive for as long as the parsed context lives, so
 //! the backing storage is reference counted and never moves.
@@ -11,9 +12,17 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::budget::InflateCharge;
+use crate::sigbus::Registration;
+
 enum Backing {
-    Mapped(Mmap),
-    Owned(Box<[u8]>),
+    /// Fields drop in order: the SIGBUS registration goes before the range is unmapped.
+    Mapped(Registration, Mmap),
+    /// Bytes we made; an inflated section holds its budget charge until dropped.
+    Owned {
+        bytes: Box<[u8]>,
+        _charge: Option<InflateCharge>,
+    },
 }
 
 /// The bytes of one file as the target process sees it. Cheap to clone.
@@ -23,21 +32,46 @@ pub struct FileBytes(Arc<Backing>);
 impl FileBytes {
     /// Maps `file` read-only.
     ///
-    /// The mapping is private and read-only; a file truncated underneath us could still raise
-    /// SIGBUS, the same trade-off perf and addr2line make to avoid copying large debug files.
+    /// The file belongs to a profiled process, which may truncate it while we read: the
+    /// mapping is registered with [`crate::sigbus`], so such a read yields zeros and sets
+    /// [`Self::faulted`] instead of killing psample.
     pub fn map(file: &File) -> std::io::Result<FileBytes> {
         let len = file.metadata()?.len();
         if len == 0 {
             return Ok(FileBytes::owned(Vec::new()));
         }
-        // SAFETY: the mapping is read-only and private; we never hand out mutable access.
+        // SAFETY: the mapping is read-only and private; we never hand out mutable access, and
+        // a shrinking file is handled by the SIGBUS guard registered below before any read.
         let map = unsafe { Mmap::map(file)? };
-        Ok(FileBytes(Arc::new(Backing::Mapped(map))))
+        let reg = Registration::new(map.as_ptr(), map.len()).ok_or_else(|| {
+            std::io::Error::other("too many mapped files to guard against truncation")
+        })?;
+        Ok(FileBytes(Arc::new(Backing::Mapped(reg, map))))
     }
 
     /// Bytes read into memory (a vDSO image, decompressed debug data).
     pub fn owned(data: Vec<u8>) -> FileBytes {
-        FileBytes(Arc::new(Backing::Owned(data.into_boxed_slice())))
+        FileBytes(Arc::new(Backing::Owned {
+            bytes: data.into_boxed_slice(),
+            _charge: None,
+        }))
+    }
+
+    /// Inflated bytes that hold `charge` against the inflate budget while any clone lives.
+    pub fn charged(data: Vec<u8>, charge: InflateCharge) -> FileBytes {
+        FileBytes(Arc::new(Backing::Owned {
+            bytes: data.into_boxed_slice(),
+            _charge: Some(charge),
+        }))
+    }
+
+    /// Whether the file shrank under a read of this mapping: what was read may be zeros, so
+    /// anything derived from it must be dropped.
+    pub fn faulted(&self) -> bool {
+        match &*self.0 {
+            Backing::Mapped(reg, _) => reg.faulted(),
+            Backing::Owned { .. } => false,
+        }
     }
 
     /// A stable sub-range usable as a gimli reader; `None` if `part` does not lie inside `self`.
@@ -64,12 +98,18 @@ impl FileBytes {
     }
 }
 
+impl Default for FileBytes {
+    fn default() -> Self {
+        FileBytes::owned(Vec::new())
+    }
+}
+
 impl Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match &*self.0 {
-            Backing::Mapped(m) => m,
-            Backing::Owned(b) => b,
+            Backing::Mapped(_, m) => m,
+            Backing::Owned { bytes, .. } => bytes,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Why symbolization could not use something: typed, so callers can tell a missing file from
-//! a replaced one; shown to the user as warnings.
+//! a replaced one or an over-budget section; shown to the user as warnings.
 
 use std::io;
 use std::path::PathBuf;
@@ -39,9 +39,6 @@ pub enum FileError {
         /// The target.
         pid: u32,
     },
-    /// Not a regular file (a device, a FIFO, a directory).
-    #[error("not a regular file")]
-    NotRegular,
     /// The file has another build-id than the one the kernel reported: it was replaced.
     #[error("build-id differs")]
     BuildIdDiffers,
@@ -71,4 +68,58 @@ pub enum KallsymsError {
     /// /proc/kallsyms could not be opened or read.
     #[error("/proc/kallsyms: {0}")]
     Read(#[from] io::Error),
+}
+
+/// Why a compressed section was not inflated.
+#[derive(Debug, thiserror::Error)]
+pub enum SectionError {
+    /// The section's compression header does not parse.
+    #[error("{0}")]
+    Header(object::Error),
+    /// Inflating it would exceed a budget.
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
+    /// The declared size does not fit in memory on this machine.
+    #[error("size too large")]
+    TooLarge,
+    /// The declared size could not be allocated.
+    #[error("cannot allocate the inflated section")]
+    Allocation,
+    /// A compression psample does not decode.
+    #[error("unsupported compression {0}")]
+    Unsupported(String),
+    /// The compressed stream is corrupt.
+    #[error("invalid {format} data: {detail}")]
+    Corrupt {
+        /// `zlib` or `zstd`.
+        format: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// The stream and its header disagree about the size.
+    #[error("{0}")]
+    SizeMismatch(String),
+}
+
+/// A section psample refused to inflate to keep its memory bounded.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    /// Larger than the per-section budget.
+    #[error("inflates to {mib} MiB, over the {max_mib} MiB per-section budget")]
+    Section {
+        /// Its inflated size, MiB.
+        mib: u64,
+        /// The budget, MiB.
+        max_mib: u64,
+    },
+    /// Would exceed what all inflated sections may hold at once.
+    #[error(
+        "inflating {mib} MiB more would exceed the {max_mib} MiB held for compressed sections"
+    )]
+    Held {
+        /// Its inflated size, MiB (rounded up).
+        mib: u64,
+        /// The budget, MiB.
+        max_mib: u64,
+    },
 }

@@ -8,32 +8,46 @@
 //! Usage: register every mapping with [`Symbolizer::add_module`] (cheap), then ask
 //! [`Symbolizer::symbolize`] for each distinct address once, after collection. Files are
 //! opened lazily and shared between all mappings of the same file.
+//!
+//! Everything here reads what profiled processes control, so it also owns the defences the
+//! unwinder shares: [`target_file`] (opening a target's files without letting it choose what
+//! root opens), [`identity`] (which process a PID means), [`budget`] (caps on what a target
+//! can make psample spend, and the count of what was left out), [`compressed`] (inflating
+//! sections within budget) and the SIGBUS guard for mapped files that shrink.
 
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod budget;
 mod bytes;
+pub mod compressed;
 mod demangle;
 mod dwarf;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod identity;
 mod kallsyms;
 mod loaded_object;
 pub mod locate;
 mod minidebuginfo;
 mod perf_map;
 mod procfs;
+mod sigbus;
 mod symbol_table;
+pub mod target_file;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+pub use bytes::FileBytes;
 pub use demangle::demangle;
-pub use error::{FileError, KallsymsError};
+pub use error::{BudgetError, FileError, KallsymsError, SectionError};
 
 use kallsyms::KernelSymbols;
 use loaded_object::LoadedObject;
 use locate::FileKey;
-use perf_map::PerfMaps;
+use perf_map::{PerfMaps, Who};
 
 /// How frames are named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +93,10 @@ pub struct ModuleSpec {
     pub path: String,
     /// A process that maps it: used for /proc/PID/root, /proc/PID/map_files and NSpid.
     pub pid: u32,
+    /// That process's start time when the mapping was seen ([`identity::ProcessIdentity`]);
+    /// `None` if unknown. A PID that means another process by now is not used for the
+    /// process's files or JIT map.
+    pub pid_start: Option<u64>,
     /// Start address.
     pub start: u64,
     /// End address (exclusive).
@@ -228,10 +246,15 @@ impl Symbolizer {
                 Some(obj_idx) => {
                     let opts = &self.opts;
                     let obj = &mut self.objects[obj_idx];
-                    match obj.file_offset_to_vaddr(file_offset) {
+                    let frames = match obj.file_offset_to_vaddr(file_offset) {
                         Some(vaddr) => obj.frames(vaddr, opts),
                         None => Vec::new(),
+                    };
+                    if let Some(note) = obj.truncated.clone() {
+                        let path = &self.modules[idx].spec.path;
+                        self.warn(format!("{path}: {note}"));
                     }
+                    frames
                 }
                 // Code in memfd or other unreadable files may still be a JIT's.
                 None if kind == ModuleKind::File => self
@@ -268,6 +291,17 @@ impl Symbolizer {
     /// per-address answers). Long-running callers bound memory with it as well.
     pub fn object_count(&self) -> usize {
         self.objects.len()
+    }
+
+    /// Estimated heap held by parsed files, cached answers and JIT maps (what
+    /// [`budget::SYMBOLIZER_HEAP_MAX`] bounds).
+    pub fn heap_bytes(&self) -> usize {
+        self.objects
+            .iter()
+            .map(LoadedObject::heap_bytes)
+            .sum::<usize>()
+            + self.perf_maps.heap_bytes()
+            + self.modules.len() * std::mem::size_of::<ModuleEntry>()
     }
 
     /// The registered spec behind a handle.
@@ -357,9 +391,13 @@ impl Symbolizer {
     }
 
     fn jit_frame(&mut self, module: usize, addr: u64) -> Option<Frame> {
-        let pid = self.modules.get(module)?.spec.pid;
+        let spec = &self.modules.get(module)?.spec;
+        let who = Who {
+            pid: spec.pid,
+            pid_start: spec.pid_start,
+        };
         let mut notes = Vec::new();
-        let name = self.perf_maps.lookup(pid, addr, &mut notes);
+        let name = self.perf_maps.lookup(who, addr, &mut notes);
         self.warn_all(notes);
         name.map(|name| Frame {
             name,
@@ -376,16 +414,25 @@ impl Symbolizer {
         let spec = entry.spec.clone();
         let mut notes = Vec::new();
         let idx = match locate::resolve(&spec, &mut notes) {
-            Ok(resolved) => Some(match self.objects_by_key.get(&resolved.key) {
-                Some(&idx) => idx,
+            Ok(resolved) => match self.objects_by_key.get(&resolved.key) {
+                Some(&idx) => Some(idx),
+                None if self.heap_bytes() > budget::SYMBOLIZER_HEAP_MAX => {
+                    budget::file_unsymbolized();
+                    notes.push(format!(
+                        "{} left unsymbolized: the symbolizer holds its {} MiB budget",
+                        spec.path,
+                        budget::SYMBOLIZER_HEAP_MAX >> 20
+                    ));
+                    None
+                }
                 None => {
                     let obj = LoadedObject::load(&spec, &resolved, &self.opts, &mut notes);
                     self.objects.push(obj);
                     let idx = self.objects.len() - 1;
                     self.objects_by_key.insert(resolved.key, idx);
-                    idx
+                    Some(idx)
                 }
-            }),
+            },
             Err(why) => {
                 notes.push(format!("cannot symbolize {}: {why}", spec.path));
                 None

@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::budget::ANSWERS_PER_FILE_MAX;
+use crate::bytes::FileBytes;
 use crate::demangle::demangle;
 use crate::dwarf::{has_debug_info, DwarfInfo};
 use crate::locate::{self, Resolved};
@@ -28,6 +31,12 @@ pub(crate) struct LoadedObject {
     cache: HashMap<u64, Vec<FrameDetail>>,
     /// GNU build-id of the file, for formats that identify binaries by it (pprof).
     pub build_id: Option<Vec<u8>>,
+    /// The mapped files DWARF is read from lazily, checked for truncation after each read.
+    mapped: Vec<FileBytes>,
+    /// A mapped file shrank while we read it; set once, reported once.
+    pub truncated: Option<String>,
+    /// Heap held by the symbol table and DWARF index (fixed after loading).
+    loaded_bytes: usize,
 }
 
 impl LoadedObject {
@@ -43,6 +52,9 @@ impl LoadedObject {
             dwarf: None,
             cache: HashMap::new(),
             build_id: None,
+            mapped: Vec::new(),
+            truncated: None,
+            loaded_bytes: 0,
         };
         let data = &resolved.data;
         let obj = match object::File::parse(&**data) {
@@ -113,7 +125,22 @@ impl LoadedObject {
         } else {
             None
         };
+        me.mapped.push(data.clone());
+        me.mapped.extend(debug.map(|(_, d)| d));
+        if me.mapped.iter().any(FileBytes::faulted) {
+            // What was parsed may be zeros: nothing of it can be trusted.
+            notes.push(truncation_note(&resolved.path));
+            me.symbols = SymbolTable::default();
+            me.dwarf = None;
+            me.mapped.clear();
+        }
+        me.loaded_bytes = me.symbols.heap_bytes() + me.dwarf.as_ref().map_or(0, |d| d.heap_bytes());
         me
+    }
+
+    /// Estimated heap held: symbols, DWARF index and cached answers.
+    pub fn heap_bytes(&self) -> usize {
+        self.loaded_bytes + self.cache.len() * 160
     }
 
     /// ELF virtual address of a file offset, through the PT_LOAD segments (the same rule for
@@ -131,9 +158,28 @@ impl LoadedObject {
         if let Some(f) = self.cache.get(&vaddr) {
             return f.clone();
         }
-        let frames = self.compute(vaddr, opts);
+        let mut frames = self.compute(vaddr, opts);
+        if self.truncated.is_none() && self.mapped.iter().any(FileBytes::faulted) {
+            // The file shrank under the DWARF reader: keep only the symbol table, which was
+            // copied out while the file was intact, and answer again from it.
+            self.truncated = Some(truncation_note(Path::new(&self.describe())));
+            self.dwarf = None;
+            self.mapped.clear();
+            self.cache.clear();
+            frames = self.compute(vaddr, opts);
+        }
+        if self.cache.len() >= ANSWERS_PER_FILE_MAX {
+            self.cache.clear();
+        }
         self.cache.insert(vaddr, frames.clone());
         frames
+    }
+
+    fn describe(&self) -> String {
+        match &self.build_id {
+            Some(id) => format!("file with build-id {}", hex(id)),
+            None => "a mapped file".into(),
+        }
     }
 
     fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
@@ -182,6 +228,18 @@ impl LoadedObject {
         });
         out
     }
+}
+
+fn truncation_note(path: &Path) -> String {
+    format!(
+        "{} shrank while psample read it; its DWARF (and anything read after the change) is \
+         not used",
+        path.display()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mini_debuginfo(

@@ -36,9 +36,14 @@ impl SymbolTable {
     /// addresses are ELF virtual addresses, which all of them share.
     pub fn build(objects: &[&object::File<'_>]) -> SymbolTable {
         let mut syms = Vec::new();
+        let mut room = Room::default();
         for obj in objects {
-            collect(obj, obj.symbols(), &mut syms);
-            collect(obj, obj.dynamic_symbols(), &mut syms);
+            collect(obj, obj.symbols(), &mut syms, &mut room);
+            collect(obj, obj.dynamic_symbols(), &mut syms, &mut room);
+        }
+        if room.full {
+            // A file (hostile, or beyond anything real) with more symbols than kept.
+            crate::budget::file_capped();
         }
         // Best first within an address, so dedup keeps the best one.
         syms.sort_by(|a: &Symbol, b: &Symbol| a.addr.cmp(&b.addr).then(b.rank.cmp(&a.rank)));
@@ -48,6 +53,12 @@ impl SymbolTable {
 
     pub fn is_empty(&self) -> bool {
         self.syms.is_empty()
+    }
+
+    /// Heap bytes held (for the symbolizer's memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.syms.capacity() * std::mem::size_of::<Symbol>()
+            + self.syms.iter().map(|s| s.name.len()).sum::<usize>()
     }
 
     /// The function containing `vaddr`: a sized symbol covers exactly its size, an unsized one
@@ -70,8 +81,20 @@ impl SymbolTable {
     }
 }
 
-fn collect<'data, 'file, I, S>(obj: &'file object::File<'data>, iter: I, out: &mut Vec<Symbol>)
-where
+/// What a file's symbols may still take ([`crate::budget::SYMBOLS_PER_FILE_MAX`] and
+/// [`crate::budget::SYMBOL_NAME_BYTES_PER_FILE_MAX`]).
+#[derive(Default)]
+struct Room {
+    name_bytes: usize,
+    full: bool,
+}
+
+fn collect<'data, 'file, I, S>(
+    obj: &'file object::File<'data>,
+    iter: I,
+    out: &mut Vec<Symbol>,
+    room: &mut Room,
+) where
     I: Iterator<Item = S>,
     S: ObjectSymbol<'data>,
 {
@@ -91,6 +114,13 @@ where
             continue;
         }
         let name = &name[..name.len().min(MAX_NAME)];
+        if out.len() >= crate::budget::SYMBOLS_PER_FILE_MAX
+            || room.name_bytes >= crate::budget::SYMBOL_NAME_BYTES_PER_FILE_MAX
+        {
+            room.full = true;
+            return;
+        }
+        room.name_bytes += name.len();
         let name = String::from_utf8_lossy(name);
         let binding = if sym.is_global() {
             if sym.is_weak() {

@@ -13,12 +13,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
+mod code_order;
 pub mod fixture;
 mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod target_file;
 mod unwinder;
 mod vdso;
 

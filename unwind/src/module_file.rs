@@ -6,13 +6,15 @@
 //! instead of failing the whole module.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use gimli::{
     BaseAddresses, CallFrameInstruction, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
     UnwindSection,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags};
+use symbolize::budget::CFI_SECTION_COPY_MAX;
+use symbolize::compressed::section_contents;
+use symbolize::FileBytes;
 
 /// Function names at which a user stack legitimately ends (glibc, musl, bionic-like libcs).
 pub(crate) const THREAD_ENTRY_NAMES: &[&str] = &[
@@ -39,14 +41,15 @@ struct LoadSegment {
     exec: bool,
 }
 
-/// A section's bytes plus its stated address.
+/// A section's bytes plus its stated address. Inflated sections hold their budget charge
+/// for as long as any framehop module uses them.
 #[derive(Clone, Debug)]
 pub(crate) struct SectionBytes {
     pub svma: Range<u64>,
-    pub data: Arc<[u8]>,
+    pub data: FileBytes,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ModuleFile {
     pub build_id: Option<Vec<u8>>,
     segments: Vec<LoadSegment>,
@@ -54,7 +57,7 @@ pub(crate) struct ModuleFile {
     pub got_svma: Option<Range<u64>>,
     pub eh_frame: Option<SectionBytes>,
     pub eh_frame_hdr: Option<SectionBytes>,
-    pub debug_frame: Option<Arc<[u8]>>,
+    pub debug_frame: Option<FileBytes>,
     /// Sorted, stated addresses of functions named in [`THREAD_ENTRY_NAMES`] (and the FDE
     /// around the ELF entry point, which is `_start` even in stripped executables).
     entry_ranges: Vec<Range<u64>>,
@@ -67,7 +70,8 @@ pub(crate) struct ModuleFile {
 
 /// Inputs needed to go looking for a separate debug file.
 pub(crate) struct DebugHints {
-    pub debuglink: Option<String>,
+    /// `.gnu_debuglink`: file name and CRC.
+    pub debuglink: Option<(String, u32)>,
     pub wants_symbols: bool,
     pub wants_cfi: bool,
 }
@@ -99,13 +103,19 @@ impl ModuleFile {
         };
         let bytes_of = |name: &str| -> Option<SectionBytes> {
             let s = file.section_by_name(name)?;
-            let data = s.uncompressed_data().ok()?;
+            // Compressed sections are inflated within budget, plain ones copied within it
+            // (symbolize::budget).
+            if s.size() > CFI_SECTION_COPY_MAX {
+                symbolize::budget::file_capped();
+                return None;
+            }
+            let data = section_contents(&s).ok()?.into_file_bytes();
             if data.is_empty() {
                 return None;
             }
             Some(SectionBytes {
                 svma: s.address()..s.address().checked_add(s.size())?,
-                data: Arc::from(&*data),
+                data,
             })
         };
         module.text_svma = range_of(".text");
@@ -120,7 +130,7 @@ impl ModuleFile {
             .gnu_debuglink()
             .ok()
             .flatten()
-            .and_then(|(name, _crc)| std::str::from_utf8(name).ok().map(str::to_string));
+            .and_then(|(name, crc)| Some((std::str::from_utf8(name).ok()?.to_string(), crc)));
         let hints = DebugHints {
             debuglink,
             wants_symbols: !has_symtab,
@@ -145,10 +155,14 @@ impl ModuleFile {
             self.add_entry_symbols(&file);
         }
         if hints.wants_cfi {
-            if let Some(s) = file.section_by_name(".debug_frame") {
-                if let Ok(data) = s.uncompressed_data() {
+            if let Some(s) = file
+                .section_by_name(".debug_frame")
+                .filter(|s| s.size() <= CFI_SECTION_COPY_MAX)
+            {
+                if let Ok(data) = section_contents(&s) {
+                    let data = data.into_file_bytes();
                     if !data.is_empty() {
-                        self.debug_frame = Some(Arc::from(&*data));
+                        self.debug_frame = Some(data);
                         self.scan_cfi(0);
                     }
                 }

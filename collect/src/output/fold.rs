@@ -26,6 +26,7 @@ pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
         kind,
         path: m.path.clone(),
         pid: m.pid,
+        pid_start: m.pid_start,
         start: m.start,
         end: m.end,
         pgoff: m.pgoff,
@@ -94,7 +95,9 @@ impl<'a> Folder<'a> {
                     // The symbolizer answers innermost first; folded stacks read root first.
                     v.reverse();
                     if v.is_empty() {
-                        v.push("[unknown]".into());
+                        // JIT code forgotten under the mapping budget is still JIT code.
+                        let jit = self.procs.evicted_jit(mapping);
+                        v.push(if jit { "[jit]" } else { "[unknown]" }.into());
                     }
                     v
                 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{signals, Observer, SessionOptions, StopCause};
-use crate::continuous::{lookup_targets, Intervals};
+use crate::continuous::Intervals;
+use crate::follow::Follow;
 use crate::output::Labels;
 use crate::target::{Lookup, Target, TargetSpec};
 use crate::Error;
@@ -51,10 +52,7 @@ pub fn run_restartable(
     observer: &mut dyn Observer,
     mut session: impl FnMut(Target, &mut dyn Observer) -> Result<StopCause, Error>,
 ) -> Result<(), Error> {
-    let what = match lookup {
-        Lookup::PidFile(f) => format!("the process in {}", f.display()),
-        Lookup::Comm(n) => format!("processes named {n:?}"),
-    };
+    let mut follow = Follow::new(lookup)?;
     signals::install();
     let mut attached_once = false;
     let mut waiting_said = false;
@@ -62,7 +60,8 @@ pub fn run_restartable(
         if signals::stop_requested() {
             return Ok(());
         }
-        let pids = lookup_targets(lookup);
+        let pids = follow.lookup()?;
+        let what = follow.describe();
         if pids.is_empty() {
             if !waiting_said {
                 observer.notice(&format!("waiting for {what}"));

@@ -195,9 +195,12 @@ impl<'a, 'c> Live<'a, 'c> {
             if let Some(iv) = intervals.as_deref() {
                 timeout = timeout.min(iv.ms_until_due());
             }
-            if let Err(e) = self.a.session.wait(timeout) {
-                self.a.summary.warnings.push(format!("stopping early: {e}"));
-                return StopCause::Signal;
+            match self.a.session.wait(timeout) {
+                Ok((_, hup)) => self.stopper.after_wait(hup),
+                Err(e) => {
+                    self.a.summary.warnings.push(format!("stopping early: {e}"));
+                    return StopCause::Signal;
+                }
             }
             self.pump();
             if self.last_drain.elapsed() >= DRAIN_EVERY {

@@ -118,6 +118,10 @@ impl Summary {
         if self.verbose {
             let _ = writeln!(out, "  {:width$}  {}", "features", self.features.join(" "));
         }
+        // What profiled processes made psample leave out (symbolize::budget), if anything.
+        for line in symbolize::budget::report() {
+            let _ = writeln!(out, "  {:width$}  {line}", "budget");
+        }
         for w in &self.warnings {
             let _ = writeln!(out, "psample: warning: {w}");
         }
