@@ -152,7 +152,7 @@ struct Entry {
 /// Bounded under process churn: a mapping that no address space contains any more is freed
 /// unless it is canonical code (the first of its file range or the first vDSO, which frames
 /// refer to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted
-/// files, which frames refer to directly). Kept code is bounded too ([`retired`]):
+/// files, which frames refer to directly). Kept code is bounded too (module `retired`):
 /// beyond its budget the least recently unmapped is evicted. Ids are never reused, so a
 /// stale id is simply unknown. A process holds at most [`CODE_MAPPINGS_LIVE_MAX`]
 /// mappings; further ones are not tracked.
