@@ -55,6 +55,7 @@ build sleep_pipe "${fp[@]}" "$src/sleep_pipe.c"
 build sleep_pipe_libc "${fp[@]}" -DSLEEP_PIPE_LIBC "$src/sleep_pipe.c"
 build fsync_server "${fp[@]}" "$src/fsync_server.c"
 build inline_demo "${fp[@]}" "$src/inline_demo.c"
+build distro_demo "${fp[@]}" "$src/distro_demo.c"
 build libdemo.so "${fp[@]}" -fPIC -shared "$src/libdemo.c"
 build dlopen_demo "${fp[@]}" "$src/dlopen_demo.c" -ldl
 build threads_late "${fp[@]}" "$src/threads_late.c"

@@ -127,6 +127,25 @@ pub struct SymbolArgs {
     /// Extra directory to search for separate debug files (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
+    /// Debug files missing here from the debuginfod servers in DEBUGINFOD_URLS (cached
+    /// where gdb and perf cache them): `auto` when the variable names a server, `off` never.
+    #[arg(
+        long = "debuginfod",
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub debuginfod: DebuginfodMode,
+    /// Longest time all debuginfod downloads of a run may take together (e.g. 30s, 2m).
+    #[arg(long = "debuginfod-deadline", value_parser = parse_duration, value_name = "DURATION",
+          default_value = "30s")]
+    pub debuginfod_deadline: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DebuginfodMode {
+    Auto,
+    Off,
 }
 
 #[derive(Args, Debug, Clone)]

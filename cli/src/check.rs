@@ -292,7 +292,7 @@ impl Plan {
         } else if self.context_switch {
             "sched_switch samples + context-switch records for switch-ins"
         } else {
-            "sched_switch samples + CPU-wide sched_switch for switch-ins"
+            "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins"
         };
         out("offcpu", offcpu.to_string());
         sampling.is_some()

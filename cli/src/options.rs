@@ -46,13 +46,14 @@ pub fn target(a: &TargetArgs) -> Result<Target, String> {
     })
 }
 
-/// `--no-inline`, `--no-demangle`, `--debug-dir`.
+/// `--no-inline`, `--no-demangle`, `--debug-dir`, `--debuginfod`, `--debuginfod-deadline`.
 pub fn symbols(a: &SymbolArgs) -> SymbolizeOptions {
     SymbolizeOptions {
         inline: !a.no_inline,
         demangle: !a.no_demangle,
         debug_dirs: a.debug_dirs.clone(),
         kernel: true,
+        debuginfod: (a.debuginfod == args::DebuginfodMode::Auto).then_some(a.debuginfod_deadline),
     }
 }
 

@@ -300,6 +300,9 @@ impl SymbolizerPool {
 
     fn warnings(&self) -> Vec<String> {
         let mut all = self.retired_warnings.clone();
+        if let Some(d) = self.sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+            all.push(format!("debuginfod: {d}"));
+        }
         for w in self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default() {
             if !all.contains(&w) {
                 all.push(w);

@@ -78,6 +78,14 @@ impl StackBuilder {
         }
     }
 
+    /// Loads what unwinding `pid`'s samples needs (DWARF mode: its modules' CFI) before
+    /// sampling starts, so the first samples do not stall the ring reader.
+    pub fn prepare(&mut self, tracker: &Tracker, pid: u32) {
+        if let StackMode::Dwarf(_) = self.mode {
+            self.unwinder.prepare(&tracker.procs, pid);
+        }
+    }
+
     /// Build `self.frames` (leaf first) from a sample.
     pub fn build(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
         self.kernel.clear();

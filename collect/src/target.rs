@@ -18,6 +18,19 @@ pub enum Target {
     Command(Vec<String>),
 }
 
+impl Target {
+    /// Per-task events follow new threads and children (inherit): not for `-t`, and not
+    /// CPU-wide.
+    pub fn inherits(&self) -> bool {
+        !matches!(self, Target::Tids(_) | Target::AllCpus)
+    }
+
+    /// A command psample launches: per-task events start at its exec (enable_on_exec).
+    pub fn is_command(&self) -> bool {
+        matches!(self, Target::Command(_))
+    }
+}
+
 /// What a command profiles: fixed targets, or processes looked up by name or pid file and
 /// attached to again whenever they come back (continuous mode).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,10 @@ const KERNEL_CPUMODE: u16 = 1;
 /// follows them) in memory.
 pub const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// What the idle task is called: perf's name for pid 0 (its per-CPU kernel comm is
+/// `swapper/N`, which would split one idle frame into one per CPU).
+pub const IDLE_COMM: &str = "swapper";
+
 /// Side-band records seen, by kind.
 #[derive(Default, Debug, Clone)]
 pub struct SidebandStats {
@@ -197,12 +201,17 @@ impl Tracker {
         self.pid_of.get(&tid).copied()
     }
 
-    /// The name to show for a thread: its own comm, else its process's.
+    /// The name to show for a thread: its own comm, else its process's. The idle task
+    /// (pid 0, one per CPU, with no /proc entry) is `swapper`, as perf names it.
     pub fn comm(&mut self, pid: u32, tid: u32) -> &str {
         if !self.comms.contains_key(&tid) {
-            let name = target::comm_of(tid)
-                .or_else(|| self.comms.get(&pid).cloned())
-                .unwrap_or_else(|| format!("[pid {pid}]"));
+            let name = if pid == 0 && tid == 0 {
+                IDLE_COMM.to_string()
+            } else {
+                target::comm_of(tid)
+                    .or_else(|| self.comms.get(&pid).cloned())
+                    .unwrap_or_else(|| format!("[pid {pid}]"))
+            };
             self.comms.insert(tid, name);
         }
         self.comms.get(&tid).map_or("?", String::as_str)
@@ -340,6 +349,12 @@ mod tests {
         assert_eq!(t.pending_exits(), 0);
         // The mapping itself stays resolvable for symbolizing collected stacks.
         assert_eq!(t.procs.mapping_count(), 1);
+    }
+
+    #[test]
+    fn the_idle_task_is_swapper() {
+        let mut t = Tracker::new(true);
+        assert_eq!(t.comm(0, 0), "swapper");
     }
 
     #[test]

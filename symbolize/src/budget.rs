@@ -51,7 +51,8 @@ pub const CODE_MAPPINGS_RETIRED_MAX: usize = 32_768;
 /// Function symbols kept from one file (with its debug file and MiniDebugInfo); the largest
 /// real binaries have about a million. Beyond it further symbols are not kept.
 pub const SYMBOLS_PER_FILE_MAX: usize = 2_000_000;
-/// Bytes of symbol names kept from one file.
+/// Bytes of symbol names kept from one file: names are indexed only from this many bytes of
+/// its string tables (together).
 pub const SYMBOL_NAME_BYTES_PER_FILE_MAX: usize = 64 * MIB as usize;
 /// Compilation units and address ranges the DWARF index keeps of one file.
 pub const DWARF_UNITS_PER_FILE_MAX: usize = 1_000_000;

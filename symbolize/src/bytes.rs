@@ -49,6 +49,31 @@ impl FileBytes {
         Ok(FileBytes(Arc::new(Backing::Mapped(reg, map))))
     }
 
+    /// Drops the resident pages of `part` (a sub-slice of these bytes) from this process's
+    /// memory once it has been read through; a later read of them faults them back in from
+    /// the page cache. Only whole pages inside `part` are dropped; owned bytes are kept.
+    pub(crate) fn release(&self, part: &[u8]) {
+        let Backing::Mapped(_, map) = &*self.0 else {
+            return;
+        };
+        let base = map.as_ptr() as usize;
+        let Some(start) = (part.as_ptr() as usize).checked_sub(base) else {
+            return;
+        };
+        let end = start.saturating_add(part.len()).min(map.len());
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let (lo, hi) = (start.div_ceil(page) * page, end / page * page);
+        if hi > lo {
+            // SAFETY: the mapping is a read-only file mapping that is never written, so
+            // MADV_DONTNEED only drops resident pages: a later access reads the same file
+            // contents again, and slices borrowed from it see unchanged bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+            };
+        }
+    }
+
     /// Bytes read into memory (a vDSO image, decompressed debug data).
     pub fn owned(data: Vec<u8>) -> FileBytes {
         FileBytes(Arc::new(Backing::Owned {
@@ -132,6 +157,23 @@ pub(crate) struct SectionBytes {
     file: FileBytes,
     start: usize,
     end: usize,
+}
+
+impl SectionBytes {
+    /// [`FileBytes::release`] of this range.
+    pub(crate) fn release(&self) {
+        self.file.release(self);
+    }
+
+    /// [`FileBytes::faulted`] of the file this range is in.
+    pub(crate) fn faulted(&self) -> bool {
+        self.file.faulted()
+    }
+
+    /// Whether this range is a mapped file's (read in place), not bytes of our own.
+    pub(crate) fn is_mapped(&self) -> bool {
+        matches!(&*self.file.0, Backing::Mapped(..))
+    }
 }
 
 impl Deref for SectionBytes {

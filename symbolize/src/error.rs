@@ -39,6 +39,9 @@ pub enum FileError {
         /// The target.
         pid: u32,
     },
+    /// The executable debuginfod served (by build-id) could not be read from its cache.
+    #[error("unreadable debuginfod cache entry")]
+    UnreadableCacheEntry,
     /// The file has another build-id than the one the kernel reported: it was replaced.
     #[error("build-id differs")]
     BuildIdDiffers,

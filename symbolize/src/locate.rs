@@ -124,6 +124,17 @@ fn verify(spec: &ModuleSpec, file: &File, path: PathBuf) -> Result<Resolved, Fil
     })
 }
 
+/// A file found elsewhere than through the target (debuginfod's cache), keyed by its own
+/// identity on disk.
+pub(crate) fn resolved_at(path: PathBuf, data: FileBytes) -> Option<Resolved> {
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    Some(Resolved {
+        key: key_of(&meta, 0),
+        path,
+        data,
+    })
+}
+
 /// Kernel build-ids may arrive zero-padded to 20 bytes.
 pub(crate) fn build_ids_match(kernel: &[u8], elf: &[u8]) -> bool {
     !elf.is_empty()

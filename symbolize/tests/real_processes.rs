@@ -164,14 +164,16 @@ fn stripped_binary_with_debug_file_under_build_id_dir() {
     );
 
     let mut t = Target::spawn(&mut Command::new(&bin));
-    let addr = t.read_addrs()[0] + 2;
+    let function = t.read_addrs()[0];
+    let addr = function + 2;
 
-    // Without the debug directory nothing names it: file offset fallback.
+    // Without the debug directory no symbol names it: the start of its function (from its
+    // FDE) does, as a file offset.
     let (frames, _) = symbolize_in(t.pid(), addr, SymbolizeOptions::default());
     assert_eq!(
         names(&frames),
         vec![(
-            format!("stripped+0x{:x}", file_offset(t.pid(), addr)).as_str(),
+            format!("stripped+0x{:x}", file_offset(t.pid(), function)).as_str(),
             FrameKind::User
         )]
     );

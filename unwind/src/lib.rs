@@ -16,6 +16,7 @@
 
 pub mod arch;
 mod code_order;
+mod entry_symbols;
 pub mod fixture;
 mod hybrid;
 mod maps;

@@ -139,8 +139,12 @@ impl ModuleStore {
             *last_used = self.tick;
             return Some(module.clone());
         }
+        // object's parser reads headers and the CFI sections through the cache; symbol
+        // tables are streamed from a second handle (see entry_symbols) so that the cache
+        // never holds them.
+        let raw = file.try_clone().ok()?;
         let cache = object::ReadCache::new(file);
-        let (mut module, hints) = ModuleFile::parse(&cache)?;
+        let (mut module, hints) = ModuleFile::parse(&cache, &raw)?;
         if let (Some(expected), Some(actual)) = (&mapping.build_id, &module.build_id) {
             // The kernel told us which build was mapped; a different file at that path
             // would unwind with the wrong tables.
@@ -155,7 +159,8 @@ impl ModuleStore {
                 symbolize::locate::find_debug_by(&spec, module.build_id.as_deref(), link, &[]);
             if let Some((_, debug)) = found {
                 let mut merged = module.clone();
-                merged.merge_debug_file(&*debug, &hints);
+                // Symbols are streamed from the same mapped (SIGBUS-guarded) bytes.
+                merged.merge_debug_file(&*debug, &*debug, &hints);
                 // A debug file that shrank while we read it gave zeros: do without it.
                 if !debug.faulted() {
                     module = merged;
@@ -193,7 +198,7 @@ impl ModuleStore {
             return known.clone();
         }
         let parsed = crate::vdso::own_vdso_image()
-            .and_then(|image| ModuleFile::parse(&image[..]))
+            .and_then(|image| ModuleFile::parse(&image[..], &image[..]))
             .map(|(module, _)| Arc::new(module));
         let key = FileKey {
             dev: 0,

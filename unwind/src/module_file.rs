@@ -11,10 +11,12 @@ use gimli::{
     BaseAddresses, CallFrameInstruction, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
     UnwindSection,
 };
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef, SegmentFlags};
 use symbolize::budget::CFI_SECTION_COPY_MAX;
 use symbolize::compressed::section_contents;
 use symbolize::FileBytes;
+
+use crate::entry_symbols::{self, ReadAt};
 
 /// Function names at which a user stack legitimately ends (glibc, musl, bionic-like libcs).
 pub(crate) const THREAD_ENTRY_NAMES: &[&str] = &[
@@ -77,8 +79,12 @@ pub(crate) struct DebugHints {
 }
 
 impl ModuleFile {
-    /// Parse an ELF image. Returns `None` for non-ELF or unparsable files.
-    pub(crate) fn parse<'a, R: ReadRef<'a>>(data: R) -> Option<(ModuleFile, DebugHints)> {
+    /// Parse an ELF image (`data` for object's parser, `raw` the same bytes for streamed
+    /// reads). Returns `None` for non-ELF or unparsable files.
+    pub(crate) fn parse<'a, R: ReadRef<'a>>(
+        data: R,
+        raw: &(impl ReadAt + ?Sized),
+    ) -> Option<(ModuleFile, DebugHints)> {
         let file = object::File::parse(data).ok()?;
         if file.format() != object::BinaryFormat::Elf {
             return None;
@@ -125,7 +131,7 @@ impl ModuleFile {
         module.debug_frame = bytes_of(".debug_frame").map(|s| s.data);
 
         let has_symtab = file.section_by_name(".symtab").is_some();
-        module.add_entry_symbols(&file);
+        module.add_entry_symbols(&file, raw);
         let debuglink = file
             .gnu_debuglink()
             .ok()
@@ -142,7 +148,12 @@ impl ModuleFile {
     }
 
     /// Take what the main file lacks from its separate debug file.
-    pub(crate) fn merge_debug_file<'a, R: ReadRef<'a>>(&mut self, data: R, hints: &DebugHints) {
+    pub(crate) fn merge_debug_file<'a, R: ReadRef<'a>>(
+        &mut self,
+        data: R,
+        raw: &(impl ReadAt + ?Sized),
+        hints: &DebugHints,
+    ) {
         let Ok(file) = object::File::parse(data) else {
             return;
         };
@@ -152,7 +163,7 @@ impl ModuleFile {
             }
         }
         if hints.wants_symbols {
-            self.add_entry_symbols(&file);
+            self.add_entry_symbols(&file, raw);
         }
         if hints.wants_cfi {
             if let Some(s) = file
@@ -171,18 +182,13 @@ impl ModuleFile {
         self.finish();
     }
 
-    fn add_entry_symbols<'a, R: ReadRef<'a>>(&mut self, file: &object::File<'a, R>) {
-        for symbol in file.symbols().chain(file.dynamic_symbols()) {
-            if symbol.kind() != object::SymbolKind::Text {
-                continue;
-            }
-            let Ok(name) = symbol.name() else { continue };
-            if THREAD_ENTRY_NAMES.contains(&name) {
-                let start = symbol.address();
-                let end = start.saturating_add(symbol.size().max(1));
-                self.entry_ranges.push(start..end);
-            }
-        }
+    fn add_entry_symbols<'a, R: ReadRef<'a>>(
+        &mut self,
+        file: &object::File<'a, R>,
+        raw: &(impl ReadAt + ?Sized),
+    ) {
+        self.entry_ranges
+            .extend(entry_symbols::find(file, raw, THREAD_ENTRY_NAMES));
     }
 
     fn scan_cfi(&mut self, entry_point: u64) {
@@ -346,14 +352,15 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_module() {
-        assert!(ModuleFile::parse(&b"\x7fELF garbage"[..]).is_none());
-        assert!(ModuleFile::parse(&[0u8; 0][..]).is_none());
+        let garbage = b"\x7fELF garbage";
+        assert!(ModuleFile::parse(&garbage[..], &garbage[..]).is_none());
+        assert!(ModuleFile::parse(&[0u8; 0][..], &[0u8; 0][..]).is_none());
     }
 
     #[test]
     fn own_executable_has_cfi_and_maps_base() {
         let exe = std::fs::read("/proc/self/exe").expect("read own exe");
-        let (module, _) = ModuleFile::parse(&exe[..]).expect("own exe parses");
+        let (module, _) = ModuleFile::parse(&exe[..], &exe[..]).expect("own exe parses");
         assert!(module.has_cfi());
         assert!(module.eh_frame_hdr.is_some());
         // A mapping at 0x5555_0000_0000 with pgoff 0 maps the first load segment.

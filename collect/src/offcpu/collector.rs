@@ -11,16 +11,17 @@ use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
 use super::events::{Specs, Tracepoints};
 use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
+use super::legacy;
 use super::render::OffCpuReport;
 use crate::frame::Frame;
 use crate::names::Names;
 use crate::output::Labels;
 use crate::pipeline::Pipeline;
 use crate::session::driver::{monotonic_ns, Aggregation, Collector, Finished, Stopped};
-use crate::session::Summary;
+use crate::session::{StopCause, Summary};
 use crate::tables::{Keep, Remap};
 use crate::target::{self, Target};
-use crate::tracker::Tracker;
+use crate::tracker::{Tracker, IDLE_COMM};
 
 /// What the engine saw, for the summary.
 #[derive(Default)]
@@ -183,7 +184,7 @@ impl OffCpu {
         let waker_stack = p.sample_stack(s, pid);
         // An interrupt on an idle CPU wakes in the context of the idle task.
         let waker = if tid == 0 {
-            p.name("swapper")
+            p.name(IDLE_COMM)
         } else {
             p.thread_name(pid, tid)
         };
@@ -197,6 +198,17 @@ impl OffCpu {
         });
     }
 
+    /// A syscall exit, taken in the thread's own context: it is running again (see
+    /// [`super::legacy`]).
+    fn on_sys_exit(&mut self, p: &Pipeline, s: &Sample<'_>, cpu: u32) {
+        let (Some(pid), Some(tid), Some(time)) = (s.pid, s.tid, s.time) else {
+            return;
+        };
+        if tid != 0 && pid != p.own_pid {
+            self.engine.push(OffcpuEvent::Ran { time, cpu, tid });
+        }
+    }
+
     /// A switch-in record: the task of its sample_id (written in the incoming task's
     /// context; a SWITCH_CPU_WIDE's next_prev names the task that left).
     fn on_switch_record(&mut self, time: u64, cpu: u32, tid: Option<u32>, cpu_wide: bool) {
@@ -205,6 +217,17 @@ impl OffCpu {
         };
         self.counts.switch_ins += 1;
         self.engine.push(OffcpuEvent::SwitchIn { time, cpu, tid });
+    }
+
+    /// Where the window ends on CLOCK_MONOTONIC. Targets that exited end it at their last
+    /// record: the loop notices the exit only after its current batch, which can be long (a
+    /// cold DWARF unwind), and that time after the exit was nobody's blocked time.
+    fn stop_ns(&self, stopped: &Stopped) -> u64 {
+        if self.plan.clock_monotonic && stopped.cause == StopCause::TargetsExited {
+            self.last_time.max(self.start_ns).min(stopped.monotonic_ns)
+        } else {
+            stopped.monotonic_ns
+        }
     }
 
     /// The last report, added to the totals of the intervals already written.
@@ -250,6 +273,9 @@ impl Collector for OffCpu {
                     }
                     (Some(spec), Some(raw)) if Some(spec) == self.plan.specs.wakeup => {
                         self.on_wakeup(p, s, raw, cpu)
+                    }
+                    (Some(spec), _) if Some(spec) == self.plan.specs.sys_exit => {
+                        self.on_sys_exit(p, s, cpu)
                     }
                     _ => {}
                 }
@@ -307,14 +333,15 @@ impl Collector for OffCpu {
 
     fn finish(&mut self, _p: &mut Pipeline, stopped: &Stopped) -> Finished {
         let (mono, first, last) = (self.plan.clock_monotonic, self.first_time, self.last_time);
-        let stop_time = if mono { stopped.monotonic_ns } else { last };
+        let stop_ns = self.stop_ns(stopped);
+        let stop_time = if mono { stop_ns } else { last };
         self.engine_threads = self.engine.thread_entries();
         let engine = std::mem::replace(&mut self.engine, Engine::new(Options::default(), 0));
         let report = engine.finish(stop_time);
         // The summary is about the whole session: in continuous mode, every interval's report.
         self.totals.add_totals(&report);
         self.window_ns = if mono {
-            stopped.monotonic_ns.saturating_sub(self.start_ns)
+            stop_ns.saturating_sub(self.start_ns)
         } else {
             last.saturating_sub(first.unwrap_or(last))
         };
@@ -353,6 +380,12 @@ impl Collector for OffCpu {
                 c.switch_outs, c.switch_ins, c.wakeups
             ),
         );
+        if self.plan.specs.cpu_switch.is_some() {
+            let sys_exit = self.plan.specs.sys_exit.is_some();
+            let wakers = self.plan.options.wakers;
+            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakers);
+            s.line("switch-ins", ends);
+        }
     }
 
     fn summarize_tail(&self, _p: &Pipeline, s: &mut Summary) {

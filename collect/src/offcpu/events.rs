@@ -1,21 +1,24 @@
 //! The events `offcpu` opens, by what the kernel offers (fallback-first, each choice said in
 //! the summary's `mechanisms` line): `sched_switch` per task for switch-outs, context-switch
-//! records or CPU-wide `sched_switch` for switch-ins, `sched_wakeup` per CPU for wakers.
+//! records for switch-ins (before 4.3 CPU-wide `sched_switch` and per-task syscall exits,
+//! see [`super::legacy`]), `sched_wakeup` per CPU for wakers.
 
 use std::collections::HashMap;
 
 use perfring::attr::{flag, sample, AttrBuilder, EventKind, RawAttr};
 use perfring::features::{Feature, Support};
 use perfring::sys::Kernel;
-use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TracepointFormat};
+use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TracepointFormat, Tracing};
 
+use super::{filter, legacy};
 use crate::session::{Attached, Setup};
 use crate::stack::StackMode;
-use crate::target::{self, Target};
+use crate::target::Target;
 use crate::Error;
 
 /// The sched tracepoints offcpu samples, and how their RAW payloads are decoded.
 pub struct Tracepoints {
+    tracing: Tracing,
     switch_id: u64,
     /// Decodes `sched_switch` payloads.
     pub switch_dec: SchedSwitchDecoder,
@@ -48,10 +51,18 @@ impl Tracepoints {
             None
         };
         Ok(Tracepoints {
+            tracing,
             switch_id,
             switch_dec,
             wakeup,
         })
+    }
+
+    /// The id of another tracepoint, or why it cannot be used.
+    fn event_id(&self, kernel: &dyn Kernel, group: &str, name: &str) -> Result<u64, String> {
+        self.tracing
+            .event_id(&crate::tracing::Fs(kernel), group, name)
+            .map_err(|e| e.to_string())
     }
 
     /// The `sched_wakeup` decoder, when wakers are wanted.
@@ -69,6 +80,9 @@ pub struct Specs {
     pub wakeup: Option<usize>,
     /// CPU-wide `sched_switch` for switch-ins when context-switch records are refused.
     pub cpu_switch: Option<usize>,
+    /// Per-task `raw_syscalls:sys_exit` ending intervals beside `cpu_switch` (see
+    /// [`super::legacy`]).
+    pub sys_exit: Option<usize>,
     /// Event id → spec, for telling the samples apart.
     pub ids: HashMap<u64, usize>,
 }
@@ -147,7 +161,7 @@ pub fn complete(
         "switch-outs: sched_switch {}",
         if system_wide { "per CPU" } else { "per task" }
     )];
-    let mut cpu_switch = None;
+    let (mut cpu_switch, mut sys_exit) = (None, None);
     if system_wide && switch_records {
         mechanisms.push("switch-ins: context-switch records (per CPU)".into());
     } else if system_wide {
@@ -159,21 +173,17 @@ pub fn complete(
     } else if switch_records {
         mechanisms.push("switch-ins: context-switch records".into());
     } else {
-        let (spec, filtered) = open_cpu_wide_switch(a, tp)?;
-        cpu_switch = Some(spec);
-        mechanisms.push(format!(
-            "switch-ins: CPU-wide sched_switch, filtered {}",
-            if filtered {
-                "in the kernel and in psample"
-            } else {
-                "in psample"
-            }
-        ));
+        let kernel = a.session.kernel().clone();
+        let sys_exit_id = tp.event_id(kernel.as_ref(), "raw_syscalls", "sys_exit");
+        let sources = legacy::Sources::open(a, switch, sys_exit_id)?;
+        cpu_switch = Some(sources.cpu_switch);
+        sys_exit = sources.sys_exit;
+        mechanisms.push(sources.mechanism);
     }
     if let Some(spec) = wakeup {
         // Only wakeups of target threads matter: filter them in the kernel where it accepts
         // the filter (new threads are still caught by the userspace check in the engine).
-        let filtered = !system_wide && filter_to_targets(a, spec, "pid");
+        let filtered = !system_wide && filter::to_targets(a, spec, "pid");
         mechanisms.push(format!(
             "wakers: sched_wakeup per CPU{}",
             if filtered {
@@ -187,49 +197,8 @@ pub fn complete(
         switch,
         wakeup,
         cpu_switch,
+        sys_exit,
         ids: a.session.id_table(),
     };
     Ok((specs, mechanisms))
-}
-
-/// The fallback before 4.3: CPU-wide sched_switch, filtered to the target threads (in the
-/// kernel where it takes the filter). Returns the spec and whether the kernel filters.
-fn open_cpu_wide_switch(a: &mut Attached<'_>, tp: &Tracepoints) -> Result<(usize, bool), Error> {
-    let mut attr = tracepoint_attr(tp.switch_id, a.opts.stack, false, false, false);
-    attr.set(flag::CONTEXT_SWITCH, false);
-    let spec = a.session.add_spec("sched:sched_switch (cpu-wide)", attr);
-    let cpus = a
-        .session
-        .kernel()
-        .online_cpus()
-        .map_err(|e| Error::new(format!("cannot list CPUs: {e}")))?;
-    for cpu in cpus {
-        a.session
-            .open(spec, -1, cpu)
-            .map_err(|e| Error::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
-    }
-    Ok((spec, filter_to_targets(a, spec, "next_pid")))
-}
-
-/// Ask the kernel to pass only events whose `field` is one of the targets' threads (up to
-/// 64 of them); whether it accepted.
-fn filter_to_targets(a: &Attached<'_>, spec: usize, field: &str) -> bool {
-    let tids: Vec<u32> = a
-        .pids
-        .iter()
-        .flat_map(|p| target::threads_of(*p).unwrap_or_default())
-        .collect();
-    !tids.is_empty()
-        && tids.len() <= 64
-        && a.session
-            .set_filter(spec, &field_filter(field, &tids))
-            .is_ok()
-}
-
-/// An ftrace filter matching any of `tids` in `field`.
-fn field_filter(field: &str, tids: &[u32]) -> String {
-    tids.iter()
-        .map(|t| format!("{field} == {t}"))
-        .collect::<Vec<_>>()
-        .join(" || ")
 }

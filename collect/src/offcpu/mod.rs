@@ -6,9 +6,10 @@
 //!   one event per task and CPU); it fires in the blocked task's context, so its callchain
 //!   (or copied user stack, in DWARF mode) is the blocked stack;
 //! - switch-ins: context-switch records (attr.context_switch, 4.3+) on those same events
-//!   (SWITCH per task, SWITCH_CPU_WIDE system-wide); where the kernel refuses them, CPU-wide
-//!   `sched_switch` events whose `next_pid` is a target thread (filtered in the kernel with
-//!   PERF_EVENT_IOC_SET_FILTER where it accepts the filter, and always in userspace). The
+//!   (SWITCH per task, SWITCH_CPU_WIDE system-wide); where the kernel refuses them (before
+//!   4.3), CPU-wide `sched_switch` events whose `next_pid` is a target thread (filtered in
+//!   the kernel with PERF_EVENT_IOC_SET_FILTER where it accepts the filter, and always in
+//!   userspace), or the thread's own next syscall exit, whichever comes first ([`legacy`]). The
 //!   records are preferred even system-wide, where every sched_switch sample carries
 //!   next_pid: the tracepoint does not fire for switches away from the idle task on every
 //!   CPU, so next_pid alone misses tasks woken on an idle CPU;
@@ -21,6 +22,8 @@
 //! are on the same clock as the events; without it the window is taken from the events.
 //!
 //! - [`events`]: the tracepoints and how switch-ins and wakeups are seen on this kernel;
+//! - [`legacy`]: where switch-ins come from on kernels without context-switch records;
+//! - [`filter`]: kernel-side filters passing only the targets' threads;
 //! - [`collector`]: records to engine events, threads blocked at the start;
 //! - [`intervals`]: the engine that turns switch-out / switch-in / wakeup / lost / exit
 //!   events into blocked intervals, aggregated per stack (and waker stack) — pure logic, no
@@ -40,7 +43,9 @@ use crate::Error;
 
 pub mod collector;
 pub mod events;
+pub mod filter;
 pub mod intervals;
+pub mod legacy;
 pub mod render;
 
 pub use collector::{OffCpu, Plan};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use symbolize::Symbolizer;
 
 use super::intervals::{Report, StackKey};
-use crate::output::fold::Folder;
+use crate::output::fold::{prefetch_debuginfo, Folder};
 use crate::output::{folded::escape_comm, pprof, Format, Rendered};
 use crate::session::driver::{Aggregation, Window};
 use crate::tables::Snapshot;
@@ -44,6 +44,14 @@ fn render(
     format: Format,
     window: Window,
 ) -> Rendered {
+    let frames = report.by_stack.keys().flat_map(|k| {
+        let waker = k
+            .waker
+            .map(|w| t.tables.stacks.get(w.stack))
+            .unwrap_or_default();
+        t.tables.stacks.get(k.stack).iter().chain(waker)
+    });
+    prefetch_debuginfo(sym, &t.procs, frames);
     if format != Format::Pprof {
         return Rendered::Lines(fold_report(report, t, sym));
     }

@@ -6,7 +6,7 @@ use perfring::record::Record;
 use symbolize::Symbolizer;
 
 use super::bpf::BpfAggregation;
-use crate::output::fold::Folder;
+use crate::output::fold::{prefetch_debuginfo, Folder};
 use crate::output::{folded::escape_comm, pprof, Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
 use crate::profile::Profile;
@@ -148,6 +148,11 @@ impl Aggregation for OnCpuProfile {
         window: Window,
     ) -> Rendered {
         let tables = &t.tables;
+        let frames = self
+            .profile
+            .iter()
+            .flat_map(|(_, stack, _)| tables.stacks.get(stack));
+        prefetch_debuginfo(sym, &t.procs, frames);
         if format != Format::Pprof {
             let mut folder = Folder::new(sym, &t.procs, &tables.frame_names);
             return Rendered::Lines(folder.fold(&self.profile, tables));

@@ -35,6 +35,24 @@ pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
     }
 }
 
+/// Lets the symbolizer download, in parallel, what debuginfod has for the mappings that
+/// `frames` fall in, before they are symbolized one by one.
+pub fn prefetch_debuginfo<'f>(
+    sym: &mut Symbolizer,
+    procs: &Processes,
+    frames: impl Iterator<Item = &'f Frame>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let specs: Vec<ModuleSpec> = frames
+        .filter_map(|f| match f {
+            Frame::User { mapping, .. } if seen.insert(*mapping) => procs.get(*mapping),
+            _ => None,
+        })
+        .map(module_spec)
+        .collect();
+    sym.prefetch_debuginfo(&specs);
+}
+
 /// Symbolizes frames, remembering each answer.
 pub struct Folder<'a> {
     sym: &'a mut Symbolizer,
@@ -165,6 +183,7 @@ mod tests {
             demangle: false,
             debug_dirs: vec![],
             kernel: false,
+            debuginfod: None,
         });
         let procs = Processes::new();
         let named = Names::default();

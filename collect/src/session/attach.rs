@@ -69,12 +69,12 @@ impl<'a> Setup<'a> {
 
     /// Events open with inheritance to new threads (not for `-t`, not CPU-wide).
     pub fn inherit(&self) -> bool {
-        !matches!(self.target, Target::Tids(_) | Target::AllCpus)
+        self.target.inherits()
     }
 
     /// Whether the target is a command psample launches (events enabled at its exec).
     pub fn is_command(&self) -> bool {
-        matches!(self.target, Target::Command(_))
+        self.target.is_command()
     }
 
     /// Launch the command (held before exec), install the stop signals, and open
@@ -109,6 +109,7 @@ impl<'a> Setup<'a> {
             format,
             pids,
             launched,
+            cpu_wide: cpu_specs.to_vec(),
         })
     }
 }
@@ -130,6 +131,11 @@ pub struct Attached<'a> {
     pub pids: Vec<u32>,
     /// The launched command, held before exec until the events are enabled.
     pub launched: Option<Launched>,
+    /// Specs open on every CPU for every task besides the target's own events (sched_wakeup,
+    /// a CPU-wide switch-in source). With a launched command they cannot wait for its exec
+    /// (enable_on_exec is per task), so the driver enables them as it starts the command;
+    /// a command that opens one after attaching adds it here.
+    pub cpu_wide: Vec<usize>,
 }
 
 /// How events are attached to the target.

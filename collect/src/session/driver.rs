@@ -21,6 +21,7 @@ use crate::output::{Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
 use crate::stack::StackMode;
 use crate::tables::{Keep, Remap, Snapshot};
+use crate::target::Target;
 use crate::tracker::Tracker;
 use crate::Error;
 
@@ -114,6 +115,43 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Enable the events; with a launched command, the per-task ones wait for its exec
+/// (enable_on_exec) and only the CPU-wide ones are enabled, as the command starts.
+fn enable(a: &mut Attached<'_>) -> Result<(), Error> {
+    let Some(l) = a.launched.as_mut() else {
+        return a.session.enable().map_err(|e| Error::new(e.to_string()));
+    };
+    for &spec in &a.cpu_wide {
+        a.session
+            .enable_spec(spec)
+            .map_err(|e| Error::new(e.to_string()))?;
+    }
+    l.start()
+        .map_err(|e| Error::new(format!("cannot start the command: {e}")))
+}
+
+/// Most memory the background drainer may hold per ring byte, and in all.
+const DRAIN_RINGS: usize = 16;
+const DRAIN_MAX: usize = 256 << 20;
+
+/// Let a background thread copy out rings the reader leaves past half full
+/// ([`perfring::event::Session::drain_in_background`]): the first DWARF unwind in a large
+/// binary can hold the reader for a second, longer than a default ring lasts. Bounded to
+/// [`DRAIN_RINGS`] times the rings' size (at least 16 MiB, at most [`DRAIN_MAX`]); beyond
+/// it the kernel drops and counts records. The copies go back into the rings' order: the
+/// ordered reader gets each ring's copied records before what is still in it, in one
+/// `Session::drain` under the drainer's lock, so to the reader a ring and its copies are one
+/// bigger ring and the time-ordering rules hold as they are.
+fn start_drainer(session: &mut perfring::event::Session) -> Result<(), Error> {
+    let limit = session
+        .ring_bytes()
+        .saturating_mul(DRAIN_RINGS)
+        .clamp(16 << 20, DRAIN_MAX);
+    session
+        .drain_in_background(limit)
+        .map_err(|e| Error::new(format!("cannot start the ring drainer thread: {e}")))
+}
+
 /// A session while it samples.
 struct Live<'a, 'c> {
     a: Attached<'a>,
@@ -148,7 +186,8 @@ impl Attached<'_> {
 }
 
 impl<'a, 'c> Live<'a, 'c> {
-    /// Load the tracker, enable the events or start the command.
+    /// Load the tracker (and, for -p/-t, what unwinding the targets needs), enable the
+    /// events or start the command, and let the background drainer watch the rings.
     fn start(mut a: Attached<'a>, c: &'c mut dyn Collector) -> Result<Self, Error> {
         let fmt = a
             .session
@@ -156,20 +195,23 @@ impl<'a, 'c> Live<'a, 'c> {
             .ok_or_else(|| Error::new("no event was opened"))?;
         let comm_exec = a.session.ladder.support(Feature::CommExec) == Support::Yes;
         let mut tracker = Tracker::new(comm_exec);
-        let is_command = a.launched.is_some();
-        if !is_command {
+        if a.launched.is_none() {
             for &pid in &a.pids {
                 tracker.load_process(pid);
             }
-            a.session.enable().map_err(|e| Error::new(e.to_string()))?;
         }
-        if let Some(l) = a.launched.as_mut() {
-            l.start()
-                .map_err(|e| Error::new(format!("cannot start the command: {e}")))?;
+        let mut p = Pipeline::new(tracker, a.opts.stack);
+        if matches!(a.target, Target::Pids(_) | Target::Tids(_)) {
+            // Big binaries are loaded before the first samples need them.
+            for &pid in &a.pids {
+                p.builder.prepare(&p.tracker, pid);
+            }
         }
+        enable(&mut a)?;
+        start_drainer(&mut a.session)?;
         let stopper = Stopper::new(a.opts.duration, &a.target, &a.pids);
         Ok(Live {
-            p: Pipeline::new(tracker, a.opts.stack),
+            p,
             reader: OrderedReader::new(fmt),
             stopper,
             last_drain: Instant::now(),
@@ -359,6 +401,9 @@ impl<'a, 'c> Live<'a, 'c> {
                 let distinct = aggregation.distinct_stacks();
                 let lines = rendered.len();
                 summary.line("stacks", format!("{distinct} distinct, {lines} {what}"));
+                if let Some(d) = sym.debuginfod_summary() {
+                    summary.line("debuginfod", d);
+                }
                 summary.warnings.extend(sym.warnings());
             }
         }

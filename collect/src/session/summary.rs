@@ -48,6 +48,13 @@ impl Summary {
         if corrupt > 0 || parse_errors > 0 {
             v.push_str(&format!(", {} malformed", corrupt + parse_errors));
         }
+        let held = session.drained_peak();
+        if held > 0 {
+            v.push_str(&format!(
+                " (the reader fell behind: up to {:.1} MiB held outside the rings)",
+                held as f64 / f64::from(1 << 20)
+            ));
+        }
         if lost > 0 {
             let per_cpu: Vec<String> = stats
                 .iter()

@@ -158,7 +158,13 @@ fn empty_section() -> crate::bytes::SectionBytes {
     FileBytes::owned(Vec::new()).whole()
 }
 
-fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> crate::bytes::SectionBytes {
+/// A section's bytes read in place, or inflated within budget when compressed
+/// ([`crate::compressed`]); empty when missing, unreadable or over budget.
+pub(crate) fn section(
+    obj: &object::File<'_>,
+    data: &FileBytes,
+    name: &str,
+) -> crate::bytes::SectionBytes {
     use crate::compressed::{section_contents, SectionContents};
     let Some(sec) = obj.section_by_name(name) else {
         return empty_section();
@@ -166,7 +172,13 @@ fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> crate::bytes
     // Compressed sections are inflated within budget; over it the section is left out.
     match section_contents(&sec) {
         Ok(SectionContents::Plain(b)) => data.section_of(b).unwrap_or_else(empty_section),
-        Ok(inflated) => inflated.into_file_bytes().whole(),
+        Ok(inflated) => {
+            // The compressed bytes are not read again: give their pages back.
+            if let Ok(raw) = sec.data() {
+                data.release(raw);
+            }
+            inflated.into_file_bytes().whole()
+        }
         Err(_) => empty_section(),
     }
 }
