@@ -308,11 +308,9 @@ impl Session {
             self.ladder
                 .set_support(Feature::RingDataOffset, Support::Yes);
         }
-        drain::lock(&self.rings).list.push(CpuRing {
-            cpu,
-            ring,
-            owner: index,
-        });
+        drain::lock(&self.rings)
+            .list
+            .push(CpuRing::new(cpu, ring, index));
         Ok(())
     }
 
@@ -406,10 +404,23 @@ impl Session {
         drain::lock(&self.rings).drain(f)
     }
 
+    /// As [`Session::drain`], but the background drainer's copies of a ring come as one
+    /// chunk, by value, for a reader that keeps records anyway (the ordered reader).
+    pub(crate) fn take(&mut self, f: impl FnMut(u32, drain::Taken<'_>)) -> usize {
+        drain::lock(&self.rings).take(f)
+    }
+
+    /// The reader still holds `bytes` of records it took out of the rings: the background
+    /// drainer's limit counts them (see [`Session::drain_in_background`]).
+    pub(crate) fn reader_holds(&self, bytes: usize) {
+        drain::lock(&self.rings).reader_held(bytes);
+    }
+
     /// From now on, a background thread copies out every record of a ring the reader has
-    /// left past half full, into memory bounded by `limit_bytes`, so a reader held up by slow
-    /// work (the first DWARF unwind in a large binary) loses nothing. Does nothing on kernels
-    /// whose rings fill only while they are polled (emulated ones).
+    /// left past half full, so a reader held up by slow work (the first DWARF unwind in a
+    /// large binary) loses nothing. What is held outside the rings — the copies and what the
+    /// ordered reader still holds — stays under `limit_bytes`. Does nothing on kernels whose
+    /// rings fill only while they are polled (emulated ones).
     pub fn drain_in_background(&mut self, limit_bytes: usize) -> Result<(), std::io::Error> {
         if self.drainer.is_none() && self.kernel.rings_fill_unpolled() {
             self.drainer = Some(Drainer::start(self.rings.clone(), limit_bytes)?);

@@ -23,7 +23,11 @@
 //!   therefore holds the merge back by one round at most, never indefinitely.
 //!
 //! The release point is the larger of the two. What is held is therefore at most what one
-//! round read, which the ring sizes bound.
+//! round read, which the ring sizes bound — plus, when the session's background drainer
+//! copied rings out while this reader was busy, those copies: they come as one chunk per
+//! ring ahead of what is still in it, so a ring and its copies read as one bigger ring and
+//! the rules above hold unchanged. The chunk is kept as it is (not copied again), and the
+//! reader tells the session how much it holds, which the drainer's limit counts.
 //!
 //! Records without a time (no sample_id_all, or a format without TIME) keep their place in
 //! their ring: they are ordered at the time of the record before them in the same ring.
@@ -33,6 +37,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use crate::drain::{records_in, Taken};
 use crate::event::Session;
 use crate::record::{parse_record, Record, SampleFormat};
 
@@ -60,16 +65,30 @@ pub struct Ordered<'a> {
     pub record: Record<'a>,
 }
 
-/// A record's place in its ring's queue.
+/// A record's place in its ring's queue (24 bytes: one per record held, which a flood of
+/// small records makes many).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     /// Ordering time (its own, or inherited from the record before it in the ring).
     key: u64,
+    /// Sequence number of the chunk holding it.
+    chunk: u64,
+    /// Offset in the chunk (chunks stay under [`CHUNK_MAX`]).
+    start: u32,
+    /// The record's size (a perf record's size is 16 bits).
+    len: u16,
     /// Whether `key` is a time at all (not the 0 of a ring with no timed record yet).
     timed: bool,
-    start: usize,
-    len: usize,
 }
+
+/// Bytes a chunk may hold, so that offsets in it fit an [`Entry`].
+const CHUNK_MAX: usize = u32::MAX as usize;
+
+const ENTRY_SIZE: usize = std::mem::size_of::<Entry>();
+
+/// Capacity of a spent chunk kept for the next round's copies: what steady reading needs;
+/// the larger chunks of a burst are given back.
+const SPARE_MAX: usize = 1 << 20;
 
 /// Records read from one ring and not yet delivered, oldest first.
 #[derive(Default)]
@@ -77,14 +96,28 @@ struct RingQueue {
     cpu: u32,
     /// A ring of the session (CPU numbers may have gaps; those have no ring).
     active: bool,
-    bytes: Vec<u8>,
+    /// The records' bytes, oldest first: the reader's own copies, and chunks the session's
+    /// drainer copied out, kept as they came.
+    chunks: VecDeque<Vec<u8>>,
+    /// Sequence number of `chunks[0]`.
+    first_chunk: u64,
+    /// Whether the last chunk is the reader's own, still appended to.
+    own_open: bool,
+    /// A spent own chunk, kept for its capacity.
+    spare: Vec<u8>,
     entries: VecDeque<Entry>,
     /// Latest time read from this ring.
     latest: Option<u64>,
 }
 
 impl RingQueue {
-    fn push(&mut self, time: Option<u64>, record: &[u8]) {
+    /// Sequence number the next chunk pushed gets.
+    fn next_chunk(&self) -> u64 {
+        self.first_chunk + self.chunks.len() as u64
+    }
+
+    /// Queue the record at `start..start + len` of chunk `chunk`.
+    fn enqueue(&mut self, time: Option<u64>, chunk: u64, start: u32, len: u16) {
         if let Some(t) = time {
             self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
         }
@@ -95,35 +128,110 @@ impl RingQueue {
             (None, Some(prev)) => prev,
             (None, None) => (self.latest.unwrap_or(0), self.latest.is_some()),
         };
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(record);
         self.entries.push_back(Entry {
             key,
-            timed,
+            chunk,
             start,
-            len: record.len(),
+            len,
+            timed,
         });
     }
 
-    /// Give back the space of delivered records.
-    fn compact(&mut self) {
-        match self.entries.front() {
-            None => {
-                self.bytes.clear();
-                // Keep the capacity bounded after a burst.
-                if self.bytes.capacity() > 16 << 20 {
-                    self.bytes = Vec::new();
-                }
+    /// A record read from the ring, copied into the reader's own chunk. False for one that
+    /// is not a perf record (over 64 KiB).
+    fn push(&mut self, time: Option<u64>, record: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(record.len()) else {
+            return false;
+        };
+        let own = match self.chunks.back_mut() {
+            Some(own) if self.own_open && own.len() + record.len() <= CHUNK_MAX => own,
+            _ => {
+                self.chunks.push_back(std::mem::take(&mut self.spare));
+                self.own_open = true;
+                self.chunks.back_mut().unwrap_or(&mut self.spare)
             }
-            Some(first) if first.start > self.bytes.len() / 2 => {
-                let shift = first.start;
-                self.bytes.drain(..shift);
-                for e in &mut self.entries {
-                    e.start -= shift;
-                }
+        };
+        let start = own.len() as u32;
+        own.extend_from_slice(record);
+        let chunk = self.next_chunk() - 1;
+        self.enqueue(time, chunk, start, len);
+        true
+    }
+
+    /// A chunk of whole records the drainer copied out, kept as it is. Returns how many
+    /// records it holds and the latest time among them.
+    fn adopt(&mut self, fmt: &SampleFormat, chunk: Vec<u8>) -> (u64, Option<u64>) {
+        let seq = self.next_chunk();
+        let (mut n, mut latest, mut start) = (0, None, 0usize);
+        for record in records_in(&chunk) {
+            // The drainer keeps chunks under CHUNK_MAX; what lies beyond is not queued.
+            if start + record.len() > CHUNK_MAX {
+                break;
             }
-            Some(_) => {}
+            let time = fmt.time_of(record);
+            latest = latest.max(time);
+            self.enqueue(time, seq, start as u32, record.len() as u16);
+            start += record.len();
+            n += 1;
         }
+        self.chunks.push_back(chunk);
+        self.own_open = false;
+        (n, latest)
+    }
+
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        let chunk = e
+            .chunk
+            .checked_sub(self.first_chunk)
+            .and_then(|c| usize::try_from(c).ok());
+        let start = e.start as usize;
+        chunk
+            .and_then(|c| self.chunks.get(c))
+            .and_then(|c| c.get(start..start + usize::from(e.len)))
+            .unwrap_or(&[])
+    }
+
+    /// Give back the chunks whose records were all delivered (keeping one spent own chunk's
+    /// capacity for the next round, when it is not too large).
+    fn compact(&mut self) {
+        let keep_from = self
+            .entries
+            .front()
+            .map_or(self.first_chunk + self.chunks.len() as u64, |e| e.chunk);
+        while self.first_chunk < keep_from {
+            let Some(mut spent) = self.chunks.pop_front() else {
+                break;
+            };
+            self.first_chunk += 1;
+            if spent.capacity() <= SPARE_MAX && spent.capacity() > self.spare.capacity() {
+                spent.clear();
+                self.spare = spent;
+            }
+        }
+        if self.chunks.is_empty() {
+            self.own_open = false;
+        }
+        // After a burst, give back the queue's room too.
+        if self.entries.is_empty() && self.entries.capacity() > SPARE_MAX / ENTRY_SIZE {
+            self.entries = VecDeque::new();
+        }
+    }
+
+    /// Everything given back (nothing is held any more).
+    fn release_memory(&mut self) {
+        if self.entries.is_empty() {
+            self.chunks = VecDeque::new();
+            self.own_open = false;
+            self.spare = Vec::new();
+            self.entries = VecDeque::new();
+        }
+    }
+
+    /// Bytes held: the records' (and of delivered ones sharing a chunk with them), and
+    /// their queue entries'.
+    fn held(&self) -> usize {
+        let entries = self.entries.len() * ENTRY_SIZE;
+        self.chunks.iter().map(Vec::len).sum::<usize>() + entries
     }
 }
 
@@ -170,6 +278,12 @@ impl OrderedReader {
         self.rings.iter().map(|r| r.entries.len()).sum()
     }
 
+    /// Bytes of the records read and not delivered yet (and of delivered ones sharing a
+    /// chunk with them), with what queueing them takes.
+    pub fn held_bytes(&self) -> usize {
+        self.rings.iter().map(RingQueue::held).sum()
+    }
+
     fn ring(&mut self, cpu: u32) -> &mut RingQueue {
         let i = cpu as usize;
         if self.rings.len() <= i {
@@ -197,18 +311,41 @@ impl OrderedReader {
             self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
         }
         self.stats.records += 1;
-        self.ring(cpu).push(time, record);
+        if !self.ring(cpu).push(time, record) {
+            self.stats.parse_errors += 1;
+        }
     }
 
-    /// One round: read every ring of `session` up to its head, then deliver in time order
-    /// everything no ring can still precede. Returns the records read.
+    /// One round: read every ring of `session` up to its head (after what its background
+    /// drainer copied out of it), then deliver in time order everything no ring can still
+    /// precede. Returns the records read.
     pub fn pump(&mut self, session: &mut Session, consume: impl FnMut(&Ordered<'_>)) -> usize {
         for cpu in session.ring_cpus() {
             self.add_ring(cpu);
         }
-        let n = session.drain(|cpu, bytes| self.push(cpu, bytes));
+        let mut n = 0;
+        session.take(|cpu, taken| match taken {
+            Taken::Record(bytes) => {
+                self.push(cpu, bytes);
+                n += 1;
+            }
+            Taken::Chunk(chunk) => n += self.adopt(cpu, chunk),
+        });
+        // While the records are consumed (which can be slow), the drainer counts them.
+        session.reader_holds(self.held_bytes());
         self.end_round(consume);
+        session.reader_holds(self.held_bytes());
         n
+    }
+
+    /// Takes a chunk of whole records copied out of `cpu`'s ring (in ring order, before
+    /// anything read from the ring itself later). Returns the records in it.
+    fn adopt(&mut self, cpu: u32, chunk: Vec<u8>) -> usize {
+        let fmt = self.fmt;
+        let (n, latest) = self.ring(cpu).adopt(&fmt, chunk);
+        self.max_seen = self.max_seen.max(latest);
+        self.stats.records += n;
+        n as usize
     }
 
     /// Call after every ring was read once more: delivers what is now safe.
@@ -238,10 +375,14 @@ impl OrderedReader {
         }
     }
 
-    /// Delivers everything held, in time order (at the end of recording).
+    /// Delivers everything held, in time order (at the end of recording), and gives back
+    /// the memory that held it.
     pub fn finish(&mut self, consume: impl FnMut(&Ordered<'_>)) {
         self.release(u64::MAX, consume);
         self.previous_round_max = self.max_seen;
+        for r in &mut self.rings {
+            r.release_memory();
+        }
     }
 
     /// k-way merge of the ring queues' heads, up to `watermark` inclusive. Ties go to the
@@ -267,7 +408,7 @@ impl OrderedReader {
                 }
                 self.delivered_up_to = Some(self.delivered_up_to.map_or(e.key, |d| d.max(e.key)));
             }
-            let bytes = ring.bytes.get(e.start..e.start + e.len).unwrap_or(&[]);
+            let bytes = ring.bytes(&e);
             match parse_record(bytes, &self.fmt) {
                 Ok(record) => consume(&Ordered {
                     cpu,
@@ -280,5 +421,80 @@ impl OrderedReader {
         for r in &mut self.rings {
             r.compact();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTRY: usize = ENTRY_SIZE;
+
+    #[test]
+    fn an_entry_is_small() {
+        assert_eq!(ENTRY_SIZE, 24);
+    }
+
+    fn fmt() -> SampleFormat {
+        SampleFormat {
+            sample_type: crate::attr::sample::TIME,
+            ..SampleFormat::default()
+        }
+    }
+
+    /// A PERF_RECORD_SAMPLE carrying only its time.
+    fn sample(time: u64) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&crate::record::record_type::SAMPLE.to_ne_bytes());
+        r.extend_from_slice(&0u16.to_ne_bytes());
+        r.extend_from_slice(&16u16.to_ne_bytes());
+        r.extend_from_slice(&time.to_ne_bytes());
+        r
+    }
+
+    fn times(r: &mut OrderedReader, finish: bool) -> Vec<u64> {
+        let mut got = Vec::new();
+        let take = |o: &Ordered<'_>| got.push(o.time.unwrap_or(0));
+        if finish {
+            r.finish(take);
+        } else {
+            r.end_round(take);
+        }
+        got
+    }
+
+    #[test]
+    fn a_drained_chunk_reads_as_the_front_of_its_ring() {
+        let mut r = OrderedReader::new(fmt());
+        r.add_ring(0);
+        r.add_ring(1);
+        // CPU 0: the drainer's copies (times 1 and 3), then what was still in the ring (5).
+        let chunk = [sample(1), sample(3)].concat();
+        assert_eq!(r.adopt(0, chunk), 2);
+        r.push(0, &sample(5));
+        r.push(1, &sample(2));
+        r.push(1, &sample(6));
+        assert_eq!(times(&mut r, false), vec![1, 2, 3, 5]);
+        assert!(r.held_bytes() >= 16 + ENTRY);
+        assert_eq!(times(&mut r, true), vec![6]);
+        assert_eq!(r.held_bytes(), 0);
+        assert_eq!(r.stats().records, 5);
+        assert_eq!(r.stats().out_of_order, 0);
+    }
+
+    #[test]
+    fn a_chunk_is_given_back_once_its_records_are_delivered() {
+        let mut r = OrderedReader::new(fmt());
+        r.add_ring(0);
+        r.add_ring(1);
+        r.adopt(0, [sample(10), sample(20)].concat());
+        r.push(1, &sample(15));
+        // Ring 1 has reached only 15: the chunk stays for 20, ring 1's own copy is spent.
+        assert_eq!(times(&mut r, false), vec![10, 15]);
+        assert_eq!(r.held_bytes(), 32 + ENTRY);
+        r.push(1, &sample(30));
+        assert_eq!(times(&mut r, false), vec![20]);
+        // The chunk is given back; what is left is ring 1's copy of 30.
+        assert_eq!(r.held_bytes(), 16 + ENTRY);
     }
 }

@@ -130,23 +130,22 @@ fn enable(a: &mut Attached<'_>) -> Result<(), Error> {
         .map_err(|e| Error::new(format!("cannot start the command: {e}")))
 }
 
-/// Most memory the background drainer may hold per ring byte, and in all.
-const DRAIN_RINGS: usize = 16;
-const DRAIN_MAX: usize = 256 << 20;
+/// What may be held outside the rings (the drainer's copies and the records the reader
+/// still holds), at least: one cold DWARF unwind of a large binary held the reader 0.9 s,
+/// behind ~10 MiB of `offcpu --wakers --call-graph dwarf` records (issue 17).
+const HELD_MIN: usize = 16 << 20;
+/// ... and at most, whatever the rings' size.
+const HELD_MAX: usize = 256 << 20;
 
 /// Let a background thread copy out rings the reader leaves past half full
-/// ([`perfring::event::Session::drain_in_background`]): the first DWARF unwind in a large
-/// binary can hold the reader for a second, longer than a default ring lasts. Bounded to
-/// [`DRAIN_RINGS`] times the rings' size (at least 16 MiB, at most [`DRAIN_MAX`]); beyond
-/// it the kernel drops and counts records. The copies go back into the rings' order: the
-/// ordered reader gets each ring's copied records before what is still in it, in one
-/// `Session::drain` under the drainer's lock, so to the reader a ring and its copies are one
-/// bigger ring and the time-ordering rules hold as they are.
+/// ([`perfring::event::Session::drain_in_background`]), so a reader held up by slow work
+/// loses nothing. What is held outside the rings stays under the rings' own size (between
+/// [`HELD_MIN`] and [`HELD_MAX`]): a target that keeps psample behind for good (a flood of
+/// mappings) costs counted lost records, not memory. The copies keep the rings' order: the
+/// ordered reader takes each ring's copies, as one chunk, before what is still in it, so a
+/// ring and its copies read as one bigger ring and the time-ordering rules hold as they are.
 fn start_drainer(session: &mut perfring::event::Session) -> Result<(), Error> {
-    let limit = session
-        .ring_bytes()
-        .saturating_mul(DRAIN_RINGS)
-        .clamp(16 << 20, DRAIN_MAX);
+    let limit = session.ring_bytes().clamp(HELD_MIN, HELD_MAX);
     session
         .drain_in_background(limit)
         .map_err(|e| Error::new(format!("cannot start the ring drainer thread: {e}")))
@@ -350,7 +349,10 @@ impl<'a, 'c> Live<'a, 'c> {
         intervals: Option<&mut Intervals>,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
-        let Live { a, c, p, .. } = self;
+        let Live {
+            a, c, p, reader, ..
+        } = self;
+        drop(reader);
         let Attached {
             opts,
             session,
