@@ -21,19 +21,25 @@ mod cmd {
 
 /// Map types used by psample.
 pub mod map_type {
+    /// BPF_MAP_TYPE_HASH.
     pub const HASH: u32 = 1;
+    /// BPF_MAP_TYPE_ARRAY.
     pub const ARRAY: u32 = 2;
+    /// BPF_MAP_TYPE_STACK_TRACE.
     pub const STACK_TRACE: u32 = 7;
 }
 
 /// Program types used by psample.
 pub mod prog_type {
+    /// BPF_PROG_TYPE_PERF_EVENT.
     pub const PERF_EVENT: u32 = 7;
 }
 
 /// Update flags.
 pub mod update {
+    /// BPF_ANY: create or update.
     pub const ANY: u64 = 0;
+    /// BPF_NOEXIST: create only.
     pub const NOEXIST: u64 = 1;
 }
 
@@ -238,10 +244,15 @@ pub unsafe fn map_get_next_key(
 
 /// Everything `BPF_PROG_LOAD` needs from the caller.
 pub struct ProgLoad<'a> {
+    /// BPF_PROG_TYPE_*.
     pub prog_type: u32,
+    /// The instructions (8 bytes each).
     pub insns: &'a [u8],
+    /// The license (GPL-compatible for the helpers used).
     pub license: &'a std::ffi::CStr,
+    /// Kernel version (checked by kernels before 5.0 for kprobes; 0 otherwise).
     pub kern_version: u32,
+    /// The program name (truncated to 15 bytes).
     pub name: &'a str,
     /// Verifier log destination; `None` loads without a log (faster).
     pub log: Option<&'a mut [u8]>,
