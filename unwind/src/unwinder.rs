@@ -260,7 +260,18 @@ impl Unwinder {
     /// 2.7 MB of `.eh_frame`) are read and scanned — at 999 Hz with 16 KiB stacks a stall of
     /// a few tenths of a second overflows the default rings.
     pub fn prepare(&mut self, procs: &Processes, pid: u32) {
-        self.sync(procs, pid);
+        if !self.sync(procs, pid) {
+            return;
+        }
+        let Some(space) = procs.space(pid) else {
+            return;
+        };
+        let Some(state) = self.states.get_mut(&pid) else {
+            return;
+        };
+        for (id, _) in procs.exec_mappings(space) {
+            ensure_module(state, &mut self.store, procs, pid, id);
+        }
     }
 
     /// Number of (parsed files, mapping modules) currently cached; for memory diagnostics.
@@ -304,7 +315,8 @@ impl Unwinder {
 
     /// Bring `pid`'s framehop unwinder in line with its current executable mappings: drop
     /// modules whose mappings are gone. Modules are added as the walk meets them
-    /// ([`ensure_module`]): a process maps far more code than its stacks run through, and
+    /// ([`ensure_module`]), or all at once for the targets named on the command line
+    /// ([`Self::prepare`]): a process maps far more code than its stacks run through, and
     /// system-wide every process would otherwise have all its libraries parsed at its first
     /// sample.
     fn sync(&mut self, procs: &Processes, pid: u32) -> bool {
@@ -403,13 +415,8 @@ impl Unwinder {
                     Ok(v) => v,
                     Err(reason) => return Stopped(reason),
                 };
-                match hook(ip, sp, StepKind::Signal) {
-                    Step::Refuse => return Stopped(StopReason::StackOutOfRange),
-                    Step::Anchor => {
-                        out.push(ip);
-                        return WalkEnd::Anchored;
-                    }
-                    Step::Continue => out.push(ip),
+                if let Some(end) = apply(hook(ip, sp, StepKind::Signal), ip, out) {
+                    return end;
                 }
                 fh_regs = UnwindRegsX86_64::new(ip, sp, bp);
                 // The interrupted instruction has not executed: look it up as-is, not -1.
@@ -422,31 +429,16 @@ impl Unwinder {
                 state
                     .framehop
                     .unwind_frame(frame, &mut fh_regs, &mut self.cache, &mut read_stack);
-            let ra = match step {
-                Ok(Some(ra)) => ra,
-                Ok(None) => return Stopped(StopReason::EndOfStack),
-                Err(err) => return Stopped(framehop_failure(err, has_cfi, words)),
+            let moved = fh_regs.sp() > prev_sp;
+            let ra = match step
+                .map_err(|err| framehop_failure(err, has_cfi, words))
+                .and_then(|ra| check_return(ra, moved, has_cfi, procs, pid))
+            {
+                Ok(ra) => ra,
+                Err(reason) => return Stopped(reason),
             };
-            if ra == 0 {
-                return Stopped(StopReason::ZeroRa);
-            }
-            if fh_regs.sp() <= prev_sp {
-                return Stopped(StopReason::Loop);
-            }
-            if procs.find(pid, ra - 1).is_none() {
-                return Stopped(if has_cfi {
-                    StopReason::NoMapping
-                } else {
-                    StopReason::NoUnwindInfo
-                });
-            }
-            match hook(ra, fh_regs.sp(), StepKind::Return) {
-                Step::Refuse => return Stopped(StopReason::StackOutOfRange),
-                Step::Anchor => {
-                    out.push(ra);
-                    return WalkEnd::Anchored;
-                }
-                Step::Continue => out.push(ra),
+            if let Some(end) = apply(hook(ra, fh_regs.sp(), StepKind::Return), ra, out) {
+                return end;
             }
             frame = match FrameAddress::from_return_address(ra) {
                 Some(f) => f,
@@ -505,6 +497,47 @@ impl Unwinder {
             }
             floor = bp + 16;
             bp = next_bp;
+        }
+    }
+}
+
+/// A return address framehop found (`None`: the CFI says the stack ends here), checked:
+/// non-zero, with the stack pointer having `moved` up, and inside a mapping.
+fn check_return(
+    ra: Option<u64>,
+    moved: bool,
+    has_cfi: bool,
+    procs: &Processes,
+    pid: u32,
+) -> Result<u64, StopReason> {
+    let ra = ra.ok_or(StopReason::EndOfStack)?;
+    if ra == 0 {
+        return Err(StopReason::ZeroRa);
+    }
+    if !moved {
+        return Err(StopReason::Loop);
+    }
+    if procs.find(pid, ra - 1).is_none() {
+        return Err(if has_cfi {
+            StopReason::NoMapping
+        } else {
+            StopReason::NoUnwindInfo
+        });
+    }
+    Ok(ra)
+}
+
+/// Act on the step hook's verdict for the frame at `addr`: `Some` ends the walk.
+fn apply(step: Step, addr: u64, out: &mut Vec<u64>) -> Option<WalkEnd> {
+    match step {
+        Step::Refuse => Some(WalkEnd::Stopped(StopReason::StackOutOfRange)),
+        Step::Anchor => {
+            out.push(addr);
+            Some(WalkEnd::Anchored)
+        }
+        Step::Continue => {
+            out.push(addr);
+            None
         }
     }
 }

@@ -103,12 +103,12 @@ fn tracepoint_attr(
         | sample::CALLCHAIN
         | sample::RAW;
     let mut b = AttrBuilder::new(EventKind::Tracepoint(id)).period(1);
-    if let StackMode::Dwarf(size) = mode {
+    if let Some(size) = mode.stack_copy() {
         st |= sample::REGS_USER | sample::STACK_USER;
         b = b
             .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
             .sample_stack_user(size)
-            .exclude_callchain_user(true);
+            .exclude_callchain_user(!mode.kernel_user_chain());
     }
     b.sample_type(st)
         .disabled(true)

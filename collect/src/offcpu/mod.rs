@@ -70,8 +70,12 @@ pub struct OffCpuOptions {
 }
 
 /// Ring sizes: every switch-out is a sample.
+/// Hybrid samples are ~3 times an fp sample (512 bytes of stack), and a switch-heavy
+/// server system-wide writes tens of thousands a second per CPU while the reader competes
+/// with it for the CPU: 256 pages lost records on a 2-CPU machine under pgbench, 512 do not.
 const PAGES: DefaultPages = DefaultPages {
     fp: 128,
+    auto: 512,
     dwarf: 512,
 };
 

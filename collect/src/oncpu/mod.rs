@@ -36,7 +36,12 @@ pub struct OnCpuOptions {
 }
 
 /// Ring sizes: a DWARF sample carries a copy of the user stack.
-const PAGES: DefaultPages = DefaultPages { fp: 64, dwarf: 512 };
+/// Hybrid samples are ~3 times an fp sample's size (512 bytes of stack): 4 times the ring.
+const PAGES: DefaultPages = DefaultPages {
+    fp: 64,
+    auto: 256,
+    dwarf: 512,
+};
 
 fn labels() -> Labels {
     Labels {
