@@ -189,6 +189,40 @@ fn bpf_auto_keeps_the_ring_for_hybrid_stacks() {
         "{}",
         o.stderr
     );
+    let fallbacks = o
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("fallbacks"))
+        .unwrap_or_default();
+    assert!(
+        fallbacks.contains("BPF aggregation → ring buffer"),
+        "{}",
+        o.stderr
+    );
+    // Never worse than the ring: memchr keeps its callers.
+    let folded = parse_folded(&o.folded);
+    let orphans: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains("__memchr") && !s.contains(";scan_"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        orphans, 0,
+        "memchr samples without their caller\n{}",
+        o.folded
+    );
+    // With frame pointers asked for, BPF aggregates in the kernel: no fallback.
+    let (o, _) = run_psample_until_cpu(
+        &["record", "-p", &pid, "--call-graph", "fp", "--bpf", "auto"],
+        w.pid,
+        0.3,
+    );
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert!(
+        !o.stderr.contains("not used") && !o.stderr.contains("BPF aggregation →"),
+        "{}",
+        o.stderr
+    );
     let o = run_psample(&["record", "-p", &pid, "-d", "1", "--bpf", "always"]);
     assert_ne!(
         o.status, 0,

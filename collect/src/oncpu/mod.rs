@@ -12,6 +12,7 @@ use perfring::sys::Kernel;
 use crate::continuous::Intervals;
 use crate::output::Labels;
 use crate::session::{self, DefaultPages, Observer, SessionOptions, Setup, StopCause};
+use crate::stack::StackMode;
 use crate::target::Target;
 use crate::Error;
 
@@ -95,6 +96,13 @@ pub fn run_session(
         bpf::Decision::NotUsed(why) => {
             if args.bpf != BpfMode::Never {
                 a.summary.line("bpf", format!("not used: {why}"));
+            }
+            // `--bpf auto` would aggregate fp stacks in the kernel; the default call graph
+            // gives better ones only through the ring: a fallback, said where fallbacks are.
+            if args.bpf == BpfMode::Auto && matches!(mode, StackMode::Auto(_)) {
+                a.session
+                    .notes
+                    .push("BPF aggregation → ring buffer (auto stacks need the stack copy)".into());
             }
             None
         }
