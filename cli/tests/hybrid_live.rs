@@ -100,6 +100,37 @@ fn offcpu_default_keeps_the_callers_of_libc_blocking_calls() {
     let broken = summary_number(&stderr, "stack health").unwrap_or(100.0);
     assert!(broken <= 1.0, "{health}");
 
+    // perf's DWARF mode sees the same callers at the same switch-outs (perf counts switches,
+    // not blocked time: the check is the stacks, the split is the workload's own clock's).
+    let sleeper = workload("sleep_pipe_libc");
+    let perf = perf_folded(&[
+        "-e",
+        "sched:sched_switch",
+        "--call-graph",
+        "dwarf",
+        "--",
+        sleeper.to_str().unwrap(),
+        "-s",
+        "1",
+    ]);
+    // perf's switch-outs inside libc's nanosleep and read, and those naming their caller.
+    let waits: Vec<(&String, &u64)> = perf
+        .iter()
+        .filter(|(s, _)| s.contains("nanosleep") || s.contains("libc_read"))
+        .collect();
+    let perf_waits: u64 = waits.iter().map(|(_, n)| **n).sum();
+    let perf_callers: u64 = waits
+        .iter()
+        .filter(|(s, _)| {
+            ["sleep_phase", "wait_phase", "child_loop"]
+                .iter()
+                .any(|c| s.contains(c))
+        })
+        .map(|(_, n)| **n)
+        .sum();
+    eprintln!("perf --call-graph dwarf: {perf_callers} of {perf_waits} libc waits with caller");
+    assert!(perf_waits >= 100 && perf_callers * 100 >= perf_waits * 95);
+
     // The same program with frame pointers only: the leaf in libc hides its caller.
     let (fp, _, _) = offcpu_sleep_pipe_libc(&["--call-graph", "fp"]);
     let total: u64 = fp.values().sum();
@@ -112,8 +143,8 @@ fn offcpu_default_keeps_the_callers_of_libc_blocking_calls() {
 }
 
 /// libc_split spends 70 % of its CPU in libc's memchr under scan_a and 30 % under scan_b.
-/// Default record: the split is right and every sample in memchr names its scan; in fp mode
-/// neither scan appears under memchr.
+/// Default record: the split is right (and perf's with `--call-graph dwarf`) and every
+/// sample in memchr names its scan; in fp mode neither scan appears under memchr.
 #[test]
 fn record_default_keeps_the_callers_of_libc_leaves() {
     require!(Need::SystemWide);
@@ -145,6 +176,15 @@ fn record_default_keeps_the_callers_of_libc_leaves() {
         (60.0..=80.0).contains(&split),
         "scan_a {split:.1}%\n{}",
         o.stderr
+    );
+
+    // perf's DWARF mode (16 KiB copied per sample) on the same process: the same split.
+    let (perf, _) = perf_folded_until_cpu(&["--call-graph", "dwarf", "-F", "999"], w.pid, 1.5);
+    let theirs = share(&perf, "scan_a", "scan_b");
+    eprintln!("scan_a share: psample auto {split:.1}%, perf --call-graph dwarf {theirs:.1}%");
+    assert!(
+        (split - theirs).abs() <= 5.0,
+        "psample auto {split:.1}% vs perf dwarf {theirs:.1}%"
     );
 
     let (fp, _) = run_psample_until_cpu(

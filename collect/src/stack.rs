@@ -272,10 +272,12 @@ impl StackBuilder {
     }
 
     fn unwind_dwarf(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
-        self.user.clear();
         let Some((regs, stack)) = regs_and_stack(s) else {
-            return;
+            // No copy: a kernel thread (no user stack at all), or a kernel that refused
+            // the copy (the ladder then asked for its user callchain instead).
+            return self.account_fp(tracker, pid);
         };
+        self.user.clear();
         let r: UnwindResult =
             self.unwinder
                 .unwind_dwarf(&tracker.procs, pid, regs, stack, &mut self.user);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use collect::offcpu::{OffCpuOptions, StateFilter};
 use collect::oncpu::{bpf::BpfMode, OnCpuOptions};
-use collect::session::{Quiet, SessionOptions};
+use collect::session::{Observer, SessionOptions, Summary};
 use collect::stack::StackMode;
 use collect::target::{Target, TargetSpec};
 use compat_tests::profile::{self, KernelProfile};
@@ -61,8 +61,25 @@ fn script(w: &Workload, blocked: &Stack) -> Script {
     s
 }
 
-/// Folded output of offcpu and record under `p` in `mode`, and the events each opened.
+/// The rendered summaries of the sessions run.
+#[derive(Default)]
+struct Summaries(Vec<String>);
+
+impl Observer for Summaries {
+    fn summary(&mut self, s: &Summary) {
+        self.0.push(s.render());
+    }
+}
+
+/// Folded output of offcpu and record under `p` in `mode` (the events each opened checked).
 fn run(p: KernelProfile, mode: StackMode) -> (String, String) {
+    let (offcpu, record, _) = run_summarized(p, mode);
+    (offcpu, record)
+}
+
+/// [`run`], with both sessions' summaries.
+fn run_summarized(p: KernelProfile, mode: StackMode) -> (String, String, Summaries) {
+    let mut summaries = Summaries::default();
     let w = Workload::start().expect("workload");
     let blocked = blocked_main_stack(w.pid, 16384).expect("the blocked stack");
     let name = p.name;
@@ -76,7 +93,7 @@ fn run(p: KernelProfile, mode: StackMode) -> (String, String) {
         state: StateFilter::Blocked,
         wakers: false,
     };
-    collect::offcpu::run(&opts, k.clone(), &mut Quiet)
+    collect::offcpu::run(&opts, k.clone(), &mut summaries)
         .unwrap_or_else(|e| panic!("{name}: offcpu failed: {e}"));
     assert!(k.script_done(), "{name}");
     check_attrs(&k, mode);
@@ -89,10 +106,10 @@ fn run(p: KernelProfile, mode: StackMode) -> (String, String) {
         event: "cpu-clock".into(),
         bpf: BpfMode::Never,
     };
-    collect::oncpu::run(&opts, k.clone(), &mut Quiet)
+    collect::oncpu::run(&opts, k.clone(), &mut summaries)
         .unwrap_or_else(|e| panic!("{name}: record failed: {e}"));
     check_attrs(&k, mode);
-    (offcpu, std::fs::read_to_string(&out).unwrap())
+    (offcpu, std::fs::read_to_string(&out).unwrap(), summaries)
 }
 
 /// The kernel was asked for what the mode needs: the user callchain always, registers and
@@ -105,8 +122,9 @@ fn check_attrs(k: &EmulatedKernel, mode: StackMode) {
         }
         assert!(!a.has(flag::EXCLUDE_CALLCHAIN_USER), "{name}");
         let copies = a.sample_type & (sample::REGS_USER | sample::STACK_USER) != 0;
-        assert_eq!(copies, mode != StackMode::Fp, "{name}");
-        if let StackMode::Auto(size) = mode {
+        let refused = k.profile().known_sample_type & sample::REGS_USER == 0;
+        assert_eq!(copies, mode != StackMode::Fp && !refused, "{name}");
+        if let (StackMode::Auto(size), false) = (mode, refused) {
             assert_eq!(a.sample_stack_user, size, "{name}");
         }
     }
@@ -189,4 +207,38 @@ per_profile! {
 #[test]
 fn every_profile_is_covered() {
     assert_eq!(profile::all().len(), 8);
+}
+
+/// 3.10 built without perf_regs support (an architecture without it, or a kernel configured
+/// without it) refuses REGS_USER and STACK_USER with EINVAL: the ladder drops the copy, says
+/// so among the fallbacks, and the default call graph gives the frame-pointer stacks, exactly
+/// those of `--call-graph fp` (the caller of libc's read lost, as fp loses it), not nothing.
+#[test]
+fn a_kernel_refusing_the_stack_copy_falls_back_to_frame_pointers() {
+    let mut p = profile::upstream_3_10();
+    p.name = "3.10-no-perf-regs";
+    p.known_sample_type &= !(sample::REGS_USER | sample::STACK_USER);
+    let (offcpu, record, summaries) = run_summarized(p.clone(), StackMode::DEFAULT);
+    assert_eq!(summaries.0.len(), 2);
+    eprintln!("{}", summaries.0[1]);
+    for s in &summaries.0 {
+        let fallbacks = s
+            .lines()
+            .find(|l| l.trim_start().starts_with("fallbacks"))
+            .unwrap_or_else(|| panic!("no fallbacks line:\n{s}"));
+        assert!(
+            fallbacks.contains("no user regs/stack copy → frame-pointer user stacks"),
+            "{s}"
+        );
+        assert!(s.contains("hybrid") && s.contains("no stack copies"), "{s}");
+    }
+    let (fp_off, fp_rec) = run(p.clone(), StackMode::Fp);
+    assert_eq!(user_parts(&offcpu), user_parts(&fp_off));
+    assert_eq!(user_parts(&record), user_parts(&fp_rec));
+    let sum: u64 = user_parts(&record).iter().map(|(_, n)| n).sum();
+    assert_eq!(sum, 20, "{record}");
+    assert!(record.contains(";main;"), "{record}");
+    // DWARF mode on the same kernel: the kernel's chain too, rather than empty user stacks.
+    let (dw_off, _) = run(p, StackMode::Dwarf(8192));
+    assert_eq!(user_parts(&dw_off), user_parts(&fp_off));
 }

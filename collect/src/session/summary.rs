@@ -138,6 +138,10 @@ impl Summary {
         let h = &b.hybrid_stats;
         let n = h.stacks();
         if n == 0 {
+            if h.no_copy > 0 {
+                let v = format!("no stack copies: {} frame-pointer stacks as is", h.no_copy);
+                self.line("hybrid", v);
+            }
             return;
         }
         let pct = |k: u64| 100.0 * k as f64 / n as f64;
