@@ -220,7 +220,6 @@ fn a_kernel_refusing_the_stack_copy_falls_back_to_frame_pointers() {
     p.known_sample_type &= !(sample::REGS_USER | sample::STACK_USER);
     let (offcpu, record, summaries) = run_summarized(p.clone(), StackMode::DEFAULT);
     assert_eq!(summaries.0.len(), 2);
-    eprintln!("{}", summaries.0[1]);
     for s in &summaries.0 {
         let fallbacks = s
             .lines()
