@@ -481,6 +481,7 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            kinds: false,
         };
         (c, symbols, labels)
     }

@@ -42,6 +42,7 @@ fn labels() -> Labels {
     Labels {
         title: "psample record".into(),
         count_name: "samples".into(),
+        kinds: false,
     }
 }
 
