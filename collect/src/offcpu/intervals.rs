@@ -220,9 +220,28 @@ pub struct ThreadTotals {
     pub filtered_ns: u64,
     /// Wall mode: on-CPU nanoseconds (sample periods).
     pub oncpu_ns: u64,
+    /// Wall mode: the span of time its counted time covers (`first_ns` 0: nothing yet) —
+    /// from its first counted instant to its last, so a thread that started or exited
+    /// inside the window is not taken for one whose time went unexplained.
+    pub first_ns: u64,
+    /// See `first_ns`.
+    pub last_ns: u64,
 }
 
 impl ThreadTotals {
+    /// Wall mode: time from `start` to `end` was counted.
+    fn seen(&mut self, start: u64, end: u64) {
+        if self.first_ns == 0 || start < self.first_ns {
+            self.first_ns = start.max(1);
+        }
+        self.last_ns = self.last_ns.max(end);
+    }
+
+    /// Wall mode: the span its counted time covers.
+    pub fn span_ns(&self) -> u64 {
+        self.last_ns.saturating_sub(self.first_ns)
+    }
+
     /// Wall mode: every kind of time accounted for (on-CPU, blocked, runnable, filtered).
     pub fn accounted_ns(&self) -> u64 {
         self.oncpu_ns
@@ -328,6 +347,9 @@ impl Report {
             e.runnable_ns = e.runnable_ns.saturating_add(t.runnable_ns);
             e.filtered_ns = e.filtered_ns.saturating_add(t.filtered_ns);
             e.oncpu_ns = e.oncpu_ns.saturating_add(t.oncpu_ns);
+            if t.first_ns != 0 {
+                e.seen(t.first_ns, t.last_ns);
+            }
         }
         self.threads_forgotten += other.threads_forgotten;
         self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
@@ -600,6 +622,7 @@ impl Engine {
         let thread = self.report.per_thread.entry(tid).or_default();
         thread.who = who;
         thread.oncpu_ns = thread.oncpu_ns.saturating_add(period);
+        thread.seen(time.saturating_sub(period), time);
         let Some(open) = self.threads.get_mut(&tid).and_then(|t| t.open.take()) else {
             return;
         };
@@ -693,6 +716,9 @@ impl Engine {
         };
         self.count_blocked(tid, &open, split - open.start);
         self.count_runnable(tid, &open, counted_end - split);
+        if let Some(t) = self.report.per_thread.get_mut(&tid) {
+            t.seen(open.start, counted_end);
+        }
     }
 
     /// Count `len` of `open` as blocked time, unless the filters leave it out.

@@ -184,9 +184,10 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// The ten threads with the most time accounted for: each kind's share of the window, and
-/// what is unexplained (records lost, a thread that started or ended inside the window,
-/// blocked time the filters left out is said separately).
+/// The ten threads with the most time accounted for: each kind's share of the window, the
+/// span its time covers (shorter than the window for a thread that started or exited inside
+/// it), and what is unexplained inside that span (records lost; blocked time the filters
+/// left out is said separately).
 fn thread_lines(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
     let mut threads: Vec<(&u32, &ThreadTotals)> = r.per_thread.iter().collect();
     threads.sort_by(|a, b| {
@@ -196,22 +197,28 @@ fn thread_lines(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
     });
     for (tid, t) in threads.iter().take(10) {
         let accounted = t.accounted_ns();
+        let span = t.span_ns().min(window_ns).max(accounted.min(window_ns));
         let filtered = if t.filtered_ns > 0 {
-            format!(", {:.0}% filtered (-m/-M)", pct(t.filtered_ns, window_ns))
+            format!(", filtered {:.0}% (-m/-M)", pct(t.filtered_ns, window_ns))
+        } else {
+            String::new()
+        };
+        let seen = if span + window_ns / 100 < window_ns {
+            format!(" (seen for {} of it)", secs(span))
         } else {
             String::new()
         };
         s.line(
             &format!("  {}/{tid}", names.get(t.who)),
             format!(
-                "on-CPU {:.0}%, off-CPU {:.0}%, runnable {:.0}%{filtered} of the {:.3} s \
-                 window; unexplained {} ({:.1}%)",
+                "on-CPU {:.1}%, off-CPU {:.1}%, runnable {:.1}%{filtered} of the {} \
+                 window{seen}; unexplained {} ({:.1}%)",
                 pct(t.oncpu_ns, window_ns),
                 pct(t.blocked_ns, window_ns),
                 pct(t.runnable_ns, window_ns),
-                window_ns as f64 / 1e9,
-                secs(window_ns.saturating_sub(accounted)),
-                pct(window_ns.saturating_sub(accounted), window_ns),
+                secs(window_ns),
+                secs(span.saturating_sub(accounted)),
+                pct(span.saturating_sub(accounted), span),
             ),
         );
     }
