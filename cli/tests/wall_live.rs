@@ -180,3 +180,80 @@ fn two_threads_on_one_cpu_are_runnable_in_turn() {
         "no runnable time with two workers on one CPU\n{stderr}"
     );
 }
+
+/// `psample wall` to `OUT` (its name says the format) under a short CPU budget.
+fn wall_to(out: &std::path::Path, budget: &str) -> String {
+    let o = std::process::Command::new(psample())
+        .args(["wall", "-F", "499", "-o"])
+        .arg(out)
+        .arg("--")
+        .arg(workload("wall_split"))
+        .args(["-s", "0"])
+        .env("WL_CPU_SECONDS", budget)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "psample failed: {stderr}");
+    stderr
+}
+
+/// pprof: three sample types in nanoseconds, one set per sample, read back (by `report`,
+/// which `diff` shares) as the folded profile with its kind leaves; `go tool pprof` reads
+/// it. SVG: the legend in the title, frames in the three palettes.
+#[test]
+fn pprof_has_three_values_and_svg_three_palettes() {
+    require!(Need::SystemWide);
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("wall.pb.gz");
+    wall_to(&pb, "0.4");
+    let raw = std::process::Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&pb)
+        .output()
+        .expect("`go` is needed to validate pprof files (apt-get install golang-go)");
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        raw.contains("cpu/nanoseconds off-cpu/nanoseconds runnable/nanoseconds"),
+        "{raw}"
+    );
+    let report = std::process::Command::new(psample())
+        .arg("report")
+        .arg(&pb)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    let kinds = report
+        .split("by kind of time:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no kinds in the report:\n{report}"));
+    assert!(
+        kinds.contains("[on-cpu]") && kinds.contains("[off-cpu]"),
+        "{report}"
+    );
+    assert!(report.contains("spin [on-cpu]"), "{report}");
+    let svg_path = dir.path().join("wall.svg");
+    wall_to(&svg_path, "0.2");
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("on-CPU (warm), off-CPU (blue), runnable (purple)"));
+    // The kind leaves' colors: warm (red ≥ 205, blue ≤ 55) and blue (r = g, blue ≥ 190).
+    let fill_of = |leaf: &str| -> (u8, u8, u8) {
+        let at = svg
+            .find(&format!("<title>{leaf} ("))
+            .unwrap_or_else(|| panic!("no {leaf} frame"));
+        let rest = &svg[at..];
+        let rgb = rest.split("fill=\"rgb(").nth(1).unwrap();
+        let v: Vec<u8> = rgb
+            .split(')')
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1], v[2])
+    };
+    let (r, _, b) = fill_of("[on-cpu]");
+    assert!(r >= 205 && b <= 55, "[on-cpu] is warm: {r},{b}");
+    let (r, g, b) = fill_of("[off-cpu]");
+    assert!(r == g && b >= 190, "[off-cpu] is blue: {r},{g},{b}");
+}

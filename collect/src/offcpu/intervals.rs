@@ -1453,4 +1453,90 @@ mod tests {
             prop_assert_eq!(by_stack, report.blocked_ns);
         }
     }
+
+    fn wall() -> Options {
+        Options {
+            runnable: true,
+            ..Options::default()
+        }
+    }
+
+    fn sampled(time: u64, tid: u32, period: u64) -> OffcpuEvent {
+        OffcpuEvent::Sampled {
+            time,
+            cpu: 0,
+            tid,
+            who: tid,
+            period,
+        }
+    }
+
+    fn with_state(k: StackKey, letter: char) -> StackKey {
+        StackKey {
+            state: Some(letter),
+            ..k
+        }
+    }
+
+    /// Wall mode: a preemption is runnable until the switch-in; a blocked interval is
+    /// blocked until its first wakeup and runnable from there; on-CPU samples count by
+    /// their period; per thread the kinds cover exactly the time seen.
+    #[test]
+    fn wall_mode_splits_blocked_runnable_and_on_cpu_time() {
+        let r = run(
+            wall(),
+            0,
+            100 * MS,
+            &[
+                sampled(10 * MS, 1, 10 * MS),
+                out(10 * MS, 1, R, 5),
+                sin(14 * MS, 1),
+                sampled(20 * MS, 1, 6 * MS),
+                out(20 * MS, 1, S, 6),
+                wake(50 * MS, 1, 9, 0),
+                // A second wakeup of a task already runnable does not move the split.
+                wake(55 * MS, 1, 9, 0),
+                sin(60 * MS, 1),
+                sampled(100 * MS, 1, 40 * MS),
+            ],
+        );
+        assert_eq!(r.runnable[&key(1, 5)], 4 * MS);
+        assert_eq!(r.runnable[&key(1, 6)], 10 * MS);
+        assert_eq!(r.by_stack[&with_state(key(1, 6), 'S')], 30 * MS);
+        assert_eq!(r.by_stack.len(), 1, "a preemption is not blocked time");
+        let t = &r.per_thread[&1];
+        assert_eq!(
+            (t.oncpu_ns, t.blocked_ns, t.runnable_ns),
+            (56 * MS, 30 * MS, 14 * MS)
+        );
+        assert_eq!(t.accounted_ns(), 100 * MS);
+        assert_eq!((t.first_ns, t.last_ns), (1, 100 * MS));
+        assert_eq!(r.oncpu_ns, 56 * MS);
+    }
+
+    /// An on-CPU sample of a thread whose switch-in was missed ends its interval where the
+    /// sample's period began; -m/-M leave blocked time out but count it as filtered.
+    #[test]
+    fn wall_mode_samples_end_missed_switch_ins_and_filters_are_counted() {
+        let opts = Options {
+            min_ns: 5 * MS,
+            ..wall()
+        };
+        let r = run(
+            opts,
+            0,
+            100 * MS,
+            &[
+                out(10 * MS, 1, D, 3),
+                sampled(40 * MS, 1, 10 * MS),
+                out(50 * MS, 1, S, 4),
+                sin(52 * MS, 1),
+            ],
+        );
+        assert_eq!(r.ended_by_sample, 1);
+        assert_eq!(r.by_stack[&with_state(key(1, 3), 'D')], 20 * MS);
+        assert_eq!(r.filtered_ns, 2 * MS);
+        assert_eq!(r.per_thread[&1].filtered_ns, 2 * MS);
+        assert!(!r.by_stack.keys().any(|k| k.stack == 4));
+    }
 }
