@@ -449,8 +449,9 @@ impl OffCpu {
         );
         if self.plan.specs.cpu_switch.is_some() {
             let sys_exit = self.plan.specs.sys_exit.is_some();
-            let wakers = self.plan.options.wakers;
-            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakers);
+            // Wall mode sees every wakeup (without stacks): the bound is measured.
+            let wakeups = self.plan.options.wakers || self.plan.options.runnable;
+            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakeups);
             s.line("switch-ins", ends);
         }
     }
