@@ -100,8 +100,16 @@ impl OffCpu {
         if self.system_wide() || matches!(self.plan.target, Target::Command(_)) {
             return;
         }
+        // -t: only the threads asked for, not every thread of their processes.
+        let only: Option<HashSet<u32>> = match &self.plan.target {
+            Target::Tids(t) => Some(t.iter().copied().collect()),
+            _ => None,
+        };
         for &pid in &self.plan.pids {
             for tid in target::threads_of(pid).unwrap_or_default() {
+                if only.as_ref().is_some_and(|o| !o.contains(&tid)) {
+                    continue;
+                }
                 let Some(letter) = thread_state(pid, tid) else {
                     continue;
                 };
