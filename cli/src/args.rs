@@ -529,6 +529,21 @@ mod tests {
     }
 
     #[test]
+    fn wall_takes_both_commands_flags() {
+        let c = Cli::try_parse_from([
+            "psample", "wall", "-p", "1", "-F", "999", "-m", "5", "--state", "--wakers",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Wall(w) => {
+                assert_eq!((w.freq, w.min_us, w.state, w.wakers), (999, 5, true, true));
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(Cli::try_parse_from(["psample", "wall", "-p", "1", "-F", "0"]).is_err());
+    }
+
+    #[test]
     fn conflicting_targets_are_rejected() {
         assert!(Cli::try_parse_from(["psample", "record", "-p", "1", "-a"]).is_err());
         assert!(Cli::try_parse_from(["psample", "record", "-p", "1", "-t", "2"]).is_err());

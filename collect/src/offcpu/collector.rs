@@ -478,13 +478,20 @@ impl OffCpu {
                 ),
             );
         }
-        s.line(
-            "filtered",
+        let filtered = if self.plan.options.runnable {
+            // Wall mode opens an interval for every state; only -m/-M leave time out.
+            format!(
+                "{} intervals outside -m/-M ({:.3} s of blocked time)",
+                r.filtered,
+                r.filtered_ns as f64 / 1e9
+            )
+        } else {
             format!(
                 "{} preemptions/other states, {} outside -m/-M",
                 r.not_blocked, r.filtered
-            ),
-        );
+            )
+        };
+        s.line("filtered", filtered);
         s.line("mechanisms", self.plan.mechanisms.join("; "));
         if !self.plan.clock_monotonic {
             s.warnings
