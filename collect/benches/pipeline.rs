@@ -103,7 +103,6 @@ fn bench(c: &mut Criterion) {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
-            kinds: false,
         };
         let mut recorder = Recorder::new("bench".into(), 1_000_000, None, labels);
         let mut reader = OrderedReader::new(fmt());

@@ -481,7 +481,6 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
-            kinds: false,
         };
         (c, symbols, labels)
     }

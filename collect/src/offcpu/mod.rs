@@ -83,7 +83,6 @@ fn labels(wakers: bool) -> Labels {
             "psample offcpu".into()
         },
         count_name: "us".into(),
-        kinds: false,
     }
 }
 

@@ -42,7 +42,6 @@ fn labels() -> Labels {
     Labels {
         title: "psample record".into(),
         count_name: "samples".into(),
-        kinds: false,
     }
 }
 

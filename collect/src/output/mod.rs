@@ -127,9 +127,6 @@ pub struct Labels {
     pub title: String,
     /// What the counts are (`samples`, `us`).
     pub count_name: String,
-    /// Lines end in their kind of time (`psample wall`): the SVG colors on-CPU, off-CPU and
-    /// runnable frames from three palettes.
-    pub kinds: bool,
 }
 
 /// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`:

@@ -1,5 +1,5 @@
-//! SVG flame graphs via inferno. Profiles whose lines end in their kind of time (`psample
-//! wall`) get one palette per kind ([`kind_palette`]).
+//! SVG flame graphs via inferno. Profiles whose lines all end in their kind of time
+//! (`psample wall`) get one palette per kind ([`kind_palette`]).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -15,7 +15,12 @@ pub fn write(out: &mut impl Write, lines: &[(String, u64)], labels: &Labels) -> 
     opts.count_name = labels.count_name.clone();
     // The folded stacks are already sorted; keep the output reproducible.
     opts.deterministic = true;
-    let mut palette = labels.kinds.then(|| kind_palette(lines));
+    // A wall profile (every line ends in its kind of time) gets one palette per kind.
+    let kinds = !lines.is_empty()
+        && lines
+            .iter()
+            .all(|(s, _)| s.rsplit(';').next().and_then(kind_of).is_some());
+    let mut palette = kinds.then(|| kind_palette(lines));
     opts.palette_map = palette.as_mut();
     let text: Vec<String> = lines.iter().map(|(s, c)| format!("{s} {c}")).collect();
     if text.is_empty() {
@@ -128,7 +133,6 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
-            kinds: false,
         };
         write(&mut out, &[("prog;main;work".into(), 5)], &labels).unwrap();
         let s = String::from_utf8(out).unwrap();
@@ -158,7 +162,6 @@ mod tests {
         let labels = Labels {
             title: "psample wall".into(),
             count_name: "ns".into(),
-            kinds: true,
         };
         let mut out = Vec::new();
         write(&mut out, &lines, &labels).unwrap();

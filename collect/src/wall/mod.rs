@@ -63,7 +63,6 @@ pub fn labels(wakers: bool) -> Labels {
     Labels {
         title: format!("psample wall{what}: on-CPU (warm), off-CPU (blue), runnable (purple)"),
         count_name: "ns".into(),
-        kinds: true,
     }
 }
 
