@@ -188,7 +188,7 @@ pub fn add_specs(
 
 /// After attaching: how switch-ins are seen (opening the CPU-wide fallback where
 /// context-switch records are refused) and the wakeup filter (`all_threads`: wakeups of
-/// every target thread are wanted, also of threads created later). Returns the specs and the
+/// every target thread are wanted, also of threads created later, and they carry no stack). Returns the specs and the
 /// mechanisms, as the summary lists them.
 pub fn complete(
     a: &mut Attached<'_>,
@@ -223,14 +223,15 @@ pub fn complete(
     }
     if let Some(spec) = wakeup {
         // Only wakeups of target threads matter: filter them in the kernel where it accepts
-        // the filter. The filter names the threads there are now: a launched command has
-        // none of its threads yet (its filter would pass only its first thread's wakeups),
-        // and with `all_threads` (wall, where every wakeup ends a blocked part) threads
-        // created later must be seen too, so only an exact thread list (-t) is filtered.
+        // the filter. The filter names the threads there are now (for a launched command,
+        // only its first thread): wakeups of threads created later are lost to it, which
+        // `offcpu` accepts (a waker stack is big, and most wakeups on a busy host are not
+        // the targets'). With `all_threads` (wall without --wakers: every wakeup ends a
+        // blocked part, and carries no stack) only an exact thread list (-t) is filtered.
         let fixed = match a.target {
+            Target::AllCpus => false,
             Target::Tids(_) => true,
-            Target::Pids(_) => !all_threads,
-            Target::Command(_) | Target::AllCpus => false,
+            Target::Pids(_) | Target::Command(_) => !all_threads,
         };
         let filtered = fixed && filter::to_targets(a, spec, "pid");
         let what = if all_threads { "wakeups" } else { "wakers" };

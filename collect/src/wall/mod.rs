@@ -100,7 +100,9 @@ pub fn run_session(
     let hz = clamp_frequency(args.freq, kernel.as_ref(), &mut s.summary.warnings);
     let period_ns = 1_000_000_000 / hz.max(1);
     // Wakeups are always wanted: they end the blocked part of an interval and start its
-    // runnable part. Their stacks only with --wakers.
+    // runnable part. Their stacks only with --wakers, which then filters them to the
+    // threads there are at the start, as offcpu does (new threads' wakeup latency then
+    // counts as blocked time).
     let tp = events::Tracepoints::locate(kernel.as_ref(), true)?;
     let (switch, wakeup) = events::add_specs(&mut s, &tp, args.wakers);
     // Opened after the switch spec on every thread: the ring layout is the tracepoints'.
@@ -108,7 +110,7 @@ pub fn run_session(
     let oncpu = s.session.add_spec("cpu-clock", attr);
     let cpu_specs: Vec<usize> = wakeup.into_iter().collect();
     let mut a = s.attach(&[switch, oncpu], &cpu_specs)?;
-    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup), true)?;
+    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup), !args.wakers)?;
     let support = |f| a.session.ladder.support(f) == Support::Yes;
     let plan = Plan {
         options: Options {
