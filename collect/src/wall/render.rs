@@ -34,48 +34,62 @@ pub struct WallProfile {
 }
 
 /// Where a piece of time came from, and so which of the three values it goes to.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
     On(NameId, StackId),
     Off(StackKey),
     Runnable(StackKey),
 }
 
-/// A piece of time: its folded stack without the kind leaf, the leaf, the nanoseconds.
-type Piece = (String, String, u64, Source);
-
 impl WallProfile {
-    /// The leaf frame of blocked time under `key`.
-    fn off_leaf(&self, key: &StackKey) -> String {
-        match key.state.filter(|_| self.states) {
-            Some(letter) => format!("[off-cpu:{letter}]"),
-            None => KIND_OFF.into(),
+    /// Every piece of time with its nanoseconds: on-CPU, off-CPU, runnable, in a
+    /// deterministic order.
+    fn sources(&self) -> Vec<(Source, u64)> {
+        let r = &self.report;
+        let mut v: Vec<(Source, u64)> = self
+            .oncpu
+            .iter()
+            .map(|(name, stack, ns)| (Source::On(name, stack), ns))
+            .chain(r.by_stack.iter().map(|(k, ns)| (Source::Off(*k), *ns)))
+            .chain(r.runnable.iter().map(|(k, ns)| (Source::Runnable(*k), *ns)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The kind leaf of a piece of time.
+    fn leaf(&self, source: &Source) -> String {
+        match source {
+            Source::On(..) => KIND_ON.into(),
+            Source::Runnable(_) => KIND_RUNNABLE.into(),
+            Source::Off(key) => match key.state.filter(|_| self.states) {
+                Some(letter) => format!("[off-cpu:{letter}]"),
+                None => KIND_OFF.into(),
+            },
         }
     }
 
-    /// Every piece of time, on-CPU, off-CPU, runnable.
-    fn lines(&self, t: &Snapshot, folder: &mut Folder<'_>) -> Vec<Piece> {
+    /// Folded lines with their kind leaf, merged.
+    fn fold(&self, t: &Snapshot, folder: &mut Folder<'_>) -> Vec<(String, u64)> {
         let (stacks, names) = (&t.tables.stacks, &t.tables.names);
-        let mut out = Vec::new();
-        for (name, stack, ns) in self.oncpu.iter() {
-            let line = folder.render(names.get(name), stacks.get(stack));
-            out.push((line, KIND_ON.to_string(), ns, Source::On(name, stack)));
-        }
         let r = &self.report;
-        let off = key_lines(folder, t, r.by_stack.keys());
-        for (key, ns) in &r.by_stack {
-            if let Some(l) = off.get(key) {
-                out.push((l.clone(), self.off_leaf(key), *ns, Source::Off(*key)));
-            }
+        let keys = r.by_stack.keys().chain(r.runnable.keys());
+        let key_line = key_lines(folder, t, keys);
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for (source, ns) in self.sources() {
+            let line = match &source {
+                Source::On(name, stack) => folder.render(names.get(*name), stacks.get(*stack)),
+                Source::Off(k) | Source::Runnable(k) => match key_line.get(k) {
+                    Some(l) => l.clone(),
+                    None => continue,
+                },
+            };
+            let e = merged
+                .entry(format!("{line};{}", self.leaf(&source)))
+                .or_insert(0);
+            *e = e.saturating_add(ns);
         }
-        let runnable = key_lines(folder, t, r.runnable.keys());
-        for (key, ns) in &r.runnable {
-            if let Some(l) = runnable.get(key) {
-                let leaf = KIND_RUNNABLE.to_string();
-                out.push((l.clone(), leaf, *ns, Source::Runnable(*key)));
-            }
-        }
-        out
+        merged.into_iter().filter(|(_, ns)| *ns > 0).collect()
     }
 
     fn prefetch(&self, t: &Snapshot, sym: &mut Symbolizer) {
@@ -91,15 +105,13 @@ impl WallProfile {
     }
 
     fn pprof(&self, t: &Snapshot, sym: &mut Symbolizer, window: Window) -> pprof::Profile {
-        let mut folder = Folder::new(sym, &t.procs, &t.tables.frame_names);
-        let lines = self.lines(t, &mut folder);
-        drop(folder);
         let (stacks, names) = (&t.tables.stacks, &t.tables.names);
         let mut b = pprof::Builder::new(sym, &t.procs, &t.tables.frame_names);
-        for (_, leaf, ns, source) in &lines {
-            let v = i64::try_from(*ns).unwrap_or(i64::MAX);
-            let mut nodes: Vec<pprof::Node<'_>> = vec![pprof::Node::Text(leaf)];
-            let (values, key) = match *source {
+        for (source, ns) in self.sources().into_iter().filter(|(_, ns)| *ns > 0) {
+            let leaf = self.leaf(&source);
+            let v = i64::try_from(ns).unwrap_or(i64::MAX);
+            let mut nodes: Vec<pprof::Node<'_>> = vec![pprof::Node::Text(&leaf)];
+            let (values, key) = match source {
                 Source::On(name, stack) => {
                     nodes.extend(stacks.get(stack).iter().map(|f| pprof::Node::Frame(*f)));
                     ([v, 0, 0], Err(name))
@@ -149,11 +161,6 @@ impl Aggregation for WallProfile {
             return Rendered::Pprof(self.pprof(t, sym, window));
         }
         let mut folder = Folder::new(sym, &t.procs, &t.tables.frame_names);
-        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
-        for (line, leaf, ns, _) in self.lines(t, &mut folder) {
-            let e = merged.entry(format!("{line};{leaf}")).or_insert(0);
-            *e = e.saturating_add(ns);
-        }
-        Rendered::Lines(merged.into_iter().filter(|(_, ns)| *ns > 0).collect())
+        Rendered::Lines(self.fold(t, &mut folder))
     }
 }
