@@ -264,3 +264,37 @@ fn pprof_has_three_values_and_svg_three_palettes() {
     let (r, g, b) = fill_of("[off-cpu]");
     assert!(r == g && b >= 190, "[off-cpu] is blue: {r},{g},{b}");
 }
+
+/// `--wakers` on a running process: the sleep phase's blocked time carries the waker's
+/// stack after `--` (offwaketime style), and the kind is still the last frame.
+#[test]
+fn wakers_come_before_the_kind_leaf() {
+    require!(Need::SystemWide);
+    let _serial = serial();
+    let w = start("wall_split", &["-s", "0"]);
+    let pid = w.pid.to_string();
+    let o = run_psample(&["wall", "--wakers", "-p", &pid, "-d", "1.5"]);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    let folded = parse_folded(&o.folded);
+    let woken: u64 = folded
+        .iter()
+        .filter(|(s, _)| {
+            s.starts_with("wall_w0;") && s.contains(";sleep_phase;") && s.contains(";--;")
+        })
+        .map(|(s, ns)| {
+            let leaf = s.rsplit(';').next().unwrap();
+            assert!(leaf == "[off-cpu]" || leaf == "[runnable]", "{s}");
+            if leaf == "[off-cpu]" {
+                *ns
+            } else {
+                0
+            }
+        })
+        .sum();
+    let [_, off, _] = kinds(&folded, "wall_w0", Some("sleep_phase"));
+    assert!(
+        woken as f64 >= 0.9 * off,
+        "waker stacks on {woken} ns of {off} ns blocked in sleep_phase\n{}",
+        o.stderr
+    );
+}
