@@ -23,11 +23,17 @@ mod cmd {
 pub mod map_type {
     pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
+    /// BPF_MAP_TYPE_PERF_EVENT_ARRAY (4.3): perf event fds per CPU, for bpf_perf_event_output.
+    pub const PERF_EVENT_ARRAY: u32 = 4;
+    /// BPF_MAP_TYPE_PERCPU_ARRAY (4.6): one value per CPU, for scratch buffers.
+    pub const PERCPU_ARRAY: u32 = 6;
     pub const STACK_TRACE: u32 = 7;
 }
 
 /// Program types used by psample.
 pub mod prog_type {
+    /// BPF_PROG_TYPE_TRACEPOINT (4.7): attached to a tracepoint perf event.
+    pub const TRACEPOINT: u32 = 5;
     pub const PERF_EVENT: u32 = 7;
 }
 
