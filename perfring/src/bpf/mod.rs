@@ -11,6 +11,7 @@ pub mod error;
 pub mod helpers;
 pub mod insn;
 pub mod maps;
+pub mod offcpu;
 pub mod stack_counter;
 pub mod stack_gens;
 pub mod sys;
