@@ -50,9 +50,12 @@ build() {
 build cpu_split_fp "${fp[@]}" "$src/cpu_split.c"
 build cpu_split_nofp "${nofp[@]}" "$src/cpu_split.c"
 build syscall_heavy "${fp[@]}" "$src/syscall_heavy.c"
+build libc_split "${fp[@]}" "$src/libc_split.c"
 build sleep_pipe "${fp[@]}" "$src/sleep_pipe.c"
+build sleep_pipe_libc "${fp[@]}" -DSLEEP_PIPE_LIBC "$src/sleep_pipe.c"
 build fsync_server "${fp[@]}" "$src/fsync_server.c"
 build inline_demo "${fp[@]}" "$src/inline_demo.c"
+build distro_demo "${fp[@]}" "$src/distro_demo.c"
 build libdemo.so "${fp[@]}" -fPIC -shared "$src/libdemo.c"
 build dlopen_demo "${fp[@]}" "$src/dlopen_demo.c" -ldl
 build threads_late "${fp[@]}" "$src/threads_late.c"

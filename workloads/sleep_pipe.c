@@ -10,7 +10,7 @@
  * At exit it prints, after the result line, `phases sleep_us=N wait_us=M`: the time it
  * measured in each phase.
  *
- * usage: sleep_pipe [-s SECONDS] [-a SLEEP_MS] [-b PIPE_WAIT_MS]
+ * usage: sleep_pipe[_libc] [-s SECONDS] [-a SLEEP_MS] [-b PIPE_WAIT_MS]
  */
 #include "common.h"
 
@@ -23,8 +23,12 @@
 /* The blocking calls are made with an inline syscall instruction rather than libc's wrappers:
  * those wrappers are frameless leaves, so a frame-pointer walk from inside them skips their
  * caller and wait_phase would vanish from the off-CPU stack. Issued here, the user stack seen
- * by the kernel starts in sleep_phase / wait_phase itself. */
-#if defined(__x86_64__)
+ * by the kernel starts in sleep_phase / wait_phase itself.
+ *
+ * Built with -DSLEEP_PIPE_LIBC (the sleep_pipe_libc binary) it calls libc's nanosleep() and
+ * read() instead: a program with frame pointers blocking inside a libc without them (Debian's,
+ * RHEL's), the case hybrid unwinding (--call-graph auto) exists for. */
+#if defined(__x86_64__) && !defined(SLEEP_PIPE_LIBC)
 #include <sys/syscall.h>
 static inline long raw_syscall3(long nr, long a, long b, long c)
 {

@@ -36,7 +36,8 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Profile these processes (all their threads, including threads created later).
-    #[arg(short = 'p', long = "pid", value_delimiter = ',', value_name = "PID")]
+    #[arg(short = 'p', long = "pid", value_delimiter = ',', value_name = "PID",
+          value_parser = parse_pid)]
     pub pids: Vec<u32>,
     /// Profile only these threads.
     #[arg(
@@ -44,7 +45,8 @@ pub struct TargetArgs {
         long = "tid",
         value_delimiter = ',',
         value_name = "TID",
-        conflicts_with = "pids"
+        conflicts_with = "pids",
+        value_parser = parse_pid
     )]
     pub tids: Vec<u32>,
     /// Profile every CPU (system-wide).
@@ -125,12 +127,32 @@ pub struct SymbolArgs {
     /// Extra directory to search for separate debug files (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
+    /// Debug files missing here from the debuginfod servers in DEBUGINFOD_URLS (cached
+    /// where gdb and perf cache them): `auto` when the variable names a server, `off` never.
+    #[arg(
+        long = "debuginfod",
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub debuginfod: DebuginfodMode,
+    /// Longest time all debuginfod downloads of a run may take together (e.g. 30s, 2m).
+    #[arg(long = "debuginfod-deadline", value_parser = parse_duration, value_name = "DURATION",
+          default_value = "30s")]
+    pub debuginfod_deadline: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DebuginfodMode {
+    Auto,
+    Off,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
-    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub duration: Option<f64>,
     /// Output file: .svg writes a flame graph, .pb.gz/.pprof a pprof profile, anything else
     /// folded stacks (default: stdout).
@@ -143,7 +165,7 @@ pub struct CommonArgs {
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// Data pages per CPU ring buffer (a power of two; default depends on the mode).
-    #[arg(long = "mmap-pages", value_name = "PAGES")]
+    #[arg(long = "mmap-pages", value_name = "PAGES", value_parser = parse_mmap_pages)]
     pub mmap_pages: Option<usize>,
 }
 
@@ -152,6 +174,55 @@ pub enum OutputFormat {
     Folded,
     Svg,
     Pprof,
+}
+
+/// Longest run or interval accepted (a year): anything longer is a typo, and larger numbers
+/// overflow time arithmetic.
+pub const MAX_SECONDS: f64 = 366.0 * 86400.0;
+/// Highest `-F` accepted; the kernel's perf_event_max_sample_rate clamps it further.
+pub const MAX_FREQ: u64 = 10_000_000;
+/// Largest `--mmap-pages`: 256 MiB per CPU ring (root has no mlock limit to stop it).
+pub const MAX_MMAP_PAGES: usize = 65_536;
+
+/// `-d SECONDS`: a finite, positive number of seconds up to [`MAX_SECONDS`].
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !n.is_finite() || n <= 0.0 || n > MAX_SECONDS {
+        return Err(format!(
+            "{s:?} is out of range: give a number of seconds above 0 and at most {MAX_SECONDS}"
+        ));
+    }
+    Ok(n)
+}
+
+/// A process or thread id: 1 to `i32::MAX` (pid_t). 0 and -1 mean "this process" and "all
+/// processes" to perf_event_open, never what a user typed.
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a process id"))?;
+    if n == 0 || n > i32::MAX as u32 {
+        return Err(format!("{n} is not a valid process id"));
+    }
+    Ok(n)
+}
+
+/// `--mmap-pages`: a power of two from 1 to [`MAX_MMAP_PAGES`].
+pub fn parse_mmap_pages(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of pages"))?;
+    if n == 0 || n > MAX_MMAP_PAGES || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} pages: give a power of two from 1 to {MAX_MMAP_PAGES}"
+        ));
+    }
+    Ok(n)
 }
 
 /// Parse a duration such as `60`, `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
@@ -171,7 +242,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {
+    if !secs.is_finite() || secs <= 0.0 || secs > MAX_SECONDS {
         return Err(format!("duration {s:?} out of range"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
@@ -198,8 +269,12 @@ pub struct ContinuousArgs {
     )]
     pub pid_file: Option<PathBuf>,
     /// Profile processes with this name (/proc/PID/comm); re-attach when they restart.
+    /// Only one user's processes are followed: --user, else the owner of the first match.
     #[arg(long = "comm", value_name = "NAME", requires = "every")]
     pub comm: Option<String>,
+    /// With --comm: follow only this user's processes (name or uid).
+    #[arg(long = "user", value_name = "USER", requires = "comm")]
+    pub user: Option<String>,
     /// POST each interval's profile to a Pyroscope-compatible server (http://HOST:PORT; plain
     /// HTTP only). Failures are retried in the background and never hold up sampling.
     #[arg(long = "push", value_name = "URL", requires = "every")]
@@ -244,7 +319,8 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Samples per second per CPU/thread.
-    #[arg(short = 'F', long = "freq", default_value_t = 99, value_name = "HZ")]
+    #[arg(short = 'F', long = "freq", default_value_t = 99, value_name = "HZ",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_FREQ))]
     pub freq: u64,
     /// Event to sample: cpu-clock (default), task-clock, cycles, or tracepoint:SUBSYS:NAME.
     #[arg(
@@ -371,6 +447,35 @@ mod tests {
             }
             _ => panic!("wrong command"),
         }
+    }
+
+    #[test]
+    fn numeric_flags_are_validated_at_parse_time() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["psample", "record"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        for d in ["NaN", "inf", "-inf", "1e20", "-1", "0", "x", "1e-400"] {
+            assert!(parse(&["-p", "1", "-d", d]).is_err(), "-d {d}");
+        }
+        assert!(parse(&["-p", "1", "-d=-1"]).is_err());
+        assert!(parse(&["-p", "1", "-d", "0.5"]).is_ok());
+        for p in ["0", "-1", "4294967295", "2147483648"] {
+            assert!(parse(&["-p", p]).is_err(), "-p {p}");
+            assert!(parse(&["-t", p]).is_err(), "-t {p}");
+        }
+        assert!(parse(&["-p", "1,0"]).is_err());
+        for f in ["0", "-5", "99999999999"] {
+            assert!(parse(&["-p", "1", "-F", f]).is_err(), "-F {f}");
+        }
+        for m in ["0", "3", "131072", "99999999999"] {
+            assert!(
+                parse(&["-p", "1", "--mmap-pages", m]).is_err(),
+                "--mmap-pages {m}"
+            );
+        }
+        assert!(parse(&["-p", "1", "--mmap-pages", "1024"]).is_ok());
     }
 
     #[test]

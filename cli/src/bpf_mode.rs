@@ -65,7 +65,7 @@ pub fn setup(
         Err(e) => return refuse(mode, format!("cannot load the BPF program: {e}")),
     };
     if verbose && !counter.verifier_log().is_empty() {
-        eprintln!("psample: BPF verifier log:\n{}", counter.verifier_log());
+        crate::errln!("psample: BPF verifier log:\n{}", counter.verifier_log());
     }
     let kernel = session.kernel().clone();
     let fds: Vec<_> = session.fds_of(spec).collect();

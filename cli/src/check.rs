@@ -53,9 +53,9 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let kernel = session::linux_kernel();
     let k: &dyn Kernel = kernel.as_ref();
     let v = args.verbose;
-    let out = |key: &str, val: String| println!("  {key:<28} {val}");
+    let out = |key: &str, val: String| crate::outln!("  {key:<28} {val}");
 
-    println!(
+    crate::outln!(
         "psample check — this host, this user ({}):",
         if perms::is_root() {
             "root"
@@ -63,7 +63,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             "unprivileged"
         }
     );
-    println!("permissions");
+    crate::outln!("permissions");
     let paranoid = k.sysctl_i64("kernel/perf_event_paranoid");
     out(
         "perf_event_paranoid",
@@ -115,7 +115,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         }),
     );
 
-    println!("events");
+    crate::outln!("events");
     let cpu_clock = probe::event(k, EventKind::CpuClock);
     let task_clock = probe::event(k, EventKind::TaskClock);
     let cycles = probe::event(k, EventKind::Cycles);
@@ -127,7 +127,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         probe::attr_size(k).map_or("unknown".into(), |s| format!("{s} bytes")),
     );
 
-    println!("kernel features (fallback ladder)");
+    crate::outln!("kernel features (fallback ladder)");
     let mut answers = Vec::new();
     for f in Feature::ALL {
         let p = probe::feature(k, f);
@@ -140,7 +140,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     }
     let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
 
-    println!("tracing");
+    crate::outln!("tracing");
     let tracing = perfring::tracepoint::Tracing::locate(&crate::tracing::Fs(k), perms::is_root());
     let (switch_ok, wakeup_ok) = match &tracing {
         Ok(t) => {
@@ -187,7 +187,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         },
     );
 
-    println!("bpf");
+    crate::outln!("bpf");
     let bpf = perfring::bpf::probe();
     out(
         "perf_event BPF programs",
@@ -197,7 +197,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         },
     );
 
-    println!("psample will use");
+    crate::outln!("psample will use");
     let sampling = if cpu_clock.is_yes() {
         Some("cpu-clock")
     } else if task_clock.is_yes() {
@@ -235,7 +235,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     } else if has_feature(Feature::ContextSwitch) {
         "sched_switch samples + context-switch records for switch-ins".to_string()
     } else {
-        "sched_switch samples + CPU-wide sched_switch for switch-ins".to_string()
+        "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins".to_string()
     };
     out("offcpu", offcpu);
     if sampling.is_none() {

@@ -30,7 +30,7 @@ use crate::output::outdir::{self, OutDir};
 use crate::output::{Format, Labels, OutputFile, Rendered};
 use crate::push::Pusher;
 use crate::session::StopCause;
-use crate::target::{self, Target};
+use crate::target::Target;
 
 /// A symbolizer that has registered this many mappings, or parsed this many distinct files,
 /// is replaced by a fresh one at the next boundary. Files still in use are parsed again
@@ -177,14 +177,14 @@ impl Intervals {
             Ok(()) => return,
             Err(mpsc::TrySendError::Full(msg)) => msg,
             Err(mpsc::TrySendError::Disconnected(_)) => {
-                eprintln!("psample: the interval writer stopped; interval not written");
+                crate::errln!("psample: the interval writer stopped; interval not written");
                 return;
             }
         };
         // Only time actually spent blocked counts as the writer being behind.
         let t = Instant::now();
         if tx.send(msg).is_err() {
-            eprintln!("psample: the interval writer stopped; interval not written");
+            crate::errln!("psample: the interval writer stopped; interval not written");
         }
         self.waited += t.elapsed();
     }
@@ -289,6 +289,9 @@ impl SymbolizerPool {
 
     fn warnings(&self) -> Vec<String> {
         let mut all = self.retired_warnings.clone();
+        if let Some(d) = self.sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+            all.push(format!("debuginfod: {d}"));
+        }
         for w in self.sym.as_ref().map(|s| s.warnings()).unwrap_or_default() {
             if !all.contains(&w) {
                 all.push(w);
@@ -362,7 +365,7 @@ impl Writer {
         if let Some(p) = &self.pusher {
             match rendered.to_bytes() {
                 Ok(bytes) => p.submit(bytes, start, start + len),
-                Err(e) => eprintln!("psample: cannot encode the interval for --push: {e}"),
+                Err(e) => crate::errln!("psample: cannot encode the interval for --push: {e}"),
             }
         }
         match result {
@@ -376,7 +379,7 @@ impl Writer {
             }
             Err(e) => {
                 self.write_errors += 1;
-                eprintln!("psample: writing {} failed: {e}", path.display());
+                crate::errln!("psample: writing {} failed: {e}", path.display());
                 None
             }
         }
@@ -446,32 +449,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// The processes `--pid-file`/`--comm` name right now (empty when none is running).
-pub fn lookup_targets(c: &ContinuousArgs) -> Vec<u32> {
-    if let Some(f) = &c.pid_file {
-        return pid_from_file(f).into_iter().collect();
-    }
-    if let Some(name) = &c.comm {
-        let me = std::process::id();
-        let mut pids: Vec<u32> = target::all_pids()
-            .into_iter()
-            .filter(|&p| p != me && target::comm_of(p).as_deref() == Some(name.as_str()))
-            .filter(|&p| target::process_alive(p))
-            .collect();
-        pids.sort_unstable();
-        return pids;
-    }
-    Vec::new()
-}
-
-fn pid_from_file(path: &Path) -> Option<u32> {
-    // A pid file is one number; anything larger is not one.
-    let text = std::fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(text.get(..64).unwrap_or(&text)).into_owned();
-    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
-    (pid > 0 && target::process_alive(pid)).then_some(pid)
-}
-
 /// Run a command's sessions on its target: once, or (with `--every`) interval by interval,
 /// re-attaching after target restarts. Shared by `record` and `offcpu`.
 pub fn run_command(
@@ -499,15 +476,9 @@ pub fn run_restartable(
     default_target: impl Fn() -> Result<Target, CliError>,
     mut session: impl FnMut(Target) -> Result<StopCause, CliError>,
 ) -> Result<i32, CliError> {
-    let restartable = c.pid_file.is_some() || c.comm.is_some();
-    if !restartable {
+    let Some(mut follow) = crate::follow::Follow::from_args(c)? else {
         session(default_target()?)?;
         return Ok(0);
-    }
-    let what = match (&c.pid_file, &c.comm) {
-        (Some(f), _) => format!("the process in {}", f.display()),
-        (_, Some(n)) => format!("processes named {n:?}"),
-        _ => unreachable!("restartable implies one of them"),
     };
     crate::signals::install();
     let mut attached_once = false;
@@ -516,10 +487,11 @@ pub fn run_restartable(
         if crate::signals::stop_requested() {
             return Ok(0);
         }
-        let pids = lookup_targets(c);
+        let pids = follow.lookup()?;
+        let what = follow.describe();
         if pids.is_empty() {
             if !waiting_said {
-                eprintln!("psample: waiting for {what}");
+                crate::errln!("psample: waiting for {what}");
                 waiting_said = true;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -529,12 +501,12 @@ pub fn run_restartable(
         match session(Target::Pids(pids)) {
             Ok(StopCause::TargetsExited) => {
                 attached_once = true;
-                eprintln!("psample: targets exited; re-attaching when {what} is back");
+                crate::errln!("psample: targets exited; re-attaching when {what} is back");
             }
             Ok(_) => return Ok(0),
             // The process may exit while we attach; after a first success keep trying.
             Err(e) if attached_once || e.to_string().contains("exited") => {
-                eprintln!("psample: attaching failed ({e}); retrying");
+                crate::errln!("psample: attaching failed ({e}); retrying");
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => return Err(e),
@@ -562,6 +534,7 @@ mod tests {
             keep,
             pid_file: None,
             comm: None,
+            user: None,
             push: None,
             push_name: None,
         };
@@ -576,6 +549,8 @@ mod tests {
             no_inline: false,
             no_demangle: false,
             debug_dirs: vec![],
+            debuginfod: crate::args::DebuginfodMode::Off,
+            debuginfod_deadline: std::time::Duration::from_secs(30),
         };
         let labels = Labels {
             title: "t".into(),
@@ -754,6 +729,7 @@ mod tests {
             kind: symbolize::ModuleKind::Anon,
             path: String::new(),
             pid: 1,
+            pid_start: None,
             start,
             end: start + 4096,
             pgoff: 0,
@@ -767,17 +743,5 @@ mod tests {
         }
         assert_eq!(pool.next().module_count(), 0, "fresh after max age");
         assert_eq!(pool.age, 1);
-    }
-
-    #[test]
-    fn pid_files_are_validated() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x.pid");
-        std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
-        assert_eq!(pid_from_file(&f), Some(std::process::id()));
-        std::fs::write(&f, "not a pid").unwrap();
-        assert_eq!(pid_from_file(&f), None);
-        std::fs::write(&f, "4294967000").unwrap();
-        assert_eq!(pid_from_file(&f), None);
     }
 }

@@ -27,12 +27,31 @@ pub fn module_spec(m: &unwind::Mapping) -> ModuleSpec {
         kind,
         path: m.path.clone(),
         pid: m.pid,
+        pid_start: m.pid_start,
         start: m.start,
         end: m.end,
         pgoff: m.pgoff,
         build_id: m.build_id.clone(),
         inode: m.inode,
     }
+}
+
+/// Lets the symbolizer download, in parallel, what debuginfod has for the mappings that
+/// `frames` fall in, before they are symbolized one by one.
+pub fn prefetch_debuginfo<'f>(
+    sym: &mut Symbolizer,
+    procs: &Processes,
+    frames: impl Iterator<Item = &'f Frame>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let specs: Vec<ModuleSpec> = frames
+        .filter_map(|f| match f {
+            Frame::User { mapping, .. } if seen.insert(*mapping) => procs.get(*mapping),
+            _ => None,
+        })
+        .map(module_spec)
+        .collect();
+    sym.prefetch_debuginfo(&specs);
 }
 
 /// Symbolizes frames, remembering each answer.
@@ -94,7 +113,9 @@ impl<'a> Folder<'a> {
                     // The symbolizer answers innermost first; folded stacks read root first.
                     v.reverse();
                     if v.is_empty() {
-                        v.push("[unknown]".into());
+                        // JIT code forgotten under the mapping budget is still JIT code.
+                        let jit = self.procs.evicted_jit(mapping);
+                        v.push(if jit { "[jit]" } else { "[unknown]" }.into());
                     }
                     v
                 }
@@ -161,6 +182,7 @@ mod tests {
             demangle: false,
             debug_dirs: vec![],
             kernel: false,
+            debuginfod: None,
         });
         let procs = Processes::new();
         let named = NamedFrames::default();

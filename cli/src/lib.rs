@@ -21,6 +21,7 @@ pub mod continuous;
 pub mod diff;
 pub mod error;
 pub mod fold;
+pub mod follow;
 pub mod limits;
 pub mod names;
 pub mod offcpu;
@@ -34,6 +35,7 @@ pub mod report;
 pub mod session;
 pub mod signals;
 pub mod stack;
+pub mod stdio;
 pub mod summary;
 pub mod symbols;
 pub mod target;
@@ -44,7 +46,16 @@ use clap::Parser;
 
 /// Parse the command line, run the command, and return the process exit code.
 pub fn run() -> i32 {
-    let cli = args::Cli::parse();
+    // Before anything opens a file: a closed 0/1/2 must not be reused for one.
+    stdio::guard_std_fds();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors and --help/--version, printed without panicking on a closed pipe.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
     if !matches!(cli.command, args::Command::Check(_)) {
         // Before any event is opened: one fd per thread per CPU adds up fast.
         limits::raise_nofile();
@@ -59,7 +70,7 @@ pub fn run() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("psample: error: {e}");
+            crate::errln!("psample: error: {e}");
             e.code
         }
     }

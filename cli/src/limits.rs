@@ -5,6 +5,17 @@
 //! before the hard limit does. Raising soft to hard is what perf does too; it needs no
 //! privilege and cannot affect other processes.
 
+use std::sync::OnceLock;
+
+/// RLIMIT_NOFILE as psample found it: a launched command gets it back (see
+/// [`original_nofile`]).
+static ORIGINAL_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// The open-files limit before [`raise_nofile`] changed it (`None` if it never ran).
+pub fn original_nofile() -> Option<libc::rlimit> {
+    ORIGINAL_NOFILE.get().copied()
+}
+
 /// Raise RLIMIT_NOFILE's soft limit to its hard limit. Returns (old soft, new soft) when it
 /// changed, `None` when it already was at the hard limit or the call failed (the open of an
 /// event will then report EMFILE with the fix).
@@ -17,6 +28,7 @@ pub fn raise_nofile() -> Option<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return None;
     }
+    let _ = ORIGINAL_NOFILE.set(lim);
     // RLIM_INFINITY is refused for NOFILE (fs.nr_open caps it); stay within what the kernel
     // accepts.
     let target = if lim.rlim_max == libc::RLIM_INFINITY {

@@ -282,7 +282,7 @@ fn worker(
                 }
                 Err(e) => {
                     if e != last_error {
-                        eprintln!("psample: --push: {e}");
+                        crate::errln!("psample: --push: {e}");
                         last_error = e;
                     }
                 }

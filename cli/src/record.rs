@@ -148,6 +148,14 @@ impl StackBuilder {
         }
     }
 
+    /// Loads what unwinding `pid`'s samples needs (DWARF mode: its modules' CFI) before
+    /// sampling starts, so the first samples do not stall the ring reader.
+    pub fn prepare(&mut self, tracker: &Tracker, pid: u32) {
+        if let CallGraph::Dwarf(_) = self.mode {
+            self.unwinder.prepare(&tracker.procs, pid);
+        }
+    }
+
     /// Build `self.frames` (leaf first) from a sample.
     pub fn build(&mut self, tracker: &Tracker, s: &Sample<'_>, pid: u32) {
         self.kernel.clear();
@@ -204,6 +212,7 @@ pub fn render(
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
     let named = NamedFrames::default();
+    crate::fold::prefetch_debuginfo(sym, procs, profile.iter().flat_map(|(_, f, _)| f));
     if format != output::Format::Pprof {
         return output::Rendered::Lines(Folder::new(sym, procs, &named).fold(profile));
     }
@@ -327,6 +336,12 @@ pub fn run_session(
             None
         }
     };
+    let mut builder = StackBuilder::new(mode);
+    if matches!(target, Target::Pids(_) | Target::Tids(_)) {
+        for &pid in &pids {
+            builder.prepare(&tracker, pid);
+        }
+    }
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
@@ -340,11 +355,12 @@ pub fn run_session(
     }
     let mut rec = Recorder {
         tracker,
-        builder: StackBuilder::new(mode),
+        builder,
         profile: Profile::new(),
         samples: 0,
         own_pid: std::process::id(),
     };
+    session::drain_in_background(&mut session, pages)?;
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
@@ -367,9 +383,12 @@ pub fn run_session(
             Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
             None => stopper.poll_timeout_ms(),
         };
-        if let Err(e) = session.wait(timeout) {
-            summary.warnings.push(format!("stopping early: {e}"));
-            break StopCause::Signal;
+        match session.wait(timeout) {
+            Ok((_, hup)) => stopper.after_wait(hup),
+            Err(e) => {
+                summary.warnings.push(format!("stopping early: {e}"));
+                break StopCause::Signal;
+            }
         }
         reader.pump(&mut session, &fmt, |_cpu, r| rec.handle(r));
         // Drain the BPF maps about once a second so they never fill on long runs.
@@ -512,12 +531,15 @@ pub fn run_session(
     if let Some(p) = &args.common.output {
         summary.line("written", p.display().to_string());
     }
+    if let Some(d) = sym.debuginfod_summary() {
+        summary.line("debuginfod", d);
+    }
     for w in sym.warnings() {
         summary.warnings.push(w);
     }
     summary.print(args.common.verbose);
     if samples == 0 {
-        eprintln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
+        crate::errln!("psample: no samples were collected (was the target idle or blocked? try `psample offcpu`)");
     }
     Ok(cause)
 }

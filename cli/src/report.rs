@@ -60,7 +60,7 @@ pub fn render(lines: &[(String, u64)], top: usize) -> String {
 
 pub fn run(args: ReportArgs) -> Result<i32, CliError> {
     let lines = crate::diff::load_folded(&args.file).map_err(CliError::new)?;
-    print!("{}", render(&lines, args.top.max(1)));
+    crate::out!("{}", render(&lines, args.top.max(1)));
     Ok(0)
 }
 

@@ -10,6 +10,8 @@ use perfring::features::Feature;
 use perfring::record::{parse_record, Record, SampleFormat};
 use perfring::sys::{Errno, Kernel};
 
+use symbolize::identity::ProcessIdentity;
+
 use crate::error::CliError;
 use crate::perms;
 use crate::signals;
@@ -166,6 +168,26 @@ impl StopCause {
     }
 }
 
+/// Most memory the background drainer may hold per ring byte, and in all.
+const DRAIN_RINGS: usize = 16;
+const DRAIN_MAX: usize = 256 << 20;
+
+/// Let a background thread empty rings the reader leaves past half full (see
+/// [`Session::drain_in_background`]): the first DWARF unwind in a large binary can hold the
+/// reader for a second, longer than a default ring lasts. Bounded to [`DRAIN_RINGS`] times
+/// the rings' size (at most [`DRAIN_MAX`]); beyond it the kernel drops and counts records.
+pub fn drain_in_background(session: &mut Session, ring_pages: usize) -> Result<(), CliError> {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let rings = ring_pages
+        .saturating_mul(page)
+        .saturating_mul(session.ring_count().max(1));
+    let limit = rings.saturating_mul(DRAIN_RINGS).clamp(16 << 20, DRAIN_MAX);
+    session
+        .drain_in_background(limit)
+        .map_err(|e| CliError::new(format!("cannot start the ring drainer thread: {e}")))
+}
+
 /// One record drained from a ring, kept until the batch is sorted by time.
 struct Pending {
     time: u64,
@@ -262,29 +284,60 @@ pub fn record_time(r: &Record<'_>) -> u64 {
 }
 
 /// Stop conditions for the read loop.
+///
+/// Targets are followed by identity (pid and start time, [`ProcessIdentity`]): a PID reused by
+/// another process right after the target exited is not the target, however quickly it came.
+/// When every event reports POLLHUP (their tasks exited) the liveness check runs at once
+/// instead of at the next 200 ms tick.
 pub struct Stopper {
     start: Instant,
     duration: Option<Duration>,
-    pids: Vec<u32>,
-    tids: Vec<u32>,
+    targets: Vec<Followed>,
     last_check: Instant,
     system_wide: bool,
+    /// Every event reported POLLHUP at the last wait.
+    hung_up: bool,
+    /// Check the targets at the next [`Self::check`], whatever the time.
+    check_now: bool,
+}
+
+/// A process or thread being profiled: its identity when /proc gave one.
+struct Followed {
+    id: u32,
+    identity: Option<ProcessIdentity>,
+}
+
+impl Followed {
+    fn new(id: u32) -> Followed {
+        Followed {
+            id,
+            identity: ProcessIdentity::of(id),
+        }
+    }
+
+    fn running(&self) -> bool {
+        match self.identity {
+            Some(i) => i.is_running(),
+            None => target::process_alive(self.id),
+        }
+    }
 }
 
 impl Stopper {
     pub fn new(duration: Option<f64>, target: &Target, pids: &[u32]) -> Self {
-        let (pids, tids) = match target {
-            Target::Tids(t) => (Vec::new(), t.clone()),
-            Target::AllCpus => (Vec::new(), Vec::new()),
-            _ => (pids.to_vec(), Vec::new()),
+        let ids: Vec<u32> = match target {
+            Target::Tids(t) => t.clone(),
+            Target::AllCpus => Vec::new(),
+            _ => pids.to_vec(),
         };
         Stopper {
             start: Instant::now(),
             duration: duration.map(Duration::from_secs_f64),
-            pids,
-            tids,
+            targets: ids.into_iter().map(Followed::new).collect(),
             last_check: Instant::now(),
             system_wide: matches!(target, Target::AllCpus),
+            hung_up: false,
+            check_now: false,
         }
     }
 
@@ -303,6 +356,18 @@ impl Stopper {
         }
     }
 
+    /// What [`Session::wait`] said about POLLHUP. Every event hung up means its task exited;
+    /// but only ring owners are polled, so the targets are checked before stopping, and a
+    /// poll that keeps returning at once (an owner thread exited, others run on) is paced.
+    pub fn after_wait(&mut self, all_hung_up: bool) {
+        if all_hung_up && self.hung_up {
+            std::thread::sleep(Duration::from_millis(self.poll_timeout_ms() as u64));
+        } else if all_hung_up {
+            self.check_now = true;
+        }
+        self.hung_up = all_hung_up;
+    }
+
     pub fn check(&mut self, launched: Option<&Launched>) -> Option<StopCause> {
         if signals::stop_requested() {
             return Some(StopCause::Signal);
@@ -316,12 +381,12 @@ impl Stopper {
             }
             return None;
         }
-        if self.system_wide || self.last_check.elapsed() < Duration::from_millis(200) {
+        let now = std::mem::take(&mut self.check_now);
+        if self.system_wide || (!now && self.last_check.elapsed() < Duration::from_millis(200)) {
             return None;
         }
         self.last_check = Instant::now();
-        let any_alive = self.pids.iter().any(|p| target::process_alive(*p))
-            || self.tids.iter().any(|t| target::thread_alive(*t));
+        let any_alive = self.targets.iter().any(Followed::running);
         (!any_alive).then_some(StopCause::TargetsExited)
     }
 }

@@ -41,6 +41,13 @@ impl Summary {
         if corrupt > 0 || parse_errors > 0 {
             v.push_str(&format!(", {} malformed", corrupt + parse_errors));
         }
+        let held = session.drained_peak();
+        if held > 0 {
+            v.push_str(&format!(
+                " (the reader fell behind: up to {:.1} MiB held outside the rings)",
+                held as f64 / f64::from(1 << 20)
+            ));
+        }
         if lost > 0 {
             let per_cpu: Vec<String> = stats
                 .iter()
@@ -88,20 +95,24 @@ impl Summary {
 
     pub fn print(&self, verbose: bool) {
         let width = self.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        eprintln!("psample {}:", self.command);
+        crate::errln!("psample {}:", self.command);
         for (k, v) in &self.lines {
-            eprintln!("  {k:width$}  {v}");
+            crate::errln!("  {k:width$}  {v}");
         }
         if self.fallbacks.is_empty() {
-            eprintln!("  {:width$}  none", "fallbacks");
+            crate::errln!("  {:width$}  none", "fallbacks");
         } else {
-            eprintln!("  {:width$}  {}", "fallbacks", self.fallbacks.join("; "));
+            crate::errln!("  {:width$}  {}", "fallbacks", self.fallbacks.join("; "));
         }
         if verbose {
-            eprintln!("  {:width$}  {}", "features", self.features.join(" "));
+            crate::errln!("  {:width$}  {}", "features", self.features.join(" "));
+        }
+        // What profiled processes made psample leave out (symbolize::budget), if anything.
+        for line in symbolize::budget::report() {
+            crate::errln!("  {:width$}  {line}", "budget");
         }
         for w in &self.warnings {
-            eprintln!("psample: warning: {w}");
+            crate::errln!("psample: warning: {w}");
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use symbolize::{SymbolizeOptions, Symbolizer};
 
-use crate::args::SymbolArgs;
+use crate::args::{DebuginfodMode, SymbolArgs};
 
 pub fn symbolizer(a: &SymbolArgs) -> Symbolizer {
     Symbolizer::new(SymbolizeOptions {
@@ -10,5 +10,6 @@ pub fn symbolizer(a: &SymbolArgs) -> Symbolizer {
         demangle: !a.no_demangle,
         debug_dirs: a.debug_dirs.clone(),
         kernel: true,
+        debuginfod: (a.debuginfod == DebuginfodMode::Auto).then_some(a.debuginfod_deadline),
     })
 }

@@ -127,6 +127,44 @@ pub fn sudo_user(keep_root: bool) -> Option<DropTo> {
     Some(DropTo { uid, gid })
 }
 
+/// In the forked child: undo what psample changed that exec would pass on. Ignored signals
+/// stay ignored across exec (the Rust runtime ignores SIGPIPE, so `yes | head -1` would
+/// print "Broken pipe"), the signal mask is inherited, and so are raised rlimits.
+///
+/// # Safety
+/// Only for the child between fork and exec: it calls async-signal-safe functions only.
+unsafe fn restore_inherited_state(nofile: Option<libc::rlimit>, last_signal: i32) {
+    // The kernel's struct sigaction (handler, flags, restorer, mask): all zero is SIG_DFL.
+    // Through the raw syscall, because libc refuses to touch the signals it reserves (32,
+    // 33), which can arrive ignored from psample's own parent.
+    let dfl = [0u64; 4];
+    // SAFETY: rt_sigaction and sigprocmask are async-signal-safe; the structs are valid.
+    unsafe {
+        for sig in 1..=last_signal {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        if let Some(lim) = nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 impl Launched {
     /// Fork; the child waits on a pipe, then (optionally) drops privileges and execs `argv`.
     pub fn spawn(argv: &[String], drop_to: Option<DropTo>) -> io::Result<Launched> {
@@ -140,6 +178,9 @@ impl Launched {
         }
         let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
+        // What the command gets back before exec: psample's raised open-files limit is ours.
+        let nofile = crate::limits::original_nofile();
+        let last_signal = libc::SIGRTMAX();
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into the array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -147,8 +188,9 @@ impl Launched {
         }
         // SAFETY: fresh fds from pipe2, owned here.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the child only calls async-signal-safe functions (read, setgroups,
-        // setgid, setuid, execvp, write, _exit) on memory prepared before the fork.
+        // SAFETY: the child only calls async-signal-safe functions (read, sigaction,
+        // sigprocmask, setrlimit, setgroups, setgid, setuid, execvp, write, _exit) on memory
+        // prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Error::last_os_error());
@@ -162,6 +204,7 @@ impl Launched {
                     // The profiler went away before starting us: do not run unprofiled.
                     libc::_exit(126);
                 }
+                restore_inherited_state(nofile, last_signal);
                 if let Some(d) = drop_to {
                     if libc::setgroups(0, std::ptr::null()) != 0
                         || libc::setgid(d.gid) != 0

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
+use symbolize::identity::ProcessIdentity;
 use unwind::Processes;
 
 use crate::stack::Frame;
@@ -20,6 +21,10 @@ const KERNEL_CPUMODE: u16 = 1;
 /// keeps only the live processes' spaces (and the unwinder's per-process state, which
 /// follows them) in memory.
 pub const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// What the idle task is called: perf's name for pid 0 (its per-CPU kernel comm is
+/// `swapper/N`, which would split one idle frame into one per CPU).
+pub const IDLE_COMM: &str = "swapper";
 
 #[derive(Default, Debug, Clone)]
 pub struct SidebandStats {
@@ -125,9 +130,12 @@ impl Tracker {
         self.exited.iter().filter(|e| e.pid == e.tid).count()
     }
 
-    /// Snapshot a process as it is now: its maps and thread names.
+    /// Snapshot a process as it is now: its identity, maps and thread names.
     pub fn load_process(&mut self, pid: u32) {
+        let identity = ProcessIdentity::of(pid);
         let _ = self.procs.load_proc_maps(pid);
+        self.procs
+            .set_start_time(pid, identity.map(|i| i.start_time));
         if let Ok(tids) = target::threads_of(pid) {
             for tid in tids {
                 self.pid_of.insert(tid, pid);
@@ -149,7 +157,12 @@ impl Tracker {
         // Counters describe the whole run (the summary's throttle count, for one).
         fresh.stats = self.stats.clone();
         for pid in pids {
-            if target::process_alive(pid) {
+            // The same process, not whichever took its PID since.
+            let same = match self.procs.known_start_time(pid) {
+                Some(start_time) => ProcessIdentity { pid, start_time }.is_running(),
+                None => target::process_alive(pid),
+            };
+            if same {
                 fresh.load_process(pid);
             }
         }
@@ -176,12 +189,17 @@ impl Tracker {
         self.pid_of.get(&tid).copied()
     }
 
-    /// The name to show for a thread: its own comm, else its process's.
+    /// The name to show for a thread: its own comm, else its process's. The idle task
+    /// (pid 0, one per CPU, with no /proc entry) is `swapper`, as perf names it.
     pub fn comm(&mut self, pid: u32, tid: u32) -> &str {
         if !self.comms.contains_key(&tid) {
-            let name = target::comm_of(tid)
-                .or_else(|| self.comms.get(&pid).cloned())
-                .unwrap_or_else(|| format!("[pid {pid}]"));
+            let name = if pid == 0 && tid == 0 {
+                IDLE_COMM.to_string()
+            } else {
+                target::comm_of(tid)
+                    .or_else(|| self.comms.get(&pid).cloned())
+                    .unwrap_or_else(|| format!("[pid {pid}]"))
+            };
             self.comms.insert(tid, name);
         }
         self.comms.get(&tid).map_or("?", String::as_str)
@@ -319,6 +337,12 @@ mod tests {
         assert_eq!(t.pending_exits(), 0);
         // The mapping itself stays resolvable for symbolizing collected stacks.
         assert_eq!(t.procs.mapping_count(), 1);
+    }
+
+    #[test]
+    fn the_idle_task_is_swapper() {
+        let mut t = Tracker::new(true);
+        assert_eq!(t.comm(0, 0), "swapper");
     }
 
     #[test]

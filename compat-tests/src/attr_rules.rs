@@ -19,22 +19,30 @@ const BAD_REGS_X86_64: u64 = (0xf << 12) | !((1u64 << 24) - 1);
 /// Offset of `__reserved_2` (u16 after sample_max_stack) in layouts from 4.8 on.
 const RESERVED_2_AT: usize = 110;
 
-/// The attr as the kernel sees it: `size` bytes copied from the caller, the rest zero, cut at
-/// the kernel's own struct size (bytes beyond are checked for zero, then dropped).
-fn kernel_view(attr: &RawAttr, kernel_size: u32) -> (RawAttr, bool) {
-    let given = attr.as_bytes();
-    let mut view = RawAttr::default();
-    let keep = given.len().min(kernel_size as usize);
-    let tail_zero = given.get(keep..).is_none_or(|t| t.iter().all(|b| *b == 0));
+/// An attr from the bytes a caller passed (at most `size_of::<RawAttr>()` of them; the rest
+/// of the struct zero).
+pub fn attr_from_bytes(bytes: &[u8]) -> RawAttr {
+    let mut attr = RawAttr::default();
+    let keep = bytes.len().min(std::mem::size_of::<RawAttr>());
     // SAFETY: RawAttr is repr(C) with only integer fields and no padding (asserted in
     // perfring), so any byte pattern is a valid value; keep <= size_of::<RawAttr>().
     unsafe {
         std::ptr::copy_nonoverlapping(
-            given.as_ptr(),
-            (&mut view as *mut RawAttr).cast::<u8>(),
+            bytes.as_ptr(),
+            (&mut attr as *mut RawAttr).cast::<u8>(),
             keep,
         );
     }
+    attr
+}
+
+/// The attr as the kernel sees it: `size` bytes copied from the caller, the rest zero, cut at
+/// the kernel's own struct size (bytes beyond are checked for zero, then dropped).
+fn kernel_view(attr: &RawAttr, kernel_size: u32) -> (RawAttr, bool) {
+    let given = attr.as_bytes();
+    let keep = given.len().min(kernel_size as usize);
+    let tail_zero = given.get(keep..).is_none_or(|t| t.iter().all(|b| *b == 0));
+    let mut view = attr_from_bytes(&given[..keep]);
     view.size = attr.size;
     (view, tail_zero)
 }
@@ -52,9 +60,9 @@ fn task_exists(pid: i32) -> bool {
     pid == 0 || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Checks one `perf_event_open` call. On success returns the attr as the kernel stored it
-/// (unknown tail cut, padding fields it ignores cleared); on E2BIG writes the kernel's
-/// struct size into `attr.size`, as the syscall does.
+/// Checks one `perf_event_open` call on the emulated [`NR_CPUS`]-CPU machine. On success
+/// returns the attr as the kernel stored it (unknown tail cut, padding fields it ignores
+/// cleared); on E2BIG writes the kernel's struct size into `attr.size`, as the syscall does.
 pub fn check_open(
     p: &KernelProfile,
     attr: &mut RawAttr,
@@ -62,6 +70,19 @@ pub fn check_open(
     cpu: i32,
     open_flags: u64,
     tracepoint_ids: &[u64],
+) -> Result<RawAttr, Errno> {
+    check_open_on(p, attr, pid, cpu, open_flags, tracepoint_ids, NR_CPUS)
+}
+
+/// [`check_open`] on a machine with `nr_cpus` CPUs (the real one, for the interposer).
+pub fn check_open_on(
+    p: &KernelProfile,
+    attr: &mut RawAttr,
+    pid: i32,
+    cpu: i32,
+    open_flags: u64,
+    tracepoint_ids: &[u64],
+    nr_cpus: i32,
 ) -> Result<RawAttr, Errno> {
     if open_flags & !p.known_open_flags != 0 {
         return Err(Errno::EINVAL);
@@ -131,7 +152,7 @@ pub fn check_open(
     if pid == -1 && cpu == -1 {
         return Err(Errno::EINVAL);
     }
-    if !(-1..NR_CPUS).contains(&cpu) {
+    if !(-1..nr_cpus).contains(&cpu) {
         return Err(Errno::EINVAL);
     }
     match a.type_ {

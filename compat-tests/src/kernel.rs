@@ -20,6 +20,7 @@ use perfring::sys::{Errno, Ioctl, Kernel};
 
 use crate::attr_rules::{self, NR_CPUS};
 use crate::encode::{self, misc, Origin, SampleBody};
+use crate::ioctl_rules::{self, PerfIoctl};
 use crate::profile::{KernelProfile, TracingLayout};
 use crate::script::{Action, BlockState, Script, Stack, Step, Task};
 use crate::tracefs::{self, Filter, Payload, SchedEvents, TracingPath};
@@ -513,7 +514,7 @@ impl EmulatedKernel {
     }
 
     fn do_ioctl(&self, st: &mut State, fd: BorrowedFd<'_>, op: &Ioctl<'_>) -> Result<u64, Errno> {
-        let p = &self.profile;
+        ioctl_rules::check_ioctl(&self.profile, perf_ioctl(op))?;
         match op {
             Ioctl::Enable => {
                 Self::event_mut(st, fd)?;
@@ -530,12 +531,7 @@ impl EmulatedKernel {
                 Self::event_mut(st, fd)?.enabled = false;
                 Ok(0)
             }
-            Ioctl::Id => {
-                if !p.ioc_id {
-                    return Err(Errno::ENOTTY);
-                }
-                Ok(Self::event_mut(st, fd)?.id)
-            }
+            Ioctl::Id => Ok(Self::event_mut(st, fd)?.id),
             Ioctl::SetOutput(out) => {
                 let out_raw = out.as_raw_fd();
                 let out_cpu = Self::event_mut(st, *out)?.cpu;
@@ -560,9 +556,6 @@ impl EmulatedKernel {
                 Ok(0)
             }
             Ioctl::SetBpf(prog) => {
-                if !p.ioc_set_bpf {
-                    return Err(Errno::ENOTTY);
-                }
                 if let BpfPolicy::Refuse(e) = st.bpf_policy {
                     return Err(e);
                 }
@@ -580,9 +573,6 @@ impl EmulatedKernel {
                 Ok(0)
             }
             Ioctl::PauseOutput(pause) => {
-                if !p.ioc_pause_output {
-                    return Err(Errno::ENOTTY);
-                }
                 let ev = Self::event_mut(st, fd)?;
                 if ev.ring.is_none() {
                     return Err(Errno::EINVAL);
@@ -624,6 +614,19 @@ impl EmulatedKernel {
             }
         }
         r & (pfd.events | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+    }
+}
+
+/// The ioctl rules' name for one of perfring's ioctls.
+fn perf_ioctl(op: &Ioctl<'_>) -> PerfIoctl {
+    match op {
+        Ioctl::Enable => PerfIoctl::Enable,
+        Ioctl::Disable => PerfIoctl::Disable,
+        Ioctl::SetOutput(_) => PerfIoctl::SetOutput,
+        Ioctl::SetFilter(_) => PerfIoctl::SetFilter,
+        Ioctl::Id => PerfIoctl::Id,
+        Ioctl::SetBpf(_) => PerfIoctl::SetBpf,
+        Ioctl::PauseOutput(_) => PerfIoctl::PauseOutput,
     }
 }
 
@@ -803,15 +806,7 @@ impl Kernel for EmulatedKernel {
 
     fn ioctl(&self, fd: BorrowedFd<'_>, op: Ioctl<'_>) -> Result<u64, Errno> {
         let mut st = self.lock();
-        let name = match &op {
-            Ioctl::Enable => "ENABLE",
-            Ioctl::Disable => "DISABLE",
-            Ioctl::SetOutput(_) => "SET_OUTPUT",
-            Ioctl::SetFilter(_) => "SET_FILTER",
-            Ioctl::Id => "ID",
-            Ioctl::SetBpf(_) => "SET_BPF",
-            Ioctl::PauseOutput(_) => "PAUSE_OUTPUT",
-        };
+        let name = perf_ioctl(&op).name();
         let result = self.do_ioctl(&mut st, fd, &op);
         st.ioctls.push(IoctlAttempt { name, result });
         result
@@ -906,6 +901,11 @@ impl Kernel for EmulatedKernel {
 
     fn page_size(&self) -> usize {
         PAGE_SIZE
+    }
+
+    /// Records are written only inside `poll`, by the reading thread itself.
+    fn rings_fill_unpolled(&self) -> bool {
+        false
     }
 
     /// Lets emulated time pass: steps fall due and are delivered while we wait, and the call

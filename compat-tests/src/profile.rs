@@ -39,6 +39,10 @@ pub struct KernelProfile {
     pub ioc_id: bool,
     pub ioc_set_bpf: bool,
     pub ioc_pause_output: bool,
+    /// PERF_EVENT_IOC_QUERY_BPF (4.16).
+    pub ioc_query_bpf: bool,
+    /// PERF_EVENT_IOC_MODIFY_ATTRIBUTES (4.17).
+    pub ioc_modify_attributes: bool,
     /// The ring's header page has data_offset/data_size (4.1+).
     pub ring_data_offset: bool,
     /// PERF_RECORD_MISC_SWITCH_OUT_PREEMPT on switch-outs of runnable tasks (4.17+).
@@ -113,6 +117,8 @@ pub fn upstream_3_10() -> KernelProfile {
         ioc_id: false,
         ioc_set_bpf: false,
         ioc_pause_output: false,
+        ioc_query_bpf: false,
+        ioc_modify_attributes: false,
         ring_data_offset: false,
         switch_out_preempt: false,
         bpf_syscall: false,
@@ -148,6 +154,8 @@ pub fn rhel_7_9() -> KernelProfile {
         ioc_id: true,
         ioc_set_bpf: true,
         ioc_pause_output: true,
+        ioc_query_bpf: true,
+        ioc_modify_attributes: false,
         ring_data_offset: true,
         switch_out_preempt: false,
         bpf_syscall: true,
@@ -182,6 +190,8 @@ pub fn rhel_7_early() -> KernelProfile {
         ioc_id: true,
         ioc_set_bpf: false,
         ioc_pause_output: false,
+        ioc_query_bpf: false,
+        ioc_modify_attributes: false,
         ring_data_offset: false,
         switch_out_preempt: false,
         bpf_syscall: false,
@@ -213,6 +223,8 @@ pub fn v4_9() -> KernelProfile {
         ioc_id: true,
         ioc_set_bpf: true,
         ioc_pause_output: true,
+        ioc_query_bpf: false,
+        ioc_modify_attributes: false,
         ring_data_offset: true,
         switch_out_preempt: false,
         bpf_syscall: true,
@@ -234,6 +246,8 @@ pub fn v4_19() -> KernelProfile {
         known_flags: bits_below(29),
         known_sample_type: bits_below(20),
         switch_out_preempt: true,
+        ioc_query_bpf: true,
+        ioc_modify_attributes: true,
         sched_switch_format: FORMATS_4_19_SWITCH,
         sched_wakeup_format: FORMATS_4_19_WAKEUP,
         preempt_state: 0x100,
@@ -293,7 +307,23 @@ pub fn all() -> Vec<KernelProfile> {
     ]
 }
 
+/// Tracepoints psample may open that every profile's kernel has (3.10 included): the sched
+/// switch and wakeups, and raw syscall entry/exit (2.6.32+). The interposer refuses any other
+/// tracepoint id with ENOENT.
+const COMMON_TRACEPOINTS: &[(&str, &str)] = &[
+    ("sched", "sched_switch"),
+    ("sched", "sched_wakeup"),
+    ("sched", "sched_wakeup_new"),
+    ("raw_syscalls", "sys_enter"),
+    ("raw_syscalls", "sys_exit"),
+];
+
 impl KernelProfile {
+    /// (subsystem, name) of the tracepoints this kernel has, of those psample may use.
+    pub fn tracepoints(&self) -> &'static [(&'static str, &'static str)] {
+        COMMON_TRACEPOINTS
+    }
+
     pub fn knows_flag(&self, bit: u64) -> bool {
         self.known_flags & bit == bit
     }

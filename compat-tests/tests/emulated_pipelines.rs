@@ -330,3 +330,64 @@ fn record_survives_a_full_ring_on_every_kernel() {
         );
     }
 }
+
+/// `record -a`: samples of the idle task (pid 0, whatever its per-CPU comm `swapper/N`) fold
+/// under `swapper`, as perf names it, next to a busy task's, on every kernel.
+#[test]
+fn record_all_names_the_idle_task_swapper_on_every_kernel() {
+    for p in profile::all() {
+        let name = p.name;
+        let w = Workload::start().expect("workload");
+        let main = w.main_task();
+        let a = w
+            .stack(&["emu_leaf_a", "emu_work", "emu_run", "main"])
+            .unwrap();
+        let mut s = Script::new();
+        s.on_cpu(
+            &compat_tests::Task::idle(0),
+            &Default::default(),
+            0,
+            20 * MS,
+            MS,
+            12,
+        );
+        s.on_cpu(
+            &compat_tests::Task::idle(1),
+            &Default::default(),
+            1,
+            20 * MS,
+            MS,
+            5,
+        );
+        s.on_cpu(&main, &a, 1, 40 * MS, MS, 7);
+        let k = Arc::new(EmulatedKernel::new(p, s).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("all.folded");
+        let argv = [
+            "psample", "record", "-a", "-d", "0.4", "--bpf", "never", "-o",
+        ];
+        let cli = Cli::try_parse_from(argv.iter().copied().chain([out.to_str().unwrap()])).unwrap();
+        let Command::Record(args) = cli.command else {
+            panic!("not record")
+        };
+        let code = psample::record::run_with_kernel(args, k.clone())
+            .unwrap_or_else(|e| panic!("{name}: record -a failed: {e}"));
+        assert_eq!(code, 0, "{name}");
+        assert!(
+            k.script_done(),
+            "{name}: the run ended before the script did"
+        );
+        let folded = read(&out);
+        let idle: u64 = folded
+            .lines()
+            .filter(|l| l.starts_with("swapper ") || l.starts_with("swapper;"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum();
+        assert_eq!(idle, 17, "{name}:\n{folded}");
+        assert!(
+            folded.contains("emu_workload;main;emu_run;emu_work;emu_leaf_a 7"),
+            "{name}:\n{folded}"
+        );
+        assert!(!folded.contains("[pid"), "{name}:\n{folded}");
+    }
+}

@@ -262,6 +262,35 @@ fn check_psample(run: &GuestRun, series: &str, errs: &mut Vec<String>) {
             Ok(f) => check_offcpu(&f, errs),
         }
     }
+    step(run, "record_all", errs);
+    if let Some(s) = step(run, "all.folded", errs) {
+        match parse_folded(&s.output) {
+            Err(e) => errs.push(format!("record -a output is not folded stacks: {e}")),
+            Ok(f) => check_idle(&f, errs),
+        }
+    }
+}
+
+/// `record -a` in a guest that runs nothing else: most samples are the idle task, which
+/// must be named `swapper` as perf names it (not `[pid_0]`).
+fn check_idle(f: &Folded, errs: &mut Vec<String>) {
+    let total = f.total();
+    let idle: u64 = f
+        .stacks
+        .iter()
+        .filter(|(frames, _)| frames.first().is_some_and(|c| c == "swapper"))
+        .map(|(_, n)| n)
+        .sum();
+    expect(errs, idle * 2 >= total && idle > 0, || {
+        format!("record -a: {idle} of {total} samples named swapper in an idle guest")
+    });
+    let unnamed = f
+        .stacks
+        .iter()
+        .find(|(frames, _)| frames.first().is_some_and(|c| c.starts_with("[pid")));
+    expect(errs, unnamed.is_none(), || {
+        format!("record -a: a thread named by its pid: {unnamed:?}")
+    });
 }
 
 fn check_record(f: &Folded, errs: &mut Vec<String>) {

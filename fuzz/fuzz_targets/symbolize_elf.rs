@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         path: path.to_string_lossy().into_owned(),
         // Not a real mapping of this process, so the file is opened by path.
         pid: std::process::id(),
+        pid_start: None,
         start: START,
         end: START + 0x100_0000,
         pgoff: 0,

@@ -3,7 +3,8 @@
 
 Seeds are small, valid inputs in each target's layout so the fuzzer starts from the
 interesting paths (a sample with a callchain, a DWARF sample with registers and stack, an
-MMAP2, a real format file, a tiny ELF with .eh_frame and DWARF, a real maps file).
+MMAP2, a real format file, a tiny ELF with .eh_frame and DWARF, a real maps file, zlib,
+zstd and xz sections including a header that declares 2 GiB, a JIT map with small caps).
 The tiny ELF is built from fuzz/seeds/tiny.c with gcc.
 """
 import os
@@ -129,6 +130,33 @@ def maps_seeds():
         b"7f3000000000-7f3000002000 r-xp 00000000 00:05 8 /memfd:jit (deleted)\n")
 
 
+def compressed_seeds():
+    import lzma
+    import zlib
+    plain = b"".join(struct.pack("<I", i * 2654435761 & 0xFFFFFFFF) for i in range(512))
+    put("compressed_section", "zlib", bytes([1]) + struct.pack("<Q", len(plain))
+        + zlib.compress(plain, 9))
+    # zstd frame: single segment, one RLE block of 4096 bytes of 0x2a.
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xA0]) + struct.pack("<I", 4096)
+    frame += struct.pack("<I", 1 | (1 << 1) | (4096 << 3))[:3] + b"\x2a"
+    put("compressed_section", "zstd_rle", bytes([2]) + struct.pack("<Q", 4096) + frame)
+    # Declares far more than the stream holds, and far more than the budget.
+    put("compressed_section", "zlib_bomb_header", bytes([1]) + struct.pack("<Q", 2 << 30)
+        + zlib.compress(bytes(65536), 9))
+    put("compressed_section", "xz", bytes([3]) + struct.pack("<Q", 0)
+        + lzma.compress(plain, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64))
+
+
+def perf_map_seeds():
+    lines = b"".join(b"%x %x LazyCompile:*fn_%d /app/x.js:%d:1\n" % (0x7F0000001000 + i * 0x40, 0x40, i, i)
+                     for i in range(64))
+    lines += b"0x7f0000002000 0x10 py::f:/a.py\n" + b"zz 10 bad\n" + b"7f0000003000 0 empty\n"
+    addrs = struct.pack("<4Q", 0x7F0000001010, 0x7F0000002008, 0x7F0000003000, 0)
+    # Caps small enough to be reached: 1 KiB read, 16 entries, 256 name bytes.
+    put("perf_map", "node_small_caps", struct.pack("<IHI", 1024, 16, 256) + addrs + lines)
+    put("perf_map", "node_wide_caps", struct.pack("<IHI", 1 << 20, 60000, 1 << 20) + addrs + lines)
+
+
 if __name__ == "__main__":
     if not os.path.isdir(os.path.join(ROOT, "fuzz")):
         sys.exit("run from the repository root")
@@ -137,3 +165,5 @@ if __name__ == "__main__":
     elf = tiny_elf()
     elf_seeds(elf)
     maps_seeds()
+    compressed_seeds()
+    perf_map_seeds()

@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::attr::{sample, RawAttr};
+use crate::drain::{self, CpuRing, Drainer, RingSet, SharedRings};
 use crate::features::{Feature, Ladder, OpenError, Support};
 use crate::record::SampleFormat;
 use crate::ring::{RingBuffer, RingStats};
@@ -63,20 +64,15 @@ struct OpenEvent {
     tid: Option<u32>,
 }
 
-struct CpuRing {
-    cpu: u32,
-    ring: RingBuffer,
-    /// Index into `events` of the event whose fd owns the mapping.
-    owner: usize,
-}
-
 /// All open events of one recording and their per-CPU rings.
 pub struct Session {
     kernel: Arc<dyn Kernel>,
     pub ladder: Ladder,
     specs: Vec<EventSpec>,
     events: Vec<OpenEvent>,
-    rings: Vec<CpuRing>,
+    rings: SharedRings,
+    /// Empties rings the reader has left past half full (see [`Session::drain_in_background`]).
+    drainer: Option<Drainer>,
     ids: HashMap<u64, usize>,
     format: Option<SampleFormat>,
     ring_pages: usize,
@@ -92,7 +88,8 @@ impl Session {
             ladder: Ladder::new(),
             specs: Vec::new(),
             events: Vec::new(),
-            rings: Vec::new(),
+            rings: Arc::new(Mutex::new(RingSet::default())),
+            drainer: None,
             ids: HashMap::new(),
             format: None,
             ring_pages: ring_pages.max(1).next_power_of_two(),
@@ -141,7 +138,7 @@ impl Session {
     }
 
     pub fn ring_count(&self) -> usize {
-        self.rings.len()
+        drain::lock(&self.rings).list.len()
     }
 
     /// Open `spec` for `pid`/`tid` (-1 for any task) on `cpu`, walking the ladder, and route it
@@ -205,8 +202,13 @@ impl Session {
 
     fn route(&mut self, index: usize) -> Result<(), SessionError> {
         let cpu = self.events[index].cpu;
-        if let Some(r) = self.rings.iter().find(|r| r.cpu == cpu) {
-            let owner = self.events[r.owner].fd.as_fd();
+        let owner = drain::lock(&self.rings)
+            .list
+            .iter()
+            .find(|r| r.cpu == cpu)
+            .map(|r| r.owner);
+        if let Some(owner) = owner {
+            let owner = self.events[owner].fd.as_fd();
             return self
                 .kernel
                 .ioctl(self.events[index].fd.as_fd(), Ioctl::SetOutput(owner))
@@ -227,14 +229,15 @@ impl Session {
             // shared by all CPUs' rings: the first ring to hit it would take nearly all of
             // it and leave not even one page for the last CPUs. Split what fitted between
             // this CPU and the CPUs still to be mapped.
+            let mapped: Vec<u32> = drain::lock(&self.rings)
+                .list
+                .iter()
+                .map(|r| r.cpu)
+                .collect();
             let to_map = self
                 .kernel
                 .online_cpus()
-                .map(|cpus| {
-                    cpus.iter()
-                        .filter(|c| !self.rings.iter().any(|r| r.cpu == **c))
-                        .count()
-                })
+                .map(|cpus| cpus.iter().filter(|c| !mapped.contains(c)).count())
                 .unwrap_or(1)
                 .max(1);
             let share = (pages / to_map.next_power_of_two()).max(1);
@@ -264,7 +267,7 @@ impl Session {
             self.ladder
                 .set_support(Feature::RingDataOffset, Support::Yes);
         }
-        self.rings.push(CpuRing {
+        drain::lock(&self.rings).list.push(CpuRing {
             cpu,
             ring,
             owner: index,
@@ -274,7 +277,17 @@ impl Session {
 
     /// Enable every event (they are opened disabled unless enable_on_exec is used).
     pub fn enable(&self) -> Result<(), SessionError> {
-        for e in &self.events {
+        self.enable_where(|_| true)
+    }
+
+    /// Enable the events of one spec (e.g. CPU-wide events beside per-task ones that wait
+    /// for enable_on_exec).
+    pub fn enable_spec(&self, spec: usize) -> Result<(), SessionError> {
+        self.enable_where(|e| e.spec == spec)
+    }
+
+    fn enable_where(&self, which: impl Fn(&OpenEvent) -> bool) -> Result<(), SessionError> {
+        for e in self.events.iter().filter(|e| which(e)) {
             self.kernel
                 .ioctl(e.fd.as_fd(), Ioctl::Enable)
                 .map_err(|errno| SessionError::Ioctl {
@@ -324,8 +337,8 @@ impl Session {
     /// Wait until a ring has data or `timeout_ms` passes. Returns whether any ring has data,
     /// and whether every ring's event reported POLLHUP (all targets gone).
     pub fn wait(&self, timeout_ms: i32) -> Result<(bool, bool), SessionError> {
-        let mut fds: Vec<libc::pollfd> = self
-            .rings
+        let mut fds: Vec<libc::pollfd> = drain::lock(&self.rings)
+            .list
             .iter()
             .map(|r| libc::pollfd {
                 fd: self.events[r.owner].fd.as_raw_fd(),
@@ -342,22 +355,45 @@ impl Session {
             Err(e) => return Err(SessionError::Poll(e)),
         }
         let hup = fds.iter().all(|p| p.revents & libc::POLLHUP != 0);
-        let data = self.rings.iter().any(|r| r.ring.has_data());
+        let data = drain::lock(&self.rings).has_data();
         Ok((data, hup))
     }
 
-    /// Hand every pending record of every ring to `f(cpu, bytes)`. Returns records read.
-    pub fn drain(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
-        let mut n = 0;
-        for r in &mut self.rings {
-            let cpu = r.cpu;
-            n += r.ring.read_records(|bytes| f(cpu, bytes));
+    /// Hand every pending record of every ring to `f(cpu, bytes)`, in each ring's order
+    /// (records the background drainer took out first). Returns records read.
+    pub fn drain(&mut self, f: impl FnMut(u32, &[u8])) -> usize {
+        drain::lock(&self.rings).drain(f)
+    }
+
+    /// From now on, a background thread copies out every record of a ring the reader has
+    /// left past half full, into memory bounded by `limit_bytes`, so a reader held up by slow
+    /// work (the first DWARF unwind in a large binary) loses nothing. Does nothing on kernels
+    /// whose rings fill only while they are polled (emulated ones).
+    pub fn drain_in_background(&mut self, limit_bytes: usize) -> Result<(), std::io::Error> {
+        if self.drainer.is_none() && self.kernel.rings_fill_unpolled() {
+            self.drainer = Some(Drainer::start(self.rings.clone(), limit_bytes)?);
         }
-        n
+        Ok(())
+    }
+
+    /// Most bytes the background drainer held at once (0 when the reader kept up).
+    pub fn drained_peak(&self) -> usize {
+        drain::lock(&self.rings).spill_peak()
     }
 
     /// Lost-record accounting per CPU ring.
     pub fn ring_stats(&self) -> Vec<(u32, RingStats)> {
-        self.rings.iter().map(|r| (r.cpu, r.ring.stats())).collect()
+        drain::lock(&self.rings)
+            .list
+            .iter()
+            .map(|r| (r.cpu, r.ring.stats()))
+            .collect()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Stop the drainer before the rings and the events go.
+        self.drainer.take();
     }
 }

@@ -28,7 +28,8 @@ pub enum Feature {
     CommExec,
     /// attr.use_clockid (4.1); fallback: perf's default clock.
     UseClockid,
-    /// attr.context_switch (4.3); fallback: CPU-wide sched_switch events.
+    /// attr.context_switch (4.3); fallback: CPU-wide sched_switch events and per-task
+    /// syscall exits (see psample's offcpu::legacy).
     ContextSwitch,
     /// attr.sample_max_stack (4.8); fallback: the kernel's default depth (127).
     SampleMaxStack,
@@ -101,7 +102,7 @@ impl Feature {
             Feature::Mmap2 => "MMAP records + /proc/PID/maps",
             Feature::CommExec => "exec detected from COMM records",
             Feature::UseClockid => "kernel default perf clock",
-            Feature::ContextSwitch => "CPU-wide sched_switch for switch-ins",
+            Feature::ContextSwitch => "CPU-wide sched_switch and syscall exits for switch-ins",
             Feature::SampleMaxStack => "kernel default callchain depth",
             Feature::PreciseIp => "non-precise sampling",
             Feature::Hardware => "cpu-clock software event",

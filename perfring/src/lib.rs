@@ -9,7 +9,8 @@
 //!   from errno on refusal, never from the version string;
 //! - [`probe`]: asking the kernel feature by feature, for `psample check`;
 //! - [`event`]: opening sets of events per thread or per CPU, redirecting many events into
-//!   one ring per CPU with `PERF_EVENT_IOC_SET_OUTPUT`;
+//!   one ring per CPU with `PERF_EVENT_IOC_SET_OUTPUT`; `drain` empties those rings on a
+//!   background thread when the reader falls behind;
 //! - [`ring`]: the mmap'd ring buffer reader (acquire/release on head/tail, wrapped records);
 //! - [`record`]: the zero-copy parser for every record type a sampler meets;
 //! - [`tracepoint`]: tracefs/debugfs discovery and tracepoint `format` file parsing;
@@ -20,6 +21,7 @@
 
 pub mod attr;
 pub mod bpf;
+mod drain;
 pub mod event;
 pub mod features;
 pub mod probe;

@@ -176,6 +176,14 @@ impl RingBuffer {
         self.head_word().load(Ordering::Acquire) != self.tail
     }
 
+    /// Bytes the kernel has published that we have not consumed (at most the data size on
+    /// a sane ring).
+    pub fn pending(&self) -> u64 {
+        self.head_word()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.tail)
+    }
+
     pub fn stats(&self) -> RingStats {
         self.stats
     }

@@ -82,6 +82,12 @@ pub trait Kernel: Send + Sync {
         }
     }
 
+    /// Whether the kernel writes into rings while nobody polls them (a real kernel does; an
+    /// emulated one writes only inside [`Kernel::poll`], so background draining is moot).
+    fn rings_fill_unpolled(&self) -> bool {
+        true
+    }
+
     /// Online CPU numbers (from /sys/devices/system/cpu/online).
     fn online_cpus(&self) -> io::Result<Vec<u32>> {
         let text = self.read_file(Path::new("/sys/devices/system/cpu/online"))?;

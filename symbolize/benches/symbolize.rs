@@ -86,6 +86,7 @@ fn setup(maps: &[Mapping]) -> (Symbolizer, Vec<ModuleHandle>) {
                 kind: ModuleKind::File,
                 path: m.path.clone(),
                 pid: std::process::id(),
+                pid_start: None,
                 start: m.start,
                 end: m.end,
                 pgoff: m.pgoff,

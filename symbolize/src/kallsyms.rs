@@ -3,9 +3,10 @@
 //! With kptr_restrict (or without privilege) every address reads as zero; then no address can
 //! be named correctly and the caller shows `[kernel]` instead of a misleading guess.
 //!
-//! A kernel with modules lists 100k+ symbols. They are read line by line into one string arena
-//! with a compact (address, name offset) entry each, so neither the whole file text nor one
-//! heap allocation per name is ever held.
+//! A kernel with modules lists 100k+ symbols. They are read line by line into a string arena
+//! of fixed-size chunks (so growing it never copies what it holds, and never holds twice its
+//! size while it does) with a compact (address, name offset) entry each: neither the whole
+//! file text nor one heap allocation per name is ever held.
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -14,10 +15,13 @@ const MAX_KALLSYMS: u64 = 512 * 1024 * 1024;
 /// Longer lines are not kallsyms (KSYM_NAME_LEN is 512); skipping keeps memory bounded.
 const MAX_LINE: usize = 4096;
 
+/// Bytes per arena chunk; a name never straddles two.
+const CHUNK: usize = 256 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     addr: u64,
-    /// Start of the name in the arena.
+    /// Chunk index (high 12 bits) and offset in it (low 20 bits) of the name.
     name: u32,
     len: u32,
 }
@@ -26,7 +30,37 @@ struct Entry {
 pub(crate) struct SymbolArena {
     /// Sorted by address, one per address.
     entries: Vec<Entry>,
-    names: String,
+    names: Vec<String>,
+}
+
+impl SymbolArena {
+    /// Stores `name`; `None` once the arena is past what kallsyms can hold (4096 chunks).
+    fn push_name(&mut self, name: &str) -> Option<(u32, u32)> {
+        if name.len() > CHUNK {
+            return None;
+        }
+        if self
+            .names
+            .last()
+            .is_none_or(|c| c.len() + name.len() > CHUNK)
+        {
+            if self.names.len() >= 1 << 12 {
+                return None;
+            }
+            self.names.push(String::with_capacity(CHUNK));
+        }
+        let chunk_idx = self.names.len() - 1;
+        let chunk = self.names.last_mut()?;
+        let offset = chunk.len();
+        chunk.push_str(name);
+        Some(((chunk_idx << 20 | offset) as u32, name.len() as u32))
+    }
+
+    fn name(&self, e: &Entry) -> Option<&str> {
+        let chunk = self.names.get((e.name >> 20) as usize)?;
+        let start = (e.name & ((1 << 20) - 1)) as usize;
+        chunk.get(start..start.checked_add(e.len as usize)?)
+    }
 }
 
 #[derive(Debug)]
@@ -51,8 +85,10 @@ impl KernelSymbols {
 
     /// Parses kallsyms text from `input`, one line at a time.
     pub fn read(mut input: impl BufRead) -> std::io::Result<KernelSymbols> {
-        let mut entries = Vec::new();
-        let mut names = String::new();
+        let mut arena = SymbolArena {
+            entries: Vec::new(),
+            names: Vec::new(),
+        };
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -74,29 +110,24 @@ impl KernelSymbols {
                 continue;
             };
             if let Some((addr, name)) = text_symbol(text) {
-                let (Ok(start), Ok(len)) = (u32::try_from(names.len()), u32::try_from(name.len()))
-                else {
-                    // Past 4 GiB of names: not a real kallsyms.
+                let Some((name, len)) = arena.push_name(name) else {
+                    // Past 1 GiB of names: not a real kallsyms.
                     break;
                 };
-                names.push_str(name);
-                entries.push(Entry {
-                    addr,
-                    name: start,
-                    len,
-                });
+                arena.entries.push(Entry { addr, name, len });
             }
         }
-        if entries.is_empty() {
+        if arena.entries.is_empty() {
             // All-zero addresses (or nothing parseable) mean we cannot name anything.
             return Ok(KernelSymbols::Hidden);
         }
         // Stable: of several names at one address the first listed wins.
-        entries.sort_by_key(|e| e.addr);
-        entries.dedup_by_key(|e| e.addr);
-        entries.shrink_to_fit();
-        names.shrink_to_fit();
-        Ok(KernelSymbols::Table(SymbolArena { entries, names }))
+        arena.entries.sort_by_key(|e| e.addr);
+        arena.entries.dedup_by_key(|e| e.addr);
+        if let Some(last) = arena.names.last_mut() {
+            last.shrink_to_fit();
+        }
+        Ok(KernelSymbols::Table(arena))
     }
 
     /// The symbol at or below `addr`; `None` when hidden or below every symbol.
@@ -108,9 +139,7 @@ impl KernelSymbols {
             .entries
             .partition_point(|e| e.addr <= addr)
             .checked_sub(1)?;
-        let e = t.entries.get(idx)?;
-        let start = e.name as usize;
-        t.names.get(start..start.checked_add(e.len as usize)?)
+        t.name(t.entries.get(idx)?)
     }
 
     /// Number of code symbols held.
@@ -151,6 +180,30 @@ mod tests {
         assert_eq!(k.lookup(0xffffffff81002010), Some("helper"));
         assert_eq!(k.lookup(0xffffffffc0001004), Some("ext4_thing"));
         assert_eq!(k.lookup(0x1000), None);
+    }
+
+    #[test]
+    fn names_across_many_arena_chunks() {
+        let mut text = String::new();
+        let n = 3 * CHUNK / 40 + 7;
+        for i in 0..n {
+            text.push_str(&format!(
+                "{:016x} t fn_{i:0>32}\n",
+                0xffffffff81000000u64 + 16 * i as u64
+            ));
+        }
+        let k = KernelSymbols::parse(&text);
+        let KernelSymbols::Table(t) = &k else {
+            panic!("symbols expected");
+        };
+        assert!(t.names.len() >= 3);
+        for i in [0, 1, n / 2, n - 1] {
+            let want = format!("fn_{i:0>32}");
+            assert_eq!(
+                k.lookup(0xffffffff81000000 + 16 * i as u64 + 3),
+                Some(&*want)
+            );
+        }
     }
 
     #[test]

@@ -2,33 +2,56 @@
 //!
 //! Names code addresses of profiled processes the way the target process sees its files:
 //! through `/proc/PID/root` and `/proc/PID/map_files` (containers, deleted or replaced
-//! binaries), with ELF `.symtab`/`.dynsym`, DWARF inline frames, separate debug files (build-id
-//! and `.gnu_debuglink`), MiniDebugInfo, the vDSO, JIT perf maps and `/proc/kallsyms`.
+//! binaries), with ELF `.symtab`/`.dynsym` (a bounded-memory index shared per file, see
+//! `symbol_index`), DWARF inline frames, separate debug files (build-id and
+//! `.gnu_debuglink`, locally or from debuginfod servers, see `debuginfod`), MiniDebugInfo, the
+//! vDSO, JIT perf maps and `/proc/kallsyms`. Code no symbol names is named by the start of its
+//! function from call-frame information (`function_starts`).
 //!
 //! Usage: register every mapping with [`Symbolizer::add_module`] (cheap), then ask
 //! [`Symbolizer::symbolize`] for each distinct address once, after collection. Files are
 //! opened lazily and shared between all mappings of the same file.
+//!
+//! Everything here reads what profiled processes control, so it also owns the defences the
+//! unwinder shares: [`target_file`] (opening a target's files without letting it choose what
+//! root opens), [`identity`] (which process a PID means), [`budget`] (caps on what a target
+//! can make psample spend, and the count of what was left out), [`compressed`] (inflating
+//! sections within budget) and the SIGBUS guard for mapped files that shrink.
 
+pub mod budget;
 mod bytes;
+pub mod compressed;
+mod debuginfod;
 mod demangle;
 mod dwarf;
+mod function_starts;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod identity;
 mod kallsyms;
 mod loaded_object;
 pub mod locate;
 mod minidebuginfo;
 mod perf_map;
 mod procfs;
-mod symbol_table;
+mod sigbus;
+mod symbol_index;
+pub mod target_file;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
+pub use bytes::FileBytes;
+pub use debuginfod::DEFAULT_DEADLINE as DEBUGINFOD_DEFAULT_DEADLINE;
 pub use demangle::demangle;
+
+use debuginfod::Debuginfod;
 
 use kallsyms::KernelSymbols;
 use loaded_object::LoadedObject;
 use locate::FileKey;
-use perf_map::PerfMaps;
+use perf_map::{PerfMaps, Who};
 
 /// How frames are named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +64,10 @@ pub struct SymbolizeOptions {
     pub debug_dirs: Vec<PathBuf>,
     /// Name kernel addresses from /proc/kallsyms; when false they are all `[kernel]`.
     pub kernel: bool,
+    /// Fetch debug files (and executables that cannot be read) from the debuginfod servers
+    /// in `DEBUGINFOD_URLS`, spending at most this long on the network; `None` (the
+    /// default), or no servers named: never.
+    pub debuginfod: Option<Duration>,
 }
 
 impl Default for SymbolizeOptions {
@@ -50,6 +77,7 @@ impl Default for SymbolizeOptions {
             demangle: true,
             debug_dirs: Vec::new(),
             kernel: true,
+            debuginfod: None,
         }
     }
 }
@@ -73,6 +101,10 @@ pub struct ModuleSpec {
     pub path: String,
     /// A process that maps it: used for /proc/PID/root, /proc/PID/map_files and NSpid.
     pub pid: u32,
+    /// That process's start time when the mapping was seen ([`identity::ProcessIdentity`]);
+    /// `None` if unknown. A PID that means another process by now is not used for the
+    /// process's files or JIT map.
+    pub pid_start: Option<u64>,
     pub start: u64,
     pub end: u64,
     pub pgoff: u64,
@@ -149,6 +181,8 @@ pub struct Symbolizer {
     objects_by_key: HashMap<FileKey, usize>,
     perf_maps: PerfMaps,
     kernel: Option<KernelSymbols>,
+    /// Created on first need from the environment; `Some(None)` when there is no server.
+    debuginfod: Option<Option<Debuginfod>>,
     warnings: Vec<String>,
     warned: HashSet<String>,
 }
@@ -162,6 +196,7 @@ impl Symbolizer {
             objects_by_key: HashMap::new(),
             perf_maps: PerfMaps::default(),
             kernel: None,
+            debuginfod: None,
             warnings: Vec::new(),
             warned: HashSet::new(),
         }
@@ -176,8 +211,9 @@ impl Symbolizer {
     }
 
     /// Frames for one runtime address, innermost first (inlined callees before the function
-    /// that contains them). An address nothing names yields one frame
-    /// `basename+0xFILEOFFSET`, so it can be looked up later with addr2line.
+    /// that contains them). An address no symbol names yields one frame
+    /// `basename+0xFILEOFFSET`: the file offset of its function's start where call-frame
+    /// information (FDEs) bounds the function, else of the address itself.
     pub fn symbolize(&mut self, module: ModuleHandle, addr: u64) -> Vec<Frame> {
         self.symbolize_detailed(module, addr)
             .into_iter()
@@ -199,6 +235,9 @@ impl Symbolizer {
         let (kind, start, pgoff) = (entry.spec.kind, entry.spec.start, entry.spec.pgoff);
         let file_offset = addr.wrapping_sub(start).wrapping_add(pgoff);
         let idx = module.0 as usize;
+        // Where nothing names the address, the start of its function (from CFI) still does:
+        // one frame per function instead of one per address.
+        let mut name_offset = file_offset;
         let frames = match kind {
             ModuleKind::Anon => self
                 .jit_frame(idx, addr)
@@ -209,10 +248,22 @@ impl Symbolizer {
                 Some(obj_idx) => {
                     let opts = &self.opts;
                     let obj = &mut self.objects[obj_idx];
-                    match obj.file_offset_to_vaddr(file_offset) {
-                        Some(vaddr) => obj.frames(vaddr, opts),
+                    let frames = match obj.file_offset_to_vaddr(file_offset) {
+                        Some(vaddr) => {
+                            let frames = obj.frames(vaddr, opts);
+                            if frames.is_empty() {
+                                name_offset =
+                                    obj.function_start_offset(vaddr).unwrap_or(file_offset);
+                            }
+                            frames
+                        }
                         None => Vec::new(),
+                    };
+                    if let Some(note) = obj.truncated.clone() {
+                        let path = &self.modules[idx].spec.path;
+                        self.warn(format!("{path}: {note}"));
                     }
+                    frames
                 }
                 // Code in memfd or other unreadable files may still be a JIT's.
                 None if kind == ModuleKind::File => self
@@ -230,7 +281,7 @@ impl Symbolizer {
                 .map(|e| unknown_label(&e.spec))
                 .unwrap_or_default();
             return vec![FrameDetail {
-                name: format!("{label}+0x{file_offset:x}"),
+                name: format!("{label}+0x{name_offset:x}"),
                 kind: FrameKind::User,
                 file: None,
                 line: None,
@@ -249,6 +300,17 @@ impl Symbolizer {
     /// per-address answers). Long-running callers bound memory with it as well.
     pub fn object_count(&self) -> usize {
         self.objects.len()
+    }
+
+    /// Estimated heap held by parsed files, cached answers and JIT maps (what
+    /// [`budget::SYMBOLIZER_HEAP_MAX`] bounds).
+    pub fn heap_bytes(&self) -> usize {
+        self.objects
+            .iter()
+            .map(LoadedObject::heap_bytes)
+            .sum::<usize>()
+            + self.perf_maps.heap_bytes()
+            + self.modules.len() * std::mem::size_of::<ModuleEntry>()
     }
 
     /// The registered spec behind a handle.
@@ -311,6 +373,41 @@ impl Symbolizer {
         }
     }
 
+    /// Downloads, in parallel, what debuginfod would be asked for while symbolizing frames
+    /// of `modules` (debug files of binaries that have neither a local one nor symbols and
+    /// DWARF of their own; executables that cannot be read), so that symbolization then
+    /// finds them in the cache. Does nothing unless debuginfod is enabled and configured.
+    pub fn prefetch_debuginfo(&mut self, modules: &[ModuleSpec]) {
+        if self.opts.debuginfod.is_none() || self.debuginfod().is_none() {
+            return;
+        }
+        let mut wanted = Vec::new();
+        let mut seen = HashSet::new();
+        for spec in modules.iter().filter(|s| s.kind == ModuleKind::File) {
+            if let Some(want) = loaded_object::debuginfod_wants(spec, &self.opts) {
+                if seen.insert(want.clone()) {
+                    wanted.push(want);
+                }
+            }
+        }
+        if let Some(d) = self.debuginfod() {
+            d.prefetch(&wanted);
+        }
+    }
+
+    /// The summary line for debuginfod (`N fetched, N cached, N failed (servers)`), if it
+    /// was used.
+    pub fn debuginfod_summary(&self) -> Option<String> {
+        self.debuginfod.as_ref()?.as_ref()?.summary()
+    }
+
+    fn debuginfod(&mut self) -> Option<&Debuginfod> {
+        let deadline = self.opts.debuginfod?;
+        self.debuginfod
+            .get_or_insert_with(|| Debuginfod::from_env(deadline))
+            .as_ref()
+    }
+
     /// Everything worth telling the user, each message once: hidden kernel addresses, refused
     /// perf maps, files that did not match their mapping, unusable debug data.
     pub fn warnings(&self) -> Vec<String> {
@@ -338,9 +435,13 @@ impl Symbolizer {
     }
 
     fn jit_frame(&mut self, module: usize, addr: u64) -> Option<Frame> {
-        let pid = self.modules.get(module)?.spec.pid;
+        let spec = &self.modules.get(module)?.spec;
+        let who = Who {
+            pid: spec.pid,
+            pid_start: spec.pid_start,
+        };
         let mut notes = Vec::new();
-        let name = self.perf_maps.lookup(pid, addr, &mut notes);
+        let name = self.perf_maps.lookup(who, addr, &mut notes);
         self.warn_all(notes);
         name.map(|name| Frame {
             name,
@@ -356,17 +457,41 @@ impl Symbolizer {
         }
         let spec = entry.spec.clone();
         let mut notes = Vec::new();
-        let idx = match locate::resolve(&spec, &mut notes) {
-            Ok(resolved) => Some(match self.objects_by_key.get(&resolved.key) {
-                Some(&idx) => idx,
+        let resolved = locate::resolve(&spec, &mut notes).or_else(|why| -> Result<_, String> {
+            // The file is gone (or out of reach): debuginfod may have the executable itself.
+            let id = spec.build_id.as_deref().ok_or(why.clone())?;
+            let (path, data) = self
+                .debuginfod()
+                .and_then(|d| d.find(id, debuginfod::Kind::Executable))
+                .ok_or(why)?;
+            locate::resolved_at(path, data).ok_or_else(|| "unreadable cache entry".to_string())
+        });
+        if self.opts.debuginfod.is_some() {
+            // Loading may need a debug file from debuginfod.
+            self.debuginfod();
+        }
+        let debuginfod = self.debuginfod.as_ref().and_then(Option::as_ref);
+        let idx = match resolved {
+            Ok(resolved) => match self.objects_by_key.get(&resolved.key) {
+                Some(&idx) => Some(idx),
+                None if self.heap_bytes() > budget::SYMBOLIZER_HEAP_MAX => {
+                    budget::file_unsymbolized();
+                    notes.push(format!(
+                        "{} left unsymbolized: the symbolizer holds its {} MiB budget",
+                        spec.path,
+                        budget::SYMBOLIZER_HEAP_MAX >> 20
+                    ));
+                    None
+                }
                 None => {
-                    let obj = LoadedObject::load(&spec, &resolved, &self.opts, &mut notes);
+                    let obj =
+                        LoadedObject::load(&spec, &resolved, &self.opts, debuginfod, &mut notes);
                     self.objects.push(obj);
                     let idx = self.objects.len() - 1;
                     self.objects_by_key.insert(resolved.key, idx);
-                    idx
+                    Some(idx)
                 }
-            }),
+            },
             Err(why) => {
                 notes.push(format!("cannot symbolize {}: {why}", spec.path));
                 None

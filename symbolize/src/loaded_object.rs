@@ -4,15 +4,21 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+use crate::budget::ANSWERS_PER_FILE_MAX;
+use crate::bytes::FileBytes;
+use crate::debuginfod::{self, Debuginfod};
 use crate::demangle::demangle;
 use crate::dwarf::{has_debug_info, DwarfInfo};
+use crate::function_starts::FunctionStarts;
 use crate::locate::{self, Resolved};
 use crate::minidebuginfo;
-use crate::symbol_table::SymbolTable;
+use crate::symbol_index::{self, IndexKey, SymbolIndex, SymbolSource};
 use crate::{FrameDetail, FrameKind, ModuleSpec, SymbolizeOptions};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
 struct LoadSegment {
@@ -23,11 +29,20 @@ struct LoadSegment {
 
 pub(crate) struct LoadedObject {
     segments: Vec<LoadSegment>,
-    symbols: SymbolTable,
+    symbols: Arc<SymbolIndex>,
+    /// FDE ranges: the function around an address that no symbol names.
+    function_starts: FunctionStarts,
     dwarf: Option<DwarfInfo>,
     cache: HashMap<u64, Vec<FrameDetail>>,
     /// GNU build-id of the file, for formats that identify binaries by it (pprof).
     pub build_id: Option<Vec<u8>>,
+    /// The mapped files DWARF (and an in-place FDE table) is read from lazily, checked for
+    /// truncation after each read.
+    mapped: Vec<FileBytes>,
+    /// A mapped file shrank while we read it; set once, reported once.
+    pub truncated: Option<String>,
+    /// Heap held by the symbol table and DWARF index (fixed after loading).
+    loaded_bytes: usize,
 }
 
 impl LoadedObject {
@@ -35,14 +50,19 @@ impl LoadedObject {
         spec: &ModuleSpec,
         resolved: &Resolved,
         opts: &SymbolizeOptions,
+        debuginfod: Option<&Debuginfod>,
         notes: &mut Vec<String>,
     ) -> LoadedObject {
         let mut me = LoadedObject {
             segments: Vec::new(),
-            symbols: SymbolTable::default(),
+            symbols: Arc::default(),
+            function_starts: FunctionStarts::None,
             dwarf: None,
             cache: HashMap::new(),
             build_id: None,
+            mapped: Vec::new(),
+            truncated: None,
+            loaded_bytes: 0,
         };
         let data = &resolved.data;
         let obj = match object::File::parse(&**data) {
@@ -68,17 +88,18 @@ impl LoadedObject {
             })
             .collect();
 
-        let main_has_symtab = obj.section_by_name(".symtab").is_some();
-        let main_has_dwarf = has_debug_info(&obj);
-        let debug = if main_has_dwarf && main_has_symtab {
+        let debug = if is_self_sufficient(&obj) {
             None
         } else {
             locate::find_debug(spec, &obj, &opts.debug_dirs)
+                .or_else(|| debuginfod?.find(me.build_id.as_deref()?, debuginfod::Kind::Debuginfo))
         };
         let debug_obj = debug
             .as_ref()
             .and_then(|(_, d)| object::File::parse(&**d).ok());
 
+        let main_has_symtab = obj.section_by_name(".symtab").is_some();
+        let main_has_dwarf = has_debug_info(&obj);
         // MiniDebugInfo only matters when nothing better provides a full symbol table.
         let mini_data = if main_has_symtab
             || debug_obj
@@ -89,14 +110,31 @@ impl LoadedObject {
         } else {
             mini_debuginfo(&obj, &resolved.path, notes)
         };
-        let mini_obj = mini_data
-            .as_ref()
-            .and_then(|d| object::File::parse(&d[..]).ok());
-
-        let mut sources: Vec<&object::File<'_>> = vec![&obj];
-        sources.extend(debug_obj.as_ref());
-        sources.extend(mini_obj.as_ref());
-        me.symbols = SymbolTable::build(&sources);
+        let mini_bytes = mini_data.map(FileBytes::owned);
+        let debug_path = debug.as_ref().map(|(p, _)| p.clone());
+        let key = match &me.build_id {
+            Some(id) => IndexKey::BuildId(id.clone(), debug_path),
+            None => IndexKey::File(resolved.key.clone(), debug_path),
+        };
+        me.symbols = symbol_index::shared(key, || {
+            let mut sources = vec![SymbolSource { data, obj: &obj }];
+            if let (Some((_, d)), Some(o)) = (&debug, &debug_obj) {
+                sources.push(SymbolSource { data: d, obj: o });
+            }
+            let mini_obj = mini_bytes
+                .as_ref()
+                .and_then(|d| Some((d, object::File::parse(&**d).ok()?)));
+            if let Some((d, o)) = &mini_obj {
+                sources.push(SymbolSource { data: d, obj: o });
+            }
+            SymbolIndex::build(&sources)
+        });
+        let debug_pair = match (&debug, &debug_obj) {
+            (Some((_, d)), Some(o)) => Some((o, d)),
+            _ => None,
+        };
+        me.function_starts = guarded(|| FunctionStarts::load((&obj, data), debug_pair))
+            .unwrap_or(FunctionStarts::None);
 
         // Without inline frames the symbol table names functions just as well, and building the
         // DWARF context is the most expensive part of loading.
@@ -113,7 +151,26 @@ impl LoadedObject {
         } else {
             None
         };
+        me.mapped.push(data.clone());
+        me.mapped.extend(debug.map(|(_, d)| d));
+        if me.mapped.iter().any(FileBytes::faulted) {
+            // What was parsed may be zeros: nothing of it can be trusted.
+            notes.push(truncation_note(&resolved.path));
+            me.symbols = Arc::default();
+            me.function_starts = FunctionStarts::None;
+            me.dwarf = None;
+            me.mapped.clear();
+        }
+        // A shared index is counted by each of its users: an over- rather than underestimate.
+        me.loaded_bytes = me.symbols.heap_bytes()
+            + me.function_starts.heap_bytes()
+            + me.dwarf.as_ref().map_or(0, |d| d.heap_bytes());
         me
+    }
+
+    /// Estimated heap held: symbols, FDE table, DWARF index and cached answers.
+    pub fn heap_bytes(&self) -> usize {
+        self.loaded_bytes + self.cache.len() * 160
     }
 
     /// ELF virtual address of a file offset, through the PT_LOAD segments (the same rule for
@@ -125,15 +182,66 @@ impl LoadedObject {
             .map(|s| s.vaddr.wrapping_add(offset - s.offset))
     }
 
+    /// File offset of an ELF virtual address, through the PT_LOAD segments.
+    pub fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+            .map(|s| s.offset + (vaddr - s.vaddr))
+    }
+
+    /// File offset of the start of the function around `vaddr`, from its FDE; for
+    /// addresses that [`Self::frames`] cannot name.
+    pub fn function_start_offset(&mut self, vaddr: u64) -> Option<u64> {
+        let start = guarded(|| self.function_starts.start_of(vaddr)).flatten();
+        if self.check_truncation() {
+            // The FDE table was read in place from a file that shrank meanwhile.
+            return None;
+        }
+        self.vaddr_to_file_offset(start?)
+    }
+
     /// Frames at `vaddr` with their source positions, innermost first; empty when nothing
     /// names it.
     pub fn frames(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
         if let Some(f) = self.cache.get(&vaddr) {
             return f.clone();
         }
-        let frames = self.compute(vaddr, opts);
+        let mut frames = self.compute(vaddr, opts);
+        if self.check_truncation() {
+            // Answer again from the symbol index alone (see `check_truncation`).
+            frames = self.compute(vaddr, opts);
+        }
+        if self.cache.len() >= ANSWERS_PER_FILE_MAX {
+            self.cache.clear();
+        }
         self.cache.insert(vaddr, frames.clone());
         frames
+    }
+
+    /// Whether a mapped file shrank under a read since the last check (the first time only).
+    /// Then what reads the files lazily is dropped: the DWARF reader and an in-place FDE
+    /// table. The symbol index stays: it was built while the files were intact, keeps small
+    /// string tables as copies and stops naming from a big one whose file shrank.
+    fn check_truncation(&mut self) -> bool {
+        if self.truncated.is_some() || !self.mapped.iter().any(FileBytes::faulted) {
+            return false;
+        }
+        self.truncated = Some(truncation_note(Path::new(&self.describe())));
+        self.dwarf = None;
+        if self.function_starts.reads_file() {
+            self.function_starts = FunctionStarts::None;
+        }
+        self.mapped.clear();
+        self.cache.clear();
+        true
+    }
+
+    fn describe(&self) -> String {
+        match &self.build_id {
+            Some(id) => format!("file with build-id {}", hex(id)),
+            None => "a mapped file".into(),
+        }
     }
 
     fn compute(&mut self, vaddr: u64, opts: &SymbolizeOptions) -> Vec<FrameDetail> {
@@ -152,7 +260,7 @@ impl LoadedObject {
             Some(f) => (f.name, f.file, f.line),
             None => (None, None, None),
         };
-        let outer = outer.or_else(|| self.symbols.lookup(vaddr).map(str::to_string));
+        let outer = outer.or_else(|| self.symbols.lookup(vaddr).map(|n| n.into_owned()));
         let Some(outer) = outer else {
             return Vec::new();
         };
@@ -182,6 +290,40 @@ impl LoadedObject {
         });
         out
     }
+}
+
+/// A binary with its own symbol table and DWARF needs no debug file.
+fn is_self_sufficient(obj: &object::File<'_>) -> bool {
+    obj.section_by_name(".symtab").is_some() && has_debug_info(obj)
+}
+
+/// What [`LoadedObject::load`] would ask debuginfod for, for the mapping `spec`: the
+/// executable when the file cannot be read (and the kernel reported its build-id), its
+/// debug file when it needs one and none is found locally.
+pub(crate) fn debuginfod_wants(
+    spec: &ModuleSpec,
+    opts: &SymbolizeOptions,
+) -> Option<(Vec<u8>, debuginfod::Kind)> {
+    let Ok(resolved) = locate::resolve(spec, &mut Vec::new()) else {
+        return Some((spec.build_id.clone()?, debuginfod::Kind::Executable));
+    };
+    let obj = object::File::parse(&*resolved.data).ok()?;
+    if is_self_sufficient(&obj) || locate::find_debug(spec, &obj, &opts.debug_dirs).is_some() {
+        return None;
+    }
+    Some((obj.build_id().ok()??.to_vec(), debuginfod::Kind::Debuginfo))
+}
+
+fn truncation_note(path: &Path) -> String {
+    format!(
+        "{} shrank while psample read it; its DWARF (and anything read after the change) is \
+         not used",
+        path.display()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mini_debuginfo(

@@ -2,10 +2,10 @@
 //! file.
 //!
 //! A path in /proc/PID/maps is relative to the target's root (containers, chroots) and may
-//! have been deleted or replaced since the process mapped it. We therefore open it through
-//! `/proc/PID/root`, check that what we opened is the mapped file (build-id, else inode), and
-//! otherwise use `/proc/PID/map_files/START-END`, which is the mapped file itself. Only when the
-//! process is gone do we fall back to the host path, and then only if its identity checks out.
+//! have been deleted or replaced since the process mapped it. [`crate::target_file`] opens it
+//! the way the target sees it and checks it is the mapped file (inode, or map_files); here the
+//! kernel-reported build-id is checked as well, and separate debug files are searched for in
+//! the target's root and on the host.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -15,12 +15,11 @@ use std::path::{Path, PathBuf};
 use object::Object;
 
 pub use crate::bytes::FileBytes;
-use crate::procfs;
+use crate::target_file::{self, MappedFile};
 use crate::{ModuleKind, ModuleSpec};
 
 /// The kernel's vDSO is one or two pages; anything bigger is not a vDSO.
 const MAX_VDSO: u64 = 1024 * 1024;
-const DELETED_SUFFIX: &str = " (deleted)";
 const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
 
 /// The verified file backing `spec`, as the target sees it: the path we actually opened and
@@ -63,9 +62,7 @@ pub(crate) struct Resolved {
     pub key: FileKey,
 }
 
-pub(crate) fn clean_path(path: &str) -> &str {
-    path.strip_suffix(DELETED_SUFFIX).unwrap_or(path)
-}
+pub(crate) use target_file::clean_path;
 
 pub(crate) fn basename(path: &str) -> &str {
     let clean = clean_path(path);
@@ -83,107 +80,52 @@ pub(crate) fn resolve(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Reso
 }
 
 fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
-    let clean = clean_path(&spec.path);
-    if !clean.starts_with('/') {
-        return Err(format!("{}: not an absolute path", spec.path));
-    }
-    let deleted = spec.path.ends_with(DELETED_SUFFIX);
-    // A zombie still has /proc/PID but no root or map_files any more: treat it as exited,
-    // so the verified host fallback applies (the usual case for `-- CMD` and for targets
-    // that exit before symbolization).
-    let alive =
-        procfs::process_exists(spec.pid) && std::fs::metadata(procfs::root_dir(spec.pid)).is_ok();
-    let map_files = PathBuf::from(format!(
-        "/proc/{}/map_files/{:x}-{:x}",
-        spec.pid, spec.start, spec.end
-    ));
-    // What the kernel says is mapped: the file behind map_files is authoritative.
-    let mapped_identity = if alive {
-        std::fs::metadata(&map_files)
-            .ok()
-            .map(|m| (Some(m.dev()), m.ino()))
-    } else {
-        None
-    };
-    let expected = mapped_identity.or(spec.inode.map(|(_, _, ino)| (None, ino)));
-
-    if alive && !deleted {
-        match procfs::open_in_root(spec.pid, clean, 0) {
-            Ok(file) => {
-                let path = procfs::root_dir(spec.pid).join(clean.trim_start_matches('/'));
-                match verify(spec, file, path, expected) {
-                    Ok(r) => return Ok(r),
-                    Err(why) => notes.push(format!(
-                        "{} in pid {} is not the mapped file ({why}); using map_files",
-                        clean, spec.pid
-                    )),
-                }
-            }
-            Err(e) if mapped_identity.is_none() => {
-                return Err(format!("{clean} in pid {}: {e}", spec.pid));
-            }
-            Err(_) => {}
-        }
-    }
-    if alive {
-        let file = File::open(&map_files).map_err(|e| format!("{}: {e}", map_files.display()))?;
-        return verify(spec, file, map_files, None);
-    }
-    if deleted {
-        return Err(format!(
-            "{clean} was deleted and pid {} has exited",
-            spec.pid
-        ));
-    }
-    // The process is gone, so its root is unknown: only a verifiable host file will do.
-    let file = File::open(clean).map_err(|e| format!("{clean}: {e}"))?;
-    if spec.build_id.is_none() && spec.inode.is_none() {
-        notes.push(format!(
-            "pid {} exited before symbolization and its mapping carried no build-id or inode; \
-             {clean} was taken from the host without verification",
-            spec.pid
-        ));
-    }
-    verify(spec, file, PathBuf::from(clean), expected)
+    let opened = target_file::open_mapped(&mapped_file(spec), notes)?;
+    verify(spec, &opened.file, opened.path)
 }
 
-/// Maps `file` and checks it is the mapped file: the kernel-reported build-id if we have one,
-/// else the inode (and device when known).
-fn verify(
-    spec: &ModuleSpec,
-    file: File,
-    path: PathBuf,
-    expected: Option<(Option<u64>, u64)>,
-) -> Result<Resolved, String> {
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
+/// The mapping behind `spec`, as [`target_file::open_mapped`] takes it.
+pub fn mapped_file(spec: &ModuleSpec) -> MappedFile<'_> {
+    MappedFile {
+        pid: spec.pid,
+        pid_start: spec.pid_start,
+        path: &spec.path,
+        start: spec.start,
+        end: spec.end,
+        inode: spec.inode,
     }
+}
+
+/// Maps `file` (already checked to be the mapped file by inode) and, when the kernel reported
+/// a build-id, checks the file carries it.
+fn verify(spec: &ModuleSpec, file: &File, path: PathBuf) -> Result<Resolved, String> {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let data = FileBytes::map(file).map_err(|e| e.to_string())?;
     if let Some(want) = &spec.build_id {
-        let data = FileBytes::map(&file).map_err(|e| e.to_string())?;
         let have = object::File::parse(&*data)
             .ok()
             .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec));
-        return match have {
-            Some(have) if build_ids_match(want, &have) => Ok(Resolved {
-                path,
-                data,
-                key: key_of(&meta, 0),
-            }),
-            Some(_) => Err("build-id differs".into()),
-            None => Err("file has no build-id".into()),
-        };
-    }
-    if let Some((dev, ino)) = expected {
-        if meta.ino() != ino || dev.is_some_and(|d| d != meta.dev()) {
-            return Err("inode differs".into());
+        match have {
+            Some(have) if build_ids_match(want, &have) => {}
+            Some(_) => return Err("build-id differs".into()),
+            None => return Err("file has no build-id".into()),
         }
     }
-    let data = FileBytes::map(&file).map_err(|e| e.to_string())?;
     Ok(Resolved {
         path,
         data,
         key: key_of(&meta, 0),
+    })
+}
+
+/// A file found elsewhere than through the target (debuginfod's cache), keyed by its own
+/// identity on disk.
+pub(crate) fn resolved_at(path: PathBuf, data: FileBytes) -> Option<Resolved> {
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    Some(Resolved {
+        key: key_of(&meta, 0),
+        path,
+        data,
     })
 }
 
@@ -263,13 +205,43 @@ fn own_vdso() -> Result<Vec<u8>, String> {
     read_memory(std::process::id(), s, e)
 }
 
-/// Directories that may hold debug files, most specific first.
-fn debug_roots(spec: &ModuleSpec, debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = debug_dirs.to_vec();
-    if procfs::process_exists(spec.pid) {
-        dirs.push(procfs::root_dir(spec.pid).join(SYSTEM_DEBUG_DIR.trim_start_matches('/')));
+/// Where a debug file may be: a host path (the host's /usr/lib/debug, `--debug-dir`), or a
+/// path inside the target's root, resolved without leaving it.
+enum Place {
+    Host(PathBuf),
+    InRoot(u32, String),
+}
+
+impl Place {
+    fn join(&self, rel: &str) -> Place {
+        let rel = rel.trim_start_matches('/');
+        match self {
+            Place::Host(p) => Place::Host(p.join(rel)),
+            Place::InRoot(pid, p) => {
+                Place::InRoot(*pid, format!("{}/{rel}", p.trim_end_matches('/')))
+            }
+        }
     }
-    dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
+
+    fn open(&self) -> Option<(PathBuf, FileBytes)> {
+        let (path, file) = match self {
+            Place::Host(p) => (p.clone(), target_file::open_host(p, true).ok()?),
+            Place::InRoot(pid, p) => (
+                target_file::root_dir(*pid).join(p.trim_start_matches('/')),
+                target_file::open_in_root(*pid, p, true).ok()?,
+            ),
+        };
+        Some((path, FileBytes::map(&file).ok()?))
+    }
+}
+
+/// Directories that may hold debug files, most specific first.
+fn debug_roots(spec: &ModuleSpec, debug_dirs: &[PathBuf], in_root: bool) -> Vec<Place> {
+    let mut dirs: Vec<Place> = debug_dirs.iter().cloned().map(Place::Host).collect();
+    if in_root {
+        dirs.push(Place::InRoot(spec.pid, SYSTEM_DEBUG_DIR.into()));
+    }
+    dirs.push(Place::Host(PathBuf::from(SYSTEM_DEBUG_DIR)));
     dirs
 }
 
@@ -278,61 +250,70 @@ pub(crate) fn find_debug(
     obj: &object::File<'_>,
     debug_dirs: &[PathBuf],
 ) -> Option<(PathBuf, FileBytes)> {
-    let roots = debug_roots(spec, debug_dirs);
-    if let Some(id) = obj.build_id().ok().flatten().filter(|id| id.len() >= 2) {
+    let link = obj
+        .gnu_debuglink()
+        .ok()
+        .flatten()
+        .and_then(|(name, crc)| Some((std::str::from_utf8(name).ok()?, crc)));
+    find_debug_by(spec, obj.build_id().ok().flatten(), link, debug_dirs)
+}
+
+/// The separate debug file by build-id (`.build-id/xx/rest.debug` under each debug root),
+/// then by `.gnu_debuglink` name (next to the binary, in its `.debug/`, and under each debug
+/// root), the CRC checked. Candidates in the target's root are opened inside it.
+pub fn find_debug_by(
+    spec: &ModuleSpec,
+    build_id: Option<&[u8]>,
+    debuglink: Option<(&str, u32)>,
+    debug_dirs: &[PathBuf],
+) -> Option<(PathBuf, FileBytes)> {
+    let in_root = target_file::process_usable(spec.pid, spec.pid_start);
+    let roots = debug_roots(spec, debug_dirs, in_root);
+    if let Some(id) = build_id.filter(|id| id.len() >= 2) {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let rel = format!(".build-id/{}/{}.debug", &hex[..2], &hex[2..]);
         for root in &roots {
-            let candidate = root.join(&rel);
-            if let Some(data) = open_regular(&candidate) {
+            if let Some((path, data)) = root.join(&rel).open() {
                 let matches = object::File::parse(&*data)
                     .ok()
                     .and_then(|d| d.build_id().ok().flatten().map(|b| b == id))
                     .unwrap_or(false);
                 if matches {
-                    return Some((candidate, data));
+                    return Some((path, data));
                 }
             }
         }
     }
-    let (name, crc) = obj.gnu_debuglink().ok().flatten()?;
-    let name = std::str::from_utf8(name).ok()?;
+    let (name, crc) = debuglink?;
     // A link is a bare file name; anything with a separator could point anywhere.
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return None;
     }
     let clean = clean_path(&spec.path);
-    let bin_dir = Path::new(clean).parent()?;
-    let bin_dir_rel = bin_dir.strip_prefix("/").unwrap_or(bin_dir);
-    let target_bin_dir = if procfs::process_exists(spec.pid) {
-        procfs::root_dir(spec.pid).join(bin_dir_rel)
+    // Kernel paths are canonical; one with `..` was not made by the kernel and could climb
+    // out of the debug directories joined to it.
+    if clean.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let bin_dir = Path::new(clean).parent()?.to_str()?;
+    let target_bin_dir = if in_root {
+        Place::InRoot(spec.pid, bin_dir.to_string())
     } else {
-        bin_dir.to_path_buf()
+        Place::Host(PathBuf::from(bin_dir))
     };
     let mut candidates = vec![
         target_bin_dir.join(name),
         target_bin_dir.join(".debug").join(name),
     ];
     for root in &roots {
-        candidates.push(root.join(bin_dir_rel).join(name));
+        candidates.push(root.join(bin_dir).join(name));
         candidates.push(root.join(name));
     }
-    for candidate in candidates {
-        if let Some(data) = open_regular(&candidate) {
-            if crc32fast::hash(&data) == crc {
-                return Some((candidate, data));
-            }
-        }
-    }
-    None
-}
-
-fn open_regular(path: &Path) -> Option<FileBytes> {
-    let f = procfs::open_flags(path, libc::O_RDONLY | libc::O_NONBLOCK).ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    FileBytes::map(&f).ok()
+    candidates.into_iter().find_map(|c| {
+        let (path, data) = c.open()?;
+        // The binary itself never is its own debug file.
+        (path != Path::new(clean) && crc32fast::hash(&data) == crc).then_some((path, data))
+    })
 }
 
 #[cfg(test)]

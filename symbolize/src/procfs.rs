@@ -1,11 +1,8 @@
-//! What we need to know about a target process from /proc, and opening files as it sees them.
+//! What we need to know about a target process from /proc (files it names are opened by
+//! [`crate::target_file`]).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
 /// /proc/PID/status is a few KiB; a bound keeps a misbehaving procfs from costing memory.
 const STATUS_LIMIT: u64 = 64 * 1024;
@@ -42,69 +39,6 @@ pub fn parse_status(text: &str) -> ProcStatus {
         }
     }
     st
-}
-
-pub fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-pub fn root_dir(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root"))
-}
-
-/// Opens `path` (absolute, as the target names it) inside the target's root directory.
-///
-/// Walking `/proc/PID/root/...` with a plain open lets absolute symlinks inside the container
-/// escape to the host's root; `openat2(RESOLVE_IN_ROOT)` (Linux 5.6+) keeps every component
-/// inside the target's root. Older kernels fall back to the plain walk; callers verify the
-/// file's identity afterwards in any case.
-pub fn open_in_root(pid: u32, path: &str, extra_flags: i32) -> std::io::Result<File> {
-    let root = root_dir(pid);
-    let relative = path.trim_start_matches('/');
-    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | extra_flags;
-    match openat2_in_root(&root, relative, flags) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
-        other => return other,
-    }
-    open_flags(&root.join(relative), flags)
-}
-
-fn openat2_in_root(root: &Path, relative: &str, flags: i32) -> std::io::Result<File> {
-    let root_fd = open_flags(root, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
-    let c_rel =
-        CString::new(relative).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; zeroed is a valid initial value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid fd, NUL-terminated path and a correctly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_fd.as_raw_fd(),
-            c_rel.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-}
-
-pub fn open_flags(path: &Path, flags: i32) -> std::io::Result<File> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated path; the returned fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor from open(2).
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 #[cfg(test)]

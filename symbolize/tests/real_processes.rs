@@ -164,14 +164,16 @@ fn stripped_binary_with_debug_file_under_build_id_dir() {
     );
 
     let mut t = Target::spawn(&mut Command::new(&bin));
-    let addr = t.read_addrs()[0] + 2;
+    let function = t.read_addrs()[0];
+    let addr = function + 2;
 
-    // Without the debug directory nothing names it: file offset fallback.
+    // Without the debug directory no symbol names it: the start of its function (from its
+    // FDE) does, as a file offset.
     let (frames, _) = symbolize_in(t.pid(), addr, SymbolizeOptions::default());
     assert_eq!(
         names(&frames),
         vec![(
-            format!("stripped+0x{:x}", file_offset(t.pid(), addr)).as_str(),
+            format!("stripped+0x{:x}", file_offset(t.pid(), function)).as_str(),
             FrameKind::User
         )]
     );
@@ -420,6 +422,7 @@ fn anon_spec(pid: u32, start: u64, end: u64) -> ModuleSpec {
         kind: ModuleKind::Anon,
         path: String::new(),
         pid,
+        pid_start: None,
         start,
         end,
         pgoff: 0,
@@ -652,4 +655,83 @@ fn exited_process_falls_back_to_host_path_only_when_identity_matches() {
         "{:?}",
         s.warnings()
     );
+}
+
+/// Writes a map of `lines` lines `START 10 name_I` (each 32 bytes) plus `tail` at the end.
+fn write_big_map(pid: u32, lines: u64, tail: &str) -> MapFile {
+    use std::io::Write;
+    let path = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let guard = MapFile(path.clone());
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create map"));
+    for i in 0..lines {
+        writeln!(f, "{:012x} 10 early_name_{i:09}", 0x1000_0000 + i * 0x10).expect("write");
+    }
+    f.write_all(tail.as_bytes()).expect("write");
+    f.flush().expect("flush");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    guard
+}
+
+#[test]
+fn perf_map_over_its_read_budget_is_read_from_the_end() {
+    let t = Target::spawn(Command::new("sleep").arg("1000"));
+    let pid = t.pid();
+    // 32 bytes a line: twice the read budget.
+    let lines = 2 * symbolize::budget::PERF_MAP_READ_MAX / 32;
+    let _map = write_big_map(pid, lines, "7f0000000100 100 late_compiled_fn\n");
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(anon_spec(pid, 0x1000_0000, 0x7f00_0010_0000));
+    assert_eq!(
+        names(&s.symbolize(h, 0x7f00_0000_0110)),
+        vec![("late_compiled_fn", FrameKind::Jit)]
+    );
+    // The beginning of the file was never read: its code is anonymous.
+    assert_eq!(s.symbolize(h, 0x1000_0004)[0].kind, FrameKind::User);
+    assert!(s.warnings().iter().any(|w| w.contains("over its budget")));
+    assert!(symbolize::budget::report()
+        .iter()
+        .any(|l| l.contains("JIT map(s) read only in part")));
+    assert!(s.heap_bytes() < 48 << 20, "{} bytes", s.heap_bytes());
+}
+
+#[test]
+fn perf_map_entries_are_capped() {
+    let t = Target::spawn(Command::new("sleep").arg("1000"));
+    let pid = t.pid();
+    let cap = symbolize::budget::PERF_MAP_ENTRIES_MAX as u64;
+    let _map = write_big_map(pid, cap + 1000, "");
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(anon_spec(pid, 0x1000_0000, 0x2000_0000));
+    // The newest `cap` lines are kept (later lines win anyway); the oldest are skipped.
+    let line = |i: u64| 0x1000_0000 + i * 0x10 + 4;
+    assert_eq!(
+        s.symbolize(h, line(cap + 999))[0].name,
+        "early_name_000200999"
+    );
+    assert_eq!(s.symbolize(h, line(1000))[0].name, "early_name_000001000");
+    assert_eq!(s.symbolize(h, line(999))[0].kind, FrameKind::User);
+    assert!(s.warnings().iter().any(|w| w.contains("over its budget")));
+}
+
+#[test]
+fn jit_map_of_a_reused_pid_is_not_used_for_the_old_process() {
+    let t = Target::spawn(Command::new("sleep").arg("1000"));
+    let pid = t.pid();
+    let _map = write_map(pid, "7f0000000100 100 new_process_fn\n", 0, 0o644);
+    let now = symbolize::identity::ProcessIdentity::of(pid).expect("running");
+    let mut spec = anon_spec(pid, 0x7f00_0000_0000, 0x7f00_0010_0000);
+    // The mapping was seen in an earlier process that had this PID.
+    spec.pid_start = Some(now.start_time - 1);
+    let mut s = Symbolizer::new(SymbolizeOptions::default());
+    let h = s.add_module(spec.clone());
+    assert_eq!(s.symbolize(h, 0x7f00_0000_0110)[0].kind, FrameKind::User);
+    assert!(
+        s.warnings().iter().any(|w| w.contains("another process")),
+        "{:?}",
+        s.warnings()
+    );
+    // The same symbolizer asked about the current process does use its map.
+    spec.pid_start = Some(now.start_time);
+    let h = s.add_module(spec);
+    assert_eq!(s.symbolize(h, 0x7f00_0000_0110)[0].name, "new_process_fn");
 }

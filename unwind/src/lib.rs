@@ -5,20 +5,26 @@
 //! [`Unwinder`] turns a sample's user registers and copied stack bytes into a list of
 //! return addresses while recording, using DWARF CFI via framehop and falling back to frame
 //! pointers per frame where a module has no CFI. Module unwind data is parsed once per file
-//! and shared across processes.
+//! and shared across processes. [`Unwinder::unwind_hybrid`] (module `hybrid`) combines the
+//! kernel's frame-pointer callchain with DWARF CFI over a small stack copy
+//! ([`HYBRID_STACK_BYTES`]) for the leaf frames.
 //!
 //! Architecture-specific parts live in [`arch`].
 
 pub mod arch;
+mod code_order;
+mod entry_symbols;
 pub mod fixture;
+mod hybrid;
 mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod target_file;
+mod retired;
 mod unwinder;
 mod vdso;
 
+pub use hybrid::{Completion, HybridResult, HYBRID_STACK_BYTES};
 pub use maps::ParsedMapLine;
 pub use module_cache::FileResolver;
 pub use processes::{Mapping, MappingId, Processes};

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use framehop::{ExplicitModuleSectionInfo, Module};
 
+use symbolize::target_file;
+use symbolize::{ModuleKind, ModuleSpec};
+
 use crate::module_file::ModuleFile;
 use crate::processes::{Mapping, MappingId};
-use crate::target_file;
 
 /// Section data shared by all framehop modules built from the same file.
-pub(crate) type SectionData = Arc<[u8]>;
+pub(crate) type SectionData = symbolize::FileBytes;
 
 /// How module files are found; replaceable for recorded fixtures.
 pub type FileResolver = Box<dyn Fn(u32, &Mapping) -> Option<File> + Send>;
@@ -137,8 +139,12 @@ impl ModuleStore {
             *last_used = self.tick;
             return Some(module.clone());
         }
+        // object's parser reads headers and the CFI sections through the cache; symbol
+        // tables are streamed from a second handle (see entry_symbols) so that the cache
+        // never holds them.
+        let raw = file.try_clone().ok()?;
         let cache = object::ReadCache::new(file);
-        let (mut module, hints) = ModuleFile::parse(&cache)?;
+        let (mut module, hints) = ModuleFile::parse(&cache, &raw)?;
         if let (Some(expected), Some(actual)) = (&mapping.build_id, &module.build_id) {
             // The kernel told us which build was mapped; a different file at that path
             // would unwind with the wrong tables.
@@ -147,14 +153,18 @@ impl ModuleStore {
             }
         }
         if hints.wants_symbols || hints.wants_cfi {
-            if let Some(debug) = target_file::find_debug_file(
-                pid,
-                &mapping.path,
-                module.build_id.as_deref(),
-                hints.debuglink.as_deref(),
-            ) {
-                let debug_cache = object::ReadCache::new(debug);
-                module.merge_debug_file(&debug_cache, &hints);
+            let link = hints.debuglink.as_ref().map(|(n, crc)| (n.as_str(), *crc));
+            let spec = module_spec(pid, mapping);
+            let found =
+                symbolize::locate::find_debug_by(&spec, module.build_id.as_deref(), link, &[]);
+            if let Some((_, debug)) = found {
+                let mut merged = module.clone();
+                // Symbols are streamed from the same mapped (SIGBUS-guarded) bytes.
+                merged.merge_debug_file(&*debug, &*debug, &hints);
+                // A debug file that shrank while we read it gave zeros: do without it.
+                if !debug.faulted() {
+                    module = merged;
+                }
             }
         }
         let module = Arc::new(module);
@@ -188,7 +198,7 @@ impl ModuleStore {
             return known.clone();
         }
         let parsed = crate::vdso::own_vdso_image()
-            .and_then(|image| ModuleFile::parse(&image[..]))
+            .and_then(|image| ModuleFile::parse(&image[..], &image[..]))
             .map(|(module, _)| Arc::new(module));
         let key = FileKey {
             dev: 0,
@@ -212,7 +222,29 @@ impl ModuleStore {
     }
 }
 
-/// Default resolver: open as the target process sees the file.
+/// Default resolver: open as the target process sees the file (symbolize's opener: inside
+/// its root, regular files only, verified against the mapping).
 pub(crate) fn default_resolver() -> FileResolver {
-    Box::new(target_file::open_target_file)
+    Box::new(|pid: u32, mapping: &Mapping| {
+        let spec = module_spec(pid, mapping);
+        let mut notes = Vec::new();
+        target_file::open_mapped(&symbolize::locate::mapped_file(&spec), &mut notes)
+            .ok()
+            .map(|o| o.file)
+    })
+}
+
+/// `mapping` as seen in `pid` (which may not be the process it was first seen in).
+fn module_spec(pid: u32, mapping: &Mapping) -> ModuleSpec {
+    ModuleSpec {
+        kind: ModuleKind::File,
+        path: mapping.path.clone(),
+        pid,
+        pid_start: (pid == mapping.pid).then_some(mapping.pid_start).flatten(),
+        start: mapping.start,
+        end: mapping.end,
+        pgoff: mapping.pgoff,
+        build_id: mapping.build_id.clone(),
+        inode: mapping.inode,
+    }
 }

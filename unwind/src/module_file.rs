@@ -6,13 +6,17 @@
 //! instead of failing the whole module.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use gimli::{
     BaseAddresses, CallFrameInstruction, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
     UnwindSection,
 };
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef, SegmentFlags};
+use symbolize::budget::CFI_SECTION_COPY_MAX;
+use symbolize::compressed::section_contents;
+use symbolize::FileBytes;
+
+use crate::entry_symbols::{self, ReadAt};
 
 /// Function names at which a user stack legitimately ends (glibc, musl, bionic-like libcs).
 pub(crate) const THREAD_ENTRY_NAMES: &[&str] = &[
@@ -39,14 +43,15 @@ struct LoadSegment {
     exec: bool,
 }
 
-/// A section's bytes plus its stated address.
+/// A section's bytes plus its stated address. Inflated sections hold their budget charge
+/// for as long as any framehop module uses them.
 #[derive(Clone, Debug)]
 pub(crate) struct SectionBytes {
     pub svma: Range<u64>,
-    pub data: Arc<[u8]>,
+    pub data: FileBytes,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ModuleFile {
     pub build_id: Option<Vec<u8>>,
     segments: Vec<LoadSegment>,
@@ -54,7 +59,7 @@ pub(crate) struct ModuleFile {
     pub got_svma: Option<Range<u64>>,
     pub eh_frame: Option<SectionBytes>,
     pub eh_frame_hdr: Option<SectionBytes>,
-    pub debug_frame: Option<Arc<[u8]>>,
+    pub debug_frame: Option<FileBytes>,
     /// Sorted, stated addresses of functions named in [`THREAD_ENTRY_NAMES`] (and the FDE
     /// around the ELF entry point, which is `_start` even in stripped executables).
     entry_ranges: Vec<Range<u64>>,
@@ -67,14 +72,19 @@ pub(crate) struct ModuleFile {
 
 /// Inputs needed to go looking for a separate debug file.
 pub(crate) struct DebugHints {
-    pub debuglink: Option<String>,
+    /// `.gnu_debuglink`: file name and CRC.
+    pub debuglink: Option<(String, u32)>,
     pub wants_symbols: bool,
     pub wants_cfi: bool,
 }
 
 impl ModuleFile {
-    /// Parse an ELF image. Returns `None` for non-ELF or unparsable files.
-    pub(crate) fn parse<'a, R: ReadRef<'a>>(data: R) -> Option<(ModuleFile, DebugHints)> {
+    /// Parse an ELF image (`data` for object's parser, `raw` the same bytes for streamed
+    /// reads). Returns `None` for non-ELF or unparsable files.
+    pub(crate) fn parse<'a, R: ReadRef<'a>>(
+        data: R,
+        raw: &(impl ReadAt + ?Sized),
+    ) -> Option<(ModuleFile, DebugHints)> {
         let file = object::File::parse(data).ok()?;
         if file.format() != object::BinaryFormat::Elf {
             return None;
@@ -99,13 +109,19 @@ impl ModuleFile {
         };
         let bytes_of = |name: &str| -> Option<SectionBytes> {
             let s = file.section_by_name(name)?;
-            let data = s.uncompressed_data().ok()?;
+            // Compressed sections are inflated within budget, plain ones copied within it
+            // (symbolize::budget).
+            if s.size() > CFI_SECTION_COPY_MAX {
+                symbolize::budget::file_capped();
+                return None;
+            }
+            let data = section_contents(&s).ok()?.into_file_bytes();
             if data.is_empty() {
                 return None;
             }
             Some(SectionBytes {
                 svma: s.address()..s.address().checked_add(s.size())?,
-                data: Arc::from(&*data),
+                data,
             })
         };
         module.text_svma = range_of(".text");
@@ -115,12 +131,12 @@ impl ModuleFile {
         module.debug_frame = bytes_of(".debug_frame").map(|s| s.data);
 
         let has_symtab = file.section_by_name(".symtab").is_some();
-        module.add_entry_symbols(&file);
+        module.add_entry_symbols(&file, raw);
         let debuglink = file
             .gnu_debuglink()
             .ok()
             .flatten()
-            .and_then(|(name, _crc)| std::str::from_utf8(name).ok().map(str::to_string));
+            .and_then(|(name, crc)| Some((std::str::from_utf8(name).ok()?.to_string(), crc)));
         let hints = DebugHints {
             debuglink,
             wants_symbols: !has_symtab,
@@ -132,7 +148,12 @@ impl ModuleFile {
     }
 
     /// Take what the main file lacks from its separate debug file.
-    pub(crate) fn merge_debug_file<'a, R: ReadRef<'a>>(&mut self, data: R, hints: &DebugHints) {
+    pub(crate) fn merge_debug_file<'a, R: ReadRef<'a>>(
+        &mut self,
+        data: R,
+        raw: &(impl ReadAt + ?Sized),
+        hints: &DebugHints,
+    ) {
         let Ok(file) = object::File::parse(data) else {
             return;
         };
@@ -142,13 +163,17 @@ impl ModuleFile {
             }
         }
         if hints.wants_symbols {
-            self.add_entry_symbols(&file);
+            self.add_entry_symbols(&file, raw);
         }
         if hints.wants_cfi {
-            if let Some(s) = file.section_by_name(".debug_frame") {
-                if let Ok(data) = s.uncompressed_data() {
+            if let Some(s) = file
+                .section_by_name(".debug_frame")
+                .filter(|s| s.size() <= CFI_SECTION_COPY_MAX)
+            {
+                if let Ok(data) = section_contents(&s) {
+                    let data = data.into_file_bytes();
                     if !data.is_empty() {
-                        self.debug_frame = Some(Arc::from(&*data));
+                        self.debug_frame = Some(data);
                         self.scan_cfi(0);
                     }
                 }
@@ -157,18 +182,13 @@ impl ModuleFile {
         self.finish();
     }
 
-    fn add_entry_symbols<'a, R: ReadRef<'a>>(&mut self, file: &object::File<'a, R>) {
-        for symbol in file.symbols().chain(file.dynamic_symbols()) {
-            if symbol.kind() != object::SymbolKind::Text {
-                continue;
-            }
-            let Ok(name) = symbol.name() else { continue };
-            if THREAD_ENTRY_NAMES.contains(&name) {
-                let start = symbol.address();
-                let end = start.saturating_add(symbol.size().max(1));
-                self.entry_ranges.push(start..end);
-            }
-        }
+    fn add_entry_symbols<'a, R: ReadRef<'a>>(
+        &mut self,
+        file: &object::File<'a, R>,
+        raw: &(impl ReadAt + ?Sized),
+    ) {
+        self.entry_ranges
+            .extend(entry_symbols::find(file, raw, THREAD_ENTRY_NAMES));
     }
 
     fn scan_cfi(&mut self, entry_point: u64) {
@@ -332,14 +352,15 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_module() {
-        assert!(ModuleFile::parse(&b"\x7fELF garbage"[..]).is_none());
-        assert!(ModuleFile::parse(&[0u8; 0][..]).is_none());
+        let garbage = b"\x7fELF garbage";
+        assert!(ModuleFile::parse(&garbage[..], &garbage[..]).is_none());
+        assert!(ModuleFile::parse(&[0u8; 0][..], &[0u8; 0][..]).is_none());
     }
 
     #[test]
     fn own_executable_has_cfi_and_maps_base() {
         let exe = std::fs::read("/proc/self/exe").expect("read own exe");
-        let (module, _) = ModuleFile::parse(&exe[..]).expect("own exe parses");
+        let (module, _) = ModuleFile::parse(&exe[..], &exe[..]).expect("own exe parses");
         assert!(module.has_cfi());
         assert!(module.eh_frame_hdr.is_some());
         // A mapping at 0x5555_0000_0000 with pgoff 0 maps the first load segment.

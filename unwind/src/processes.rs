@@ -5,7 +5,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use symbolize::budget::{self, CODE_MAPPINGS_LIVE_MAX, CODE_MAPPINGS_LIVE_PER_PROCESS};
+use symbolize::identity::ProcessIdentity;
+
+use crate::code_order::CodeOrder;
 use crate::maps::{parse_maps, ParsedMapLine};
+use crate::retired::{IdRanges, Retired};
 
 /// Index of a [`Mapping`] in the [`Processes`] arena. Stable for the lifetime of the
 /// `Processes` value, even after the mapping is unmapped, so frames can be recorded as
@@ -28,6 +33,11 @@ pub struct Mapping {
     pub build_id: Option<Vec<u8>>,
     /// First process this mapping was seen in; identical mappings in other processes share it.
     pub pid: u32,
+    /// Start time of `pid` ([`ProcessIdentity`]) for per-process code (anonymous/JIT memory,
+    /// deleted files), whose names come from that very process (its JIT map, its
+    /// map_files): a later process with the same PID must not be asked. `None` for
+    /// mappings shared by file range, and when the process was gone before it was read.
+    pub pid_start: Option<u64>,
 }
 
 impl Mapping {
@@ -39,6 +49,7 @@ impl Mapping {
             && self.inode == other.inode
             && self.path == other.path
             && self.build_id == other.build_id
+            && self.owner() == other.owner()
     }
 
     fn identity_hash(&self) -> u64 {
@@ -46,7 +57,21 @@ impl Mapping {
         (self.start, self.end, self.pgoff, self.exec, self.inode).hash(&mut h);
         self.path.hash(&mut h);
         self.build_id.hash(&mut h);
+        self.owner().hash(&mut h);
         h.finish()
+    }
+
+    /// The process per-process code belongs to; `None` for mappings any process may share.
+    fn owner(&self) -> Option<(u32, Option<u64>)> {
+        FileRange::of(self)
+            .is_none()
+            .then_some((self.pid, self.pid_start))
+    }
+
+    /// Code that only means something in the process that mapped it: anonymous/JIT memory
+    /// and deleted or unidentified files.
+    fn per_process_code(&self) -> bool {
+        self.exec && FileRange::of(self).is_none()
     }
 }
 
@@ -79,8 +104,11 @@ impl FileRange {
                 build_id: None,
             });
         }
-        let inode = m.inode?;
-        (m.path.starts_with('/') && !m.path.ends_with(" (deleted)")).then(|| FileRange {
+        // Anonymous memory arrives from MMAP2 records as "//anon" with inode 0: per process
+        // (a JIT's code must never be named from another process's map).
+        let inode = m.inode.filter(|&(_, _, ino)| ino != 0)?;
+        let file = m.path.starts_with('/') && !m.path.starts_with("//");
+        (file && !m.path.ends_with(" (deleted)")).then(|| FileRange {
             path: m.path.clone(),
             inode: Some(inode),
             pgoff: m.pgoff,
@@ -99,6 +127,10 @@ pub(crate) struct AddressSpace {
     pub(crate) incarnation: u64,
     pub(crate) exec_version: u64,
     maps: BTreeMap<u64, MappingId>,
+    /// The process's start time, read from /proc when its first per-process code is mapped.
+    start_time: Option<Option<u64>>,
+    /// Its executable mappings, oldest first (bounded: the kernel reports no munmap).
+    code: CodeOrder,
 }
 
 /// An arena slot: the mapping, the first mapping of the same file range (see
@@ -112,9 +144,12 @@ struct Entry {
 /// All processes' address spaces, with mappings interned in one arena.
 ///
 /// Bounded under process churn: a mapping that no address space contains any more is freed
-/// unless it is canonical (the first of its file range or the first vDSO, which frames refer
-/// to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted files,
-/// which frames refer to directly). Ids are never reused, so a stale id is simply unknown.
+/// unless it is canonical code (the first of its file range or the first vDSO, which frames
+/// refer to through [`Processes::canonical`]) or per-process code (anonymous/JIT, deleted
+/// files, which frames refer to directly). Kept code is bounded too ([`crate::retired`]):
+/// beyond its budget the least recently unmapped is evicted. Ids are never reused, so a
+/// stale id is simply unknown. A process holds at most [`CODE_MAPPINGS_LIVE_MAX`]
+/// mappings; further ones are not tracked.
 #[derive(Default)]
 pub struct Processes {
     arena: HashMap<MappingId, Entry>,
@@ -124,6 +159,11 @@ pub struct Processes {
     spaces: HashMap<u32, AddressSpace>,
     next_stamp: u64,
     removals: u64,
+    retired: Retired,
+    evicted_anon: IdRanges,
+    evicted: u64,
+    untracked: u64,
+    dropped_live: u64,
 }
 
 impl Processes {
@@ -189,8 +229,8 @@ impl Processes {
         }
         let mut exec_changed = self.carve(pid, start, end);
         // Anonymous data mappings carry nothing we need, and big processes have thousands.
-        if exec || !path.is_empty() {
-            let mapping = Mapping {
+        if (exec || !path.is_empty()) && !self.space_full(pid) {
+            let mut mapping = Mapping {
                 start,
                 end,
                 pgoff,
@@ -199,7 +239,11 @@ impl Processes {
                 inode,
                 build_id: build_id.map(<[u8]>::to_vec),
                 pid,
+                pid_start: None,
             };
+            if mapping.per_process_code() {
+                mapping.pid_start = self.start_time(pid);
+            }
             if let Some(id) = self.intern(mapping) {
                 self.link(pid, start, id);
                 exec_changed |= exec;
@@ -211,6 +255,52 @@ impl Processes {
                 space.exec_version = stamp;
             }
         }
+    }
+
+    /// Whether `pid`'s space holds [`CODE_MAPPINGS_LIVE_MAX`] mappings (counted when so).
+    fn space_full(&mut self, pid: u32) -> bool {
+        let full = self
+            .spaces
+            .get(&pid)
+            .is_some_and(|s| s.maps.len() >= CODE_MAPPINGS_LIVE_MAX);
+        if full {
+            self.untracked += 1;
+            budget::code_mapping_untracked();
+        }
+        full
+    }
+
+    /// `pid`'s start time (see [`Mapping::pid_start`]), read once per address space.
+    pub fn start_time(&mut self, pid: u32) -> Option<u64> {
+        let space = self.spaces.get_mut(&pid)?;
+        *space
+            .start_time
+            .get_or_insert_with(|| ProcessIdentity::of(pid).map(|i| i.start_time))
+    }
+
+    /// `pid`'s start time if it has been read or set (no /proc access).
+    pub fn known_start_time(&self, pid: u32) -> Option<u64> {
+        self.spaces.get(&pid)?.start_time.flatten()
+    }
+
+    /// Records `pid`'s start time (when the caller knows it better, e.g. from attaching).
+    pub fn set_start_time(&mut self, pid: u32, start_time: Option<u64>) {
+        if let Some(space) = self.spaces.get_mut(&pid) {
+            space.start_time = Some(start_time);
+        }
+    }
+
+    /// Mappings forgotten to stay within budget (retired code evicted, per-process code
+    /// dropped from a space), and mappings not tracked because a process had too many (see
+    /// [`symbolize::budget`]).
+    pub fn dropped(&self) -> (u64, u64, u64) {
+        (self.evicted, self.dropped_live, self.untracked)
+    }
+
+    /// Whether `id` was anonymous or JIT code evicted under budget: its frames show as
+    /// `[jit]` rather than unknown.
+    pub fn evicted_jit(&self, id: MappingId) -> bool {
+        !self.arena.contains_key(&id) && self.evicted_anon.contains(id.0)
     }
 
     /// A new process (not a thread) forked from `parent_pid`: it starts with a copy of the
@@ -361,6 +451,8 @@ impl Processes {
             incarnation: stamp,
             exec_version: stamp,
             maps: BTreeMap::new(),
+            start_time: None,
+            code: CodeOrder::default(),
         }
     }
 
@@ -440,24 +532,46 @@ impl Processes {
 
     /// Put `id` at `start` in `pid`'s space (which must exist), counting the reference.
     fn link(&mut self, pid: u32, start: u64, id: MappingId) {
+        let (code, per_process) = self
+            .get(id)
+            .map_or((false, false), |m| (m.exec, m.per_process_code()));
         let Some(space) = self.spaces.get_mut(&pid) else {
             return;
         };
         let old = space.maps.insert(start, id);
+        if code {
+            space.code.mapped(start, per_process);
+        } else {
+            space.code.unmapped(start);
+        }
         if let Some(e) = self.arena.get_mut(&id) {
             e.spaces += 1;
         }
         if let Some(old) = old {
             self.release(old);
         }
+        self.trim_code(pid);
+    }
+
+    /// Drop the least recently mapped code of `pid` beyond its budget.
+    fn trim_code(&mut self, pid: u32) {
+        while let Some(start) = self
+            .spaces
+            .get_mut(&pid)
+            .and_then(|s| s.code.over(CODE_MAPPINGS_LIVE_PER_PROCESS))
+        {
+            self.unlink(pid, start);
+            self.dropped_live += 1;
+            budget::code_mapping_dropped();
+        }
     }
 
     /// Remove the mapping at `key` from `pid`'s space.
     fn unlink(&mut self, pid: u32, key: u64) {
-        let removed = self
-            .spaces
-            .get_mut(&pid)
-            .and_then(|space| space.maps.remove(&key));
+        let removed = self.spaces.get_mut(&pid).and_then(|space| {
+            space.code.unmapped(key);
+            space.maps.remove(&key)
+        });
         if let Some(id) = removed {
             self.release(id);
         }
@@ -480,17 +594,52 @@ impl Processes {
     }
 
     /// One address space fewer contains `id`; free it when none does and no frame can
-    /// refer to it: a duplicate of a canonical file range, or data (frames are code).
+    /// refer to it: a duplicate of a canonical file range, or data (frames are code). Code
+    /// that frames may refer to is retired instead, within budget.
     fn release(&mut self, id: MappingId) {
         let Some(e) = self.arena.get_mut(&id) else {
             return;
         };
         e.spaces = e.spaces.saturating_sub(1);
-        if e.spaces > 0 || (e.canon == id && e.mapping.exec) {
+        if e.spaces > 0 {
             return;
         }
+        if e.canon == id && e.mapping.exec {
+            let pid = e.mapping.pid;
+            for victim in self.retired.retire(pid, id) {
+                self.evict(victim);
+            }
+            return;
+        }
+        self.free(id);
+    }
+
+    /// Forget retired code (unless it was mapped again since): its frames no longer name it.
+    fn evict(&mut self, id: MappingId) {
+        let Some(e) = self.arena.get(&id) else {
+            return;
+        };
+        if e.spaces > 0 {
+            return;
+        }
+        if e.mapping.per_process_code() {
+            self.evicted_anon.insert(id.0);
+        }
+        if let Some(range) = FileRange::of(&e.mapping) {
+            if self.by_file_range.get(&range) == Some(&id) {
+                self.by_file_range.remove(&range);
+            }
+        }
+        self.evicted += 1;
+        budget::code_mapping_evicted();
+        self.free(id);
+    }
+
+    fn free(&mut self, id: MappingId) {
+        let Some(e) = self.arena.remove(&id) else {
+            return;
+        };
         let hash = e.mapping.identity_hash();
-        self.arena.remove(&id);
         if let Some(ids) = self.by_identity.get_mut(&hash) {
             ids.retain(|&other| other != id);
             if ids.is_empty() {
@@ -688,5 +837,83 @@ mod tests {
         assert_eq!(p.mapping(id).inode, Some((8, 1, 5)));
         // Anonymous data is not tracked.
         assert!(p.find(3, 0x3000).is_none());
+    }
+
+    #[test]
+    fn anonymous_code_churn_is_bounded_and_evicted_oldest_first() {
+        use symbolize::budget::CODE_MAPPINGS_LIVE_PER_PROCESS as LIVE;
+        use symbolize::budget::CODE_MAPPINGS_RETIRED_PER_PROCESS as RETIRED;
+        let mut p = Processes::new();
+        p.on_mmap(1, 0x1000, 0x1000, 0, "/bin/x", true, Some((8, 1, 5)), None);
+        // mmap(PROT_EXEC)/munmap at ever new addresses: each is a distinct mapping.
+        let mut first = None;
+        for i in 0..3 * (LIVE + RETIRED) as u64 {
+            let start = 0x7f00_0000_0000 + i * 0x2000;
+            p.on_mmap(1, start, 0x1000, start >> 12, "", true, None, None);
+            let id = p.find(1, start).expect("mapped");
+            first.get_or_insert(id);
+            if i % 2 == 0 {
+                // Mapped over by data (anonymous data is untracked): psample sees that.
+                p.on_mmap(1, start, 0x1000, 0, "", false, None, None);
+            }
+        }
+        // psample never sees a munmap: the space keeps the newest code, the rest retire, and
+        // retired code is bounded too.
+        assert!(p.mappings(1).count() <= LIVE + 1);
+        assert!(
+            p.mapping_count() <= LIVE + RETIRED + 1,
+            "{}",
+            p.mapping_count()
+        );
+        let (evicted, dropped, untracked) = p.dropped();
+        assert!(evicted > 0 && dropped > 0, "{evicted} {dropped}");
+        assert_eq!(untracked, 0);
+        // Frames in evicted JIT code know what they were; the binary is untouched.
+        let first = first.unwrap();
+        assert!(p.get(first).is_none() && p.evicted_jit(first));
+        assert!(p.find(1, 0x1800).is_some());
+        assert!(!p.evicted_jit(p.find(1, 0x1800).unwrap()));
+    }
+
+    #[test]
+    fn live_mappings_per_process_are_capped() {
+        use symbolize::budget::CODE_MAPPINGS_LIVE_MAX;
+        let mut p = Processes::new();
+        for i in 0..CODE_MAPPINGS_LIVE_MAX as u64 + 10 {
+            let path = format!("/lib/l{i}.so");
+            p.on_mmap(
+                1,
+                0x10_0000 + i * 0x2000,
+                0x1000,
+                0,
+                &path,
+                false,
+                Some((8, 1, i)),
+                None,
+            );
+        }
+        assert_eq!(p.mappings(1).count(), CODE_MAPPINGS_LIVE_MAX);
+        assert_eq!(p.dropped().2, 10);
+    }
+
+    #[test]
+    fn anonymous_code_belongs_to_one_process_incarnation() {
+        let mut p = Processes::new();
+        p.on_mmap(40, 0x5000, 0x1000, 5, "", true, None, None);
+        p.set_start_time(40, Some(111));
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        let a = p.find(40, 0x9000).unwrap();
+        assert_eq!(p.mapping(a).pid_start, Some(111));
+        // The pid is reused by another process mapping the same address: a different mapping.
+        p.on_exit(40);
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        p.set_start_time(40, Some(222));
+        p.on_mmap(40, 0x9000, 0x1000, 9, "", true, None, None);
+        let b = p.find(40, 0x9000).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.mapping(b).pid_start, Some(222));
+        // Another process at the same address: not the same code either.
+        p.on_mmap(41, 0x9000, 0x1000, 9, "", true, None, None);
+        assert_ne!(p.find(41, 0x9000).unwrap(), b);
     }
 }

@@ -91,6 +91,9 @@ pub struct Unwinder {
     states: HashMap<u32, ProcState>,
     cache: CacheX86_64,
     seen_removals: u64,
+    /// Scratch for [`Self::unwind_hybrid`]'s replay of the kernel's walk (no allocation per
+    /// sample).
+    pub(crate) hybrid_records: Vec<u64>,
 }
 
 impl Default for Unwinder {
@@ -99,10 +102,58 @@ impl Default for Unwinder {
     }
 }
 
+/// Where a walk reads stack words from. Never the process itself: only bytes the kernel
+/// handed over with the sample.
+pub(crate) trait StackWords {
+    /// The 8-byte word at `addr`, if known.
+    fn read(&self, addr: u64) -> Result<u64, ()>;
+    /// Classify a failed read at `addr`.
+    fn failure(&self, addr: u64) -> StopReason;
+}
+
 /// Reads 8-byte words from the sampled stack copy only; the process itself is never read.
-struct StackCopy<'a> {
-    base: u64,
-    bytes: &'a [u8],
+pub(crate) struct StackCopy<'a> {
+    pub(crate) base: u64,
+    pub(crate) bytes: &'a [u8],
+}
+
+impl StackWords for StackCopy<'_> {
+    fn read(&self, addr: u64) -> Result<u64, ()> {
+        StackCopy::read(self, addr)
+    }
+    fn failure(&self, addr: u64) -> StopReason {
+        StackCopy::failure(self, addr)
+    }
+}
+
+/// What a walk's step hook decides about the frame just unwound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Keep the frame and go on.
+    Continue,
+    /// Keep the frame and stop: the rest of the stack comes from elsewhere.
+    Anchor,
+    /// Drop the frame and stop with [`StopReason::StackOutOfRange`]: it was unwound from
+    /// words the sample does not really hold.
+    Refuse,
+}
+
+/// How a frame was unwound, for the step hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StepKind {
+    /// A return address read at `new_sp - 8` (the CFA minus 8, on x86_64 always).
+    Return,
+    /// The interrupted context restored from a signal frame.
+    Signal,
+}
+
+/// How a DWARF walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalkEnd {
+    /// It stopped on its own, for this reason.
+    Stopped(StopReason),
+    /// The step hook anchored the last frame.
+    Anchored,
 }
 
 impl StackCopy<'_> {
@@ -138,6 +189,7 @@ impl Unwinder {
             states: HashMap::new(),
             cache: CacheX86_64::new(),
             seen_removals: 0,
+            hybrid_records: Vec::new(),
         }
     }
 
@@ -155,7 +207,17 @@ impl Unwinder {
     ) -> UnwindResult {
         let first = out.len();
         out.push(regs.ip);
-        let reason = self.walk_dwarf(procs, pid, regs, stack, out, first);
+        let copy = StackCopy {
+            base: regs.sp,
+            bytes: stack,
+        };
+        let reason = match self.walk_dwarf(procs, pid, regs, &copy, out, first, |_, _, _| {
+            Step::Continue
+        }) {
+            WalkEnd::Stopped(reason) => reason,
+            // Not produced by a hook that never anchors; kept total for the compiler.
+            WalkEnd::Anchored => StopReason::EndOfStack,
+        };
         self.finish(procs, pid, out, first, reason)
     }
 
@@ -195,12 +257,20 @@ impl Unwinder {
         })
     }
 
+    /// Loads the modules of `pid`'s executable mappings now. Called before sampling starts,
+    /// it keeps the first samples from stalling the ring reader while big binaries (node,
+    /// 2.7 MB of `.eh_frame`) are read and scanned — at 999 Hz with 16 KiB stacks a stall of
+    /// a few tenths of a second overflows the default rings.
+    pub fn prepare(&mut self, procs: &Processes, pid: u32) {
+        self.sync(procs, pid);
+    }
+
     /// Number of (parsed files, mapping modules) currently cached; for memory diagnostics.
     pub fn cache_sizes(&self) -> (usize, usize) {
         (self.store.cached_files(), self.store.cached_mappings())
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &mut self,
         procs: &Processes,
         pid: u32,
@@ -293,39 +363,41 @@ impl Unwinder {
         true
     }
 
-    fn walk_dwarf(
+    /// The DWARF walk shared by [`Self::unwind_dwarf`] and [`Self::unwind_hybrid`]: pushes
+    /// each return address it unwinds onto `out` after asking `hook` (return address, new
+    /// stack pointer, kind of step) whether to keep it and go on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn walk_dwarf<S: StackWords>(
         &mut self,
         procs: &Processes,
         pid: u32,
         regs: UserRegs,
-        stack: &[u8],
+        words: &S,
         out: &mut Vec<u64>,
         first: usize,
-    ) -> StopReason {
+        mut hook: impl FnMut(u64, u64, StepKind) -> Step,
+    ) -> WalkEnd {
+        use WalkEnd::Stopped;
         if !self.sync(procs, pid) {
-            return StopReason::NoMapping;
+            return Stopped(StopReason::NoMapping);
         }
         let Some(state) = self.states.get(&pid) else {
-            return StopReason::NoMapping;
+            return Stopped(StopReason::NoMapping);
         };
-        let copy = StackCopy {
-            base: regs.sp,
-            bytes: stack,
-        };
-        let mut read_stack = |addr: u64| copy.read(addr);
+        let mut read_stack = |addr: u64| words.read(addr);
         let mut fh_regs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
         let mut frame = FrameAddress::from_instruction_pointer(regs.ip);
         loop {
             if out.len() - first >= MAX_FRAMES {
-                return StopReason::MaxDepth;
+                return Stopped(StopReason::MaxDepth);
             }
             let lookup = frame.address_for_lookup();
             let Some(id) = procs.find(pid, lookup) else {
-                return StopReason::NoMapping;
+                return Stopped(StopReason::NoMapping);
             };
             let module = state.modules.get(&id);
             if module.is_none() && !procs.get(id).is_some_and(|m| m.exec) {
-                return StopReason::NoMapping;
+                return Stopped(StopReason::NoMapping);
             }
             let has_cfi = module.is_some_and(|m| m.file.has_cfi());
 
@@ -333,80 +405,59 @@ impl Unwinder {
                 .and_then(|m| Some(m.file.is_signal_trampoline(m.svma(lookup)?)))
                 .unwrap_or(false);
             if in_trampoline {
-                // framehop cannot evaluate the trampoline's DW_OP_deref CFA, so restore the
-                // interrupted context from the kernel's sigframe ourselves.
-                let sp = fh_regs.sp();
-                let at = |off: u64| sp.checked_add(off).ok_or(StopReason::BadCfa);
-                let read = |addr: Result<u64, StopReason>| -> Result<u64, StopReason> {
-                    let addr = addr?;
-                    copy.read(addr).map_err(|_| copy.failure(addr))
-                };
-                let restored = read(at(sigframe::IP_OFFSET)).and_then(|ip| {
-                    Ok((
-                        ip,
-                        read(at(sigframe::SP_OFFSET))?,
-                        read(at(sigframe::BP_OFFSET))?,
-                    ))
-                });
-                let (ip, new_sp, bp) = match restored {
+                let (ip, sp, bp) = match restore_sigframe(procs, pid, fh_regs.sp(), words) {
                     Ok(v) => v,
-                    Err(reason) => return reason,
+                    Err(reason) => return Stopped(reason),
                 };
-                if ip == 0 {
-                    return StopReason::ZeroRa;
+                match hook(ip, sp, StepKind::Signal) {
+                    Step::Refuse => return Stopped(StopReason::StackOutOfRange),
+                    Step::Anchor => {
+                        out.push(ip);
+                        return WalkEnd::Anchored;
+                    }
+                    Step::Continue => out.push(ip),
                 }
-                if new_sp <= sp {
-                    return StopReason::BadCfa;
-                }
-                if procs.find(pid, ip).is_none() {
-                    return StopReason::NoMapping;
-                }
-                out.push(ip);
-                fh_regs = UnwindRegsX86_64::new(ip, new_sp, bp);
+                fh_regs = UnwindRegsX86_64::new(ip, sp, bp);
                 // The interrupted instruction has not executed: look it up as-is, not -1.
                 frame = FrameAddress::from_instruction_pointer(ip);
                 continue;
             }
 
             let prev_sp = fh_regs.sp();
-            match state
-                .framehop
-                .unwind_frame(frame, &mut fh_regs, &mut self.cache, &mut read_stack)
-            {
-                Ok(Some(ra)) => {
-                    if ra == 0 {
-                        return StopReason::ZeroRa;
-                    }
-                    if fh_regs.sp() <= prev_sp {
-                        return StopReason::Loop;
-                    }
-                    if procs.find(pid, ra - 1).is_none() {
-                        return if has_cfi {
-                            StopReason::NoMapping
-                        } else {
-                            StopReason::NoUnwindInfo
-                        };
-                    }
-                    out.push(ra);
-                    frame = match FrameAddress::from_return_address(ra) {
-                        Some(f) => f,
-                        None => return StopReason::ZeroRa,
-                    };
-                }
-                Ok(None) => return StopReason::EndOfStack,
-                Err(err) => {
-                    if !has_cfi {
-                        return StopReason::NoUnwindInfo;
-                    }
-                    return match err {
-                        framehop::Error::CouldNotReadStack(addr) => copy.failure(addr),
-                        framehop::Error::DidNotAdvance => StopReason::Loop,
-                        framehop::Error::ReturnAddressIsNull => StopReason::ZeroRa,
-                        framehop::Error::FramepointerUnwindingMovedBackwards
-                        | framehop::Error::IntegerOverflow => StopReason::BadCfa,
-                    };
-                }
+            let step =
+                state
+                    .framehop
+                    .unwind_frame(frame, &mut fh_regs, &mut self.cache, &mut read_stack);
+            let ra = match step {
+                Ok(Some(ra)) => ra,
+                Ok(None) => return Stopped(StopReason::EndOfStack),
+                Err(err) => return Stopped(framehop_failure(err, has_cfi, words)),
+            };
+            if ra == 0 {
+                return Stopped(StopReason::ZeroRa);
             }
+            if fh_regs.sp() <= prev_sp {
+                return Stopped(StopReason::Loop);
+            }
+            if procs.find(pid, ra - 1).is_none() {
+                return Stopped(if has_cfi {
+                    StopReason::NoMapping
+                } else {
+                    StopReason::NoUnwindInfo
+                });
+            }
+            match hook(ra, fh_regs.sp(), StepKind::Return) {
+                Step::Refuse => return Stopped(StopReason::StackOutOfRange),
+                Step::Anchor => {
+                    out.push(ra);
+                    return WalkEnd::Anchored;
+                }
+                Step::Continue => out.push(ra),
+            }
+            frame = match FrameAddress::from_return_address(ra) {
+                Some(f) => f,
+                None => return Stopped(StopReason::ZeroRa),
+            };
         }
     }
 
@@ -462,4 +513,47 @@ impl Unwinder {
             bp = next_bp;
         }
     }
+}
+
+/// Why a framehop step failed, as a [`StopReason`].
+fn framehop_failure<S: StackWords>(err: framehop::Error, has_cfi: bool, words: &S) -> StopReason {
+    if !has_cfi {
+        return StopReason::NoUnwindInfo;
+    }
+    match err {
+        framehop::Error::CouldNotReadStack(addr) => words.failure(addr),
+        framehop::Error::DidNotAdvance => StopReason::Loop,
+        framehop::Error::ReturnAddressIsNull => StopReason::ZeroRa,
+        framehop::Error::FramepointerUnwindingMovedBackwards | framehop::Error::IntegerOverflow => {
+            StopReason::BadCfa
+        }
+    }
+}
+
+/// The interrupted (ip, sp, bp) saved in the kernel's signal frame, with SP inside the
+/// signal trampoline. framehop cannot evaluate the trampoline's DW_OP_deref CFA, so the
+/// context is restored here.
+fn restore_sigframe<S: StackWords>(
+    procs: &Processes,
+    pid: u32,
+    sp: u64,
+    words: &S,
+) -> Result<(u64, u64, u64), StopReason> {
+    let read = |off: u64| -> Result<u64, StopReason> {
+        let addr = sp.checked_add(off).ok_or(StopReason::BadCfa)?;
+        words.read(addr).map_err(|_| words.failure(addr))
+    };
+    let ip = read(sigframe::IP_OFFSET)?;
+    let new_sp = read(sigframe::SP_OFFSET)?;
+    let bp = read(sigframe::BP_OFFSET)?;
+    if ip == 0 {
+        return Err(StopReason::ZeroRa);
+    }
+    if new_sp <= sp {
+        return Err(StopReason::BadCfa);
+    }
+    if procs.find(pid, ip).is_none() {
+        return Err(StopReason::NoMapping);
+    }
+    Ok((ip, new_sp, bp))
 }

@@ -48,6 +48,7 @@ fn record_threads_fixture() {
             tid: s.tid,
             regs: s.regs,
             stack: s.stack,
+            chain: Vec::new(),
         })
         .collect();
     // The loader takes the process id from the first sample.

@@ -32,6 +32,7 @@ use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 
 use super::intervals::{Engine, OffcpuEvent, Options, Report, StackId, StackKey, StateFilter};
+use super::legacy;
 use super::reorder::Reorder;
 use crate::args::{self, CallGraph, OffcpuArgs};
 use crate::continuous::{self, Intervals};
@@ -154,6 +155,8 @@ struct Specs {
     wakeup: Option<usize>,
     /// CPU-wide sched_switch for switch-ins when context-switch records are refused.
     cpu_switch: Option<usize>,
+    /// Per-task syscall exits ending intervals, beside `cpu_switch` (see [`legacy`]).
+    sys_exit: Option<usize>,
 }
 
 pub fn run(args: OffcpuArgs) -> Result<i32, CliError> {
@@ -286,6 +289,7 @@ pub fn run_session(
         switch: switch_spec,
         wakeup: wakeup_spec,
         cpu_switch: None,
+        sys_exit: None,
     };
     let switch_records = session.ladder.support(Feature::ContextSwitch) == Support::Yes;
     let mut mechanisms = vec![format!(
@@ -303,36 +307,28 @@ pub fn run_session(
     } else if switch_records {
         mechanisms.push("switch-ins: context-switch records".into());
     } else {
-        // Fallback before 4.3: CPU-wide sched_switch, filtered to the target threads.
-        let mut a = tracepoint_attr(switch_id, st, mode, false, false, false);
-        a.set(perfring::attr::flag::CONTEXT_SWITCH, false);
-        let spec = session.add_spec("sched:sched_switch (cpu-wide)", a);
-        let cpus = kernel
-            .online_cpus()
-            .map_err(|e| CliError::new(format!("cannot list CPUs: {e}")))?;
-        for cpu in cpus {
-            session
-                .open(spec, -1, cpu)
-                .map_err(|e| CliError::new(format!("CPU-wide sched_switch on CPU {cpu}: {e}")))?;
-        }
-        specs.cpu_switch = Some(spec);
+        // Before 4.3: CPU-wide sched_switch and per-task syscall exits (see `legacy`).
         let tids: Vec<u32> = pids
             .iter()
             .flat_map(|p| target::threads_of(*p).unwrap_or_default())
             .collect();
-        let filtered = !tids.is_empty()
-            && tids.len() <= 64
-            && session
-                .set_filter(spec, &field_filter("next_pid", &tids))
-                .is_ok();
-        mechanisms.push(format!(
-            "switch-ins: CPU-wide sched_switch, filtered {}",
-            if filtered {
-                "in the kernel and in psample"
-            } else {
-                "in psample"
-            }
-        ));
+        let attrs = legacy::Attrs {
+            switch: session.spec(switch_spec).attr,
+            inherit,
+            on_exec: is_cmd,
+            dwarf: matches!(mode, CallGraph::Dwarf(_)),
+        };
+        let sources = legacy::Sources::open(
+            &mut session,
+            kernel.as_ref(),
+            &tracing,
+            &attrs,
+            switch_spec,
+            &tids,
+        )?;
+        specs.cpu_switch = Some(sources.cpu_switch);
+        specs.sys_exit = sources.sys_exit;
+        mechanisms.push(sources.mechanism);
     }
     if let Some(spec) = wakeup_spec {
         // Only wakeups of target threads matter: filter them in the kernel where it accepts
@@ -372,10 +368,24 @@ pub fn run_session(
         .map(|c| c.iter().max().map_or(1, |m| *m as usize + 1))
         .unwrap_or(1);
 
+    let mut builder = StackBuilder::new(mode);
+    if !system_wide && !is_cmd {
+        // As in record: big binaries are loaded before the first switch-out needs them.
+        for &pid in &pids {
+            builder.prepare(&tracker, pid);
+        }
+    }
     if !is_cmd {
         session.enable().map_err(|e| CliError::new(e.to_string()))?;
     }
     if let Some(l) = launched.as_mut() {
+        // Per-task events start at the exec (enable_on_exec); CPU-wide ones cannot, so they
+        // start now.
+        for spec in specs.wakeup.iter().chain(&specs.cpu_switch) {
+            session
+                .enable_spec(*spec)
+                .map_err(|e| CliError::new(e.to_string()))?;
+        }
         l.start()
             .map_err(|e| CliError::new(format!("cannot start the command: {e}")))?;
     }
@@ -415,7 +425,7 @@ pub fn run_session(
 
     let mut c = Collector {
         tracker,
-        builder: StackBuilder::new(mode),
+        builder,
         stacks,
         names,
         totals: Report::default(),
@@ -432,6 +442,7 @@ pub fn run_session(
         first_time: None,
         last_time: 0,
     };
+    session::drain_in_background(&mut session, pages)?;
     let mut reader = Reader::new();
     let mut stopper = Stopper::new(args.common.duration, &target, &pids);
     let mut progress = Progress::new(std::io::stderr().is_terminal());
@@ -450,9 +461,12 @@ pub fn run_session(
             Some(iv) => stopper.poll_timeout_ms().min(iv.ms_until_due()),
             None => stopper.poll_timeout_ms(),
         };
-        if let Err(e) = session.wait(timeout) {
-            summary.warnings.push(format!("stopping early: {e}"));
-            break session::StopCause::Signal;
+        match session.wait(timeout) {
+            Ok((_, hup)) => stopper.after_wait(hup),
+            Err(e) => {
+                summary.warnings.push(format!("stopping early: {e}"));
+                break session::StopCause::Signal;
+            }
         }
         reader.pump(&mut session, &fmt, |cpu, rec| c.on_record(cpu, rec));
         c.reorder.end_round(|_, e| engine.push(e));
@@ -472,9 +486,18 @@ pub fn run_session(
         counts,
         first_time,
         last_time,
+        specs,
         ..
     } = c;
     let elapsed = stopper.elapsed();
+    // Targets that exited end the window at their last record: the loop notices the exit only
+    // after its current batch, which can be long (a cold DWARF unwind), and that time after
+    // the exit was nobody's blocked time.
+    let stop_ns = if clock_monotonic && cause == session::StopCause::TargetsExited {
+        last_time.clamp(start_ns, stop_ns)
+    } else {
+        stop_ns
+    };
     let stop_time = if clock_monotonic { stop_ns } else { last_time };
     let tables = format!(
         "{}; {} stacks, {} names, {} engine threads",
@@ -566,6 +589,17 @@ pub fn run_session(
             }
         ),
     );
+    if specs.cpu_switch.is_some() {
+        summary.line(
+            "switch-ins",
+            legacy::describe_ends(
+                &report,
+                counts.switch_ins,
+                specs.sys_exit.is_some(),
+                args.wakers,
+            ),
+        );
+    }
     summary.add_lost(&session, reader.parse_errors);
     if report.dropped_intervals > 0 || report.capped_intervals > 0 {
         summary.line(
@@ -613,9 +647,14 @@ pub fn run_session(
             }
             summary.warnings.extend(f.warnings);
         }
-        _ => summary
-            .warnings
-            .extend(own_sym.map(|s| s.warnings()).unwrap_or_default()),
+        _ => {
+            if let Some(d) = own_sym.as_ref().and_then(|s| s.debuginfod_summary()) {
+                summary.line("debuginfod", d);
+            }
+            summary
+                .warnings
+                .extend(own_sym.map(|s| s.warnings()).unwrap_or_default())
+        }
     }
     summary.print(args.common.verbose);
     Ok(cause)
@@ -631,6 +670,11 @@ fn render(
     format: output::Format,
     window: (std::time::SystemTime, std::time::Duration),
 ) -> output::Rendered {
+    let stacks = report.by_stack.keys().flat_map(|k| {
+        let waker = k.waker.map(|w| t.stacks.get(w.stack)).unwrap_or_default();
+        t.stacks.get(k.stack).iter().chain(waker)
+    });
+    crate::fold::prefetch_debuginfo(sym, t.procs, stacks);
     if format != output::Format::Pprof {
         return output::Rendered::Lines(fold_report(report, t, sym));
     }
@@ -694,7 +738,7 @@ fn render(
 }
 
 /// An ftrace filter matching any of `tids` in `field`.
-fn field_filter(field: &str, tids: &[u32]) -> String {
+pub(super) fn field_filter(field: &str, tids: &[u32]) -> String {
     tids.iter()
         .map(|t| format!("{field} == {t}"))
         .collect::<Vec<_>>()
@@ -840,6 +884,14 @@ impl Collector {
             return;
         };
         let ring = cpu as usize;
+        if Some(spec) == self.specs.sys_exit {
+            // Taken in the thread's own context: it is running again (see `legacy`).
+            if tid != 0 && pid != self.own_pid {
+                let ev = OffcpuEvent::Ran { time, cpu, tid };
+                self.reorder.push(ring, time, ev);
+            }
+            return;
+        }
         if spec == self.specs.switch || Some(spec) == self.specs.cpu_switch {
             let Ok(sw) = self.switch_dec.decode(raw) else {
                 self.counts.decode_errors += 1;

@@ -35,6 +35,14 @@ pub enum OffcpuEvent {
         cpu: u32,
         tid: u32,
     },
+    /// `tid` was running at `time`: a sample taken in its own context after it blocked (its
+    /// syscall exit, on kernels without context-switch records, where a switch-in may never
+    /// be seen). Ends an open interval like a switch-in would, at an upper bound of it.
+    Ran {
+        time: u64,
+        cpu: u32,
+        tid: u32,
+    },
     /// `sched_wakeup`/`sched_wakeup_new` of `target_tid`, sampled in the waker's context.
     Wakeup {
         time: u64,
@@ -65,6 +73,7 @@ impl OffcpuEvent {
         match *self {
             OffcpuEvent::SwitchOut { time, .. }
             | OffcpuEvent::SwitchIn { time, .. }
+            | OffcpuEvent::Ran { time, .. }
             | OffcpuEvent::Wakeup { time, .. }
             | OffcpuEvent::Exit { time, .. }
             | OffcpuEvent::Exec { time, .. } => Some(time),
@@ -169,6 +178,13 @@ pub struct Report {
     pub discarded_at_exit: u64,
     /// Intervals counted up to the stop time.
     pub open_at_stop: u64,
+    /// Intervals ended by [`OffcpuEvent::Ran`] because no switch-in came first.
+    pub ended_by_ran: u64,
+    /// Of those, the sum of (end − wakeup) where the wakeup was seen: the most they can
+    /// include after the real switch-in (which lies between wakeup and end).
+    pub ran_slack_ns: u64,
+    /// Of those, the ones without a wakeup seen, whose excess is not bounded.
+    pub ran_unbounded: u64,
 }
 
 /// Threads kept in `per_thread` when the rest are trimmed, for the summary's top list.
@@ -222,6 +238,9 @@ impl Report {
         self.start_unconfirmed += other.start_unconfirmed;
         self.discarded_at_exit += other.discarded_at_exit;
         self.open_at_stop += other.open_at_stop;
+        self.ended_by_ran += other.ended_by_ran;
+        self.ran_slack_ns = self.ran_slack_ns.saturating_add(other.ran_slack_ns);
+        self.ran_unbounded += other.ran_unbounded;
     }
 }
 
@@ -231,6 +250,8 @@ struct Interval {
     who: NameId,
     stack: StackId,
     waker: Option<WakerKey>,
+    /// Time of the last wakeup seen while open.
+    woken_at: Option<u64>,
     at_start: bool,
     /// Earliest start of a loss window seen while open: the interval is certain only up to here.
     certain_until: Option<u64>,
@@ -246,6 +267,9 @@ struct Thread {
 pub struct Engine {
     opts: Options,
     start_time: u64,
+    /// The start time was not given on the events' clock (0): threads blocked at start are
+    /// counted from the first event instead.
+    start_from_first_event: bool,
     /// Latest event time processed; event times are clamped to it so that a stray
     /// out-of-order event cannot make intervals overlap.
     now: u64,
@@ -256,10 +280,13 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `start_time` is on the events' clock; 0 when that clock is not known (no use_clockid),
+    /// and the window then starts at the first event.
     pub fn new(opts: Options, start_time: u64) -> Engine {
         Engine {
             opts,
             start_time,
+            start_from_first_event: start_time == 0,
             now: start_time,
             threads: HashMap::new(),
             cpu_last: HashMap::new(),
@@ -286,6 +313,7 @@ impl Engine {
                 who,
                 stack,
                 waker: None,
+                woken_at: None,
                 at_start: true,
                 certain_until: None,
             });
@@ -294,6 +322,11 @@ impl Engine {
 
     /// Feeds one event; events must come in time order (see [`super::reorder::Reorder`]).
     pub fn push(&mut self, event: OffcpuEvent) {
+        if self.start_from_first_event {
+            if let Some(t) = event.time() {
+                self.start_at_first_event(t);
+            }
+        }
         let time = event.time().map_or(self.now, |t| t.max(self.now));
         self.now = time;
         match event {
@@ -312,6 +345,10 @@ impl Engine {
                 self.cpu_last.insert(cpu, time);
                 self.switch_in(time, tid);
             }
+            OffcpuEvent::Ran { cpu, tid, .. } => {
+                self.cpu_last.insert(cpu, time);
+                self.ran(time, tid);
+            }
             OffcpuEvent::Wakeup {
                 cpu,
                 target_tid,
@@ -320,19 +357,19 @@ impl Engine {
                 ..
             } => {
                 self.cpu_last.insert(cpu, time);
-                if !self.opts.wakers {
-                    return;
-                }
                 if let Some(open) = self
                     .threads
                     .get_mut(&target_tid)
                     .and_then(|t| t.open.as_mut())
                 {
                     // The last wakeup before the switch-in is the one that made it runnable.
-                    open.waker = Some(WakerKey {
-                        who: waker,
-                        stack: waker_stack,
-                    });
+                    open.woken_at = Some(time);
+                    if self.opts.wakers {
+                        open.waker = Some(WakerKey {
+                            who: waker,
+                            stack: waker_stack,
+                        });
+                    }
                 }
             }
             OffcpuEvent::Lost {
@@ -385,6 +422,7 @@ impl Engine {
             who,
             stack,
             waker: None,
+            woken_at: None,
             at_start: false,
             certain_until: None,
         });
@@ -400,6 +438,38 @@ impl Engine {
         thread.exited = false;
         if let Some(open) = thread.open.take() {
             self.close(tid, open, time);
+        }
+    }
+
+    /// The thread ran at `time` with no switch-in seen since it blocked: its switch-in was
+    /// at or before `time` (and after its wakeup, when one was seen).
+    fn ran(&mut self, time: u64, tid: u32) {
+        let Some(open) = self.threads.get_mut(&tid).and_then(|t| t.open.take()) else {
+            return;
+        };
+        self.report.ended_by_ran += 1;
+        match open.woken_at {
+            Some(woken) => {
+                self.report.ran_slack_ns = self
+                    .report
+                    .ran_slack_ns
+                    .saturating_add(time.saturating_sub(woken));
+            }
+            None => self.report.ran_unbounded += 1,
+        }
+        self.close(tid, open, time);
+    }
+
+    /// Without a start time on the events' clock, intervals of threads blocked at start begin
+    /// with the first event.
+    fn start_at_first_event(&mut self, first: u64) {
+        self.start_from_first_event = false;
+        self.start_time = first;
+        self.now = self.now.max(first);
+        for open in self.threads.values_mut().filter_map(|t| t.open.as_mut()) {
+            if open.at_start {
+                open.start = open.start.max(first);
+            }
         }
     }
 
@@ -563,6 +633,10 @@ mod tests {
 
     fn sin(time: u64, tid: u32) -> OffcpuEvent {
         OffcpuEvent::SwitchIn { time, cpu: 1, tid }
+    }
+
+    fn ran(time: u64, tid: u32) -> OffcpuEvent {
+        OffcpuEvent::Ran { time, cpu: 1, tid }
     }
 
     fn wake(time: u64, target_tid: u32, waker_tid: u32, waker_stack: StackId) -> OffcpuEvent {
@@ -859,6 +933,53 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_seen_running_ends_its_interval_when_no_switch_in_came_first() {
+        // Woken on an idle CPU, its switch-in never seen: its syscall exit ends the interval.
+        let r = run(
+            Options::default(),
+            0,
+            100,
+            &[out(10, 7, S, 1), ran(50, 7), ran(60, 7)],
+        );
+        assert_eq!(r.by_stack[&key(7, 1)], 40);
+        assert_eq!((r.ended_by_ran, r.ran_unbounded, r.ran_slack_ns), (1, 1, 0));
+        // A switch-in seen first ends it; the later syscall exit changes nothing.
+        let r = run(
+            Options::default(),
+            0,
+            100,
+            &[out(10, 7, S, 1), sin(30, 7), ran(35, 7)],
+        );
+        assert_eq!(r.by_stack[&key(7, 1)], 20);
+        assert_eq!(r.ended_by_ran, 0);
+    }
+
+    #[test]
+    fn the_excess_of_a_syscall_exit_end_is_bounded_by_the_wakeup() {
+        // The real switch-in lies between the wakeup (40) and the exit (45).
+        let r = run(
+            Options::default(),
+            0,
+            100,
+            &[out(10, 7, S, 1), wake(40, 7, 9, 2), ran(45, 7)],
+        );
+        assert_eq!(r.by_stack[&key(7, 1)], 35);
+        assert_eq!((r.ended_by_ran, r.ran_unbounded, r.ran_slack_ns), (1, 0, 5));
+    }
+
+    #[test]
+    fn without_a_start_clock_threads_blocked_at_start_count_from_the_first_event() {
+        // No use_clockid: start 0 is not on the events' clock (which counts from boot).
+        let mut engine = Engine::new(Options::default(), 0);
+        engine.blocked_at_start(7, 7, S, 50);
+        engine.push(out(5_000, 8, S, 1));
+        engine.push(sin(5_400, 7));
+        let r = engine.finish(6_000);
+        assert_eq!(r.by_stack[&key(7, 50)], 400);
+        assert_eq!(r.by_stack[&key(8, 1)], 1_000);
+    }
+
+    #[test]
     fn intervals_open_at_stop_count_up_to_stop() {
         let r = run(Options::default(), 0, 100, &[out(60, 7, D, 1)]);
         assert_eq!(r.by_stack[&key(7, 1)], 40);
@@ -950,6 +1071,11 @@ mod tests {
             ),
             (time.clone(), 0u32..3, tid.clone())
                 .prop_map(|(time, cpu, tid)| OffcpuEvent::SwitchIn { time, cpu, tid }),
+            (time.clone(), 0u32..3, tid.clone()).prop_map(|(time, cpu, tid)| OffcpuEvent::Ran {
+                time,
+                cpu,
+                tid
+            }),
             (time.clone(), tid.clone(), tid.clone(), 0u32..4).prop_map(
                 |(time, target_tid, waker_tid, waker_stack)| OffcpuEvent::Wakeup {
                     time,

@@ -3,12 +3,14 @@
 //!
 //! - [`reorder`]: merges the per-CPU rings into one time-ordered stream;
 //! - [`intervals`]: the engine that turns switch-out / switch-in / wakeup / lost / exit
-//!   events into blocked intervals, aggregated per stack (and waker stack).
+//!   events into blocked intervals, aggregated per stack (and waker stack);
+//! - [`legacy`]: where switch-ins come from on kernels without context-switch records.
 //!
 //! Both are pure logic with no syscalls, so they are tested on synthetic event streams.
 
 pub mod command;
 pub mod intervals;
+pub mod legacy;
 pub mod reorder;
 
 pub use intervals::{

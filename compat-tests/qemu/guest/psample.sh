@@ -4,5 +4,7 @@ step uname uname -r
 step check /bin/psample check
 step record /bin/psample record -F 499 -d 2 -o /tmp/out.folded -- /bin/workload
 step offcpu /bin/psample offcpu -d 2 -o /tmp/off.folded -- /bin/sleep_workload
+step record_all /bin/psample record -a -F 99 -d 1 -o /tmp/all.folded
 step out.folded cat /tmp/out.folded
 step off.folded cat /tmp/off.folded
+step all.folded cat /tmp/all.folded

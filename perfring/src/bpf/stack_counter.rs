@@ -265,11 +265,11 @@ fn build_program(maps: &ProgramMaps, user: bool, kernel: bool) -> Result<Vec<Ins
 
     a.mov64_reg(Reg::R6, Reg::R1)
         .call(helper::GET_CURRENT_PID_TGID)
-        // tid = low half; the idle task (tid 0) is not a workload.
+        // tid = low half. The idle task (tid 0) is counted too: a system-wide profile shows
+        // idle time as `swapper`, as perf's does and as the ring-buffer path does.
         .mov64_reg(Reg::R1, Reg::R0)
         .alu64_imm(alu::LSH, Reg::R1, 32)
         .alu64_imm(alu::RSH, Reg::R1, 32)
-        .jmp_imm(jmp::JEQ, Reg::R1, 0, counted)
         .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
         .alu64_imm(alu::RSH, Reg::R0, 32)
         .store_reg(size::W, FP, KEY_OFF, Reg::R0);

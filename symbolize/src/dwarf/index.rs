@@ -4,6 +4,7 @@
 //! and clang emit no aranges at all) are parsed once, just far enough to read the root DIE's
 //! ranges — or, failing those, the line program's sequences — and then dropped.
 
+use crate::budget::{DWARF_RANGES_PER_FILE_MAX, DWARF_UNITS_PER_FILE_MAX};
 use crate::bytes::Reader;
 
 struct UnitRange {
@@ -24,6 +25,10 @@ pub(super) struct UnitIndex {
 }
 
 impl UnitIndex {
+    pub fn heap_bytes(&self) -> usize {
+        self.ranges.len() * std::mem::size_of::<UnitRange>() + self.units.len() * 8
+    }
+
     pub fn build(dwarf: &gimli::Dwarf<Reader>) -> UnitIndex {
         let aranges = read_aranges(dwarf);
         let mut ranges = Vec::new();
@@ -40,6 +45,12 @@ impl UnitIndex {
                 gimli::UnitType::Partial => false,
                 _ => true,
             };
+            if units.len() >= DWARF_UNITS_PER_FILE_MAX || ranges.len() >= DWARF_RANGES_PER_FILE_MAX
+            {
+                // More than psample indexes of one file: later units go unnamed by DWARF.
+                crate::budget::file_capped();
+                break;
+            }
             let unit = units.len();
             units.push(offset.0 as u64);
             if !wants_ranges {
@@ -47,7 +58,8 @@ impl UnitIndex {
             }
             let listed = aranges_of(&aranges, offset.0 as u64);
             if !listed.is_empty() {
-                ranges.extend(listed.iter().map(|&(_, begin, end)| UnitRange {
+                let room = DWARF_RANGES_PER_FILE_MAX.saturating_sub(ranges.len());
+                ranges.extend(listed.iter().take(room).map(|&(_, begin, end)| UnitRange {
                     begin,
                     end,
                     unit,
@@ -56,12 +68,14 @@ impl UnitIndex {
                 continue;
             }
             let mut add = |begin: u64, end: u64| {
-                ranges.push(UnitRange {
-                    begin,
-                    end,
-                    unit,
-                    min_begin: 0,
-                })
+                if ranges.len() < DWARF_RANGES_PER_FILE_MAX {
+                    ranges.push(UnitRange {
+                        begin,
+                        end,
+                        unit,
+                        min_begin: 0,
+                    })
+                }
             };
             // The parsed unit (abbreviations and all) is dropped right after this.
             if let Ok(parsed) = dwarf.unit(header) {
@@ -120,7 +134,7 @@ fn read_aranges(dwarf: &gimli::Dwarf<Reader>) -> Vec<(u64, u64, u64)> {
         // that entry; the iterator itself stops on errors it cannot step over.
         while let Some(entry) = entries.next().transpose() {
             let Ok(entry) = entry else { continue };
-            if entry.length() != 0 {
+            if entry.length() != 0 && out.len() < DWARF_RANGES_PER_FILE_MAX {
                 let r = entry.range();
                 out.push((unit, r.begin, r.end));
             }

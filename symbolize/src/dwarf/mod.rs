@@ -17,7 +17,6 @@ mod unit;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -28,8 +27,6 @@ use crate::bytes::{FileBytes, Reader};
 use index::UnitIndex;
 use unit::ParsedUnit;
 
-/// Compressed debug sections declaring more than this are ignored rather than inflated.
-const MAX_SECTION: u64 = 1024 * 1024 * 1024;
 /// Inline nesting deeper than this is cut off; real code rarely exceeds a few dozen.
 const MAX_INLINE_DEPTH: usize = 256;
 /// Parsed units kept around. Samples cluster in few units (hot loops, libc's memcpy), so a
@@ -139,6 +136,12 @@ impl DwarfInfo {
         self.unit(self.index.unit_containing(die)?)
     }
 
+    /// Estimated heap held: the unit index, plus an allowance for the cached parsed units.
+    pub fn heap_bytes(&self) -> usize {
+        const PER_CACHED_UNIT: usize = 64 * 1024;
+        self.index.heap_bytes() + self.cache.borrow().len() * PER_CACHED_UNIT
+    }
+
     /// Number of units parsed and cached right now (tests check the bound).
     #[cfg(test)]
     fn cached_units(&self) -> usize {
@@ -155,22 +158,27 @@ fn empty_section() -> crate::bytes::SectionBytes {
     FileBytes::owned(Vec::new()).whole()
 }
 
-fn section(obj: &object::File<'_>, data: &FileBytes, name: &str) -> crate::bytes::SectionBytes {
+/// A section's bytes read in place, or inflated within budget when compressed
+/// ([`crate::compressed`]); empty when missing, unreadable or over budget.
+pub(crate) fn section(
+    obj: &object::File<'_>,
+    data: &FileBytes,
+    name: &str,
+) -> crate::bytes::SectionBytes {
+    use crate::compressed::{section_contents, SectionContents};
     let Some(sec) = obj.section_by_name(name) else {
         return empty_section();
     };
-    match sec.compressed_data() {
-        Ok(c)
-            if c.format != object::CompressionFormat::None && c.uncompressed_size > MAX_SECTION =>
-        {
-            return empty_section();
+    // Compressed sections are inflated within budget; over it the section is left out.
+    match section_contents(&sec) {
+        Ok(SectionContents::Plain(b)) => data.section_of(b).unwrap_or_else(empty_section),
+        Ok(inflated) => {
+            // The compressed bytes are not read again: give their pages back.
+            if let Ok(raw) = sec.data() {
+                data.release(raw);
+            }
+            inflated.into_file_bytes().whole()
         }
-        Err(_) => return empty_section(),
-        Ok(_) => {}
-    }
-    match sec.uncompressed_data() {
-        Ok(Cow::Borrowed(b)) => data.section_of(b).unwrap_or_else(empty_section),
-        Ok(Cow::Owned(v)) => FileBytes::owned(v).whole(),
         Err(_) => empty_section(),
     }
 }

@@ -168,6 +168,7 @@ pub fn spec_for(pid: u32, m: &MapLine, with_inode: bool) -> ModuleSpec {
         kind,
         path: m.path.clone(),
         pid,
+        pid_start: None,
         start: m.start,
         end: m.end,
         pgoff: m.pgoff,

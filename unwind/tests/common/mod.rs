@@ -300,6 +300,8 @@ impl Drop for Sampler {
 #[derive(Default)]
 pub struct Names {
     files: HashMap<String, Option<NamedFile>>,
+    /// Read module files from here by basename (a recorded fixture) instead of their path.
+    dir: Option<PathBuf>,
 }
 
 struct NamedFile {
@@ -309,6 +311,14 @@ struct NamedFile {
 }
 
 impl Names {
+    /// Names from the module files of a recorded fixture directory.
+    pub fn in_dir(dir: &Path) -> Names {
+        Names {
+            files: HashMap::new(),
+            dir: Some(dir.to_path_buf()),
+        }
+    }
+
     /// Function containing `addr` (a return address if `is_ra`).
     pub fn name(&mut self, procs: &Processes, pid: u32, addr: u64, is_ra: bool) -> String {
         let lookup = if is_ra { addr - 1 } else { addr };
@@ -316,10 +326,14 @@ impl Names {
             return format!("?{addr:#x}");
         };
         let m = procs.mapping(id).clone();
+        let path = match (&self.dir, Path::new(&m.path).file_name()) {
+            (Some(dir), Some(base)) => dir.join(base),
+            _ => PathBuf::from(&m.path),
+        };
         let file = self
             .files
             .entry(m.path.clone())
-            .or_insert_with(|| load_names(&m.path))
+            .or_insert_with(|| load_names(&path))
             .as_ref();
         let Some(file) = file else {
             return format!("{}+{:#x}", m.path, lookup - m.start);
@@ -351,7 +365,7 @@ impl Names {
     }
 }
 
-fn load_names(path: &str) -> Option<NamedFile> {
+fn load_names(path: &Path) -> Option<NamedFile> {
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
     let segments = file
