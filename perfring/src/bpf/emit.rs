@@ -34,23 +34,19 @@ pub struct Counters {
 impl Counters {
     /// Emit: add 1 to the slot held in `slot_reg` (r6–r9; r0–r5 are clobbered).
     pub fn bump_reg(&self, a: &mut Asm, slot_reg: Reg) {
-        let skip = a.new_label();
-        a.store_reg(size::W, FP, self.key_off, slot_reg)
-            .ld_map_fd(Reg::R1, self.fd)
-            .mov64_reg(Reg::R2, FP)
-            .alu64_imm(alu::ADD, Reg::R2, i32::from(self.key_off))
-            .call(helpers::MAP_LOOKUP_ELEM)
-            .jmp_imm(jmp::JEQ, Reg::R0, 0, skip)
-            .mov64_imm(Reg::R1, 1)
-            .atomic_add(size::DW, Reg::R0, 0, Reg::R1);
-        a.bind(skip);
+        a.store_reg(size::W, FP, self.key_off, slot_reg);
+        self.add_one_at_key(a);
     }
 
     /// Emit: add 1 to slot `slot` (r0–r5 are clobbered).
     pub fn bump(&self, a: &mut Asm, slot: u32) {
+        a.store_imm(size::W, FP, self.key_off, slot as i32);
+        self.add_one_at_key(a);
+    }
+
+    fn add_one_at_key(&self, a: &mut Asm) {
         let skip = a.new_label();
-        a.store_imm(size::W, FP, self.key_off, slot as i32)
-            .ld_map_fd(Reg::R1, self.fd)
+        a.ld_map_fd(Reg::R1, self.fd)
             .mov64_reg(Reg::R2, FP)
             .alu64_imm(alu::ADD, Reg::R2, i32::from(self.key_off))
             .call(helpers::MAP_LOOKUP_ELEM)
