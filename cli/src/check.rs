@@ -8,9 +8,9 @@ use perfring::probe::{self, Probe};
 use perfring::sys::Kernel;
 
 use crate::args::CheckArgs;
-use crate::error::CliError;
-use crate::perms;
-use crate::session;
+use collect::perms;
+use collect::session;
+use collect::Error as CliError;
 
 fn yes_no(p: Probe, verbose: bool) -> String {
     match p {
@@ -49,13 +49,16 @@ fn memlock_limit() -> String {
     }
 }
 
+/// One `key  value` line of the report.
+fn out(key: &str, val: String) {
+    collect::outln!("  {key:<28} {val}");
+}
+
 pub fn run(args: CheckArgs) -> Result<i32, CliError> {
     let kernel = session::linux_kernel();
     let k: &dyn Kernel = kernel.as_ref();
     let v = args.verbose;
-    let out = |key: &str, val: String| crate::outln!("  {key:<28} {val}");
-
-    crate::outln!(
+    collect::outln!(
         "psample check — this host, this user ({}):",
         if perms::is_root() {
             "root"
@@ -63,7 +66,37 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             "unprivileged"
         }
     );
-    crate::outln!("permissions");
+    permissions(k);
+    let events = events(k, v);
+    let answers = features(k, v);
+    let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
+    let (switch_ok, wakeup_ok) = tracing(k);
+    collect::outln!("bpf");
+    let bpf = perfring::bpf::probe();
+    out(
+        "perf_event BPF programs",
+        match &bpf {
+            Ok(()) => "yes".into(),
+            Err(e) => format!("no ({e})"),
+        },
+    );
+    let plan = Plan {
+        events,
+        kernel_stacks: has_feature(Feature::KernelSamples),
+        bpf: bpf.is_ok(),
+        offcpu: switch_ok && wakeup_ok,
+        context_switch: has_feature(Feature::ContextSwitch),
+    };
+    if !plan.print() {
+        return Err(CliError::new(
+            "nothing can be sampled here: see the permissions above (perf_event_paranoid, capabilities)",
+        ));
+    }
+    Ok(0)
+}
+
+fn permissions(k: &dyn Kernel) {
+    collect::outln!("permissions");
     let paranoid = k.sysctl_i64("kernel/perf_event_paranoid");
     out(
         "perf_event_paranoid",
@@ -114,8 +147,17 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             )
         }),
     );
+}
 
-    crate::outln!("events");
+/// The sampling events this host offers.
+struct Events {
+    cpu_clock: Probe,
+    task_clock: Probe,
+    cycles: Probe,
+}
+
+fn events(k: &dyn Kernel, v: bool) -> Events {
+    collect::outln!("events");
     let cpu_clock = probe::event(k, EventKind::CpuClock);
     let task_clock = probe::event(k, EventKind::TaskClock);
     let cycles = probe::event(k, EventKind::Cycles);
@@ -127,7 +169,15 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         probe::attr_size(k).map_or("unknown".into(), |s| format!("{s} bytes")),
     );
 
-    crate::outln!("kernel features (fallback ladder)");
+    Events {
+        cpu_clock,
+        task_clock,
+        cycles,
+    }
+}
+
+fn features(k: &dyn Kernel, v: bool) -> Vec<(Feature, Probe)> {
+    collect::outln!("kernel features (fallback ladder)");
     let mut answers = Vec::new();
     for f in Feature::ALL {
         let p = probe::feature(k, f);
@@ -138,11 +188,14 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
         out(f.name(), text);
         answers.push((f, p));
     }
-    let has_feature = |f: Feature| answers.iter().any(|(x, p)| *x == f && p.is_yes());
+    answers
+}
 
-    crate::outln!("tracing");
-    let tracing = perfring::tracepoint::Tracing::locate(&crate::tracing::Fs(k), perms::is_root());
-    let (switch_ok, wakeup_ok) = match &tracing {
+/// The tracing directory and the sched tracepoints: whether switch and wakeup exist.
+fn tracing(k: &dyn Kernel) -> (bool, bool) {
+    collect::outln!("tracing");
+    let tracing = perfring::tracepoint::Tracing::locate(&collect::tracing::Fs(k), perms::is_root());
+    let found = match &tracing {
         Ok(t) => {
             out(
                 "tracing directory",
@@ -157,7 +210,7 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
                     }
                 ),
             );
-            let fs = crate::tracing::Fs(k);
+            let fs = collect::tracing::Fs(k);
             let sw = t.event_id(&fs, "sched", "sched_switch");
             let wk = t.event_id(&fs, "sched", "sched_wakeup");
             out(
@@ -186,62 +239,62 @@ pub fn run(args: CheckArgs) -> Result<i32, CliError> {
             "missing".into()
         },
     );
+    found
+}
 
-    crate::outln!("bpf");
-    let bpf = perfring::bpf::probe();
-    out(
-        "perf_event BPF programs",
-        match &bpf {
-            Ok(()) => "yes".into(),
-            Err(e) => format!("no ({e})"),
-        },
-    );
+/// What psample will use, from the answers above.
+struct Plan {
+    events: Events,
+    kernel_stacks: bool,
+    bpf: bool,
+    offcpu: bool,
+    context_switch: bool,
+}
 
-    crate::outln!("psample will use");
-    let sampling = if cpu_clock.is_yes() {
-        Some("cpu-clock")
-    } else if task_clock.is_yes() {
-        Some("task-clock")
-    } else {
-        None
-    };
-    let kernel_stacks = has_feature(Feature::KernelSamples);
-    match sampling {
-        Some(ev) => out(
-            "record",
-            format!(
-                "{ev}{}, frame-pointer or DWARF user stacks{}{}",
-                if cycles.is_yes() {
-                    " (cycles available with -e cycles)"
-                } else {
-                    ""
-                },
-                if kernel_stacks {
-                    " + kernel stacks"
-                } else {
-                    ", user stacks only (kernel sampling not permitted)"
-                },
-                if bpf.is_ok() {
-                    "; in-kernel BPF aggregation for fp stacks"
-                } else {
-                    ""
-                }
+impl Plan {
+    /// Print the plan; false when nothing can be sampled.
+    fn print(&self) -> bool {
+        collect::outln!("psample will use");
+        let e = &self.events;
+        let sampling = if e.cpu_clock.is_yes() {
+            Some("cpu-clock")
+        } else if e.task_clock.is_yes() {
+            Some("task-clock")
+        } else {
+            None
+        };
+        match sampling {
+            Some(ev) => out(
+                "record",
+                format!(
+                    "{ev}{}, frame-pointer or DWARF user stacks{}{}",
+                    if e.cycles.is_yes() {
+                        " (cycles available with -e cycles)"
+                    } else {
+                        ""
+                    },
+                    if self.kernel_stacks {
+                        " + kernel stacks"
+                    } else {
+                        ", user stacks only (kernel sampling not permitted)"
+                    },
+                    if self.bpf {
+                        "; in-kernel BPF aggregation for fp stacks"
+                    } else {
+                        ""
+                    }
+                ),
             ),
-        ),
-        None => out("record", "nothing: no sampling event can be opened".into()),
+            None => out("record", "nothing: no sampling event can be opened".into()),
+        }
+        let offcpu = if !self.offcpu {
+            "unavailable: needs sched:sched_switch and sched:sched_wakeup tracepoints"
+        } else if self.context_switch {
+            "sched_switch samples + context-switch records for switch-ins"
+        } else {
+            "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins"
+        };
+        out("offcpu", offcpu.to_string());
+        sampling.is_some()
     }
-    let offcpu = if !(switch_ok && wakeup_ok) {
-        "unavailable: needs sched:sched_switch and sched:sched_wakeup tracepoints".to_string()
-    } else if has_feature(Feature::ContextSwitch) {
-        "sched_switch samples + context-switch records for switch-ins".to_string()
-    } else {
-        "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins".to_string()
-    };
-    out("offcpu", offcpu);
-    if sampling.is_none() {
-        return Err(CliError::new(
-            "nothing can be sampled here: see the permissions above (perf_event_paranoid, capabilities)",
-        ));
-    }
-    Ok(0)
 }

@@ -1,100 +1,10 @@
-//! `psample diff BEFORE AFTER`: a differential flame graph (inferno's differential folding,
-//! as Brendan Gregg's difffolded.pl): frames are sized by AFTER and coloured by the change
-//! from BEFORE (red grew, blue shrank). Inputs are folded text or pprof, in any mix.
-
-use std::collections::BTreeMap;
-use std::io::{self, Write};
-use std::path::Path;
+//! `psample diff BEFORE AFTER`: a differential flame graph (see [`collect::output::diff`]).
+//! Inputs are folded text or pprof, in any mix.
 
 use crate::args::DiffArgs;
-use crate::error::CliError;
-use crate::output::pprof;
-
-/// Largest input read (folded text, or a pprof file before decompression).
-const MAX_INPUT: u64 = 1 << 30;
-
-/// Folded lines of a profile file, whatever its format. For pprof the CPU/off-CPU time
-/// value is used when present (the counts of the flame graph psample writes), else pprof's
-/// default (last) value.
-pub fn load_folded(path: &Path) -> Result<Vec<(String, u64)>, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    f.take(MAX_INPUT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_INPUT {
-        return Err(format!("{}: larger than {MAX_INPUT} bytes", path.display()));
-    }
-    // gzip magic, or a protobuf whose first field is sample_type (tag 0x0a), and not text.
-    let looks_binary = bytes.starts_with(&[0x1f, 0x8b])
-        || (bytes.first() == Some(&0x0a) && std::str::from_utf8(&bytes).is_err());
-    if looks_binary {
-        let p = pprof::Profile::read(&bytes, pprof::MAX_DECODED_BYTES)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let idx = pprof::value_index(&p, &["samples", "off-cpu"]);
-        return pprof::to_folded(&p, idx).map_err(|e| format!("{}: {e}", path.display()));
-    }
-    parse_folded(&String::from_utf8_lossy(&bytes)).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Parse folded text (`stack count` per line; blank lines ignored), merging repeated stacks.
-pub fn parse_folded(text: &str) -> Result<Vec<(String, u64)>, String> {
-    let mut m: BTreeMap<String, u64> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        let (stack, count) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| format!("line {}: no count", i + 1))?;
-        let n: u64 = count
-            .parse()
-            .map_err(|_| format!("line {}: {count:?} is not a count", i + 1))?;
-        let e = m.entry(stack.to_string()).or_insert(0);
-        *e = e.saturating_add(n);
-    }
-    Ok(m.into_iter().collect())
-}
-
-/// The differential folded text inferno's flame graph reads: `stack BEFORE AFTER`.
-pub fn diff_lines(
-    before: &[(String, u64)],
-    after: &[(String, u64)],
-    normalize: bool,
-) -> Vec<String> {
-    let mut m: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let (tb, ta): (u64, u64) = (
-        before.iter().map(|l| l.1).sum(),
-        after.iter().map(|l| l.1).sum(),
-    );
-    let scale = if normalize && tb > 0 && ta > 0 {
-        ta as f64 / tb as f64
-    } else {
-        1.0
-    };
-    for (s, c) in before {
-        m.entry(s).or_default().0 += (*c as f64 * scale).round() as u64;
-    }
-    for (s, c) in after {
-        m.entry(s).or_default().1 += c;
-    }
-    m.into_iter()
-        .map(|(s, (b, a))| format!("{s} {b} {a}"))
-        .collect()
-}
-
-pub fn write_svg(out: &mut impl Write, lines: &[String], title: &str) -> io::Result<()> {
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.to_string();
-    opts.deterministic = true;
-    if lines.is_empty() {
-        return Err(io::Error::other("both profiles are empty"));
-    }
-    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
-        .map_err(|e| io::Error::other(format!("flame graph: {e}")))
-}
+use collect::output::diff::{diff_lines, write_svg};
+use collect::output::input::load_folded;
+use collect::Error as CliError;
 
 pub fn run(args: DiffArgs) -> Result<i32, CliError> {
     let before = load_folded(&args.before).map_err(CliError::new)?;
@@ -106,64 +16,11 @@ pub fn run(args: DiffArgs) -> Result<i32, CliError> {
         args.after.display()
     );
     if let Some(p) = &args.output {
-        crate::output::check_writable(p).map_err(CliError::new)?;
+        collect::output::check_writable(p).map_err(CliError::new)?;
     }
-    let result = crate::output::write_with(args.output.as_deref(), |mut out| {
+    let result = collect::output::write_with(args.output.as_deref(), |mut out| {
         write_svg(&mut out, &lines, &title)
     });
     result.map_err(|e| CliError::new(format!("writing the diff failed: {e}")))?;
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differential_lines_pair_before_and_after() {
-        let before = parse_folded("a;b 10\na;c 5\n").unwrap();
-        let after = parse_folded("a;b 2\na;d 7\n\n").unwrap();
-        assert_eq!(
-            diff_lines(&before, &after, false),
-            vec!["a;b 10 2", "a;c 5 0", "a;d 0 7"]
-        );
-        // Normalized: before scaled to after's total (9/15).
-        assert_eq!(
-            diff_lines(&before, &after, true),
-            vec!["a;b 6 2", "a;c 3 0", "a;d 0 7"]
-        );
-        assert!(parse_folded("a;b x\n").is_err());
-        assert!(parse_folded("nocount\n").is_err());
-    }
-
-    /// The hot path moved from `old_hot` to `new_hot`: the SVG must colour the grown frame
-    /// red and the shrunk one blue.
-    #[test]
-    fn changed_hot_path_is_highlighted() {
-        let before = parse_folded("p;main;old_hot 90\np;main;other 10\n").unwrap();
-        let after = parse_folded("p;main;new_hot 90\np;main;other 10\n").unwrap();
-        let mut out = Vec::new();
-        write_svg(&mut out, &diff_lines(&before, &after, false), "t").unwrap();
-        let svg = String::from_utf8(out).unwrap();
-        let fill_of = |name: &str| -> String {
-            let i = svg.find(&format!("<title>{name} (")).expect(name);
-            let rest = &svg[i..];
-            let f = rest.find("fill=\"").unwrap();
-            rest[f + 6..].split('"').next().unwrap().to_string()
-        };
-        let red = fill_of("new_hot");
-        let rgb = |c: &str| -> (u32, u32, u32) {
-            let v: Vec<u32> = c
-                .trim_start_matches("rgb(")
-                .trim_end_matches(')')
-                .split(',')
-                .map(|x| x.trim().parse().unwrap())
-                .collect();
-            (v[0], v[1], v[2])
-        };
-        let (r, g, b) = rgb(&red);
-        assert!(r > g && r > b, "grown frame should be red: {red}");
-        let other = rgb(&fill_of("other"));
-        assert_eq!(other.0, other.2, "unchanged frame is neutral: {other:?}");
-    }
 }

@@ -1,14 +1,39 @@
-//! A live sample counter on a terminal (nothing when stderr is not a TTY).
+//! What the terminal shows of a run: a live sample counter (only when stderr is a TTY), each
+//! session's summary, and notices — the command line's [`Observer`].
 
+use std::io::IsTerminal;
+
+use collect::session::{Observer, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub struct Progress {
+/// Progress and summaries on stderr.
+pub struct Terminal {
+    tty: bool,
     bar: Option<ProgressBar>,
 }
 
-impl Progress {
-    pub fn new(tty: bool) -> Self {
-        let bar = tty.then(|| {
+impl Terminal {
+    /// A counter only when stderr is a terminal.
+    pub fn new() -> Self {
+        Terminal {
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+}
+
+impl Default for Terminal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Observer for Terminal {
+    fn progress(&mut self, count: u64) {
+        if !self.tty {
+            return;
+        }
+        let b = self.bar.get_or_insert_with(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template("{spinner} {elapsed} {pos} samples  (Ctrl-C to stop)")
@@ -16,19 +41,21 @@ impl Progress {
             );
             b
         });
-        Progress { bar }
+        b.set_position(count);
+        b.tick();
     }
 
-    pub fn tick(&mut self, count: u64) {
-        if let Some(b) = &self.bar {
-            b.set_position(count);
-            b.tick();
-        }
-    }
-
-    pub fn finish(&mut self) {
+    fn progress_done(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+
+    fn summary(&mut self, summary: &Summary) {
+        collect::errln!("{}", summary.render().trim_end());
+    }
+
+    fn notice(&mut self, message: &str) {
+        collect::errln!("psample: {message}");
     }
 }

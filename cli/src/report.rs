@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::args::ReportArgs;
-use crate::error::CliError;
+use collect::Error as CliError;
 
 fn pct(n: u64, total: u64) -> f64 {
     if total == 0 {
@@ -59,8 +59,8 @@ pub fn render(lines: &[(String, u64)], top: usize) -> String {
 }
 
 pub fn run(args: ReportArgs) -> Result<i32, CliError> {
-    let lines = crate::diff::load_folded(&args.file).map_err(CliError::new)?;
-    crate::out!("{}", render(&lines, args.top.max(1)));
+    let lines = collect::output::input::load_folded(&args.file).map_err(CliError::new)?;
+    collect::out!("{}", render(&lines, args.top.max(1)));
     Ok(0)
 }
 

@@ -6,7 +6,7 @@ use support::*;
 
 #[test]
 fn bpf_always_matches_ring_buffer_path() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("cpu_split_fp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
@@ -58,7 +58,7 @@ fn bpf_always_matches_ring_buffer_path() {
 
 #[test]
 fn bpf_auto_falls_back_for_dwarf_and_always_refuses() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("cpu_split_nofp", &["-t", "1", "-s", "0"]);
     let pid = w.pid.to_string();

@@ -28,7 +28,7 @@ fn full_chain(stack: &str) -> bool {
 /// Record `many_stacks` (8192 possible stacks) with --bpf always until it used `cpu`
 /// CPU-seconds; check that every sample is in the profile with its whole stack.
 fn lossless(cpu: &str, min_distinct: usize) {
-    require_perf_access();
+    require!(Need::Root);
     let _serial = serial();
     let exe = workload("many_stacks");
     let out = run_psample_env(

@@ -22,7 +22,7 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 fn total(path: &Path) -> u64 {
-    psample::diff::load_folded(path)
+    collect::output::input::load_folded(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .iter()
         .map(|l| l.1)
@@ -31,7 +31,7 @@ fn total(path: &Path) -> u64 {
 
 #[test]
 fn one_file_per_interval_newest_kept() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +102,7 @@ fn collect_lines(r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 #[test]
 fn comm_target_is_reattached_after_restart() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     // Two different programs under one private name (so no other process matches --comm):
@@ -225,7 +225,7 @@ fn listener() -> (String, Requests) {
 
 #[test]
 fn intervals_are_pushed_and_failures_retried() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let (url, got) = listener();
     let w = start("cpu_split_fp", &["-s", "30"]);
@@ -304,7 +304,7 @@ int main(void) {
 
 #[test]
 fn diff_of_a_changed_hot_path_highlights_it() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("changed.c");
@@ -389,7 +389,7 @@ fn diff_of_a_changed_hot_path_highlights_it() {
 
 #[test]
 fn offcpu_intervals_split_blocked_time_without_double_counting() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("sleep_pipe", &[]);
     let dir = tempfile::tempdir().unwrap();

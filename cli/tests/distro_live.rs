@@ -97,7 +97,7 @@ impl Stripped {
 
 #[test]
 fn stripped_static_functions_are_one_frame_each_named_by_their_start() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let s = stripped_demo();
     let bin = s.binary.to_str().unwrap().to_string();
@@ -183,7 +183,7 @@ fn pprof_raw(file: &Path) -> (Vec<RawLocation>, BTreeMap<u64, (u64, u64)>) {
 
 #[test]
 fn pprof_keeps_exact_addresses_of_unnamed_functions() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let s = stripped_demo();
     let bin = s.binary.to_str().unwrap().to_string();
@@ -358,7 +358,7 @@ fn named_by_function_starts(s: &Stripped, out: &Output) {
 
 #[test]
 fn debuginfod_names_a_stripped_binary_then_its_cache_does() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let s = stripped_demo();
     let serve = s.dir.path().join("served");
@@ -452,7 +452,7 @@ impl Drop for FakeServer {
 
 #[test]
 fn a_hanging_or_lying_debuginfod_costs_at_most_the_deadline_and_changes_nothing() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let s = stripped_demo();
     let cache = s.dir.path().join("cache");
@@ -500,7 +500,7 @@ fn a_hanging_or_lying_debuginfod_costs_at_most_the_deadline_and_changes_nothing(
 
 #[test]
 fn debuginfod_over_https_with_the_systems_trust_store() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let s = stripped_demo();
     let tls = s.dir.path().join("tls");

@@ -30,7 +30,7 @@ fn completeness(folded: &BTreeMap<String, u64>) -> f64 {
 /// points, ≥ 95 % complete stacks, at least as good as perf --call-graph dwarf.
 #[test]
 fn dwarf_unwinding_is_complete_and_matches_perf() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("cpu_split_nofp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
@@ -78,7 +78,7 @@ fn dwarf_unwinding_is_complete_and_matches_perf() {
 /// Threads created and libraries dlopen'ed after attach unwind too.
 #[test]
 fn late_threads_and_dlopened_libraries_unwind() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     // Attached from the start (a launched command), the late threads come 1 s later; the
     // main thread only waits until then, so of the 1.5 CPU-seconds the run lasts

@@ -64,16 +64,6 @@ fn chown_nobody(path: &Path) {
     std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown (run as root)");
 }
 
-fn require_root() {
-    require_perf_access();
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests play an unprivileged target against root psample: run them as root"
-    );
-}
-
 /// A running target; killed and reaped on drop.
 struct Proc {
     child: Child,
@@ -312,7 +302,8 @@ with open(sys.argv[1], "wb") as f:
 
 #[test]
 fn compressed_section_bomb_is_not_inflated() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     // No -g: the only DWARF and CFI sections besides .eh_frame are the bombs.
@@ -359,7 +350,8 @@ fn jit_target(bin: &Path, uid: u32) -> (Proc, u64) {
 
 #[test]
 fn huge_jit_map_is_read_within_budget() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let bin = s.compile("jit_spin", &["jit_spin.c"], &["-O1"]);
@@ -404,7 +396,8 @@ fn huge_jit_map_is_read_within_budget() {
 
 #[test]
 fn executable_mapping_churn_is_bounded() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let bin = s.compile("mmap_churn", &["mmap_churn.c"], &["-O1"]);
@@ -435,7 +428,8 @@ fn stop(run: Psample, dir: &Path) -> Run {
 
 #[test]
 fn debug_file_truncated_by_its_owner_while_mapped() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let bin = s.compile(
@@ -554,7 +548,8 @@ fn pid_reuse(b_map: Option<&str>, b_frame: &str) -> (Run, Vec<(String, String)>,
 
 #[test]
 fn pid_reused_at_once_is_noticed_and_re_attached() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let (run, all, first_b) = pid_reuse(Some("7e0000000100 100 B_OWN_NAME\n"), "B_OWN_NAME_[j]");
     run.assert_ok();
@@ -567,7 +562,8 @@ fn pid_reused_at_once_is_noticed_and_re_attached() {
 
 #[test]
 fn reused_pid_never_gets_the_old_process_jit_names() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     // B has no map of its own; A's (owned by nobody) is still in /tmp.
     let (run, all, first_b) = pid_reuse(None, "[anon]+0x");
@@ -602,7 +598,8 @@ fn pid_file_refused(file: &Path, needle: &str) {
 
 #[test]
 fn hostile_pid_files_are_refused() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let s = Scratch::new();
     let bin = s.compile("jit_spin", &["jit_spin.c"], &["-O1"]);
     let victim = Proc::start(as_nobody(&mut Command::new(bin)));
@@ -667,7 +664,8 @@ fn follow_comm(name: &str, extra: &[&str]) -> (Run, Vec<(String, String)>) {
 
 #[test]
 fn comm_never_mixes_in_another_users_process() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let bin = s.compile("psvc_hostile", &["jit_spin.c"], &["-O1"]);
@@ -766,7 +764,8 @@ fn container_root(s: &Scratch) -> PathBuf {
 
 #[test]
 fn fifo_over_a_mapped_path_in_a_container_never_blocks() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let root = container_root(&s);
@@ -779,7 +778,8 @@ fn fifo_over_a_mapped_path_in_a_container_never_blocks() {
 
 #[test]
 fn absolute_symlink_in_a_container_resolves_inside_it() {
-    require_root();
+    // Root: an unprivileged target is played against root psample.
+    require!(Need::Root);
     let _g = serial();
     let s = Scratch::new();
     let root = container_root(&s);
@@ -858,7 +858,7 @@ fn closed_or_broken_stderr_and_stdout_keep_the_exit_code() {
 
 #[test]
 fn launched_commands_get_what_the_caller_had() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");

@@ -10,7 +10,7 @@ use support::*;
 /// workload's own clock is the reference that moves with it.)
 #[test]
 fn sleep_and_pipe_waits_split_as_measured() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("off.folded");
@@ -60,7 +60,7 @@ fn sleep_and_pipe_waits_split_as_measured() {
 
 #[test]
 fn wakers_are_joined_offwaketime_style() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("sleep_pipe", &["-s", "10"]);
     let pid = w.pid.to_string();
@@ -107,7 +107,7 @@ fn offcpu_rejects_impossible_filters() {
 /// ends it and the load generator's socket writes that wake the request reader.
 #[test]
 fn fsync_server_under_load_shows_fsync_and_its_wakers() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     assert!(
         std::process::Command::new("wrk")
@@ -209,7 +209,7 @@ fn fsync_server_under_load_shows_fsync_and_its_wakers() {
 /// intervals a second. Switch-ins now come from SWITCH_CPU_WIDE records.
 #[test]
 fn system_wide_sees_the_switch_in_of_every_interval() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     // Each iteration appends a line once its `sleep 0.02` has exited.
     let dir = tempfile::tempdir().unwrap();

@@ -59,7 +59,7 @@ fn go_flat(top: &str) -> BTreeMap<String, u64> {
 }
 
 fn folded_of(path: &Path) -> BTreeMap<String, u64> {
-    psample::diff::load_folded(path)
+    collect::output::input::load_folded(path)
         .expect("psample reads its own pprof")
         .into_iter()
         .collect()
@@ -67,7 +67,7 @@ fn folded_of(path: &Path) -> BTreeMap<String, u64> {
 
 #[test]
 fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "0"]);
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +104,7 @@ fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
     }
     // CPU time is samples × period (1/499 s).
     let period = 1_000_000_000 / 499;
-    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    let p = collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
     assert_eq!(p.period, period);
     let cpu: i64 = p.sample.iter().map(|s| s.value[1]).sum();
     assert_eq!(cpu, samples as i64 * period);
@@ -119,7 +119,7 @@ fn record_pprof_loads_in_go_pprof_with_the_folded_totals() {
 
 #[test]
 fn inline_frames_are_lines_of_one_location() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("inl.pprof");
@@ -133,7 +133,7 @@ fn inline_frames_are_lines_of_one_location() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    let p = collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
     let inlined = p.location.iter().filter(|l| l.line.len() > 1).count();
     assert!(inlined > 0, "no location with inline lines");
     assert!(p.location.iter().any(|l| l.line.iter().any(|x| x.line > 0)));
@@ -150,7 +150,7 @@ fn inline_frames_are_lines_of_one_location() {
 
 #[test]
 fn offcpu_pprof_totals_equal_in_microseconds() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("sleep_pipe", &[]);
     let dir = tempfile::tempdir().unwrap();
@@ -165,7 +165,7 @@ fn offcpu_pprof_totals_equal_in_microseconds() {
     let folded = folded_of(&out);
     let total_us: u64 = folded.values().sum();
     assert!(total_us > 1_000_000, "blocked time {total_us} us");
-    let p = psample::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    let p = collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
     assert_eq!(p.string(p.sample_type[0].ty), "off-cpu");
     assert_eq!(p.string(p.sample_type[0].unit), "microseconds");
     // go prints microseconds as durations; -unit=us keeps it exact.

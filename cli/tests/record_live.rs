@@ -8,7 +8,7 @@ use support::*;
 /// program's call graph, and the same 70/30 split as `perf record -g` on the same run.
 #[test]
 fn fp_stacks_match_the_call_graph_and_perf() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let w = start("cpu_split_fp", &["-t", "2", "-s", "0"]);
     let pid = w.pid.to_string();
@@ -75,7 +75,7 @@ fn fp_stacks_match_the_call_graph_and_perf() {
 /// A syscall-heavy program shows its kernel frames, marked `_[k]`, above its user frames.
 #[test]
 fn syscall_heavy_program_shows_kernel_frames() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     // One CPU-second of work (WL_CPU_SECONDS), however long that takes on this machine.
     let out = run_psample_env(
@@ -126,7 +126,7 @@ fn syscall_heavy_program_shows_kernel_frames() {
 /// flamegraph.pl (one `stack count` per line, `;`-separated, integer count).
 #[test]
 fn svg_and_folded_outputs_are_valid() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("demo.svg");

@@ -49,7 +49,7 @@ fn valid_folded(text: &str) -> std::collections::BTreeMap<String, u64> {
 
 #[test]
 fn stop_signals_drain_write_and_exit_zero() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
@@ -79,7 +79,7 @@ fn stop_signals_drain_write_and_exit_zero() {
 
 #[test]
 fn second_signal_exits_at_once_without_a_partial_file() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
@@ -106,7 +106,7 @@ fn second_signal_exits_at_once_without_a_partial_file() {
 
 #[test]
 fn killed_run_never_leaves_a_half_file_under_the_output_name() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "0"]);
     let pid = w.pid.to_string();
@@ -126,7 +126,7 @@ fn killed_run_never_leaves_a_half_file_under_the_output_name() {
 /// mode), the link stays. (Links another user planted are refused: safety_output.rs.)
 #[test]
 fn own_symlink_at_the_output_path_is_followed_and_kept() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.folded");
@@ -164,7 +164,7 @@ fn own_symlink_at_the_output_path_is_followed_and_kept() {
 
 #[test]
 fn target_exit_stops_and_writes_everything_collected() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // -p: the process exits on its own (SIGTERM ends a workload normally) once psample has
     // sampled 0.5 CPU-seconds of it; psample runs without -d.
@@ -220,7 +220,7 @@ fn target_exit_stops_and_writes_everything_collected() {
 
 #[test]
 fn lost_records_are_counted_and_reported() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // A one-page ring per CPU at 5 kHz with 2 KiB of stack per sample: the ring overflows
     // between drains and the kernel reports LOST records.
@@ -267,7 +267,7 @@ fn lost_records_are_counted_and_reported() {
 /// spins 0.5 CPU-s itself, then execs cpu_split_fp (same pid, new image) which creates 2
 /// more threads and stops after 1 CPU-s.
 fn fork_exec_run(extra: &[&str]) {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // A private copy: other test binaries rebuild target/test-workloads in place, and the
     // exec'd image exits before symbolization, when only the (inode-verified) host file is
@@ -376,7 +376,7 @@ fn forks_execs_and_new_threads_mid_run_are_followed_with_bpf() {
 
 #[test]
 fn deleted_and_replaced_binaries_still_symbolize() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     for replace in [false, true] {
         let dir = tempfile::tempdir().unwrap();

@@ -91,7 +91,7 @@ fn zombie_target_is_no_such_process() {
 
 #[test]
 fn pid_exiting_during_startup_is_an_error_or_a_clean_short_run() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // Targets that live 0–60 ms: psample attaches before, during or after the exit. Every
     // outcome must be a clear error (exit 1) or a complete run (exit 0), never anything else.
@@ -135,6 +135,8 @@ fn pid_exiting_during_startup_is_an_error_or_a_clean_short_run() {
 
 #[test]
 fn permission_denied_names_the_setting_and_the_fix() {
+    // Root, because the test drops to nobody.
+    require!(Need::Root);
     let paranoid: i64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .unwrap()
         .trim()
@@ -144,11 +146,6 @@ fn permission_denied_names_the_setting_and_the_fix() {
         paranoid >= 0,
         "this test needs kernel.perf_event_paranoid >= 0 so that CPU-wide events are refused \
          to unprivileged users (it is {paranoid})"
-    );
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (the test drops to nobody)"
     );
     let (code, err) = run(as_nobody(&mut psample_cmd(&["record", "-a", "-d", "1"])));
     assert_eq!(code, Some(1), "{err}");
@@ -227,7 +224,7 @@ fn unknown_events_and_tracepoints_are_rejected() {
 
 #[test]
 fn frequency_above_the_kernel_maximum_is_clamped_with_a_warning() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let max: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
         .unwrap()
@@ -267,7 +264,7 @@ fn with_nofile(c: &mut Command, soft: u64, hard: u64) -> &mut Command {
 
 #[test]
 fn open_file_limit_is_raised_then_reported_clearly() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // 8 threads × every CPU × 1 event: more than 16 fds, far fewer than 4096.
     let w = start("cpu_split_fp", &["-t", "8", "-s", "60"]);
@@ -303,7 +300,7 @@ fn open_file_limit_is_raised_then_reported_clearly() {
 
 #[test]
 fn small_mlock_limit_shrinks_the_ring_with_a_note() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let paranoid: i64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .unwrap()
@@ -362,7 +359,7 @@ fn small_mlock_limit_shrinks_the_ring_with_a_note() {
 
 #[test]
 fn tracefs_is_mounted_when_missing_and_missing_tracefs_is_explained() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // In a private mount namespace, hide tracefs and debugfs under empty tmpfs mounts. As root
     // psample mounts tracefs itself; as nobody it cannot and must say how to fix it.

@@ -66,7 +66,7 @@ fn is_svg(bytes: &[u8]) -> bool {
 
 #[test]
 fn dev_null_stays_the_null_device() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let before = std::fs::metadata("/dev/null").unwrap();
     assert!(
         before.file_type().is_char_device() && before.rdev() == libc::makedev(1, 3),
@@ -86,7 +86,7 @@ fn dev_null_stays_the_null_device() {
 
 #[test]
 fn dash_and_dev_stdout_write_to_stdout() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let cwd = tempfile::tempdir().unwrap();
     let link_before = std::fs::read_link("/dev/stdout").unwrap();
     for out in ["-", "/dev/stdout"] {
@@ -106,7 +106,7 @@ fn dash_and_dev_stdout_write_to_stdout() {
 
 #[test]
 fn a_fifo_is_streamed_to_and_left_in_place() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("stream.svg");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -129,7 +129,7 @@ fn a_fifo_is_streamed_to_and_left_in_place() {
 
 #[test]
 fn a_replaced_file_keeps_owner_and_mode() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let dir = shared_dir();
     let secret = dir.path().join("secret.svg");
     as_nobody(&format!("umask 077; echo old > {}", secret.display()));
@@ -145,7 +145,7 @@ fn a_replaced_file_keeps_owner_and_mode() {
 
 #[test]
 fn predictable_temporary_names_cannot_block_the_output() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let dir = shared_dir();
     let out = dir.path().join("out.svg");
     // Every temporary name the old scheme (.NAME.PID.N.tmp) could use; psample's pid is the
@@ -169,7 +169,7 @@ fn predictable_temporary_names_cannot_block_the_output() {
 
 #[test]
 fn a_directory_taking_the_name_mid_run_gets_the_profile_saved_beside_it() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let dir = shared_dir();
     let out = dir.path().join("out.svg");
     let script = format!("mkdir {}/out.svg; {SPIN}", dir.path().display());
@@ -190,7 +190,7 @@ fn a_directory_taking_the_name_mid_run_gets_the_profile_saved_beside_it() {
 
 #[test]
 fn a_252_character_output_name_works() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(format!("{}.svg", "n".repeat(248)));
     let o = psample_cmd(&["record", "-o"])
@@ -310,7 +310,7 @@ fn continuous_run(dir: &Path, pid: u32) -> usize {
 
 #[test]
 fn keep_prunes_only_this_targets_files_and_never_planted_ones() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = shared_dir();

@@ -45,7 +45,7 @@ fn launched_identity(extra: &[&str]) -> (String, String) {
 
 #[test]
 fn command_under_sudo_runs_as_the_invoking_user() {
-    require_perf_access();
+    require!(Need::SystemWide);
     assert_eq!(
         unsafe { libc::getuid() },
         0,
@@ -57,7 +57,7 @@ fn command_under_sudo_runs_as_the_invoking_user() {
 
 #[test]
 fn keep_root_keeps_root() {
-    require_perf_access();
+    require!(Need::SystemWide);
     assert_eq!(unsafe { libc::getuid() }, 0, "run as root");
     let _g = serial();
     assert_eq!(
@@ -68,7 +68,7 @@ fn keep_root_keeps_root() {
 
 #[test]
 fn invalid_sudo_variables_are_not_trusted_to_mean_anything_else() {
-    require_perf_access();
+    require!(Need::SystemWide);
     let _g = serial();
     // SUDO_UID=0 or garbage: nothing to drop to; the command runs as the real user (root).
     for (uid, gid) in [("0", "0"), ("abc", "1"), ("", "")] {

@@ -8,33 +8,73 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use clap::Parser;
+use collect::offcpu::{OffCpuOptions, StateFilter};
+use collect::oncpu::{bpf::BpfMode, OnCpuOptions};
+use collect::session::{Quiet, SessionOptions};
+use collect::stack::StackMode;
+use collect::target::{Target, TargetSpec};
 use compat_tests::profile::{self, KernelProfile};
 use compat_tests::workload::Workload;
 use compat_tests::{BlockState, BpfPolicy, EmulatedKernel, Script};
 use perfring::attr::{event_type, flag};
 use perfring::sys::Errno;
-use psample::args::{Cli, Command};
 
 const MS: u64 = 1_000_000;
 
-/// Runs `psample <args…> -p PID -o FILE` against `kernel` and returns the folded output.
-fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, args: &[&str]) -> String {
+/// Which pipeline to run, through the library API as `psample` would.
+enum Run {
+    Record {
+        bpf: BpfMode,
+        mmap_pages: Option<usize>,
+    },
+    Offcpu {
+        wakers: bool,
+    },
+}
+
+/// The options `psample -p PID -d 0.4 -o FILE` gives a session.
+fn session(pid: u32, out: &Path, mmap_pages: Option<usize>) -> SessionOptions {
+    SessionOptions {
+        target: TargetSpec::Fixed(Target::Pids(vec![pid])),
+        continuous: None,
+        duration: Some(std::time::Duration::from_millis(400)),
+        output: Some(out.to_path_buf()),
+        format: None,
+        verbose: false,
+        mmap_pages,
+        stack: StackMode::Fp,
+        keep_root: false,
+        symbols: symbolize::SymbolizeOptions::default(),
+    }
+}
+
+/// Runs `run` for `pid` against `kernel` and returns the folded output.
+fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, run: Run) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.folded");
-    let pid = pid.to_string();
-    let mut argv = vec!["psample"];
-    argv.extend_from_slice(args);
-    argv.extend(["-p", &pid, "-o", out.to_str().unwrap()]);
-    let cli = Cli::try_parse_from(&argv).unwrap();
     let name = kernel.profile().name;
-    let code = match cli.command {
-        Command::Record(a) => psample::record::run_with_kernel(a, kernel.clone()),
-        Command::Offcpu(a) => psample::offcpu::command::run_with_kernel(a, kernel.clone()),
-        Command::Check(_) | Command::Diff(_) | Command::Report(_) => panic!("not a pipeline"),
-    }
-    .unwrap_or_else(|e| panic!("{name}: psample {args:?} failed: {e}"));
-    assert_eq!(code, 0, "{name}");
+    let result = match run {
+        Run::Record { bpf, mmap_pages } => {
+            let opts = OnCpuOptions {
+                session: session(pid, &out, mmap_pages),
+                freq: 99,
+                event: "cpu-clock".into(),
+                bpf,
+            };
+            collect::oncpu::run(&opts, kernel.clone(), &mut Quiet)
+        }
+        Run::Offcpu { wakers } => {
+            let opts = OffCpuOptions {
+                session: session(pid, &out, None),
+                min_us: 1,
+                max_us: None,
+                state: StateFilter::Blocked,
+                wakers,
+            };
+            collect::offcpu::run(&opts, kernel.clone(), &mut Quiet)
+        }
+    };
+    result.unwrap_or_else(|e| panic!("{name}: psample failed: {e}"));
     assert!(
         kernel.script_done(),
         "{name}: the run ended before the script did"
@@ -44,6 +84,13 @@ fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, args: &[&str]) -> String {
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+fn record_run(bpf: BpfMode) -> Run {
+    Run::Record {
+        bpf,
+        mmap_pages: None,
+    }
 }
 
 fn on_cpu_script(w: &Workload) -> Script {
@@ -158,7 +205,7 @@ fn record(p: KernelProfile) {
     let k = kernel_for(p, &w, on_cpu_script);
     // The emulator cannot run BPF programs: the ring-buffer path is what is compared here
     // (BPF fallback is tested in `record_bpf_auto_falls_back`).
-    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4", "--bpf", "never"]);
+    let folded = run_psample(k.clone(), w.pid, record_run(BpfMode::Never));
     assert_eq!(folded, RECORD_EXPECTED, "{}", k.profile().name);
     let d = k.delivery();
     let name = k.profile().name;
@@ -185,7 +232,7 @@ fn record_bpf_auto_falls_back(p: KernelProfile) {
         Errno::ENOTTY
     };
     k.set_bpf_policy(BpfPolicy::Refuse(errno));
-    let folded = run_psample(k.clone(), w.pid, &["record", "-d", "0.4", "--bpf", "auto"]);
+    let folded = run_psample(k.clone(), w.pid, record_run(BpfMode::Auto));
     assert_eq!(folded, RECORD_EXPECTED, "{name}");
     let attaches: Vec<_> = k
         .ioctls()
@@ -204,7 +251,7 @@ fn offcpu(p: KernelProfile) {
     let switch_records = p.knows_flag(flag::CONTEXT_SWITCH);
     let w = Workload::start().expect("workload");
     let k = kernel_for(p, &w, off_cpu_script);
-    let folded = run_psample(k.clone(), w.pid, &["offcpu", "-d", "0.4"]);
+    let folded = run_psample(k.clone(), w.pid, Run::Offcpu { wakers: false });
     assert_eq!(folded, OFFCPU_EXPECTED, "{name}");
     // The same answer by different means: context-switch records from 4.3 (and RHEL 7.9),
     // CPU-wide sched_switch filtered in the kernel before.
@@ -242,7 +289,7 @@ fn offcpu(p: KernelProfile) {
 fn offcpu_wakers(p: KernelProfile) -> String {
     let w = Workload::start().expect("workload");
     let k = kernel_for(p, &w, off_cpu_script);
-    run_psample(k, w.pid, &["offcpu", "--wakers", "-d", "0.4"])
+    run_psample(k, w.pid, Run::Offcpu { wakers: true })
 }
 
 /// The waker's stack follows `--`, root-last, and the waker's comm ends the line.
@@ -315,7 +362,10 @@ fn record_survives_a_full_ring_on_every_kernel() {
         let folded = run_psample(
             k.clone(),
             w.pid,
-            &["record", "-d", "0.4", "--mmap-pages", "1", "--bpf", "never"],
+            Run::Record {
+                bpf: BpfMode::Never,
+                mmap_pages: Some(1),
+            },
         );
         let d = k.delivery();
         assert!(d.lost > 0, "{name}: nothing was lost");
@@ -363,16 +413,18 @@ fn record_all_names_the_idle_task_swapper_on_every_kernel() {
         let k = Arc::new(EmulatedKernel::new(p, s).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("all.folded");
-        let argv = [
-            "psample", "record", "-a", "-d", "0.4", "--bpf", "never", "-o",
-        ];
-        let cli = Cli::try_parse_from(argv.iter().copied().chain([out.to_str().unwrap()])).unwrap();
-        let Command::Record(args) = cli.command else {
-            panic!("not record")
+        // `psample record -a -d 0.4 --bpf never -o FILE`.
+        let opts = OnCpuOptions {
+            session: SessionOptions {
+                target: TargetSpec::Fixed(Target::AllCpus),
+                ..session(0, &out, None)
+            },
+            freq: 99,
+            event: "cpu-clock".into(),
+            bpf: BpfMode::Never,
         };
-        let code = psample::record::run_with_kernel(args, k.clone())
+        collect::oncpu::run(&opts, k.clone(), &mut Quiet)
             .unwrap_or_else(|e| panic!("{name}: record -a failed: {e}"));
-        assert_eq!(code, 0, "{name}");
         assert!(
             k.script_done(),
             "{name}: the run ended before the script did"

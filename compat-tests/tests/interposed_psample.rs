@@ -3,8 +3,9 @@
 //! (`compat_tests::interpose`), compared with the same commands without the interposer, on
 //! workloads whose answer is known by construction (workloads/).
 //!
-//! Needs root (tracepoints, and the interposer reads psample's memory); fails saying so
-//! otherwise. Uses the static release binary that is shipped (`PSAMPLE_BIN` overrides).
+//! Needs root (tracepoints, and the interposer reads psample's memory): skipped with a
+//! message otherwise, failed under `PSAMPLE_REQUIRE_PERF=1`. Uses the static release binary
+//! that is shipped (`PSAMPLE_BIN` overrides).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,22 +14,13 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use compat_tests::interpose::{self, Tally};
 use compat_tests::profile::{self, KernelProfile};
+use test_support::{require, Need};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "these tests run psample on the real kernel under a seccomp supervisor that reads its \
-         memory: run them as root"
-    );
 }
 
 /// The shipped static binary, built once per test run.
@@ -290,7 +282,7 @@ fn expected_record_fallbacks(p: &KernelProfile) -> Vec<&'static str> {
 /// met, not the real kernel's.
 #[test]
 fn each_profile_refuses_what_its_kernel_lacks() {
-    require_root();
+    require!(Need::Root);
     let _one = serial();
     let w = workload("cpu_split_fp");
     let w = w.to_str().unwrap();
@@ -401,7 +393,7 @@ fn split_pair(p: &KernelProfile, args: &[&str], pid: &str) -> (Split, Split) {
 /// rates within what the default ring absorbs under load.
 #[test]
 fn record_split_is_the_same_under_old_kernels() {
-    require_root();
+    require!(Need::Root);
     let _one = serial();
     let modes: [(&str, &str, Vec<&str>); 2] = [
         ("fp", "cpu_split_fp", vec!["record", "-F", "9999"]),
@@ -444,7 +436,7 @@ fn record_split_is_the_same_under_old_kernels() {
 /// hands the caller the fd (flags included): the callchain comes back unlimited, as on RHEL.
 #[test]
 fn fields_an_old_kernel_ignores_have_no_effect() {
-    require_root();
+    require!(Need::Root);
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = dir.path().join("max_stack");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interposed/max_stack.c");
@@ -553,7 +545,7 @@ impl Run {
 /// exits: the second source is exercised whatever the CPU-wide tracepoint does here.
 #[test]
 fn offcpu_blocked_time_under_old_kernels() {
-    require_root();
+    require!(Need::Root);
     let _one = serial();
     let w = workload("sleep_pipe");
     let w = w.to_str().unwrap();

@@ -1,8 +1,10 @@
 //! Records/s for the two sample shapes psample records: frame-pointer callchains
-//! (~20 frames) and DWARF samples (REGS_USER + 16 KiB STACK_USER), parsed alone and
-//! drained through a ring.
+//! (~20 frames) and DWARF samples (REGS_USER + 16 KiB STACK_USER), parsed alone, drained
+//! through a ring, and drained from four rings in time order — by the ordered reader, and by
+//! the batch sort it replaced (copy, parse for the time, sort, parse again), for comparison.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use perfring::order::OrderedReader;
 use perfring::record::{parse_record, Record, SampleFormat};
 use perfring::ring::{HeapRing, PushOutcome, RingBuffer};
 use std::hint::black_box;
@@ -36,7 +38,7 @@ fn push(buf: &mut Vec<u8>, v: u64) {
 fn common(buf: &mut Vec<u8>, i: u64) {
     push(buf, 0x40_1000 + i); // ip
     push(buf, (42u64 << 32) | 42); // pid, tid
-    push(buf, 1_000_000 + i); // time
+    push(buf, 1_000_000 + i * 1000); // time
     push(buf, 1); // cpu, res
     push(buf, 10_000); // period
 }
@@ -83,8 +85,12 @@ fn dwarf_sample(i: u64) -> (Vec<u8>, SampleFormat) {
 /// What a consumer touches per sample: the ip, every callchain entry, the SP register
 /// and the stack length — so the lazily decoded parts are measured too.
 fn consume(bytes: &[u8], fmt: &SampleFormat) -> u64 {
-    match parse_record(bytes, fmt) {
-        Ok(Record::Sample(s)) => {
+    parse_record(bytes, fmt).map_or(0, |r| touch(&r))
+}
+
+fn touch(r: &Record<'_>) -> u64 {
+    match r {
+        Record::Sample(s) => {
             let chain: u64 = s
                 .callchain
                 .map_or(0, |c| c.iter().fold(0, u64::wrapping_add));
@@ -134,5 +140,75 @@ fn bench_parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_parse);
+/// The batch reader the ordered reader replaced: every record copied into an arena and
+/// parsed for its time, the batch sorted, every record parsed again.
+fn batch_sort(rings: &mut [RingBuffer], fmt: &SampleFormat, arena: &mut Vec<u8>) -> u64 {
+    let mut pending: Vec<(u64, usize, usize)> = Vec::new();
+    arena.clear();
+    for r in rings.iter_mut() {
+        r.read_records(|bytes| {
+            let time = match parse_record(bytes, fmt) {
+                Ok(Record::Sample(s)) => s.time.unwrap_or(0),
+                _ => 0,
+            };
+            let start = arena.len();
+            arena.extend_from_slice(bytes);
+            pending.push((time, start, arena.len()));
+        });
+    }
+    pending.sort_by_key(|p| p.0);
+    pending
+        .iter()
+        .fold(0, |acc, p| acc ^ consume(&arena[p.1..p.2], fmt))
+}
+
+fn bench_ordered(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record_order");
+    const RINGS: usize = 4;
+    for (name, make) in [
+        (
+            "callchain_20",
+            callchain_sample as fn(u64) -> (Vec<u8>, SampleFormat),
+        ),
+        ("dwarf_16k", dwarf_sample),
+    ] {
+        // Ring i holds samples i, i + 4, …: every round interleaves all four rings.
+        let samples: Vec<_> = (0..64).map(make).collect();
+        let fmt = samples[0].1;
+        let mut writers: Vec<HeapRing> = (0..RINGS).map(|_| HeapRing::new(1024).unwrap()).collect();
+        let mut rings: Vec<RingBuffer> = writers
+            .iter()
+            .map(|w| RingBuffer::new(w.memory()).unwrap())
+            .collect();
+        let fill = |writers: &mut [HeapRing]| {
+            for (i, (bytes, _)) in samples.iter().enumerate() {
+                assert_eq!(writers[i % RINGS].push_record(bytes), PushOutcome::Written);
+            }
+        };
+        group.throughput(Throughput::Elements(samples.len() as u64));
+        let mut reader = OrderedReader::new(fmt);
+        group.bench_function(format!("ordered/{name}"), |b| {
+            b.iter(|| {
+                fill(&mut writers);
+                for (cpu, r) in rings.iter_mut().enumerate() {
+                    r.read_records(|bytes| reader.push(cpu as u32, bytes));
+                }
+                let mut acc = 0u64;
+                reader.end_round(|o| acc ^= touch(&o.record));
+                reader.finish(|o| acc ^= touch(&o.record));
+                acc
+            })
+        });
+        let mut arena = Vec::new();
+        group.bench_function(format!("batch_sort/{name}"), |b| {
+            b.iter(|| {
+                fill(&mut writers);
+                batch_sort(&mut rings, &fmt, &mut arena)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_ordered);
 criterion_main!(benches);

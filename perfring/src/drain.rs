@@ -6,16 +6,23 @@
 //! its libraries (900 ms for rustc's 150 MB driver library, seen for a waker sample taken on
 //! top of a compiler). The kernel keeps writing meanwhile and drops what does not fit. The
 //! drainer looks at the rings every few milliseconds and copies out every record of a ring
-//! that is past half full — a ring the reader, woken at that mark, has not emptied — into
-//! memory, bounded by a limit; [`RingSet::drain`] hands those records out first, in ring
-//! order. A reader that keeps up never meets the drainer.
+//! that is past half full — a ring the reader, woken at that mark, has not emptied — into a
+//! per-ring chunk of memory; [`RingSet::take`] hands each ring's chunk out first (whole, by
+//! value: [`crate::order::OrderedReader`] keeps it as it is instead of copying it again),
+//! then what is still in the ring. A reader that keeps up never meets the drainer.
+//!
+//! What is held outside the rings is bounded as a whole: the drainer's chunks plus what the
+//! reader reports it still holds ([`RingSet::reader_held`]) stay under the limit, whoever
+//! holds them. Past it the drainer stops copying and the kernel drops records and counts
+//! them, as without a drainer: a target that makes psample fall behind for good (a flood of
+//! mappings) costs lost records, not memory.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::record::RecordHeader;
 use crate::ring::RingBuffer;
 
 /// How often the drainer looks at the rings.
@@ -27,70 +34,119 @@ pub(crate) struct CpuRing {
     pub ring: RingBuffer,
     /// Index into the session's events of the event whose fd owns the mapping.
     pub owner: usize,
+    /// Whole records the drainer copied out of `ring`, in ring order, not handed out yet.
+    spill: Vec<u8>,
 }
 
-/// Records the drainer copied out, oldest first.
-#[derive(Default)]
-struct Spill {
-    bytes: Vec<u8>,
-    records: Vec<(u32, Range<usize>)>,
-    /// Most bytes ever held at once, for the session's notes.
-    peak: usize,
+impl CpuRing {
+    pub fn new(cpu: u32, ring: RingBuffer, owner: usize) -> Self {
+        CpuRing {
+            cpu,
+            ring,
+            owner,
+            spill: Vec::new(),
+        }
+    }
+}
+
+/// What [`RingSet::take`] hands out of one ring.
+pub enum Taken<'a> {
+    /// Whole records the drainer copied out earlier, back to back, in ring order (split them
+    /// with [`records_in`]).
+    Chunk(Vec<u8>),
+    /// One record still in the ring (valid during the call only).
+    Record(&'a [u8]),
 }
 
 /// Every ring of a session, and what the drainer took out of them.
 #[derive(Default)]
 pub(crate) struct RingSet {
     pub list: Vec<CpuRing>,
-    spill: Spill,
+    /// Bytes in the rings' spill chunks.
+    spilled: usize,
+    /// Bytes of records the reader took out and still holds, as it last said.
+    reader_held: usize,
+    /// Most bytes the drainer held at once, for the session's notes.
+    peak: usize,
 }
 
 impl RingSet {
-    /// Hand every pending record to `f(cpu, bytes)`: first the drained ones, then what is in
-    /// the rings. Returns the number of records.
-    pub fn drain(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
-        let mut n = self.spill.records.len();
-        for (cpu, range) in self.spill.records.drain(..) {
-            f(cpu, &self.spill.bytes[range]);
-        }
-        self.spill.bytes.clear();
-        // A burst may have grown it far beyond what steady reading needs.
-        if self.spill.bytes.capacity() > 16 << 20 {
-            self.spill.bytes = Vec::new();
-        }
+    /// Hand every pending record to `f(cpu, taken)`, ring by ring: first the ring's spill
+    /// chunk (if the drainer copied any), then each record still in it. Returns the number of
+    /// records.
+    pub fn take(&mut self, mut f: impl FnMut(u32, Taken<'_>)) -> usize {
+        let mut n = 0;
         for r in &mut self.list {
             let cpu = r.cpu;
-            n += r.ring.read_records(|bytes| f(cpu, bytes));
+            if !r.spill.is_empty() {
+                let chunk = std::mem::take(&mut r.spill);
+                self.spilled -= chunk.len();
+                n += records_in(&chunk).count();
+                f(cpu, Taken::Chunk(chunk));
+            }
+            n += r.ring.read_records(|bytes| f(cpu, Taken::Record(bytes)));
         }
         n
     }
 
+    /// Hand every pending record to `f(cpu, bytes)`, in each ring's order (the drainer's
+    /// copies first). Returns the number of records.
+    pub fn drain(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
+        self.take(|cpu, taken| match taken {
+            Taken::Chunk(chunk) => records_in(&chunk).for_each(|r| f(cpu, r)),
+            Taken::Record(bytes) => f(cpu, bytes),
+        })
+    }
+
+    /// The reader still holds `bytes` of records it took out: they count against the
+    /// drainer's limit.
+    pub fn reader_held(&mut self, bytes: usize) {
+        self.reader_held = bytes;
+    }
+
     pub fn has_data(&self) -> bool {
-        !self.spill.records.is_empty() || self.list.iter().any(|r| r.ring.has_data())
+        self.spilled > 0 || self.list.iter().any(|r| r.ring.has_data())
     }
 
     /// Most bytes the drainer held at once.
     pub fn spill_peak(&self) -> usize {
-        self.spill.peak
+        self.peak
     }
 
-    /// Copy out the rings past half full, while the copies stay under `limit` bytes (past
-    /// it, the kernel drops records and counts them, as without a drainer).
+    /// Copy out the rings past half full, while what is held outside the rings (the
+    /// copies and what the reader holds) stays under `limit` bytes; past it, the kernel
+    /// drops records and counts them, as without a drainer.
     fn spill_full_rings(&mut self, limit: usize) {
-        let spill = &mut self.spill;
         for r in &mut self.list {
-            if spill.bytes.len() >= limit || r.ring.pending() < r.ring.data_size() / 2 {
+            let held = self.spilled + self.reader_held;
+            let pending = r.ring.pending();
+            // A chunk stays addressable with 32-bit offsets (the ordered reader's entries).
+            let fits = r.spill.len() as u64 + pending <= u64::from(u32::MAX);
+            if held >= limit || pending < r.ring.data_size() / 2 || !fits {
                 continue;
             }
-            let cpu = r.cpu;
-            r.ring.read_records(|bytes| {
-                let start = spill.bytes.len();
-                spill.bytes.extend_from_slice(bytes);
-                spill.records.push((cpu, start..spill.bytes.len()));
-            });
-            spill.peak = spill.peak.max(spill.bytes.len());
+            let before = r.spill.len();
+            let spill = &mut r.spill;
+            r.ring.read_records(|bytes| spill.extend_from_slice(bytes));
+            self.spilled += r.spill.len() - before;
+            self.peak = self.peak.max(self.spilled);
         }
     }
+}
+
+/// The records of a chunk [`RingSet::take`] handed out, in order. Stops at a header that
+/// does not fit (never the case for a chunk of whole records as the drainer copies them).
+pub fn records_in(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = chunk;
+    std::iter::from_fn(move || {
+        let size = RecordHeader::parse(rest).ok()?.size as usize;
+        if size < RecordHeader::SIZE || size > rest.len() {
+            return None;
+        }
+        let (record, tail) = rest.split_at(size);
+        rest = tail;
+        Some(record)
+    })
 }
 
 pub(crate) type SharedRings = Arc<Mutex<RingSet>>;
@@ -155,12 +211,8 @@ mod tests {
         let heap = HeapRing::with_layout(4096, 1, false).unwrap();
         let ring = RingBuffer::new(heap.memory()).unwrap();
         let set = Arc::new(Mutex::new(RingSet {
-            list: vec![CpuRing {
-                cpu,
-                ring,
-                owner: 0,
-            }],
-            spill: Spill::default(),
+            list: vec![CpuRing::new(cpu, ring, 0)],
+            ..RingSet::default()
         }));
         (heap, set)
     }
@@ -186,6 +238,29 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(lock(&set).list[0].ring.stats().lost_records, 0);
         assert!(lock(&set).spill_peak() > 0);
+        assert!(!lock(&set).has_data());
+    }
+
+    #[test]
+    fn the_copies_are_handed_out_whole_before_the_ring() {
+        let (mut heap, set) = one_ring(1);
+        for i in 0..200u32 {
+            assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
+        }
+        lock(&set).spill_full_rings(1 << 20);
+        for i in 200..210u32 {
+            assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
+        }
+        let (mut chunks, mut records) = (Vec::new(), Vec::new());
+        let n = lock(&set).take(|cpu, taken| match taken {
+            Taken::Chunk(c) => chunks.push((cpu, c)),
+            Taken::Record(r) => records.push(r[15]),
+        });
+        assert_eq!(n, 210);
+        assert_eq!(chunks.len(), 1);
+        let tags: Vec<u8> = records_in(&chunks[0].1).map(|r| r[15]).collect();
+        assert_eq!(tags, (0..200u32).map(|i| i as u8).collect::<Vec<_>>());
+        assert_eq!(records, (200..210u32).map(|i| i as u8).collect::<Vec<_>>());
     }
 
     #[test]
@@ -200,8 +275,22 @@ mod tests {
         }
         // Over the limit: the second batch stays in the ring (the kernel drops what follows).
         lock(&set).spill_full_rings(1);
-        assert_eq!(lock(&set).spill.records.len(), 200);
+        assert_eq!(lock(&set).spilled, 200 * 16);
         assert_eq!(lock(&set).list[0].ring.pending(), 200 * 16);
+    }
+
+    #[test]
+    fn what_the_reader_holds_counts_against_the_limit() {
+        let (mut heap, set) = one_ring(0);
+        for i in 0..200u32 {
+            assert_eq!(heap.push_record(&record(i as u8)), PushOutcome::Written);
+        }
+        lock(&set).reader_held(1 << 20);
+        lock(&set).spill_full_rings(1 << 20);
+        assert_eq!(lock(&set).spilled, 0);
+        lock(&set).reader_held(0);
+        lock(&set).spill_full_rings(1 << 20);
+        assert_eq!(lock(&set).spilled, 200 * 16);
     }
 
     #[test]
@@ -217,5 +306,16 @@ mod tests {
         }
         drop(drainer);
         assert_eq!(lock(&set).spill_peak(), 0);
+    }
+
+    #[test]
+    fn a_chunk_splits_into_its_records_and_stops_at_garbage() {
+        let mut chunk = [record(1), record(2)].concat();
+        assert_eq!(records_in(&chunk).count(), 2);
+        chunk.extend_from_slice(&[0u8; 5]);
+        assert_eq!(records_in(&chunk).count(), 2);
+        chunk.truncate(16);
+        chunk[6..8].copy_from_slice(&64u16.to_ne_bytes());
+        assert_eq!(records_in(&chunk).count(), 0);
     }
 }

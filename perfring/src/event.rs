@@ -24,24 +24,49 @@ use crate::sys::{Errno, Ioctl, Kernel};
 /// Errors from building or reading a session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// perf_event_open refused, even after the ladder's fallbacks.
     #[error("{0}")]
     Open(#[from] OpenError),
     #[error("mapping the ring buffer for CPU {cpu} failed even at {pages} pages: {errno} ({}). \
              Raise the limit with `sysctl kernel.perf_event_mlock_kb=2048` or `ulimit -l`",
              errno.desc())]
+    /// The ring could not be mapped, even shrunk.
     Mmap {
+        /// The ring's CPU.
         cpu: u32,
+        /// The smallest size tried, in data pages.
         pages: usize,
+        /// Why.
         errno: Errno,
     },
+    /// PERF_EVENT_IOC_SET_OUTPUT refused.
     #[error("redirecting an event into CPU {cpu}'s ring failed: {errno} ({})", errno.desc())]
-    SetOutput { cpu: u32, errno: Errno },
+    SetOutput {
+        /// The ring's CPU.
+        cpu: u32,
+        /// Why.
+        errno: Errno,
+    },
+    /// The mapped ring's header is unusable.
     #[error("the kernel's ring header for CPU {cpu} is invalid: {detail}")]
-    Ring { cpu: u32, detail: String },
+    Ring {
+        /// The ring's CPU.
+        cpu: u32,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An event with a different record layout than the session's first.
     #[error("events in one session must share a sample layout (event {0} differs)")]
     MixedLayout(String),
+    /// An ioctl on the events failed.
     #[error("ioctl {what} failed: {errno} ({})", errno.desc())]
-    Ioctl { what: &'static str, errno: Errno },
+    Ioctl {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        errno: Errno,
+    },
+    /// poll(2) failed.
     #[error("poll failed: {0}")]
     Poll(Errno),
 }
@@ -52,7 +77,9 @@ const READ_FORMAT_ID: u64 = 1 << 2;
 /// One kind of event in the session (e.g. "cpu-clock", "sched:sched_switch").
 #[derive(Debug, Clone)]
 pub struct EventSpec {
+    /// Its name, for messages.
     pub name: String,
+    /// Its attr, as the ladder leaves it.
     pub attr: RawAttr,
 }
 
@@ -67,6 +94,7 @@ struct OpenEvent {
 /// All open events of one recording and their per-CPU rings.
 pub struct Session {
     kernel: Arc<dyn Kernel>,
+    /// What the kernel accepted and refused so far.
     pub ladder: Ladder,
     specs: Vec<EventSpec>,
     events: Vec<OpenEvent>,
@@ -97,6 +125,7 @@ impl Session {
         }
     }
 
+    /// The kernel the session talks to.
     pub fn kernel(&self) -> &Arc<dyn Kernel> {
         &self.kernel
     }
@@ -113,6 +142,7 @@ impl Session {
         self.specs.len() - 1
     }
 
+    /// The spec registered as `index`.
     pub fn spec(&self, index: usize) -> &EventSpec {
         &self.specs[index]
     }
@@ -133,12 +163,23 @@ impl Session {
         self.ids.clone()
     }
 
+    /// Events open.
     pub fn event_count(&self) -> usize {
         self.events.len()
     }
 
+    /// Rings mapped (one per CPU).
     pub fn ring_count(&self) -> usize {
         drain::lock(&self.rings).list.len()
+    }
+
+    /// The CPU of every ring, in the order [`Session::drain`] reads them.
+    pub fn ring_cpus(&self) -> Vec<u32> {
+        drain::lock(&self.rings)
+            .list
+            .iter()
+            .map(|r| r.cpu)
+            .collect()
     }
 
     /// Open `spec` for `pid`/`tid` (-1 for any task) on `cpu`, walking the ladder, and route it
@@ -267,11 +308,9 @@ impl Session {
             self.ladder
                 .set_support(Feature::RingDataOffset, Support::Yes);
         }
-        drain::lock(&self.rings).list.push(CpuRing {
-            cpu,
-            ring,
-            owner: index,
-        });
+        drain::lock(&self.rings)
+            .list
+            .push(CpuRing::new(cpu, ring, index));
         Ok(())
     }
 
@@ -365,15 +404,38 @@ impl Session {
         drain::lock(&self.rings).drain(f)
     }
 
+    /// As [`Session::drain`], but the background drainer's copies of a ring come as one
+    /// chunk, by value, for a reader that keeps records anyway (the ordered reader).
+    pub(crate) fn take(&mut self, f: impl FnMut(u32, drain::Taken<'_>)) -> usize {
+        drain::lock(&self.rings).take(f)
+    }
+
+    /// The reader still holds `bytes` of records it took out of the rings: the background
+    /// drainer's limit counts them (see [`Session::drain_in_background`]).
+    pub(crate) fn reader_holds(&self, bytes: usize) {
+        drain::lock(&self.rings).reader_held(bytes);
+    }
+
     /// From now on, a background thread copies out every record of a ring the reader has
-    /// left past half full, into memory bounded by `limit_bytes`, so a reader held up by slow
-    /// work (the first DWARF unwind in a large binary) loses nothing. Does nothing on kernels
-    /// whose rings fill only while they are polled (emulated ones).
+    /// left past half full, so a reader held up by slow work (the first DWARF unwind in a
+    /// large binary) loses nothing. What is held outside the rings — the copies and what the
+    /// ordered reader still holds — stays under `limit_bytes`. Does nothing on kernels whose
+    /// rings fill only while they are polled (emulated ones).
     pub fn drain_in_background(&mut self, limit_bytes: usize) -> Result<(), std::io::Error> {
         if self.drainer.is_none() && self.kernel.rings_fill_unpolled() {
             self.drainer = Some(Drainer::start(self.rings.clone(), limit_bytes)?);
         }
         Ok(())
+    }
+
+    /// Data bytes of every ring mapped, together (what the kernel can buffer before the
+    /// reader or the drainer must step in).
+    pub fn ring_bytes(&self) -> usize {
+        drain::lock(&self.rings)
+            .list
+            .iter()
+            .map(|r| r.ring.data_size() as usize)
+            .sum()
     }
 
     /// Most bytes the background drainer held at once (0 when the reader kept up).

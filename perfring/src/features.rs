@@ -29,7 +29,7 @@ pub enum Feature {
     /// attr.use_clockid (4.1); fallback: perf's default clock.
     UseClockid,
     /// attr.context_switch (4.3); fallback: CPU-wide sched_switch events and per-task
-    /// syscall exits (see psample's offcpu::legacy).
+    /// syscall exits (see collect's offcpu::legacy).
     ContextSwitch,
     /// attr.sample_max_stack (4.8); fallback: the kernel's default depth (127).
     SampleMaxStack,
@@ -46,6 +46,7 @@ pub enum Feature {
 }
 
 impl Feature {
+    /// Every feature, in probe order.
     pub const ALL: [Feature; 13] = [
         Feature::Cloexec,
         Feature::SampleIdAll,
@@ -75,6 +76,7 @@ impl Feature {
         Feature::SampleIdAll,
     ];
 
+    /// Its name, as `psample check` prints it.
     pub fn name(self) -> &'static str {
         match self {
             Feature::Cloexec => "PERF_FLAG_FD_CLOEXEC",
@@ -179,19 +181,25 @@ impl fmt::Display for Feature {
 /// What we know about one feature on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Support {
+    /// Not tried yet.
     #[default]
     Unknown,
+    /// Accepted.
     Yes,
+    /// Refused: the fallback is used.
     No,
 }
 
 /// Why an open failed after the ladder was exhausted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenError {
+    /// The refusal.
     pub errno: Errno,
     /// The attr as last tried (boxed: it is large and errors travel far).
     pub attr: Box<RawAttr>,
+    /// The task it was opened for (-1: any).
     pub pid: i32,
+    /// The CPU (-1: any).
     pub cpu: i32,
 }
 
@@ -227,6 +235,7 @@ fn index(f: Feature) -> usize {
 }
 
 impl Ladder {
+    /// Nothing known yet.
     pub fn new() -> Self {
         Ladder {
             allow_user_only: true,
@@ -234,10 +243,12 @@ impl Ladder {
         }
     }
 
+    /// What is known of `f`.
     pub fn support(&self, f: Feature) -> Support {
         self.status[index(f)]
     }
 
+    /// Record what was learned of `f`.
     pub fn set_support(&mut self, f: Feature, s: Support) {
         self.status[index(f)] = s;
     }

@@ -12,18 +12,24 @@
 //!   one ring per CPU with `PERF_EVENT_IOC_SET_OUTPUT`; `drain` empties those rings on a
 //!   background thread when the reader falls behind;
 //! - [`ring`]: the mmap'd ring buffer reader (acquire/release on head/tail, wrapped records);
-//! - [`record`]: the zero-copy parser for every record type a sampler meets;
+//! - [`record`]: the zero-copy parser for every record type a sampler meets, and the
+//!   callchain convention;
+//! - [`order`]: the rings of a session merged into one stream in time order;
 //! - [`tracepoint`]: tracefs/debugfs discovery and tracepoint `format` file parsing;
 //! - [`bpf`]: the optional in-kernel stack aggregation (bpf(2), a tiny assembler).
 //!
 //! Data read from the kernel is treated as untrusted: malformed input yields an error
 //! value, never a panic or an out-of-bounds read.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod attr;
 pub mod bpf;
 mod drain;
 pub mod event;
 pub mod features;
+pub mod order;
 pub mod probe;
 pub mod record;
 pub mod ring;

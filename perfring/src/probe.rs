@@ -14,6 +14,7 @@ use crate::sys::{open_flag, Errno, Ioctl, Kernel};
 /// The answer to one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
+    /// Accepted.
     Yes,
     /// Refused as unknown/unsupported (the feature is missing).
     No(Errno),
@@ -22,6 +23,7 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// Whether the answer is yes.
     pub fn is_yes(self) -> bool {
         self == Probe::Yes
     }

@@ -40,7 +40,9 @@ pub unsafe trait RingMemory: Send {
     fn as_ptr(&self) -> *mut u8;
     /// Total mapped bytes (header page + data).
     fn len(&self) -> usize;
+    /// The page size of the mapping.
     fn page_size(&self) -> usize;
+    /// Whether nothing is mapped.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -49,12 +51,27 @@ pub unsafe trait RingMemory: Send {
 /// Why a mapping cannot be used as a ring.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
+    /// Smaller than a header page plus data.
     #[error("ring mapping of {len} bytes is too small (page size {page_size})")]
-    TooSmall { len: usize, page_size: usize },
+    TooSmall {
+        /// Bytes mapped.
+        len: usize,
+        /// The page size.
+        page_size: usize,
+    },
+    /// Not 8-byte aligned.
     #[error("ring mapping is not 8-byte aligned")]
     Misaligned,
+    /// The header's data area does not fit, or is not a power of two.
     #[error("ring data area (offset {offset}, size {size}) is not a power of two inside the {len}-byte mapping")]
-    BadDataArea { offset: u64, size: u64, len: usize },
+    BadDataArea {
+        /// `data_offset`.
+        offset: u64,
+        /// `data_size`.
+        size: u64,
+        /// Bytes mapped.
+        len: usize,
+    },
 }
 
 /// Loss and damage counters accumulated by a [`RingBuffer`].
@@ -108,6 +125,7 @@ unsafe fn atomic_at<'m>(base: *mut u8, offset: usize) -> &'m AtomicU64 {
 }
 
 impl RingBuffer {
+    /// A reader of `mem`, checking the header describes a usable data area.
     pub fn new(mem: Box<dyn RingMemory>) -> Result<RingBuffer, RingError> {
         let (base, len, page_size) = (mem.as_ptr(), mem.len(), mem.page_size());
         if base.is_null() || base as usize % 8 != 0 {
@@ -116,8 +134,9 @@ impl RingBuffer {
         if len < page::MIN_HEADER || page_size < page::MIN_HEADER || len <= page_size {
             return Err(RingError::TooSmall { len, page_size });
         }
-        // SAFETY (all atomic_at here): base is 8-aligned and len >= MIN_HEADER, checked above.
+        // SAFETY: base is 8-aligned and len >= MIN_HEADER, checked above.
         let mut offset = unsafe { atomic_at(base, page::DATA_OFFSET) }.load(Ordering::Relaxed);
+        // SAFETY: as above.
         let mut size = unsafe { atomic_at(base, page::DATA_SIZE) }.load(Ordering::Relaxed);
         let legacy_header = offset == 0 && size == 0;
         if legacy_header {
@@ -132,6 +151,7 @@ impl RingBuffer {
         if !fits || !size.is_power_of_two() || size < 8 {
             return Err(RingError::BadDataArea { offset, size, len });
         }
+        // SAFETY: base is 8-aligned and len >= MIN_HEADER, checked above.
         let tail = unsafe { atomic_at(base, page::DATA_TAIL) }.load(Ordering::Relaxed);
         Ok(RingBuffer {
             // SAFETY: offset + size <= len was checked above.
@@ -184,6 +204,7 @@ impl RingBuffer {
             .wrapping_sub(self.tail)
     }
 
+    /// Loss and damage counted so far.
     pub fn stats(&self) -> RingStats {
         self.stats
     }
@@ -320,6 +341,7 @@ struct HeapAlloc {
 // SAFETY: the allocation is plain memory; concurrent access follows the ring protocol
 // (raw-pointer writes to free space, atomics for head/tail).
 unsafe impl Send for HeapAlloc {}
+// SAFETY: as for Send: shared access goes through raw pointers and atomics only.
 unsafe impl Sync for HeapAlloc {}
 
 impl Drop for HeapAlloc {
@@ -349,6 +371,7 @@ unsafe impl RingMemory for SharedHeap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum PushOutcome {
+    /// Written.
     Written,
     /// No room: counted as lost, reported by a PERF_RECORD_LOST before the next record
     /// that fits (as the kernel does).
@@ -442,6 +465,7 @@ impl HeapRing {
         Box::new(SharedHeap(Arc::clone(&self.mem)))
     }
 
+    /// Bytes of the data area.
     pub fn data_size(&self) -> u64 {
         self.data_size
     }
@@ -458,10 +482,12 @@ impl HeapRing {
         self.lost
     }
 
+    /// The producer position.
     pub fn head(&self) -> u64 {
         self.head
     }
 
+    /// The consumer position.
     pub fn tail(&self) -> u64 {
         self.word(page::DATA_TAIL).load(Ordering::Acquire)
     }

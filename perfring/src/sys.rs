@@ -17,23 +17,32 @@ use crate::ring::RingMemory;
 
 /// `perf_event_open` flags.
 pub mod open_flag {
+    /// PERF_FLAG_FD_NO_GROUP.
     pub const FD_NO_GROUP: u64 = 1 << 0;
+    /// PERF_FLAG_FD_OUTPUT.
     pub const FD_OUTPUT: u64 = 1 << 1;
+    /// PERF_FLAG_PID_CGROUP.
     pub const PID_CGROUP: u64 = 1 << 2;
+    /// PERF_FLAG_FD_CLOEXEC (3.14).
     pub const FD_CLOEXEC: u64 = 1 << 3;
 }
 
 /// The perf ioctls psample uses.
 #[derive(Debug)]
 pub enum Ioctl<'a> {
+    /// PERF_EVENT_IOC_ENABLE.
     Enable,
+    /// PERF_EVENT_IOC_DISABLE.
     Disable,
     /// Redirect this event's records into `fd`'s ring (same CPU required).
     SetOutput(BorrowedFd<'a>),
+    /// PERF_EVENT_IOC_SET_FILTER (tracepoint filter).
     SetFilter(&'a str),
     /// PERF_EVENT_IOC_ID (3.12+): the id that appears in samples.
     Id,
+    /// PERF_EVENT_IOC_SET_BPF (4.1).
     SetBpf(BorrowedFd<'a>),
+    /// PERF_EVENT_IOC_PAUSE_OUTPUT (4.7).
     PauseOutput(bool),
 }
 
@@ -61,13 +70,16 @@ pub trait Kernel: Send + Sync {
         data_pages: usize,
     ) -> Result<Box<dyn RingMemory>, Errno>;
 
+    /// Read a (small) file, e.g. in procfs or tracefs.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
 
+    /// Whether a path exists.
     fn file_exists(&self, path: &Path) -> bool;
 
     /// `mount -t tracefs nodev TARGET` (falls back to debugfs when tracefs is unknown).
     fn mount_tracefs(&self, target: &Path) -> io::Result<()>;
 
+    /// The page size.
     fn page_size(&self) -> usize;
 
     /// poll(2) on event fds. Emulated kernels override it to produce the records that the

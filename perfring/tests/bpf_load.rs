@@ -10,12 +10,6 @@ use perf_event_open_sys as sys;
 use perfring::bpf::{probe, BpfError, StackCounter, StackCounterOptions};
 use support::thread_cpu;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root for bpf(2); run it as root");
-}
-
 fn load(opts: &StackCounterOptions) -> StackCounter {
     StackCounter::load(opts).unwrap_or_else(|e| panic!("load failed: {e}"))
 }
@@ -51,13 +45,13 @@ fn own_thread_event(period_ns: u64) -> OwnedFd {
 
 #[test]
 fn probe_succeeds_here() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     probe().unwrap_or_else(|e| panic!("probe failed on a kernel with BPF: {e}"));
 }
 
 #[test]
 fn verifier_log_only_on_request() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let quiet = load(&StackCounterOptions::default());
     assert_eq!(quiet.verifier_log(), "");
 
@@ -74,7 +68,7 @@ fn verifier_log_only_on_request() {
 
 #[test]
 fn absurd_sizes_fail_with_a_clear_error() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let err = StackCounter::load(&StackCounterOptions {
         max_entries: 0,
         ..Default::default()
@@ -98,7 +92,7 @@ fn absurd_sizes_fail_with_a_clear_error() {
 
 #[test]
 fn attach_refusals_are_reported() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let counter = load(&StackCounterOptions::default());
     let not_perf = std::fs::File::open("/dev/null").expect("open /dev/null");
     let err = counter
@@ -118,7 +112,7 @@ fn attach_refusals_are_reported() {
 /// the ring (there is none here — the event would simply be counted).
 #[test]
 fn counts_own_thread_without_stacks() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let mut counter = load(&StackCounterOptions {
         user_stacks: false,
         kernel_stacks: false,
@@ -159,7 +153,7 @@ fn counts_own_thread_without_stacks() {
 /// samples are handed to the ring (spilled), and counted as such.
 #[test]
 fn full_count_map_is_reported() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let mut counter = load(&StackCounterOptions {
         max_entries: 1,
         ..Default::default()

@@ -1,7 +1,7 @@
 //! End-to-end: the off-CPU tracepoint programs attached to this kernel's `sched_switch`,
 //! `sched_waking` and `sched_process_fork`, on a C child that alternates a 4 ms nanosleep
-//! with a pipe read its own forked child answers after 2 ms. Needs root; fails loudly
-//! without.
+//! with a pipe read its own forked child answers after 2 ms. Needs root (skipped
+//! without, failing under `PSAMPLE_REQUIRE_PERF=1`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -67,15 +67,6 @@ int main(int argc, char **argv) {
 "#;
 
 const ITERATIONS: u64 = 150;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root for bpf(2) and perf_event_open"
-    );
-}
 
 fn build_child() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -340,7 +331,7 @@ impl Run {
 
 #[test]
 fn blocked_time_wakers_and_children_are_counted_in_the_kernel() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let r = run(4096);
     let counters = r.bpf.counters().expect("counters");
     eprintln!(
@@ -389,7 +380,7 @@ fn blocked_time_wakers_and_children_are_counted_in_the_kernel() {
 /// every spilled interval finds its stacks.
 #[test]
 fn stacks_that_do_not_fit_go_to_the_ring() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let r = run(1);
     let counters = r.bpf.counters().expect("counters");
     let (blocked, intervals, woken) = r.totals("psblocked", "pswaker");

@@ -280,8 +280,7 @@ fn run(exe: &Path, mode: Mode, freq: u64, threads: u32, iters: u64) -> Outcome {
 #[test]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 fn bpf_versus_ring_cpu_cost() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    test_support::require!(test_support::Need::Root);
     let exe = build_child();
     let iters: u64 = std::env::var("PSAMPLE_BENCH_ITERS")
         .ok()

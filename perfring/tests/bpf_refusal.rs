@@ -99,14 +99,9 @@ fn on_restricted_thread<T: Send + 'static>(
     .expect("restricted thread panicked")
 }
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for bpf(2)");
-}
-
 #[test]
 fn kernel_without_bpf_syscall() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let err = on_restricted_thread(libc::SYS_bpf, None, Errno::ENOSYS, || {
         probe().expect_err("bpf(2) is refused")
     });
@@ -120,7 +115,7 @@ fn kernel_without_bpf_syscall() {
 
 #[test]
 fn bpf_locked_down() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let err = on_restricted_thread(libc::SYS_bpf, None, Errno::EPERM, || {
         StackCounter::load(&StackCounterOptions::default()).expect_err("bpf(2) is refused")
     });
@@ -130,7 +125,7 @@ fn bpf_locked_down() {
 
 #[test]
 fn kernel_without_set_bpf() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let err = on_restricted_thread(
         libc::SYS_ioctl,
         Some((1, sys::bindings::SET_BPF)),
@@ -182,7 +177,7 @@ fn kernel_without_set_bpf() {
 /// EINVAL with an empty verifier log, while maps still work.
 #[test]
 fn kernel_without_perf_event_programs() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     const PROG_LOAD: u32 = 5;
     let err = on_restricted_thread(libc::SYS_bpf, Some((0, PROG_LOAD)), Errno::EINVAL, || {
         probe().expect_err("program type refused")

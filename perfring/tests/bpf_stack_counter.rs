@@ -39,15 +39,6 @@ int main(void) {
 }
 "#;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root for bpf(2) and perf_event_open; run it as root"
-    );
-}
-
 fn build_child() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf_stack_counter");
     fs::create_dir_all(&dir).expect("create tmp dir");
@@ -208,7 +199,7 @@ fn read_counter(fd: &OwnedFd) -> u64 {
 
 #[test]
 fn counts_frame_pointer_stacks_of_a_busy_child() {
-    require_root();
+    test_support::require!(test_support::Need::Root);
     let exe = build_child();
     let mut child = KillOnDrop(
         Command::new(&exe)

@@ -59,6 +59,22 @@ fn perf_name(rt: u32, rec: Option<&Record<'_>>) -> String {
     name.to_string()
 }
 
+/// A parsed record's time as the parser reports it; `None` for types it does not decode.
+fn time_of_parsed(r: &Record<'_>) -> Option<Option<u64>> {
+    Some(match r {
+        Record::Sample(s) => s.time,
+        Record::Mmap(m) => m.sample_id.time,
+        Record::Comm(c) => c.sample_id.time,
+        Record::Fork(f) | Record::Exit(f) => Some(f.time),
+        Record::Lost(l) => l.sample_id.time,
+        Record::LostSamples(l) => l.sample_id.time,
+        Record::Throttle(t) | Record::Unthrottle(t) => Some(t.time),
+        Record::Switch(s) => s.sample_id.time,
+        Record::SwitchCpuWide(s) => s.sample_id.time,
+        Record::Unknown { .. } => return None,
+    })
+}
+
 struct Outcome {
     counts: BTreeMap<String, u64>,
     /// Samples per attr index, found through sample.id and the attrs' id lists.
@@ -117,6 +133,10 @@ fn parse_fixture(name: &str) -> Outcome {
         let fmt = common_format(&attrs);
         match parse_record(bytes, &fmt) {
             Ok(rec) => {
+                // The ordered reader reads times without parsing: it must agree.
+                if let Some(parsed) = time_of_parsed(&rec) {
+                    assert_eq!(fmt.time_of(bytes), parsed, "{name}: {rec:?}");
+                }
                 if let Record::Sample(s) = &rec {
                     if let Some(id) = s.id {
                         let idx = attrs

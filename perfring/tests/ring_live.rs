@@ -144,6 +144,7 @@ const STACK_USER: u64 = b::PERF_SAMPLE_STACK_USER as u64;
 
 #[test]
 fn live_callchain_samples_and_side_records() {
+    test_support::require!(test_support::Need::Perf);
     let mut attr = task_clock(
         IDENTIFIER | IP | TID | TIME | CPU | PERIOD | CALLCHAIN,
         100_000,
@@ -212,6 +213,7 @@ fn live_callchain_samples_and_side_records() {
 
 #[test]
 fn live_dwarf_samples_regs_and_stack() {
+    test_support::require!(test_support::Need::Perf);
     const STACK: u32 = 8192;
     let mut attr = task_clock(IP | TID | TIME | REGS_USER | STACK_USER, 200_000);
     attr.sample_regs_user = 0xff0fff;
@@ -247,6 +249,7 @@ fn live_dwarf_samples_regs_and_stack() {
 
 #[test]
 fn live_small_ring_wraps_and_reports_lost() {
+    test_support::require!(test_support::Need::Perf);
     // One data page, 20 kHz samples and a reader that falls behind: records wrap, the
     // kernel drops some and says so with PERF_RECORD_LOST once space is back.
     let attr = task_clock(IP | TID | TIME | CALLCHAIN, 50_000);

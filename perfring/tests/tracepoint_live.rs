@@ -25,6 +25,8 @@ impl FileAccess for Host {
 
 #[test]
 fn live_sched_formats_parse_and_build_decoders() {
+    // Root: tracefs may have to be mounted.
+    test_support::require!(test_support::Need::Root);
     let tracing = Tracing::locate(&Host, true).unwrap_or_else(|e| {
         panic!("this test needs tracefs (run as root so it can be mounted): {e}")
     });

@@ -11,6 +11,7 @@
 //! The counters are process-wide atomics: unwinding (the read loop) and symbolization (the
 //! writer thread in continuous mode) both charge them, and the summary reads them once.
 
+use crate::error::BudgetError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const MIB: u64 = 1024 * 1024;
@@ -55,6 +56,7 @@ pub const SYMBOLS_PER_FILE_MAX: usize = 2_000_000;
 pub const SYMBOL_NAME_BYTES_PER_FILE_MAX: usize = 64 * MIB as usize;
 /// Compilation units and address ranges the DWARF index keeps of one file.
 pub const DWARF_UNITS_PER_FILE_MAX: usize = 1_000_000;
+/// Address ranges of DWARF units indexed per file.
 pub const DWARF_RANGES_PER_FILE_MAX: usize = 2_000_000;
 /// Bytes of an uncompressed CFI section (`.eh_frame`, `.debug_frame`) the unwinder copies;
 /// real ones are a few MiB (a browser's `.eh_frame` is about 10 MiB).
@@ -103,25 +105,23 @@ pub struct InflateCharge(u64);
 
 impl InflateCharge {
     /// Reserves `len` inflated bytes for one section, or says why not (and counts the refusal).
-    pub fn reserve(len: u64) -> Result<InflateCharge, String> {
+    pub fn reserve(len: u64) -> Result<InflateCharge, BudgetError> {
         if len > SECTION_INFLATED_MAX {
             refuse_section(len);
-            return Err(format!(
-                "inflates to {} MiB, over the {} MiB per-section budget",
-                len / MIB,
-                SECTION_INFLATED_MAX / MIB
-            ));
+            return Err(BudgetError::Section {
+                mib: len / MIB,
+                max_mib: SECTION_INFLATED_MAX / MIB,
+            });
         }
         let held = &HITS.inflated_held;
         let mut now = held.load(Ordering::Relaxed);
         loop {
             if now.saturating_add(len) > INFLATED_HELD_MAX {
                 refuse_section(len);
-                return Err(format!(
-                    "inflating {} MiB more would exceed the {} MiB held for compressed sections",
-                    len.div_ceil(MIB),
-                    INFLATED_HELD_MAX / MIB
-                ));
+                return Err(BudgetError::Held {
+                    mib: len.div_ceil(MIB),
+                    max_mib: INFLATED_HELD_MAX / MIB,
+                });
             }
             match held.compare_exchange_weak(now, now + len, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Ok(InflateCharge(len)),

@@ -74,6 +74,7 @@ impl FileBytes {
         }
     }
 
+    /// Bytes read into memory (a vDSO image, decompressed debug data).
     pub fn owned(data: Vec<u8>) -> FileBytes {
         FileBytes(Arc::new(Backing::Owned {
             bytes: data.into_boxed_slice(),

@@ -12,15 +12,19 @@ use object::{CompressedData, CompressionFormat, ObjectSection};
 
 use crate::budget::InflateCharge;
 use crate::bytes::FileBytes;
+use crate::error::SectionError;
 
 /// A section's bytes: borrowed from the file when stored plainly, else inflated and charged
 /// against the budget until dropped.
 pub enum SectionContents<'data> {
+    /// Stored as is: borrowed from the file.
     Plain(&'data [u8]),
+    /// Inflated, holding its budget charge.
     Inflated(Vec<u8>, InflateCharge),
 }
 
 impl SectionContents<'_> {
+    /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
             SectionContents::Plain(b) => b,
@@ -42,21 +46,21 @@ impl SectionContents<'_> {
 /// budget) or corrupt compressed data; either way the caller goes without the section.
 pub fn section_contents<'data>(
     section: &impl ObjectSection<'data>,
-) -> Result<SectionContents<'data>, String> {
-    let c = section.compressed_data().map_err(|e| e.to_string())?;
+) -> Result<SectionContents<'data>, SectionError> {
+    let c = section.compressed_data().map_err(SectionError::Header)?;
     inflate(c)
 }
 
 /// Inflates one compressed blob within budget (the part fuzzers drive directly).
-pub fn inflate(c: CompressedData<'_>) -> Result<SectionContents<'_>, String> {
+pub fn inflate(c: CompressedData<'_>) -> Result<SectionContents<'_>, SectionError> {
     if c.format == CompressionFormat::None {
         return Ok(SectionContents::Plain(c.data));
     }
     let charge = InflateCharge::reserve(c.uncompressed_size)?;
-    let size = usize::try_from(c.uncompressed_size).map_err(|_| "size too large".to_string())?;
+    let size = usize::try_from(c.uncompressed_size).map_err(|_| SectionError::TooLarge)?;
     let mut out = Vec::new();
     out.try_reserve_exact(size)
-        .map_err(|_| "cannot allocate the inflated section".to_string())?;
+        .map_err(|_| SectionError::Allocation)?;
     match c.format {
         CompressionFormat::Zlib => {
             let mut z = flate2::Decompress::new(true);
@@ -64,25 +68,34 @@ pub fn inflate(c: CompressedData<'_>) -> Result<SectionContents<'_>, String> {
             // goes on past it does not end there and is refused.
             let status = z
                 .decompress_vec(c.data, &mut out, flate2::FlushDecompress::Finish)
-                .map_err(|e| format!("invalid zlib data: {e}"))?;
+                .map_err(|e| corrupt("zlib", e))?;
             if status != flate2::Status::StreamEnd {
-                return Err("zlib data does not end where its header says".into());
+                return Err(SectionError::SizeMismatch(
+                    "zlib data does not end where its header says".into(),
+                ));
             }
         }
         CompressionFormat::Zstandard => inflate_zstd(c.data, size, &mut out)?,
-        other => return Err(format!("unsupported compression {other:?}")),
+        other => return Err(SectionError::Unsupported(format!("{other:?}"))),
     }
     if out.len() != size {
-        return Err(format!(
+        return Err(SectionError::SizeMismatch(format!(
             "inflates to {} bytes, not the {size} its header declares",
             out.len()
-        ));
+        )));
     }
     Ok(SectionContents::Inflated(out, charge))
 }
 
 /// zstd frames (skippable ones skipped) appended to `out`, never past `size` bytes.
-fn inflate_zstd(mut input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), String> {
+fn corrupt(format: &'static str, e: impl std::fmt::Display) -> SectionError {
+    SectionError::Corrupt {
+        format,
+        detail: e.to_string(),
+    }
+}
+
+fn inflate_zstd(mut input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), SectionError> {
     use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
     while !input.is_empty() {
         let decoder = match ruzstd::decoding::StreamingDecoder::new(&mut input) {
@@ -93,19 +106,21 @@ fn inflate_zstd(mut input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), 
             })) => {
                 input = input
                     .get(length as usize..)
-                    .ok_or("truncated zstd skippable frame")?;
+                    .ok_or_else(|| corrupt("zstd", "truncated skippable frame"))?;
                 continue;
             }
-            Err(e) => return Err(format!("invalid zstd data: {e}")),
+            Err(e) => return Err(corrupt("zstd", e)),
         };
         // One byte more than may fit tells an over-long stream from an exact one.
         let room = (size - out.len()) as u64 + 1;
         decoder
             .take(room)
             .read_to_end(out)
-            .map_err(|e| format!("invalid zstd data: {e}"))?;
+            .map_err(|e| corrupt("zstd", e))?;
         if out.len() > size {
-            return Err("zstd data inflates to more than its header declares".into());
+            return Err(SectionError::SizeMismatch(
+                "zstd data inflates to more than its header declares".into(),
+            ));
         }
     }
     Ok(())
@@ -114,6 +129,7 @@ fn inflate_zstd(mut input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::BudgetError;
     use std::io::Write;
 
     fn zlib(data: &[u8]) -> Vec<u8> {
@@ -148,7 +164,11 @@ mod tests {
         let err = inflate(compressed(CompressionFormat::Zlib, &z, 2 << 30))
             .err()
             .expect("refused");
-        assert!(err.contains("budget"), "{err}");
+        assert!(
+            matches!(err, SectionError::Budget(BudgetError::Section { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("budget"), "{err}");
     }
 
     #[test]

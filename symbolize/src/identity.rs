@@ -12,6 +12,7 @@ const STAT_LIMIT: u64 = 4096;
 /// One process: its PID and when it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessIdentity {
+    /// The process id.
     pub pid: u32,
     /// Start time in clock ticks after boot.
     pub start_time: u64,
@@ -20,6 +21,7 @@ pub struct ProcessIdentity {
 /// What `/proc/PID/stat` says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
+    /// Its start time (clock ticks after boot, /proc/PID/stat field 22).
     pub start_time: u64,
     /// Exited and not reaped yet (`Z`), or dead (`X`).
     pub exited: bool,

@@ -8,6 +8,7 @@
 //! size while it does) with a compact (address, name offset) entry each: neither the whole
 //! file text nor one heap allocation per name is ever held.
 
+use crate::error::KallsymsError;
 use std::io::{BufRead, BufReader, Read};
 
 /// kallsyms is ~10 MB with many modules loaded; a bound protects against a runaway procfs.
@@ -71,11 +72,11 @@ pub(crate) enum KernelSymbols {
 }
 
 impl KernelSymbols {
-    pub fn load() -> Result<KernelSymbols, String> {
-        let file =
-            std::fs::File::open("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
-        KernelSymbols::read(BufReader::new(file.take(MAX_KALLSYMS)))
-            .map_err(|e| format!("/proc/kallsyms: {e}"))
+    pub fn load() -> Result<KernelSymbols, KallsymsError> {
+        let file = std::fs::File::open("/proc/kallsyms")?;
+        Ok(KernelSymbols::read(BufReader::new(
+            file.take(MAX_KALLSYMS),
+        ))?)
     }
 
     #[cfg(test)]

@@ -18,12 +18,16 @@
 //! can make psample spend, and the count of what was left out), [`compressed`] (inflating
 //! sections within budget) and the SIGBUS guard for mapped files that shrink.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod budget;
 mod bytes;
 pub mod compressed;
 mod debuginfod;
 mod demangle;
 mod dwarf;
+mod error;
 mod function_starts;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -45,6 +49,7 @@ use std::time::Duration;
 pub use bytes::FileBytes;
 pub use debuginfod::DEFAULT_DEADLINE as DEBUGINFOD_DEFAULT_DEADLINE;
 pub use demangle::demangle;
+pub use error::{BudgetError, FileError, KallsymsError, SectionError};
 
 use debuginfod::Debuginfod;
 
@@ -96,6 +101,7 @@ pub enum ModuleKind {
 /// One mapping of one process, as the profiler saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModuleSpec {
+    /// What backs the mapping.
     pub kind: ModuleKind,
     /// Exactly as in /proc/PID/maps or the MMAP record (may end in " (deleted)").
     pub path: String,
@@ -105,8 +111,11 @@ pub struct ModuleSpec {
     /// `None` if unknown. A PID that means another process by now is not used for the
     /// process's files or JIT map.
     pub pid_start: Option<u64>,
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
+    /// File offset of `start`.
     pub pgoff: u64,
     /// The build-id the kernel reported (MMAP2 build-id variant), if any.
     pub build_id: Option<Vec<u8>>,
@@ -118,9 +127,12 @@ pub struct ModuleSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModuleHandle(u32);
 
+/// Where a frame's name comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
+    /// A user-space function.
     User,
+    /// A kernel function (shown as `name_[k]`).
     Kernel,
     /// An inlined callee (shown as `name_[i]`).
     Inline,
@@ -131,7 +143,9 @@ pub enum FrameKind {
 /// One named frame; `name` carries no `_[k]`/`_[i]`/`_[j]` suffix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Frame {
+    /// The function's name (demangled unless asked not to).
     pub name: String,
+    /// What kind of code it is.
     pub kind: FrameKind,
 }
 
@@ -140,9 +154,13 @@ pub struct Frame {
 /// For an inlined callee's caller the position is the call site.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FrameDetail {
+    /// The function's name (demangled unless asked not to).
     pub name: String,
+    /// What kind of code it is.
     pub kind: FrameKind,
+    /// Its source file, when DWARF says.
     pub file: Option<String>,
+    /// Its source line, when DWARF says.
     pub line: Option<u32>,
 }
 
@@ -188,6 +206,7 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
+    /// A symbolizer with `opts`; files are read lazily, on first use.
     pub fn new(opts: SymbolizeOptions) -> Symbolizer {
         Symbolizer {
             opts,
@@ -457,14 +476,18 @@ impl Symbolizer {
         }
         let spec = entry.spec.clone();
         let mut notes = Vec::new();
-        let resolved = locate::resolve(&spec, &mut notes).or_else(|why| -> Result<_, String> {
+        let resolved = locate::resolve(&spec, &mut notes).or_else(|why| {
             // The file is gone (or out of reach): debuginfod may have the executable itself.
-            let id = spec.build_id.as_deref().ok_or(why.clone())?;
-            let (path, data) = self
+            let Some(id) = spec.build_id.as_deref() else {
+                return Err(why);
+            };
+            let Some((path, data)) = self
                 .debuginfod()
                 .and_then(|d| d.find(id, debuginfod::Kind::Executable))
-                .ok_or(why)?;
-            locate::resolved_at(path, data).ok_or_else(|| "unreadable cache entry".to_string())
+            else {
+                return Err(why);
+            };
+            locate::resolved_at(path, data).ok_or(FileError::UnreadableCacheEntry)
         });
         if self.opts.debuginfod.is_some() {
             // Loading may need a debug file from debuginfod.

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use object::Object;
 
 pub use crate::bytes::FileBytes;
+pub use crate::error::FileError;
 use crate::target_file::{self, MappedFile};
 use crate::{ModuleKind, ModuleSpec};
 
@@ -26,8 +27,13 @@ const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
 /// its contents. `None` for anonymous mappings or when no trustworthy file can be found.
 /// For a `[vdso]` mapping this is the image copied out of the target's memory.
 pub fn open_target_file(spec: &ModuleSpec) -> Option<(PathBuf, FileBytes)> {
+    try_open_target_file(spec).ok()
+}
+
+/// [`open_target_file`], saying why there is no trustworthy file.
+pub fn try_open_target_file(spec: &ModuleSpec) -> Result<(PathBuf, FileBytes), FileError> {
     let mut notes = Vec::new();
-    resolve(spec, &mut notes).ok().map(|r| (r.path, r.data))
+    resolve(spec, &mut notes).map(|r| (r.path, r.data))
 }
 
 /// The separate debug file for the ELF image `binary` backing `spec`: by build-id under
@@ -71,15 +77,15 @@ pub(crate) fn basename(path: &str) -> &str {
 
 /// Locates and verifies the file for `spec`; human-readable notes about surprising findings
 /// (replaced files, unverifiable fallbacks) are appended to `notes`.
-pub(crate) fn resolve(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+pub(crate) fn resolve(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     match spec.kind {
-        ModuleKind::Anon => Err("anonymous mapping has no file".into()),
+        ModuleKind::Anon => Err(FileError::Anonymous),
         ModuleKind::Vdso => resolve_vdso(spec, notes),
         ModuleKind::File => resolve_file(spec, notes),
     }
 }
 
-fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+fn resolve_file(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     let opened = target_file::open_mapped(&mapped_file(spec), notes)?;
     verify(spec, &opened.file, opened.path)
 }
@@ -98,17 +104,17 @@ pub fn mapped_file(spec: &ModuleSpec) -> MappedFile<'_> {
 
 /// Maps `file` (already checked to be the mapped file by inode) and, when the kernel reported
 /// a build-id, checks the file carries it.
-fn verify(spec: &ModuleSpec, file: &File, path: PathBuf) -> Result<Resolved, String> {
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    let data = FileBytes::map(file).map_err(|e| e.to_string())?;
+fn verify(spec: &ModuleSpec, file: &File, path: PathBuf) -> Result<Resolved, FileError> {
+    let meta = file.metadata()?;
+    let data = FileBytes::map(file)?;
     if let Some(want) = &spec.build_id {
         let have = object::File::parse(&*data)
             .ok()
             .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec));
         match have {
             Some(have) if build_ids_match(want, &have) => {}
-            Some(_) => return Err("build-id differs".into()),
-            None => return Err("file has no build-id".into()),
+            Some(_) => return Err(FileError::BuildIdDiffers),
+            None => return Err(FileError::NoBuildId),
         }
     }
     Ok(Resolved {
@@ -148,7 +154,7 @@ fn key_of(meta: &std::fs::Metadata, content_crc: u32) -> FileKey {
     }
 }
 
-fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, String> {
+fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, FileError> {
     let image = match read_memory(spec.pid, spec.start, spec.end) {
         Ok(image) => image,
         Err(e) => {
@@ -164,7 +170,7 @@ fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
             own_vdso()?
         }
     };
-    object::File::parse(&*image).map_err(|e| format!("vDSO is not ELF: {e}"))?;
+    object::File::parse(&*image).map_err(FileError::VdsoNotElf)?;
     let crc = crc32fast::hash(&image);
     Ok(Resolved {
         path: PathBuf::from("[vdso]"),
@@ -180,29 +186,29 @@ fn resolve_vdso(spec: &ModuleSpec, notes: &mut Vec<String>) -> Result<Resolved, 
     })
 }
 
-fn read_memory(pid: u32, start: u64, end: u64) -> Result<Vec<u8>, String> {
-    let len = end.checked_sub(start).ok_or("empty range")?;
+fn read_memory(pid: u32, start: u64, end: u64) -> Result<Vec<u8>, FileError> {
+    let len = end.saturating_sub(start);
     if len == 0 || len > MAX_VDSO {
-        return Err(format!("implausible vDSO size {len}"));
+        return Err(FileError::VdsoSize(len));
     }
-    let mut f = File::open(format!("/proc/{pid}/mem")).map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut f = File::open(format!("/proc/{pid}/mem"))?;
+    f.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    f.read_exact(&mut buf)?;
     Ok(buf)
 }
 
-fn own_vdso() -> Result<Vec<u8>, String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+fn own_vdso() -> Result<Vec<u8>, FileError> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
     let line = maps
         .lines()
         .find(|l| l.ends_with("[vdso]"))
-        .ok_or("no vDSO in this process")?;
-    let range = line.split_whitespace().next().ok_or("bad maps line")?;
-    let (s, e) = range.split_once('-').ok_or("bad maps line")?;
-    let s = u64::from_str_radix(s, 16).map_err(|e| e.to_string())?;
-    let e = u64::from_str_radix(e, 16).map_err(|e| e.to_string())?;
-    read_memory(std::process::id(), s, e)
+        .ok_or(FileError::OwnVdso("no vDSO in this process"))?;
+    let bad = || FileError::OwnVdso("bad [vdso] line in /proc/self/maps");
+    let range = line.split_whitespace().next().ok_or_else(bad)?;
+    let (s, e) = range.split_once('-').ok_or_else(bad)?;
+    let hex = |v| u64::from_str_radix(v, 16).map_err(|_| bad());
+    read_memory(std::process::id(), hex(s)?, hex(e)?)
 }
 
 /// Where a debug file may be: a host path (the host's /usr/lib/debug, `--debug-dir`), or a

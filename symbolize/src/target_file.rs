@@ -22,6 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::FileError;
 use crate::identity::ProcessIdentity;
 
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -38,7 +39,9 @@ pub struct MappedFile<'a> {
     pub pid_start: Option<u64>,
     /// As in /proc/PID/maps (may end in " (deleted)").
     pub path: &'a str,
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
     /// (major, minor, inode) from the MMAP2 record or maps line.
     pub inode: Option<(u32, u32, u64)>,
@@ -47,7 +50,9 @@ pub struct MappedFile<'a> {
 /// A verified, regular, open file and the path it was reached by.
 #[derive(Debug)]
 pub struct Opened {
+    /// The open file.
     pub file: File,
+    /// The path it was reached by.
     pub path: PathBuf,
 }
 
@@ -67,10 +72,10 @@ pub fn process_usable(pid: u32, pid_start: Option<u64>) -> bool {
 
 /// The file behind a mapping, verified to be the mapped one. Notes about surprising findings
 /// (replaced files, unverifiable host fallbacks) are appended to `notes`.
-pub fn open_mapped(m: &MappedFile<'_>, notes: &mut Vec<String>) -> Result<Opened, String> {
+pub fn open_mapped(m: &MappedFile<'_>, notes: &mut Vec<String>) -> Result<Opened, FileError> {
     let clean = clean_path(m.path);
     if !clean.starts_with('/') {
-        return Err(format!("{}: not an absolute path", m.path));
+        return Err(FileError::NotAbsolute(m.path.to_string()));
     }
     let deleted = m.path.ends_with(DELETED_SUFFIX);
     let alive = process_usable(m.pid, m.pid_start);
@@ -100,13 +105,21 @@ pub fn open_mapped(m: &MappedFile<'_>, notes: &mut Vec<String>) -> Result<Opened
                     m.pid
                 )),
             },
-            Err(e) if mapped.is_none() => return Err(format!("{clean} in pid {}: {e}", m.pid)),
+            Err(source) if mapped.is_none() => {
+                return Err(FileError::InTargetRoot {
+                    path: clean.to_string(),
+                    pid: m.pid,
+                    source,
+                })
+            }
             Err(_) => {}
         }
     }
     if alive {
-        let file =
-            open_host(&map_files, true).map_err(|e| format!("{}: {e}", map_files.display()))?;
+        let file = open_host(&map_files, true).map_err(|source| FileError::Open {
+            path: map_files.clone(),
+            source,
+        })?;
         check_identity(&file, mapped)?;
         return Ok(Opened {
             file,
@@ -114,11 +127,17 @@ pub fn open_mapped(m: &MappedFile<'_>, notes: &mut Vec<String>) -> Result<Opened
         });
     }
     if deleted {
-        return Err(format!("{clean} was deleted and pid {} has exited", m.pid));
+        return Err(FileError::DeletedAndExited {
+            path: clean.to_string(),
+            pid: m.pid,
+        });
     }
     // The process is gone (or its PID means another process now), so its root is unknown:
     // only a verifiable host file will do.
-    let file = open_host(Path::new(clean), true).map_err(|e| format!("{clean}: {e}"))?;
+    let file = open_host(Path::new(clean), true).map_err(|source| FileError::Open {
+        path: PathBuf::from(clean),
+        source,
+    })?;
     if m.inode.is_none() {
         notes.push(format!(
             "pid {} exited before its files were read and its mapping carried no inode; \
@@ -134,17 +153,18 @@ pub fn open_mapped(m: &MappedFile<'_>, notes: &mut Vec<String>) -> Result<Opened
 }
 
 /// The device (when known) and inode of `file` must be the expected ones.
-fn check_identity(file: &File, expected: Option<(Option<u64>, u64)>) -> Result<(), String> {
+fn check_identity(file: &File, expected: Option<(Option<u64>, u64)>) -> Result<(), FileError> {
     let Some((dev, ino)) = expected else {
         return Ok(());
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata()?;
     if meta.ino() != ino || dev.is_some_and(|d| d != meta.dev()) {
-        return Err("inode differs".into());
+        return Err(FileError::InodeDiffers);
     }
     Ok(())
 }
 
+/// `/proc/PID/root`: the process's view of the filesystem.
 pub fn root_dir(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root"))
 }

@@ -22,8 +22,11 @@ const MAX_CHAIN: usize = crate::MAX_FRAMES;
 /// One recorded sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixtureSample {
+    /// The thread sampled.
     pub tid: u32,
+    /// Registers at the sample point.
     pub regs: UserRegs,
+    /// The copied user stack, from the stack pointer up.
     pub stack: Vec<u8>,
     /// The kernel's frame-pointer callchain of the user stack for the same sample (empty
     /// when not recorded).
@@ -100,13 +103,18 @@ pub fn decode_samples(bytes: &[u8]) -> Option<Vec<FixtureSample>> {
 /// A loaded fixture directory: `maps.txt`, `samples.bin`, and module files named by the
 /// basename of their mapped path.
 pub struct Fixture {
+    /// The fixture directory.
     pub dir: PathBuf,
+    /// The process the samples were taken from.
     pub pid: u32,
+    /// Its address space, from `maps.txt`, resolving files in `dir`.
     pub processes: Processes,
+    /// The samples.
     pub samples: Vec<FixtureSample>,
 }
 
 impl Fixture {
+    /// Load the fixture in `dir`.
     pub fn load(dir: &Path) -> std::io::Result<Fixture> {
         let invalid =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());

@@ -11,6 +11,9 @@
 //!
 //! Architecture-specific parts live in [`arch`].
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 mod code_order;
 mod entry_symbols;
@@ -20,12 +23,12 @@ mod maps;
 mod module_cache;
 mod module_file;
 mod processes;
-mod retired;
 mod unwinder;
 mod vdso;
 
+pub use arch::UserRegs;
 pub use hybrid::{Completion, HybridResult, HYBRID_STACK_BYTES};
 pub use maps::ParsedMapLine;
 pub use module_cache::FileResolver;
 pub use processes::{Mapping, MappingId, Processes};
-pub use unwinder::{StopReason, UnwindResult, Unwinder, UserRegs, MAX_FRAMES};
+pub use unwinder::{StopReason, UnwindResult, Unwinder, MAX_FRAMES};

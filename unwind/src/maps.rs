@@ -5,16 +5,25 @@
 /// One well-formed line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedMapLine {
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
+    /// Readable.
     pub read: bool,
+    /// Writable.
     pub write: bool,
+    /// Executable.
     pub exec: bool,
     /// `p` (private, copy-on-write) vs `s` (shared).
     pub private: bool,
+    /// File offset of `start`.
     pub pgoff: u64,
+    /// Device major number of the file.
     pub dev_major: u32,
+    /// Device minor number of the file.
     pub dev_minor: u32,
+    /// Inode of the file (0 for anonymous mappings).
     pub inode: u64,
     /// Path, pseudo-name (`[vdso]`, `[stack]`) or empty for anonymous memory. A trailing
     /// ` (deleted)` is kept: it tells the file opener to go through `map_files`.

@@ -7,19 +7,12 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Unwinder as _};
 
 use crate::arch::x86_64::sigframe;
+use crate::arch::UserRegs;
 use crate::module_cache::{default_resolver, FileResolver, LoadedModule, ModuleStore, SectionData};
 use crate::processes::{MappingId, Processes};
 
 /// Deepest stack reported; beyond this the sample is cut with [`StopReason::MaxDepth`].
 pub const MAX_FRAMES: usize = 1024;
-
-/// Register values at the sample point (from PERF_SAMPLE_REGS_USER).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UserRegs {
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
-}
 
 /// Why an unwind stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +66,9 @@ impl std::fmt::Display for StopReason {
 /// Outcome of one unwind: how many addresses were pushed and why it stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnwindResult {
+    /// Addresses pushed.
     pub frames: usize,
+    /// Why it stopped.
     pub reason: StopReason,
 }
 
@@ -177,6 +172,7 @@ impl StackCopy<'_> {
 }
 
 impl Unwinder {
+    /// An unwinder with empty caches.
     pub fn new() -> Self {
         Self::with_resolver(default_resolver())
     }

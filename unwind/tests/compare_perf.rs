@@ -44,6 +44,7 @@ impl Score {
 #[test]
 #[ignore]
 fn psample_unwinder_is_at_least_as_complete_as_perf() {
+    test_support::require!(test_support::Need::Perf);
     let built = build_programs();
     let mut target = spawn(&built.prog, &["threads", "2", "0"]);
     target.wait_for("went");

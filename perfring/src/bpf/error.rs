@@ -5,23 +5,31 @@ use nix::errno::Errno;
 
 use super::insn::AsmError;
 
+/// Why the BPF stack counter could not be loaded, attached or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     /// A bpf(2) command or the SET_BPF ioctl was refused.
     #[error("{what} failed: {errno}; {hint}")]
     Syscall {
+        /// Which command.
         what: &'static str,
+        /// Why.
         errno: Errno,
+        /// What to do about it.
         hint: String,
     },
     /// The verifier refused the program. `log` is its full output (possibly truncated by the
     /// kernel to the buffer size); the display shows only its last line, the reason.
     #[error("the kernel's BPF verifier rejected psample's program: {errno}: {}; {hint}", last_line(.log))]
     Verifier {
+        /// The load's errno.
         errno: Errno,
+        /// The verifier's log.
         log: String,
+        /// What to do about it.
         hint: String,
     },
+    /// An option outside what the program supports.
     #[error("invalid BPF option: {0}")]
     InvalidOption(String),
     /// A bug in psample's program builder, not something the user can fix.

@@ -11,26 +11,39 @@ use std::fmt;
 
 /// Instruction classes (low three bits of `code`).
 pub mod class {
+    /// BPF_LD: loads (only `ld_imm64` is used).
     pub const LD: u8 = 0x00;
+    /// BPF_LDX: load from memory into a register.
     pub const LDX: u8 = 0x01;
+    /// BPF_ST: store an immediate.
     pub const ST: u8 = 0x02;
+    /// BPF_STX: store a register.
     pub const STX: u8 = 0x03;
+    /// BPF_ALU: 32-bit arithmetic.
     pub const ALU: u8 = 0x04;
+    /// BPF_JMP: jumps, calls, exit.
     pub const JMP: u8 = 0x05;
+    /// BPF_ALU64: 64-bit arithmetic.
     pub const ALU64: u8 = 0x07;
 }
 
 /// Memory access sizes.
 pub mod size {
+    /// BPF_W: 4 bytes.
     pub const W: u8 = 0x00;
+    /// BPF_H: 2 bytes.
     pub const H: u8 = 0x08;
+    /// BPF_B: 1 byte.
     pub const B: u8 = 0x10;
+    /// BPF_DW: 8 bytes.
     pub const DW: u8 = 0x18;
 }
 
 /// Memory access modes.
 pub mod mode {
+    /// BPF_IMM: an immediate (`ld_imm64`).
     pub const IMM: u8 = 0x00;
+    /// BPF_MEM: memory at register + offset.
     pub const MEM: u8 = 0x60;
     /// Atomic read-modify-write (was `BPF_XADD`; the `imm` selects the operation).
     pub const ATOMIC: u8 = 0xc0;
@@ -38,38 +51,63 @@ pub mod mode {
 
 /// Operand source: immediate (`K`) or register (`X`).
 pub mod src {
+    /// BPF_K: the immediate.
     pub const K: u8 = 0x00;
+    /// BPF_X: the source register.
     pub const X: u8 = 0x08;
 }
 
 /// ALU operations (high four bits of `code`).
 pub mod alu {
+    /// BPF_ADD.
     pub const ADD: u8 = 0x00;
+    /// BPF_SUB.
     pub const SUB: u8 = 0x10;
+    /// BPF_MUL.
     pub const MUL: u8 = 0x20;
+    /// BPF_DIV.
     pub const DIV: u8 = 0x30;
+    /// BPF_OR.
     pub const OR: u8 = 0x40;
+    /// BPF_AND.
     pub const AND: u8 = 0x50;
+    /// BPF_LSH.
     pub const LSH: u8 = 0x60;
+    /// BPF_RSH.
     pub const RSH: u8 = 0x70;
+    /// BPF_NEG.
     pub const NEG: u8 = 0x80;
+    /// BPF_MOD.
     pub const MOD: u8 = 0x90;
+    /// BPF_XOR.
     pub const XOR: u8 = 0xa0;
+    /// BPF_MOV.
     pub const MOV: u8 = 0xb0;
+    /// BPF_ARSH.
     pub const ARSH: u8 = 0xc0;
 }
 
 /// Jump operations (high four bits of `code`), limited to those present since 3.18.
 pub mod jmp {
+    /// BPF_JA: always.
     pub const JA: u8 = 0x00;
+    /// BPF_JEQ: equal.
     pub const JEQ: u8 = 0x10;
+    /// BPF_JGT: unsigned greater.
     pub const JGT: u8 = 0x20;
+    /// BPF_JGE: unsigned greater or equal.
     pub const JGE: u8 = 0x30;
+    /// BPF_JSET: any bit in common.
     pub const JSET: u8 = 0x40;
+    /// BPF_JNE: not equal.
     pub const JNE: u8 = 0x50;
+    /// BPF_JSGT: signed greater.
     pub const JSGT: u8 = 0x60;
+    /// BPF_JSGE: signed greater or equal.
     pub const JSGE: u8 = 0x70;
+    /// BPF_CALL: a helper call.
     pub const CALL: u8 = 0x80;
+    /// BPF_EXIT: return R0.
     pub const EXIT: u8 = 0x90;
 }
 
@@ -82,16 +120,27 @@ pub const PSEUDO_MAP_FD: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reg {
+    /// Return value of helpers and of the program.
     R0 = 0,
+    /// Argument 1 (the program's context on entry).
     R1,
+    /// Argument 2.
     R2,
+    /// Argument 3.
     R3,
+    /// Argument 4.
     R4,
+    /// Argument 5.
     R5,
+    /// Callee-saved.
     R6,
+    /// Callee-saved.
     R7,
+    /// Callee-saved.
     R8,
+    /// Callee-saved.
     R9,
+    /// Read-only frame pointer.
     R10,
 }
 
@@ -101,14 +150,20 @@ pub const FP: Reg = Reg::R10;
 /// One encoded 8-byte instruction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Insn {
+    /// Opcode.
     pub code: u8,
+    /// Destination register.
     pub dst: u8,
+    /// Source register.
     pub src: u8,
+    /// Offset.
     pub off: i16,
+    /// Immediate.
     pub imm: i32,
 }
 
 impl Insn {
+    /// An instruction from its fields.
     pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
         Insn {
             code,
@@ -153,12 +208,20 @@ pub struct Label(usize);
 /// Assembly failed: a label misuse or a jump that does not fit the 16-bit offset.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AsmError {
+    /// A jump to a label that was never bound.
     #[error("label {0} used by a jump but never bound")]
     Unbound(usize),
+    /// A label bound twice.
     #[error("label {0} bound twice")]
     Rebound(usize),
+    /// A jump farther than 16 bits reach.
     #[error("jump at instruction {at} to label {label} is out of the 16-bit offset range")]
-    OutOfRange { at: usize, label: usize },
+    OutOfRange {
+        /// The jump's slot.
+        at: usize,
+        /// The label.
+        label: usize,
+    },
 }
 
 /// Builder for a program. Jumps name [`Label`]s; offsets are fixed in [`Asm::finish`].
@@ -171,6 +234,7 @@ pub struct Asm {
 }
 
 impl Asm {
+    /// An empty program.
     pub fn new() -> Asm {
         Asm::default()
     }
@@ -180,10 +244,12 @@ impl Asm {
         self.insns.len()
     }
 
+    /// Whether nothing was emitted.
     pub fn is_empty(&self) -> bool {
         self.insns.is_empty()
     }
 
+    /// A label to jump to, bound later with [`Asm::bind`].
     pub fn new_label(&mut self) -> Label {
         self.labels.push(None);
         Label(self.labels.len() - 1)
@@ -198,6 +264,7 @@ impl Asm {
         }
     }
 
+    /// Emit an instruction as is.
     pub fn raw(&mut self, insn: Insn) -> &mut Asm {
         self.insns.push(insn);
         self
@@ -338,6 +405,7 @@ impl Asm {
         self.raw(Insn::new(class::JMP | jmp::CALL, 0, 0, 0, helper))
     }
 
+    /// `exit`: return R0.
     pub fn exit(&mut self) -> &mut Asm {
         self.raw(Insn::new(class::JMP | jmp::EXIT, 0, 0, 0, 0))
     }

@@ -21,6 +21,7 @@ pub struct Map {
 }
 
 impl Map {
+    /// Create a map (BPF_MAP_CREATE).
     pub fn create(
         map_type: u32,
         key_size: u32,
@@ -37,18 +38,22 @@ impl Map {
         })
     }
 
+    /// Bytes per key.
     pub fn key_size(&self) -> usize {
         self.key_size
     }
 
+    /// Bytes per value.
     pub fn value_size(&self) -> usize {
         self.value_size
     }
 
+    /// Most entries it holds.
     pub fn max_entries(&self) -> u32 {
         self.max_entries
     }
 
+    /// Its fd, for the program's map references.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -71,6 +76,7 @@ impl Map {
         }
     }
 
+    /// BPF_MAP_UPDATE_ELEM with `flags` (`update::*`).
     pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
         self.check(key, Some(value.len()))?;
         // SAFETY: sizes checked.

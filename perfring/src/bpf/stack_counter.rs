@@ -57,13 +57,16 @@ const KEY_SIZE: usize = 20;
 /// fixed limit (RHEL 7 has no perf_event_max_stack sysctl).
 const DEFAULT_MAX_DEPTH: u32 = 127;
 
+/// How the stack counter is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackCounterOptions {
     /// Count-map size: distinct (thread, stack pair) keys held between drains.
     pub max_entries: u32,
     /// Stack-trace map size: distinct stacks held between drains.
     pub stack_map_entries: u32,
+    /// Collect user stacks.
     pub user_stacks: bool,
+    /// Collect kernel stacks.
     pub kernel_stacks: bool,
     /// Always capture the verifier log (otherwise only on a failed load).
     pub log_verifier: bool,
@@ -88,11 +91,13 @@ impl Default for StackCounterOptions {
 pub struct StackCount {
     /// Process id (tgid).
     pub pid: u32,
+    /// Thread id.
     pub tid: u32,
     /// Leaf first.
     pub user_stack: Vec<u64>,
     /// Leaf first.
     pub kernel_stack: Vec<u64>,
+    /// Samples counted.
     pub count: u64,
 }
 
@@ -106,6 +111,7 @@ pub struct StackFailures {
     /// -EFAULT: no stack of this kind existed (a user-mode sample has no kernel stack;
     /// a kernel thread has no user stack). Expected, not a loss.
     pub no_stack: u64,
+    /// Any other error.
     pub other: u64,
 }
 
@@ -122,7 +128,9 @@ impl StackFailures {
 /// reads them with their callchains: only `unresolved` is a loss.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MissingStacks {
+    /// User-stack failures.
     pub user: StackFailures,
+    /// Kernel-stack failures.
     pub kernel: StackFailures,
     /// Samples spilled because the count map was full.
     pub count_map_full: u64,

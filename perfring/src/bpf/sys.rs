@@ -21,12 +21,15 @@ mod cmd {
 
 /// Map types used by psample.
 pub mod map_type {
+    /// BPF_MAP_TYPE_HASH.
     pub const HASH: u32 = 1;
+    /// BPF_MAP_TYPE_ARRAY.
     pub const ARRAY: u32 = 2;
     /// BPF_MAP_TYPE_PERF_EVENT_ARRAY (4.3): perf event fds per CPU, for bpf_perf_event_output.
     pub const PERF_EVENT_ARRAY: u32 = 4;
     /// BPF_MAP_TYPE_PERCPU_ARRAY (4.6): one value per CPU, for scratch buffers.
     pub const PERCPU_ARRAY: u32 = 6;
+    /// BPF_MAP_TYPE_STACK_TRACE.
     pub const STACK_TRACE: u32 = 7;
 }
 
@@ -34,12 +37,15 @@ pub mod map_type {
 pub mod prog_type {
     /// BPF_PROG_TYPE_TRACEPOINT (4.7): attached to a tracepoint perf event.
     pub const TRACEPOINT: u32 = 5;
+    /// BPF_PROG_TYPE_PERF_EVENT.
     pub const PERF_EVENT: u32 = 7;
 }
 
 /// Update flags.
 pub mod update {
+    /// BPF_ANY: create or update.
     pub const ANY: u64 = 0;
+    /// BPF_NOEXIST: create only.
     pub const NOEXIST: u64 = 1;
 }
 
@@ -244,10 +250,15 @@ pub unsafe fn map_get_next_key(
 
 /// Everything `BPF_PROG_LOAD` needs from the caller.
 pub struct ProgLoad<'a> {
+    /// BPF_PROG_TYPE_*.
     pub prog_type: u32,
+    /// The instructions (8 bytes each).
     pub insns: &'a [u8],
+    /// The license (GPL-compatible for the helpers used).
     pub license: &'a std::ffi::CStr,
+    /// Kernel version (checked by kernels before 5.0 for kprobes; 0 otherwise).
     pub kern_version: u32,
+    /// The program name (truncated to 15 bytes).
     pub name: &'a str,
     /// Verifier log destination; `None` loads without a log (faster).
     pub log: Option<&'a mut [u8]>,

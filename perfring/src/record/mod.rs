@@ -6,6 +6,7 @@
 //! bounds-checked: malformed input yields a [`ParseError`], never a panic. Record types this
 //! parser does not decode come back as [`Record::Unknown`]; skip them by the header size.
 
+mod callchain;
 mod cursor;
 mod sample;
 
@@ -43,27 +44,40 @@ mod bits {
 
 use perf_event_open_sys::bindings as b;
 
-use cursor::{c_string, read_u64, Cursor};
-pub use sample::{
-    context, BranchEntry, BranchStack, Callchain, CallchainContext, ReadValue, ReadValues, Sample,
-    U64Array, UserRegs,
+pub use callchain::{
+    adjust_return_addresses, call_site, context, push_stack, Callchain, CallchainContext,
 };
+use cursor::{c_string, read_u64, Cursor};
+pub use sample::{BranchEntry, BranchStack, ReadValue, ReadValues, Sample, U64Array, UserRegs};
 
 /// Record type numbers (`enum perf_event_type`) for the records this parser decodes.
 pub mod record_type {
     use perf_event_open_sys::bindings as b;
+    /// `PERF_RECORD_MMAP`.
     pub const MMAP: u32 = b::PERF_RECORD_MMAP;
+    /// `PERF_RECORD_LOST`.
     pub const LOST: u32 = b::PERF_RECORD_LOST;
+    /// `PERF_RECORD_COMM`.
     pub const COMM: u32 = b::PERF_RECORD_COMM;
+    /// `PERF_RECORD_EXIT`.
     pub const EXIT: u32 = b::PERF_RECORD_EXIT;
+    /// `PERF_RECORD_THROTTLE`.
     pub const THROTTLE: u32 = b::PERF_RECORD_THROTTLE;
+    /// `PERF_RECORD_UNTHROTTLE`.
     pub const UNTHROTTLE: u32 = b::PERF_RECORD_UNTHROTTLE;
+    /// `PERF_RECORD_FORK`.
     pub const FORK: u32 = b::PERF_RECORD_FORK;
+    /// `PERF_RECORD_READ`.
     pub const READ: u32 = b::PERF_RECORD_READ;
+    /// `PERF_RECORD_SAMPLE`.
     pub const SAMPLE: u32 = b::PERF_RECORD_SAMPLE;
+    /// `PERF_RECORD_MMAP2`.
     pub const MMAP2: u32 = b::PERF_RECORD_MMAP2;
+    /// `PERF_RECORD_LOST_SAMPLES`.
     pub const LOST_SAMPLES: u32 = b::PERF_RECORD_LOST_SAMPLES;
+    /// `PERF_RECORD_SWITCH`.
     pub const SWITCH: u32 = b::PERF_RECORD_SWITCH;
+    /// `PERF_RECORD_SWITCH_CPU_WIDE`.
     pub const SWITCH_CPU_WIDE: u32 = b::PERF_RECORD_SWITCH_CPU_WIDE;
     /// Types from here on are never written by the kernel (perf tool's synthesized records).
     pub const USER_TYPE_START: u32 = 64;
@@ -73,10 +87,15 @@ pub mod record_type {
 /// shape sample bodies and `sample_id` trailers. Built by `attr::Attr::sample_format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SampleFormat {
+    /// PERF_SAMPLE_* bits of the events.
     pub sample_type: u64,
+    /// PERF_FORMAT_* bits (layout of PERF_SAMPLE_READ).
     pub read_format: u64,
+    /// The `sample_regs_user` mask (how many registers a sample carries).
     pub regs_user_mask: u64,
+    /// Whether non-sample records end in a `sample_id` trailer.
     pub sample_id_all: bool,
+    /// PERF_SAMPLE_BRANCH_* bits (layout of the branch stack).
     pub branch_sample_type: u64,
 }
 
@@ -116,16 +135,58 @@ impl SampleFormat {
     }
 }
 
+impl SampleFormat {
+    /// The time of a record without parsing it: read at the position the format implies
+    /// (after IDENTIFIER, IP and TID in a sample; in the `sample_id` trailer of other kernel
+    /// records; in the body of FORK, EXIT and THROTTLE). `None` when the record carries no
+    /// time (TIME not sampled, no sample_id_all, a perf-tool type) or is too short for it.
+    /// For a well-formed record this is the time [`parse_record`] reports.
+    pub fn time_of(&self, record: &[u8]) -> Option<u64> {
+        if self.sample_type & bits::TIME == 0 {
+            return None;
+        }
+        let header = RecordHeader::parse(record).ok()?;
+        let size = usize::from(header.size);
+        if size < RecordHeader::SIZE || record.len() < size {
+            return None;
+        }
+        let before = |bits_before: u64| 8 * (self.sample_type & bits_before).count_ones() as usize;
+        let at = match header.record_type {
+            record_type::SAMPLE => {
+                RecordHeader::SIZE + before(bits::IDENTIFIER | bits::IP | bits::TID)
+            }
+            // pid, ppid, tid, ptid, then the time.
+            record_type::FORK | record_type::EXIT => RecordHeader::SIZE + 16,
+            record_type::THROTTLE | record_type::UNTHROTTLE => RecordHeader::SIZE,
+            t if t < record_type::USER_TYPE_START && self.sample_id_all => {
+                let trailer = size.checked_sub(self.sample_id_size())?;
+                if trailer < RecordHeader::SIZE {
+                    return None;
+                }
+                trailer + before(bits::TID)
+            }
+            _ => return None,
+        };
+        record
+            .get(at..at.checked_add(8)?)
+            .filter(|_| at + 8 <= size)
+            .map(|b| read_u64(b, 0))
+    }
+}
+
 /// The 8-byte `struct perf_event_header` that starts every record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// `PERF_RECORD_*`.
     pub record_type: u32,
+    /// Flags: cpumode and per-type bits (PERF_RECORD_MISC_*).
     pub misc: u16,
     /// Size of the whole record, header included.
     pub size: u16,
 }
 
 impl RecordHeader {
+    /// Bytes in a header.
     pub const SIZE: usize = 8;
 
     /// Decodes the header at the start of `bytes` (no check of `size` against `bytes`).
@@ -142,27 +203,47 @@ impl RecordHeader {
 /// Why a record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Fewer than 8 bytes.
     #[error("record needs an 8-byte header, got {0} bytes")]
     ShortHeader(usize),
+    /// A size below 8 or beyond the bytes given.
     #[error("record header says {size} bytes, but {available} bytes are available (minimum 8)")]
-    BadSize { size: u16, available: usize },
-    #[error("record type {record_type}: truncated at offset {offset} reading {field}")]
-    Truncated {
-        record_type: u32,
-        field: &'static str,
-        offset: usize,
-    },
-    #[error("record type {record_type}: {field} count {count} exceeds the {available} bytes left")]
-    CountTooLarge {
-        record_type: u32,
-        field: &'static str,
-        count: u64,
+    BadSize {
+        /// The header's size field.
+        size: u16,
+        /// Bytes given.
         available: usize,
     },
+    /// A field runs past the end of the record.
+    #[error("record type {record_type}: truncated at offset {offset} reading {field}")]
+    Truncated {
+        /// The record type.
+        record_type: u32,
+        /// The field being read.
+        field: &'static str,
+        /// Where.
+        offset: usize,
+    },
+    /// A count field promises more entries than the record holds.
+    #[error("record type {record_type}: {field} count {count} exceeds the {available} bytes left")]
+    CountTooLarge {
+        /// The record type.
+        record_type: u32,
+        /// The field.
+        field: &'static str,
+        /// The count read.
+        count: u64,
+        /// Bytes left.
+        available: usize,
+    },
+    /// The record is smaller than its own trailer.
     #[error("record type {record_type} of {size} bytes is too small for its sample_id trailer of {trailer} bytes")]
     NoRoomForSampleId {
+        /// The record type.
         record_type: u32,
+        /// Its size.
         size: usize,
+        /// The trailer size the format implies.
         trailer: usize,
     },
 }
@@ -171,12 +252,19 @@ pub enum ParseError {
 /// TID, TIME, ID, STREAM_ID, CPU and IDENTIFIER that `sample_type` selects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleId {
+    /// Process id (TID).
     pub pid: Option<u32>,
+    /// Thread id (TID).
     pub tid: Option<u32>,
+    /// Timestamp (TIME).
     pub time: Option<u64>,
+    /// Event id of the group leader (ID).
     pub id: Option<u64>,
+    /// Event id (STREAM_ID).
     pub stream_id: Option<u64>,
+    /// CPU (CPU).
     pub cpu: Option<u32>,
+    /// Event id (IDENTIFIER).
     pub identifier: Option<u64>,
 }
 
@@ -184,33 +272,50 @@ pub struct SampleId {
 /// PERF_RECORD_MISC_MMAP_BUILD_ID (5.12+), the build id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmapFileId<'a> {
+    /// The inode identity of the file.
     Inode {
+        /// Device major number.
         maj: u32,
+        /// Device minor number.
         min: u32,
+        /// Inode number.
         ino: u64,
+        /// Inode generation.
         ino_generation: u64,
     },
+    /// The build-id (5.12+, PERF_RECORD_MISC_MMAP_BUILD_ID).
     BuildId(&'a [u8]),
 }
 
 /// PERF_RECORD_MMAP and PERF_RECORD_MMAP2 (the latter fills the `Option` fields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mmap<'a> {
+    /// Flags (cpumode, MMAP_DATA, MMAP_BUILD_ID).
     pub misc: u16,
+    /// Process.
     pub pid: u32,
+    /// Thread.
     pub tid: u32,
+    /// Start address.
     pub addr: u64,
+    /// Length.
     pub len: u64,
+    /// File offset.
     pub pgoff: u64,
+    /// MMAP2: the file identity.
     pub file_id: Option<MmapFileId<'a>>,
+    /// MMAP2: PROT_* bits.
     pub prot: Option<u32>,
+    /// MMAP2: MAP_* bits.
     pub flags: Option<u32>,
     /// Path bytes up to the NUL (not necessarily UTF-8), or a name such as `[vdso]`.
     pub filename: &'a [u8],
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 impl Mmap<'_> {
+    /// Whether this was an MMAP2 record.
     pub fn is_mmap2(&self) -> bool {
         self.prot.is_some()
     }
@@ -218,6 +323,7 @@ impl Mmap<'_> {
     pub fn is_data(&self) -> bool {
         self.misc & b::PERF_RECORD_MISC_MMAP_DATA as u16 != 0
     }
+    /// PERF_RECORD_MISC_CPUMODE_MASK bits of `misc`.
     pub fn cpumode(&self) -> u16 {
         self.misc & b::PERF_RECORD_MISC_CPUMODE_MASK as u16
     }
@@ -226,56 +332,77 @@ impl Mmap<'_> {
 /// PERF_RECORD_COMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Comm<'a> {
+    /// Process.
     pub pid: u32,
+    /// Thread.
     pub tid: u32,
+    /// The name bytes up to the NUL (at most 16).
     pub comm: &'a [u8],
     /// The name changed because of exec (PERF_RECORD_MISC_COMM_EXEC, 3.16+ with comm_exec),
     /// as opposed to prctl(PR_SET_NAME).
     pub exec: bool,
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 /// PERF_RECORD_FORK and PERF_RECORD_EXIT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskEvent {
+    /// Process.
     pub pid: u32,
+    /// Parent process.
     pub ppid: u32,
+    /// Thread.
     pub tid: u32,
+    /// Parent thread.
     pub ptid: u32,
+    /// Timestamp.
     pub time: u64,
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 /// PERF_RECORD_LOST: the kernel dropped `lost` records for event `id` (ring full).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lost {
+    /// Event id.
     pub id: u64,
+    /// Records lost.
     pub lost: u64,
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 /// PERF_RECORD_LOST_SAMPLES (4.2+): samples dropped before reaching the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LostSamples {
+    /// Samples lost.
     pub lost: u64,
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 /// PERF_RECORD_THROTTLE / UNTHROTTLE: sampling paused/resumed by the rate limiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Throttle {
+    /// Timestamp.
     pub time: u64,
+    /// Event id.
     pub id: u64,
+    /// Event id (stream).
     pub stream_id: u64,
+    /// The trailer.
     pub sample_id: SampleId,
 }
 
 /// PERF_RECORD_SWITCH (4.3+): the task of a per-task event switched in or out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Switch {
+    /// A switch-out (else a switch-in).
     pub out: bool,
     /// Switched out while runnable (PERF_RECORD_MISC_SWITCH_OUT_PREEMPT, 4.17+).
     pub preempt: bool,
+    /// The trailer (its tid is the task).
     pub sample_id: SampleId,
 }
 
@@ -283,10 +410,15 @@ pub struct Switch {
 /// side's pid/tid (the next task on switch-out, the previous one on switch-in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwitchCpuWide {
+    /// A switch-out (else a switch-in).
     pub out: bool,
+    /// Switched out while runnable.
     pub preempt: bool,
+    /// The other task's process (next on switch-out, previous on switch-in).
     pub next_prev_pid: u32,
+    /// The other task's thread.
     pub next_prev_tid: u32,
+    /// The trailer (the task on this CPU).
     pub sample_id: SampleId,
 }
 
@@ -296,21 +428,34 @@ pub struct SwitchCpuWide {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
+    /// PERF_RECORD_SAMPLE.
     Sample(Sample<'a>),
+    /// PERF_RECORD_MMAP or MMAP2.
     Mmap(Mmap<'a>),
+    /// PERF_RECORD_COMM.
     Comm(Comm<'a>),
+    /// PERF_RECORD_FORK.
     Fork(TaskEvent),
+    /// PERF_RECORD_EXIT.
     Exit(TaskEvent),
+    /// PERF_RECORD_LOST.
     Lost(Lost),
+    /// PERF_RECORD_LOST_SAMPLES.
     LostSamples(LostSamples),
+    /// PERF_RECORD_THROTTLE.
     Throttle(Throttle),
+    /// PERF_RECORD_UNTHROTTLE.
     Unthrottle(Throttle),
+    /// PERF_RECORD_SWITCH.
     Switch(Switch),
+    /// PERF_RECORD_SWITCH_CPU_WIDE.
     SwitchCpuWide(SwitchCpuWide),
     /// A type this parser does not decode (READ, AUX, NAMESPACES, KSYMBOL, …, or a
     /// perf-tool type ≥ 64); the caller skips it by the header size.
     Unknown {
+        /// Its type.
         record_type: u32,
+        /// Its misc flags.
         misc: u16,
     },
 }

@@ -3,6 +3,7 @@
 
 use perf_event_open_sys::bindings as b;
 
+use super::callchain::Callchain;
 use super::cursor::{read_u64, Cursor};
 use super::{bits, ParseError, SampleFormat};
 
@@ -11,29 +12,46 @@ const RECORD_SAMPLE: u32 = b::PERF_RECORD_SAMPLE;
 /// One decoded sample. Fields are `None` when `sample_type` did not request them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sample<'a> {
+    /// Flags (cpumode, EXACT_IP).
     pub misc: u16,
+    /// IDENTIFIER.
     pub identifier: Option<u64>,
+    /// IP.
     pub ip: Option<u64>,
+    /// TID: process.
     pub pid: Option<u32>,
+    /// TID: thread.
     pub tid: Option<u32>,
+    /// TIME.
     pub time: Option<u64>,
+    /// ADDR.
     pub addr: Option<u64>,
+    /// ID.
     pub id: Option<u64>,
+    /// STREAM_ID.
     pub stream_id: Option<u64>,
+    /// CPU.
     pub cpu: Option<u32>,
+    /// PERIOD.
     pub period: Option<u64>,
+    /// READ.
     pub read: Option<ReadValues<'a>>,
+    /// CALLCHAIN.
     pub callchain: Option<Callchain<'a>>,
     /// The RAW payload (a tracepoint's record), without the u32 size and the padding.
     pub raw: Option<&'a [u8]>,
+    /// BRANCH_STACK.
     pub branch_stack: Option<BranchStack<'a>>,
+    /// REGS_USER.
     pub regs_user: Option<UserRegs<'a>>,
     /// The copied user stack, already cut to the `dyn_size` the kernel actually filled.
     /// `Some(&[])` when the stack was requested but nothing was copied.
     pub stack_user: Option<&'a [u8]>,
     /// WEIGHT or WEIGHT_STRUCT (the same 8 bytes, packed differently).
     pub weight: Option<u64>,
+    /// DATA_SRC.
     pub data_src: Option<u64>,
+    /// TRANSACTION.
     pub transaction: Option<u64>,
 }
 
@@ -56,15 +74,18 @@ pub struct U64Array<'a> {
 }
 
 impl<'a> U64Array<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         U64Array { bytes }
     }
+    /// Number of values.
     pub fn len(&self) -> usize {
         self.bytes.len() / 8
     }
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.bytes.len() < 8
     }
+    /// Value `index`.
     pub fn get(&self, index: usize) -> Option<u64> {
         if index < self.len() {
             Some(read_u64(self.bytes, index * 8))
@@ -72,6 +93,7 @@ impl<'a> U64Array<'a> {
             None
         }
     }
+    /// The values in order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + 'a {
         self.bytes.chunks_exact(8).map(|c| read_u64(c, 0))
     }
@@ -96,95 +118,6 @@ impl std::fmt::Debug for Hex {
     }
 }
 
-/// Which part of the machine the following callchain entries belong to. The kernel
-/// interleaves these markers (values in the top 4095 of the u64 range) with addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CallchainContext {
-    Hypervisor,
-    Kernel,
-    User,
-    /// Placeholder for a user stack the kernel will deliver later (6.x deferred unwinding).
-    UserDeferred,
-    Guest,
-    GuestKernel,
-    GuestUser,
-}
-
-/// `PERF_CONTEXT_*` marker values as they appear in a callchain.
-pub mod context {
-    use perf_event_open_sys::bindings as b;
-    pub const HV: u64 = b::PERF_CONTEXT_HV;
-    pub const KERNEL: u64 = b::PERF_CONTEXT_KERNEL;
-    pub const USER: u64 = b::PERF_CONTEXT_USER;
-    pub const USER_DEFERRED: u64 = b::PERF_CONTEXT_USER_DEFERRED;
-    pub const GUEST: u64 = b::PERF_CONTEXT_GUEST;
-    pub const GUEST_KERNEL: u64 = b::PERF_CONTEXT_GUEST_KERNEL;
-    pub const GUEST_USER: u64 = b::PERF_CONTEXT_GUEST_USER;
-    /// Every value at or above this is a marker, never an address.
-    pub const MAX: u64 = b::PERF_CONTEXT_MAX;
-}
-
-impl CallchainContext {
-    /// The context a marker value switches to; `None` for addresses and unknown markers.
-    pub fn from_marker(value: u64) -> Option<Self> {
-        Some(match value {
-            context::HV => CallchainContext::Hypervisor,
-            context::KERNEL => CallchainContext::Kernel,
-            context::USER => CallchainContext::User,
-            context::USER_DEFERRED => CallchainContext::UserDeferred,
-            context::GUEST => CallchainContext::Guest,
-            context::GUEST_KERNEL => CallchainContext::GuestKernel,
-            context::GUEST_USER => CallchainContext::GuestUser,
-            _ => return None,
-        })
-    }
-
-    /// True for any value in the marker range, including markers newer than this code.
-    pub fn is_marker(value: u64) -> bool {
-        value >= context::MAX
-    }
-}
-
-/// PERF_SAMPLE_CALLCHAIN: instruction pointers, innermost first, with context markers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Callchain<'a> {
-    entries: U64Array<'a>,
-}
-
-impl<'a> Callchain<'a> {
-    /// Number of entries, markers included.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-    /// Every raw entry, markers included.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + 'a {
-        self.entries.iter()
-    }
-    pub fn get(&self, index: usize) -> Option<u64> {
-        self.entries.get(index)
-    }
-    pub fn as_u64_array(&self) -> U64Array<'a> {
-        self.entries
-    }
-    /// Addresses only, each tagged with the context of the last marker before it
-    /// (`None` before any marker, as in chains from kernels that omit them).
-    /// Unknown markers are skipped and reset the context to `None`.
-    pub fn frames(&self) -> impl Iterator<Item = (Option<CallchainContext>, u64)> + 'a {
-        let mut ctx = None;
-        self.entries.iter().filter_map(move |v| {
-            if CallchainContext::is_marker(v) {
-                ctx = CallchainContext::from_marker(v);
-                None
-            } else {
-                Some((ctx, v))
-            }
-        })
-    }
-}
-
 /// PERF_SAMPLE_REGS_USER: the ABI word and one u64 per bit set in `sample_regs_user`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserRegs<'a> {
@@ -199,6 +132,7 @@ impl<'a> UserRegs<'a> {
     pub fn abi(&self) -> u64 {
         self.abi
     }
+    /// The sampled register mask.
     pub fn mask(&self) -> u64 {
         self.mask
     }
@@ -223,15 +157,20 @@ impl<'a> UserRegs<'a> {
 /// One `{value, id, lost}` entry of PERF_SAMPLE_READ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadValue {
+    /// The counter value.
     pub value: u64,
+    /// Its event id (PERF_FORMAT_ID).
     pub id: Option<u64>,
+    /// Lost samples of the event (PERF_FORMAT_LOST).
     pub lost: Option<u64>,
 }
 
 /// PERF_SAMPLE_READ, either one counter or a whole group (PERF_FORMAT_GROUP).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadValues<'a> {
+    /// PERF_FORMAT_TOTAL_TIME_ENABLED.
     pub time_enabled: Option<u64>,
+    /// PERF_FORMAT_TOTAL_TIME_RUNNING.
     pub time_running: Option<u64>,
     /// Without PERF_FORMAT_GROUP the single entry is split around the times, so it is
     /// decoded eagerly; group entries stay in the record bytes.
@@ -249,12 +188,15 @@ impl<'a> ReadValues<'a> {
     pub fn is_group(&self) -> bool {
         self.single.is_none()
     }
+    /// Number of counters.
     pub fn len(&self) -> usize {
         usize::from(self.single.is_some()) + self.entries.len() / self.stride()
     }
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The counters, leader first.
     pub fn iter(&self) -> impl Iterator<Item = ReadValue> + 'a {
         let (has_id, has_lost) = (self.has_id, self.has_lost);
         let group = self.entries.chunks_exact(self.stride()).map(move |c| {
@@ -281,8 +223,11 @@ impl<'a> ReadValues<'a> {
 /// One PERF_SAMPLE_BRANCH_STACK entry; `flags` packs mispred/predicted/in_tx/abort/cycles/type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BranchEntry {
+    /// Branch source.
     pub from: u64,
+    /// Branch target.
     pub to: u64,
+    /// Packed flags.
     pub flags: u64,
 }
 
@@ -297,12 +242,15 @@ pub struct BranchStack<'a> {
 }
 
 impl<'a> BranchStack<'a> {
+    /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len() / 24
     }
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The entries, most recent first.
     pub fn iter(&self) -> impl Iterator<Item = BranchEntry> + 'a {
         self.entries.chunks_exact(24).map(|c| BranchEntry {
             from: read_u64(c, 0),
@@ -355,9 +303,7 @@ pub(super) fn parse_sample<'a>(
     if has(fmt, bits::CALLCHAIN) {
         let nr = c.u64("callchain.nr")?;
         let entries = c.array(nr, 8, "callchain")?;
-        s.callchain = Some(Callchain {
-            entries: U64Array::new(entries),
-        });
+        s.callchain = Some(Callchain::new(U64Array::new(entries)));
     }
     if has(fmt, bits::RAW) {
         // u32 size + data, padded by the kernel so that the pair ends 8-byte aligned.

@@ -4,7 +4,9 @@
 /// A parsed `events/<subsys>/<name>/format` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracepointFormat {
+    /// The event name.
     pub name: String,
+    /// Its id (`ID:` line).
     pub id: Option<u64>,
     /// Common fields (`common_*`) first, then the event's own, in file order.
     pub fields: Vec<Field>,
@@ -15,26 +17,37 @@ pub struct TracepointFormat {
 /// One `field:TYPE NAME; offset:N; size:N; signed:N;` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// Field name.
     pub name: String,
     /// The declared type without the name and array suffix, e.g. `char` for `char prev_comm[16]`.
     pub type_name: String,
     /// `Some(n)` for `name[n]` arrays, `Some(0)` for `name[]`.
     pub array_len: Option<usize>,
+    /// Byte offset in the payload.
     pub offset: usize,
+    /// Size in bytes.
     pub size: usize,
+    /// Whether it is signed.
     pub signed: bool,
 }
 
+/// Why a format file could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    /// No `name:` line.
     #[error("format file has no `name:` line")]
     MissingName,
+    /// No `field:` line.
     #[error("format file declares no fields")]
     NoFields,
+    /// A line that does not parse.
     #[error("format line {line}: {reason}: {text:?}")]
     BadLine {
+        /// Its number (1-based).
         line: usize,
+        /// What is wrong.
         reason: &'static str,
+        /// The line.
         text: String,
     },
 }
@@ -42,18 +55,35 @@ pub enum FormatError {
 /// Why a RAW payload could not be decoded with a format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The format lacks a field the decoder needs.
     #[error("tracepoint format has no field `{0}`")]
     MissingField(&'static str),
+    /// A field of a size the decoder cannot read.
     #[error("field `{field}` has size {size}, expected one of {expected}")]
     UnexpectedSize {
+        /// The field.
         field: String,
+        /// Its size.
         size: usize,
+        /// The sizes accepted.
         expected: &'static str,
     },
+    /// The payload is shorter than the format's fields.
     #[error("RAW payload is {have} bytes, the format needs {need}")]
-    Truncated { need: usize, have: usize },
+    Truncated {
+        /// Bytes the fields need.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
+    /// A value that does not fit the decoded type.
     #[error("field `{field}` value {value} does not fit an i32")]
-    OutOfRange { field: String, value: i64 },
+    OutOfRange {
+        /// The field.
+        field: String,
+        /// Its value.
+        value: i64,
+    },
 }
 
 impl TracepointFormat {
@@ -94,6 +124,7 @@ impl TracepointFormat {
         })
     }
 
+    /// The field called `name`.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }

@@ -15,6 +15,7 @@ pub struct Comm {
 }
 
 impl Comm {
+    /// The NUL-terminated name in `raw` (at most 16 bytes).
     pub fn new(raw: &[u8]) -> Comm {
         let end = raw
             .iter()
@@ -29,10 +30,12 @@ impl Comm {
         }
     }
 
+    /// The bytes up to the NUL.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// As text (invalid UTF-8 replaced).
     pub fn to_string_lossy(&self) -> String {
         String::from_utf8_lossy(self.as_bytes()).into_owned()
     }
@@ -53,14 +56,21 @@ impl std::fmt::Display for Comm {
 /// One decoded `sched:sched_switch` payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedSwitch {
+    /// Name of the task leaving the CPU.
     pub prev_comm: Comm,
+    /// Its tid.
     pub prev_pid: i32,
+    /// Its priority (when the format has it).
     pub prev_prio: Option<i32>,
+    /// The state it leaves in.
     pub prev_state: TaskState,
     /// The `prev_state` word as recorded, for diagnostics.
     pub prev_state_raw: u64,
+    /// Name of the task coming in.
     pub next_comm: Comm,
+    /// Its tid.
     pub next_pid: i32,
+    /// Its priority (when the format has it).
     pub next_prio: Option<i32>,
 }
 
@@ -79,6 +89,7 @@ pub struct SchedSwitchDecoder {
 }
 
 impl SchedSwitchDecoder {
+    /// A decoder for this kernel's `sched_switch` format.
     pub fn new(format: &TracepointFormat) -> Result<Self, DecodeError> {
         let int = |name| -> Result<Field, DecodeError> {
             let field = format.require(name)?;
@@ -116,6 +127,7 @@ impl SchedSwitchDecoder {
         Ok(SchedSwitchDecoder { min_len, ..decoder })
     }
 
+    /// How `prev_state` values are read on this kernel.
     pub fn state_table(&self) -> &StateTable {
         &self.states
     }
@@ -146,12 +158,16 @@ impl SchedSwitchDecoder {
 /// One decoded `sched_wakeup` / `sched_wakeup_new` / `sched_waking` payload: the task woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedWakeup {
+    /// Name of the task woken.
     pub comm: Comm,
+    /// Its tid.
     pub pid: i32,
+    /// Its priority (when the format has it).
     pub prio: Option<i32>,
     /// Before 4.3 the tracepoint also fired for wakeups that found the task already running
     /// (`success == 0`); those woke nothing. `None` when the field no longer exists (5.14+).
     pub success: Option<bool>,
+    /// The CPU it will run on (when the format has it).
     pub target_cpu: Option<i32>,
 }
 
@@ -167,6 +183,7 @@ pub struct SchedWakeupDecoder {
 }
 
 impl SchedWakeupDecoder {
+    /// A decoder for this kernel's `sched_wakeup` format.
     pub fn new(format: &TracepointFormat) -> Result<Self, DecodeError> {
         let pid = format.require("pid")?;
         pid.expect_int()?;
@@ -187,6 +204,7 @@ impl SchedWakeupDecoder {
         })
     }
 
+    /// Decode one RAW payload.
     pub fn decode(&self, data: &[u8]) -> Result<SchedWakeup, DecodeError> {
         if data.len() < self.min_len {
             return Err(DecodeError::Truncated {

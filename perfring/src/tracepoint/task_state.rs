@@ -66,6 +66,7 @@ impl TaskState {
 /// Where a [`StateTable`] came from, so a command can say when it had to guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateTableSource {
+    /// Read from the format's `print fmt`.
     PrintFmt,
     /// The print fmt had no recognisable `__print_flags` table for `prev_state`; S=1, D=2
     /// and no preemption marker are assumed (true for every mainline kernel's low bits).
@@ -99,10 +100,12 @@ impl StateTable {
         }
     }
 
+    /// Where the table came from.
     pub fn source(&self) -> StateTableSource {
         self.source
     }
 
+    /// The state a raw `prev_state` value stands for.
     pub fn decode(&self, raw: u64) -> TaskState {
         if self.preempt_bit.is_some_and(|bit| raw & bit != 0) {
             return TaskState::Runnable;

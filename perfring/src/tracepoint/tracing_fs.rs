@@ -8,13 +8,16 @@ use super::format::{FormatError, TracepointFormat};
 /// The file operations tracepoint discovery needs. Kept this small so that the real kernel,
 /// an emulated old kernel in tests, or a fixture directory can all provide it.
 pub trait FileAccess {
+    /// Read a tracefs file.
     fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// Whether a path exists.
     fn file_exists(&self, path: &Path) -> bool;
     /// Mounts the kernel's tracing filesystem at `target`: tracefs, or debugfs on kernels
     /// that have no tracefs (`target` is then the debugfs mount point).
     fn mount_tracefs(&self, target: &Path) -> std::io::Result<()>;
 }
 
+/// Which filesystem provides the tracing directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TracingKind {
     /// tracefs at /sys/kernel/tracing (4.1+).
@@ -23,54 +26,95 @@ pub enum TracingKind {
     DebugfsTracing,
 }
 
+/// The tracing directory found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracing {
     /// The directory that holds `events/`.
     pub root: PathBuf,
+    /// Which filesystem it is.
     pub kind: TracingKind,
     /// True when [`Tracing::locate`] mounted it; the caller may unmount it when done.
     pub mounted_by_us: bool,
 }
 
+/// Why tracefs or a tracepoint could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TracingError {
+    /// Neither tracefs nor debugfs is mounted (and we may not mount it).
     #[error(
         "no tracing filesystem is mounted (looked for {tried}); run `mount -t tracefs nodev \
          /sys/kernel/tracing` (kernels before 4.1: `mount -t debugfs nodev /sys/kernel/debug`) \
          or run as root so psample can mount it"
     )]
-    NotMounted { tried: String },
+    NotMounted {
+        /// The places looked at.
+        tried: String,
+    },
+    /// Mounting it failed.
     #[error(
         "mounting the tracing filesystem at {target} failed: {source}; mount it yourself with \
          `mount -t tracefs nodev /sys/kernel/tracing` (or `mount -t debugfs nodev \
          /sys/kernel/debug` on kernels before 4.1), which needs root"
     )]
     MountFailed {
+        /// Where.
         target: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// Mounted, but without the expected directory.
     #[error("mounted {target}, but {expected} still does not exist")]
-    MountedButEmpty { target: PathBuf, expected: PathBuf },
+    MountedButEmpty {
+        /// Where it was mounted.
+        target: PathBuf,
+        /// What is missing.
+        expected: PathBuf,
+    },
+    /// A subsystem or event name with path characters.
     #[error("invalid tracepoint name {subsys}:{name}")]
-    BadName { subsys: String, name: String },
+    BadName {
+        /// The subsystem.
+        subsys: String,
+        /// The event.
+        name: String,
+    },
+    /// No such tracepoint on this kernel.
     #[error(
         "tracepoint {subsys}:{name} does not exist on this kernel ({path} is missing); \
          `perf list 'sched:*'` shows which ones do"
     )]
     NoSuchEvent {
+        /// The subsystem.
         subsys: String,
+        /// The event.
         name: String,
+        /// Its directory, missing.
         path: PathBuf,
     },
+    /// A tracefs file could not be read.
     #[error("reading {path}: {source} (tracefs files need root, or a relaxed tracefs mode)")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// An `id` file without a number.
     #[error("{path} does not hold a tracepoint id: {text:?}")]
-    BadId { path: PathBuf, text: String },
+    BadId {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        text: String,
+    },
+    /// A `format` file that does not parse.
     #[error("parsing {path}: {source}")]
-    Format { path: PathBuf, source: FormatError },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: FormatError,
+    },
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -175,6 +219,7 @@ impl Tracing {
         })
     }
 
+    /// The parsed `format` file of `subsys:name`.
     pub fn format(
         &self,
         fs: &dyn FileAccess,

@@ -1,6 +1,6 @@
 //! x86_64 register set as perf_event reports it (`arch/x86/include/uapi/asm/perf_regs.h`).
 
-use crate::UserRegs;
+use super::UserRegs;
 
 /// perf_regs index of RBP.
 pub const PERF_REG_BP: usize = 6;

@@ -50,26 +50,40 @@ pub enum Filter {
 /// Map fds the programs refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct Maps {
+    /// tid → open interval (the start entry).
     pub start: i32,
+    /// Count key → (blocked ns, intervals).
     pub counts: i32,
+    /// Profiled process or thread ids.
     pub targets: i32,
+    /// `prev_state` → [`accept`] decision.
     pub states: i32,
+    /// The counter slots.
     pub counters: i32,
+    /// Per-CPU scratch value for spilled stack records.
     pub scratch: i32,
+    /// Per-CPU bpf-output events for spilled records.
     pub spill: i32,
+    /// The stack generations.
     pub stacks: StackGenFds,
 }
 
 /// What is baked into the programs as immediates.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
+    /// Which tasks are profiled.
     pub filter: Filter,
+    /// psample's own process (never profiled).
     pub own_tgid: u32,
+    /// Shortest interval counted (`-m`), ns.
     pub min_ns: u64,
+    /// Longest interval counted (`-M`), ns.
     pub max_ns: Option<u64>,
     /// Accept decision for `prev_state` values beyond the state table.
     pub unknown_state: u32,
+    /// Record user stacks.
     pub user_stacks: bool,
+    /// Record kernel stacks.
     pub kernel_stacks: bool,
 }
 

@@ -1,0 +1,153 @@
+//! Rendering an off-CPU report: folded lines `comm;blocked…[;--;waker…;waker_comm] US`,
+//! or pprof with an `off-cpu/microseconds` value whose per-line totals are exactly the
+//! folded output's.
+
+use std::collections::{BTreeMap, HashMap};
+
+use symbolize::Symbolizer;
+
+use super::intervals::{Report, StackKey};
+use crate::output::fold::{prefetch_debuginfo, Folder};
+use crate::output::{folded::escape_comm, pprof, Format, Rendered};
+use crate::session::driver::{Aggregation, Window};
+use crate::tables::Snapshot;
+
+/// An ended report (an interval's, or the whole run's).
+pub struct OffCpuReport {
+    /// Blocked nanoseconds per key, and the interval counters.
+    pub report: Report,
+}
+
+impl Aggregation for OffCpuReport {
+    fn distinct_stacks(&self) -> usize {
+        self.report.by_stack.len()
+    }
+
+    fn render(
+        &self,
+        t: &Snapshot,
+        sym: &mut Symbolizer,
+        format: Format,
+        window: Window,
+    ) -> Rendered {
+        render(&self.report, t, sym, format, window)
+    }
+}
+
+/// A report as folded lines or pprof, in microseconds. pprof values are rounded so that
+/// every folded line's total is exactly the folded output's (which sums nanoseconds per
+/// line, then truncates to microseconds): largest remainders get the leftover units.
+fn render(
+    report: &Report,
+    t: &Snapshot,
+    sym: &mut Symbolizer,
+    format: Format,
+    window: Window,
+) -> Rendered {
+    let frames = report.by_stack.keys().flat_map(|k| {
+        let waker = k
+            .waker
+            .map(|w| t.tables.stacks.get(w.stack))
+            .unwrap_or_default();
+        t.tables.stacks.get(k.stack).iter().chain(waker)
+    });
+    prefetch_debuginfo(sym, &t.procs, frames);
+    if format != Format::Pprof {
+        return Rendered::Lines(fold_report(report, t, sym));
+    }
+    let lines = report_lines(report, t, sym);
+    let (stacks, names) = (&t.tables.stacks, &t.tables.names);
+    let mut by_line: BTreeMap<&str, Vec<(&StackKey, u64)>> = BTreeMap::new();
+    for (key, ns) in &report.by_stack {
+        if let Some(l) = lines.get(key) {
+            by_line.entry(l.as_str()).or_default().push((key, *ns));
+        }
+    }
+    let mut b = pprof::Builder::new(sym, &t.procs, &t.tables.frame_names);
+    for (_, mut keys) in by_line {
+        let line_ns: u64 = keys.iter().map(|k| k.1).sum();
+        let mut left = line_ns / 1000 - keys.iter().map(|k| k.1 / 1000).sum::<u64>();
+        // Deterministic: by remainder, then key order.
+        keys.sort_by(|a, b| (b.1 % 1000).cmp(&(a.1 % 1000)).then(a.0.cmp(b.0)));
+        for (key, ns) in keys {
+            let mut us = ns / 1000;
+            if left > 0 {
+                us += 1;
+                left -= 1;
+            }
+            if us == 0 {
+                continue;
+            }
+            let comm = escape_comm(names.get(key.who));
+            let mut nodes: Vec<pprof::Node<'_>> = Vec::new();
+            let waker_comm;
+            if let Some(w) = key.waker {
+                waker_comm = escape_comm(names.get(w.who));
+                nodes.push(pprof::Node::Text(&waker_comm));
+                nodes.extend(
+                    stacks
+                        .get(w.stack)
+                        .iter()
+                        .rev()
+                        .map(|f| pprof::Node::Waker(*f)),
+                );
+                nodes.push(pprof::Node::Text("--"));
+            }
+            // Leaf first, the reverse of the folded line: waker's comm, waker root..leaf,
+            // "--", blocked leaf..root, comm.
+            let mut blocked: Vec<pprof::Node<'_>> = stacks
+                .get(key.stack)
+                .iter()
+                .map(|f| pprof::Node::Frame(*f))
+                .collect();
+            blocked.push(pprof::Node::Text(&comm));
+            nodes.extend(blocked);
+            b.add(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)]);
+        }
+    }
+    Rendered::Pprof(b.finish(&pprof::Meta {
+        sample_types: vec![("off-cpu".into(), "microseconds".into())],
+        period_type: ("off-cpu".into(), "microseconds".into()),
+        period: 1,
+        time_nanos: pprof::time_nanos(window.0),
+        duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
+    }))
+}
+
+/// Render the report as folded lines with microsecond counts.
+fn fold_report(report: &Report, t: &Snapshot, sym: &mut Symbolizer) -> Vec<(String, u64)> {
+    let lines = report_lines(report, t, sym);
+    let mut by_line: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, ns) in &report.by_stack {
+        if let Some(l) = lines.get(key) {
+            *by_line.entry(l.clone()).or_insert(0) += ns;
+        }
+    }
+    by_line
+        .into_iter()
+        .map(|(l, ns)| (l, ns / 1000))
+        .filter(|(_, us)| *us > 0)
+        .collect()
+}
+
+/// The folded line of every key of a report.
+fn report_lines(report: &Report, t: &Snapshot, sym: &mut Symbolizer) -> HashMap<StackKey, String> {
+    let mut out: HashMap<StackKey, String> = HashMap::new();
+    let (stacks, names) = (&t.tables.stacks, &t.tables.names);
+    let mut folder = Folder::new(sym, &t.procs, &t.tables.frame_names);
+    for key in report.by_stack.keys() {
+        let mut line = folder.render(names.get(key.who), stacks.get(key.stack));
+        if let Some(w) = key.waker {
+            line.push_str(";--");
+            let waker = folder.render_reversed(stacks.get(w.stack), "_[w]");
+            if !waker.is_empty() {
+                line.push(';');
+                line.push_str(&waker);
+            }
+            line.push(';');
+            line.push_str(&escape_comm(names.get(w.who)));
+        }
+        out.insert(*key, line);
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! `record --bpf`: in-kernel stack aggregation where it gives the same information as the
+//! ring-buffer path (frame-pointer stacks), with a clean fallback in `auto` mode.
+//!
+//! The sampling events are opened exactly as for the ring path; a BPF program attached to
+//! them counts (pid, tid, user stack, kernel stack) in kernel maps and returns 0, so no
+//! sample reaches the ring — only side-band records (mmap, comm, fork) still do, which keep
+//! address spaces and names up to date. Userspace drains the maps periodically.
+
+use std::os::fd::AsFd;
+
+use perfring::bpf::{StackCounter, StackCounterOptions};
+use perfring::event::Session;
+use perfring::record::push_stack;
+use perfring::sys::Ioctl;
+
+use crate::frame::Frame;
+use crate::pipeline::Pipeline;
+use crate::profile::Profile;
+use crate::stack::StackMode;
+use crate::Error;
+
+/// Whether to aggregate stacks in the kernel (`--bpf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpfMode {
+    /// Where it gives the same result (frame-pointer stacks) and the kernel allows it.
+    Auto,
+    /// Never: always the ring buffer.
+    Never,
+    /// Always, or fail.
+    Always,
+}
+
+/// A loaded and attached counter.
+pub struct BpfAggregation {
+    counter: StackCounter,
+    /// Samples counted in the kernel and drained so far.
+    pub samples: u64,
+    /// Distinct (pid, tid, stacks) keys drained.
+    pub keys: u64,
+    frames: Vec<Frame>,
+    addrs: Vec<u64>,
+}
+
+/// Whether BPF aggregation is used for this run, and why not when it isn't.
+pub enum Decision {
+    /// Aggregate in the kernel with this counter.
+    Use(Box<BpfAggregation>),
+    /// Use the ring buffer; why.
+    NotUsed(String),
+}
+
+fn refuse(mode: BpfMode, why: String) -> Result<Decision, Error> {
+    match mode {
+        BpfMode::Always => Err(Error::new(format!("--bpf always: {why}"))),
+        _ => Ok(Decision::NotUsed(why)),
+    }
+}
+
+/// Load the counter and attach it to every event of `spec`, or explain why not.
+pub fn setup(
+    mode: BpfMode,
+    call_graph: StackMode,
+    session: &Session,
+    spec: usize,
+    verbose: bool,
+) -> Result<Decision, Error> {
+    if mode == BpfMode::Never {
+        return Ok(Decision::NotUsed("--bpf never".into()));
+    }
+    if let StackMode::Dwarf(_) = call_graph {
+        return refuse(
+            mode,
+            "BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer".into(),
+        );
+    }
+    let opts = StackCounterOptions {
+        log_verifier: verbose,
+        ..Default::default()
+    };
+    let counter = match StackCounter::load(&opts) {
+        Ok(c) => c,
+        Err(e) => return refuse(mode, format!("cannot load the BPF program: {e}")),
+    };
+    if verbose && !counter.verifier_log().is_empty() {
+        crate::errln!("psample: BPF verifier log:\n{}", counter.verifier_log());
+    }
+    let kernel = session.kernel().clone();
+    let fds: Vec<_> = session.fds_of(spec).collect();
+    for (i, fd) in fds.iter().enumerate() {
+        if let Err(errno) = kernel.ioctl(fd.as_fd(), Ioctl::SetBpf(counter.prog_fd())) {
+            if i == 0 {
+                // Nothing attached yet: the ring path is untouched.
+                return refuse(
+                    mode,
+                    format!(
+                        "the kernel refused PERF_EVENT_IOC_SET_BPF: {}",
+                        errno.desc()
+                    ),
+                );
+            }
+            return Err(Error::new(format!(
+                "attaching the BPF program to event {i} failed after others succeeded: {}; \
+                 rerun with --bpf never",
+                errno.desc()
+            )));
+        }
+    }
+    Ok(Decision::Use(Box::new(BpfAggregation {
+        counter,
+        samples: 0,
+        keys: 0,
+        frames: Vec::new(),
+        addrs: Vec::new(),
+    })))
+}
+
+impl BpfAggregation {
+    /// Move the kernel's counts into `profile`. Errors are reported, not fatal: counts
+    /// collected so far stay in the profile.
+    pub fn drain(&mut self, p: &mut Pipeline, profile: &mut Profile) -> Result<(), String> {
+        let counts = self.counter.drain().map_err(|e| e.to_string())?;
+        for c in counts {
+            if c.pid == p.own_pid {
+                continue;
+            }
+            self.keys += 1;
+            self.samples += c.count;
+            self.frames.clear();
+            // Same convention as PERF_SAMPLE_CALLCHAIN (perfring's push_stack).
+            self.addrs.clear();
+            push_stack(c.kernel_stack.iter().copied(), &mut self.addrs);
+            self.frames
+                .extend(self.addrs.iter().map(|a| Frame::Kernel(*a)));
+            self.addrs.clear();
+            push_stack(c.user_stack.iter().copied(), &mut self.addrs);
+            for &a in &self.addrs {
+                self.frames.push(p.tracker.user_frame(c.pid, a));
+            }
+            // Both stack ids failed (map collision or full): keep the samples, visibly.
+            if self.frames.is_empty() {
+                self.frames.push(Frame::Label("[stack lost]"));
+            }
+            p.tracker.saw_thread(c.tid);
+            let stack = p.intern_stack(&self.frames);
+            let name = p.thread_name(c.pid, c.tid);
+            profile.add(name, stack, c.count);
+        }
+        Ok(())
+    }
+
+    /// Stacks the kernel could not record (reported like lost records).
+    pub fn missing(&self) -> String {
+        let m = self.counter.missing();
+        format!(
+            "{} samples spilled to the ring (stack map collisions/full, count map full), {} stacks lost",
+            m.spilled_samples(),
+            m.lost_stacks()
+        )
+    }
+}

@@ -1,0 +1,200 @@
+//! Output writers: folded stacks, SVG flame graphs and pprof, and where they go.
+//!
+//! A regular output file is written to a temporary file in the destination directory and
+//! renamed into place, so a crash or a second Ctrl-C never leaves a half-written file under
+//! the real name; devices, FIFOs, sockets and stdout are written in place ([`sink`]).
+//! Continuous mode's output directory is checked and pruned by [`outdir`].
+
+mod atomic;
+pub mod diff;
+pub mod fold;
+pub mod folded;
+pub mod input;
+pub mod outdir;
+pub mod pprof;
+pub mod sink;
+pub mod svg;
+mod trust;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub use sink::{check_writable, OutputFile};
+
+/// What kind of file to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Brendan Gregg's folded stacks (`.folded`, or any other name).
+    Folded,
+    /// An interactive SVG flame graph (`.svg`).
+    Svg,
+    /// Gzipped profile.proto (`.pb.gz`, `.pprof`, `.pb`).
+    Pprof,
+}
+
+impl Format {
+    /// `.svg` → flame graph; `.pb.gz`/`.pprof`/`.pb` → pprof; anything else → folded stacks.
+    pub fn from_path(path: Option<&Path>) -> Format {
+        let name = path
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".svg") {
+            Format::Svg
+        } else if name.ends_with(".pb.gz") || name.ends_with(".pprof") || name.ends_with(".pb") {
+            Format::Pprof
+        } else {
+            Format::Folded
+        }
+    }
+
+    /// The format asked for (`--format`) when given, else what the file name says.
+    pub fn resolve(explicit: Option<Format>, path: Option<&Path>) -> Format {
+        explicit.unwrap_or_else(|| Format::from_path(path))
+    }
+
+    /// File extension for generated names (continuous mode).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Folded => "folded",
+            Format::Svg => "svg",
+            Format::Pprof => "pb.gz",
+        }
+    }
+}
+
+/// Write a pprof profile (gzipped) to `path`, or to stdout when `None` (see [`OutputFile`]).
+pub fn write_pprof(path: Option<&Path>, profile: &pprof::Profile) -> io::Result<()> {
+    write_with(path, |out| profile.write_gz(out))
+}
+
+/// Write folded lines as folded text or an SVG (`format` must not be pprof).
+pub fn write_lines(
+    path: Option<&Path>,
+    format: Format,
+    lines: &[(String, u64)],
+    labels: &Labels,
+) -> io::Result<()> {
+    write_with(path, |out| encode_lines(out, format, lines, labels))
+}
+
+fn encode_lines(
+    mut out: &mut dyn Write,
+    format: Format,
+    lines: &[(String, u64)],
+    labels: &Labels,
+) -> io::Result<()> {
+    match format {
+        Format::Svg => svg::write(&mut out, lines, labels),
+        _ => folded::write(&mut out, lines),
+    }
+}
+
+/// Open `path` (see [`OutputFile::create`]), let `encode` write through a buffer, commit.
+pub fn write_with(
+    path: Option<&Path>,
+    encode: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = OutputFile::create(path)?;
+    encode_into(&mut file, encode)?;
+    file.commit()
+}
+
+fn encode_into(
+    file: &mut OutputFile,
+    encode: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut out = io::BufWriter::new(file);
+    encode(&mut out)?;
+    out.flush()
+}
+
+/// Names in a directory, sorted: tests check what was (and was not) left behind.
+#[cfg(test)]
+pub(crate) fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// How the counts should be labelled in an SVG.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    /// The flame graph's title.
+    pub title: String,
+    /// What the counts are (`samples`, `us`).
+    pub count_name: String,
+}
+
+/// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`:
+/// an SVG when the name ends in `.svg`, folded text otherwise.
+pub fn write_profile(
+    path: Option<&PathBuf>,
+    lines: &[(String, u64)],
+    labels: &Labels,
+) -> io::Result<()> {
+    let path = path.map(PathBuf::as_path);
+    let format = match Format::from_path(path) {
+        Format::Svg => Format::Svg,
+        _ => Format::Folded,
+    };
+    write_lines(path, format, lines, labels)
+}
+
+/// A profile ready to be written: folded lines (for folded and SVG) or a pprof message.
+pub enum Rendered {
+    /// Sorted `stack count` lines (folded and SVG).
+    Lines(Vec<(String, u64)>),
+    /// A pprof profile.
+    Pprof(pprof::Profile),
+}
+
+impl Rendered {
+    /// Write in `format` to `path` (stdout when `None`; see [`OutputFile`]).
+    pub fn write(&self, path: Option<&Path>, format: Format, labels: &Labels) -> io::Result<()> {
+        write_with(path, |out| self.encode(out, format, labels))
+    }
+
+    /// Write in `format` into an open [`OutputFile`] (not committed).
+    pub fn write_into(
+        &self,
+        file: &mut OutputFile,
+        format: Format,
+        labels: &Labels,
+    ) -> io::Result<()> {
+        encode_into(file, |out| self.encode(out, format, labels))
+    }
+
+    fn encode(&self, out: &mut dyn Write, format: Format, labels: &Labels) -> io::Result<()> {
+        match self {
+            Rendered::Lines(lines) => encode_lines(out, format, lines, labels),
+            Rendered::Pprof(p) => p.write_gz(out),
+        }
+    }
+
+    /// The file's bytes (for uploading): folded text or gzipped pprof.
+    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        match self {
+            Rendered::Lines(lines) => folded::write(&mut v, lines)?,
+            Rendered::Pprof(p) => p.write_gz(&mut v)?,
+        }
+        Ok(v)
+    }
+
+    /// Folded lines or pprof samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Rendered::Lines(l) => l.len(),
+            Rendered::Pprof(p) => p.sample.len(),
+        }
+    }
+
+    /// Whether nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,137 @@
+//! The end-of-run summary on stderr: what was collected, what was lost, which fallbacks ran.
+
+use perfring::event::Session;
+
+use crate::session;
+use crate::stack::UnwindStats;
+
+/// The summary of one session: `key value` lines, fallbacks, warnings.
+pub struct Summary {
+    command: &'static str,
+    lines: Vec<(String, String)>,
+    /// Printed after the lines, one `psample: warning:` each.
+    pub warnings: Vec<String>,
+    /// Also list every kernel feature and its support.
+    pub verbose: bool,
+    fallbacks: Vec<String>,
+    features: Vec<String>,
+}
+
+impl Summary {
+    /// An empty summary of `command`.
+    pub fn new(command: &'static str) -> Self {
+        Summary {
+            command,
+            lines: Vec::new(),
+            warnings: Vec::new(),
+            verbose: false,
+            fallbacks: Vec::new(),
+            features: Vec::new(),
+        }
+    }
+
+    /// Add a `key value` line.
+    pub fn line(&mut self, key: &str, value: impl Into<String>) {
+        self.lines.push((key.to_string(), value.into()));
+    }
+
+    /// Lost records per ring: always reported, never silent.
+    pub fn add_lost(&mut self, session: &Session, parse_errors: u64) {
+        let stats = session.ring_stats();
+        let lost: u64 = stats.iter().map(|(_, s)| s.lost_records).sum();
+        let lost_samples: u64 = stats.iter().map(|(_, s)| s.lost_samples).sum();
+        let corrupt: u64 = stats.iter().map(|(_, s)| s.corrupt).sum();
+        let mut v = format!("{lost} records");
+        if lost_samples > 0 {
+            v.push_str(&format!(", {lost_samples} samples dropped by the kernel"));
+        }
+        if corrupt > 0 || parse_errors > 0 {
+            v.push_str(&format!(", {} malformed", corrupt + parse_errors));
+        }
+        let held = session.drained_peak();
+        if held > 0 {
+            v.push_str(&format!(
+                " (the reader fell behind: up to {:.1} MiB held outside the rings)",
+                held as f64 / f64::from(1 << 20)
+            ));
+        }
+        if lost > 0 {
+            let per_cpu: Vec<String> = stats
+                .iter()
+                .filter(|(_, s)| s.lost_records > 0)
+                .map(|(cpu, s)| format!("cpu{cpu}: {}", s.lost_records))
+                .collect();
+            v.push_str(&format!(
+                " ({}; use a larger --mmap-pages or a lower -F)",
+                per_cpu.join(", ")
+            ));
+        }
+        self.line("lost", v);
+    }
+
+    /// The `unwinding` line: completeness of the user stacks unwound, and the top reasons they stopped short.
+    pub fn add_unwind(&mut self, u: &UnwindStats) {
+        let pct = if u.samples > 0 {
+            100.0 * u.complete as f64 / u.samples as f64
+        } else {
+            0.0
+        };
+        let mut v = format!(
+            "{pct:.1}% complete ({} of {} user stacks reach a thread entry)",
+            u.complete, u.samples
+        );
+        let mut reasons: Vec<(&String, &u64)> = u.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1));
+        if !reasons.is_empty() {
+            let top: Vec<String> = reasons
+                .iter()
+                .take(3)
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            v.push_str(&format!("; truncated by: {}", top.join(", ")));
+        }
+        self.line("unwinding", v);
+    }
+
+    /// The fallbacks the session's ladder took, and every feature's support (verbose).
+    pub fn add_fallbacks(&mut self, s: &Session) {
+        self.fallbacks = session::fallbacks(s);
+        self.features = perfring::features::Feature::ALL
+            .iter()
+            .map(|f| format!("{}={:?}", f.name(), s.ladder.support(*f)))
+            .collect();
+    }
+
+    /// The summary as the command line prints it: a heading, aligned `key  value` lines,
+    /// the fallbacks (and when verbose every feature), then the warnings.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let width = self.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let _ = writeln!(out, "psample {}:", self.command);
+        for (k, v) in &self.lines {
+            let _ = writeln!(out, "  {k:width$}  {v}");
+        }
+        if self.fallbacks.is_empty() {
+            let _ = writeln!(out, "  {:width$}  none", "fallbacks");
+        } else {
+            let _ = writeln!(
+                out,
+                "  {:width$}  {}",
+                "fallbacks",
+                self.fallbacks.join("; ")
+            );
+        }
+        if self.verbose {
+            let _ = writeln!(out, "  {:width$}  {}", "features", self.features.join(" "));
+        }
+        // What profiled processes made psample leave out (symbolize::budget), if anything.
+        for line in symbolize::budget::report() {
+            let _ = writeln!(out, "  {:width$}  {line}", "budget");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "psample: warning: {w}");
+        }
+        out
+    }
+}
