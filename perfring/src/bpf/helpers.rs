@@ -7,6 +7,8 @@ pub const MAP_LOOKUP_ELEM: i32 = 1;
 pub const MAP_UPDATE_ELEM: i32 = 2;
 /// `bpf_map_delete_elem(map, key)`.
 pub const MAP_DELETE_ELEM: i32 = 3;
+/// `bpf_probe_read(dst, size, unsafe_ptr)` (4.1; x86_64 keeps it for kernel pointers).
+pub const PROBE_READ: i32 = 4;
 /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in ns (4.1).
 pub const KTIME_GET_NS: i32 = 5;
 /// `bpf_get_smp_processor_id()`.
@@ -15,6 +17,8 @@ pub const GET_SMP_PROCESSOR_ID: i32 = 8;
 pub const GET_CURRENT_PID_TGID: i32 = 14;
 /// `bpf_get_current_comm(buf, size)` (4.2).
 pub const GET_CURRENT_COMM: i32 = 16;
+/// `bpf_get_current_task()`: the current `task_struct` as a plain address (4.8).
+pub const GET_CURRENT_TASK: i32 = 35;
 /// `bpf_perf_event_output(ctx, map, flags, data, size)` (4.4 for tracing programs).
 pub const PERF_EVENT_OUTPUT: i32 = 25;
 /// `bpf_get_stackid(ctx, map, flags)` (4.6).

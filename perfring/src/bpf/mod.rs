@@ -5,6 +5,7 @@
 //! [`stack_counter`] holds the sampling program and its maps. Nothing here is needed for
 //! the ring-buffer path; callers probe with [`probe`] and fall back when it fails.
 
+pub mod btf;
 pub mod drain;
 pub mod emit;
 pub mod error;

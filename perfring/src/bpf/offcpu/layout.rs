@@ -38,8 +38,12 @@ pub mod entry {
     pub const BLOCKED_SEQ: i16 = 88;
     /// u64 sequence number of the spilled waker stacks.
     pub const WAKER_SEQ: i16 = 96;
+    /// u64 time of the last wakeup (`sched_waking`) while open; 0: none seen.
+    pub const WOKEN: i16 = 104;
+    /// u64 the thread's CPU time (`se.sum_exec_runtime`) at the switch-out; 0: unknown.
+    pub const RUNTIME: i16 = 112;
     /// Bytes per entry.
-    pub const SIZE: usize = 104;
+    pub const SIZE: usize = 120;
 }
 
 /// Bytes of the count key: the start entry up to the switch-out time.
@@ -159,6 +163,10 @@ pub struct RawEntry {
     pub blocked_seq: u64,
     /// Sequence number of the spilled waker stacks.
     pub waker_seq: u64,
+    /// Time of the last wakeup while open (0: none seen).
+    pub woken: u64,
+    /// The thread's CPU time in ns when the interval opened (0: unknown).
+    pub runtime: u64,
 }
 
 impl RawEntry {
@@ -170,6 +178,8 @@ impl RawEntry {
             flags: read_u32(bytes, entry::FLAGS as usize)?,
             blocked_seq: read_u64(bytes, entry::BLOCKED_SEQ as usize)?,
             waker_seq: read_u64(bytes, entry::WAKER_SEQ as usize)?,
+            woken: read_u64(bytes, entry::WOKEN as usize)?,
+            runtime: read_u64(bytes, entry::RUNTIME as usize)?,
         })
     }
 
@@ -197,6 +207,8 @@ impl RawEntry {
         put(entry::FLAGS, &self.flags.to_ne_bytes());
         put(entry::BLOCKED_SEQ, &self.blocked_seq.to_ne_bytes());
         put(entry::WAKER_SEQ, &self.waker_seq.to_ne_bytes());
+        put(entry::WOKEN, &self.woken.to_ne_bytes());
+        put(entry::RUNTIME, &self.runtime.to_ne_bytes());
         b
     }
 }
@@ -293,6 +305,8 @@ mod tests {
             flags: flags::SPILL_WAKER,
             blocked_seq: 0,
             waker_seq: (1 << 48) | 9,
+            woken: 123_999_000,
+            runtime: 77,
         }
     }
 

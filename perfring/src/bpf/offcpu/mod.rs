@@ -35,7 +35,9 @@ pub(crate) mod slot {
     pub const START_UNCONFIRMED: u32 = 13;
     pub const NOT_BLOCKED: u32 = 14;
     pub const START_MAP_FULL: u32 = 15;
-    pub const COUNT: u32 = 16;
+    pub const ENDED_AT_WAKEUP: u32 = 16;
+    pub const ENDED_BY_RUNTIME: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// How the programs are built.
@@ -55,8 +57,13 @@ pub struct OffcpuOptions {
     pub unknown_state: u32,
     /// `sched_switch` field offsets.
     pub switch: SwitchFields,
-    /// `sched_waking`'s `pid` offset: record wakers (`--wakers`).
+    /// `sched_waking`'s (or `sched_wakeup`'s) `pid` offset: wakeup times, which end
+    /// intervals whose switch-in fired no `sched_switch`.
     pub waking_pid: Option<i16>,
+    /// Record the waker's stacks at each wakeup (`--wakers`; needs `waking_pid`).
+    pub wakers: bool,
+    /// Offset of `se.sum_exec_runtime` in `task_struct` ([`runtime_offset`]).
+    pub runtime_off: Option<i32>,
     /// `sched_process_fork`'s `child_pid` offset: follow children of target processes.
     pub fork_child_pid: Option<i16>,
     /// Threads that can be blocked at once (start map size).
@@ -90,8 +97,14 @@ pub struct OffcpuCounters {
     pub spill_failed: u64,
     /// Intervals outside `-m`/`-M`.
     pub filtered: u64,
-    /// Switch-outs of a thread whose previous interval was never closed (switch-in missed).
+    /// Switch-outs of a thread whose previous interval was never closed (its switch-in
+    /// fired no `sched_switch`) and had no wakeup either: that interval was dropped.
     pub unpaired: u64,
+    /// Intervals whose switch-in fired no `sched_switch`, closed at their last wakeup.
+    pub ended_at_wakeup: u64,
+    /// Intervals whose switch-in fired no `sched_switch`, closed at the switch-in the
+    /// thread's CPU time dates.
+    pub ended_by_runtime: u64,
     /// Threads found blocked at start that were running after all.
     pub start_unconfirmed: u64,
     /// Switch-outs whose state opens no interval (preemptions, by default).
@@ -130,6 +143,7 @@ pub struct OffcpuBpf {
     targets: Map,
     counters: Map,
     spill: Map,
+    gate: Map,
     _states: Map,
     _scratch: Map,
     gens: StackGens,
@@ -190,6 +204,7 @@ impl OffcpuBpf {
                 .map_err(syscall("bpf(BPF_MAP_UPDATE_ELEM states)"))?;
         }
         let counters = array("psample_offcnt", 8, slot::COUNT)?;
+        let gate = array("psample_gate", 8, 1)?;
         let scratch = create_map(
             "bpf(BPF_MAP_CREATE percpu array)",
             sys::map_type::PERCPU_ARRAY,
@@ -215,6 +230,7 @@ impl OffcpuBpf {
             counters: counters.raw_fd(),
             scratch: scratch.raw_fd(),
             spill: spill.raw_fd(),
+            gate: gate.raw_fd(),
             stacks: gens.fds(),
         };
         let cfg = program::Config {
@@ -225,6 +241,8 @@ impl OffcpuBpf {
             unknown_state: opts.unknown_state,
             user_stacks: opts.user_stacks,
             kernel_stacks: opts.kernel_stacks,
+            wakers: opts.wakers && opts.waking_pid.is_some(),
+            runtime_off: opts.runtime_off,
         };
         let tp = sys::prog_type::TRACEPOINT;
         let insns = program::switch_program(&opts.switch, &maps, &cfg)?;
@@ -252,6 +270,7 @@ impl OffcpuBpf {
             targets,
             counters,
             spill,
+            gate,
             _states: states,
             _scratch: scratch,
             gens,
@@ -266,7 +285,19 @@ impl OffcpuBpf {
         self.switch_prog.as_fd()
     }
 
-    /// The `sched_waking` program, when wakers are recorded.
+    /// Start (or stop) opening and closing intervals: the switch program does nothing
+    /// until armed, so nothing is counted before the session starts or after it stops.
+    pub fn arm(&self, on: bool) -> Result<(), BpfError> {
+        self.gate
+            .update(
+                &0u32.to_ne_bytes(),
+                &u64::from(on).to_ne_bytes(),
+                sys::update::ANY,
+            )
+            .map_err(syscall("bpf(BPF_MAP_UPDATE_ELEM gate)"))
+    }
+
+    /// The `sched_waking` program (wakeup times, and the wakers' stacks with `--wakers`).
     pub fn waking_prog(&self) -> Option<BorrowedFd<'_>> {
         self.waking_prog.as_ref().map(AsFd::as_fd)
     }
@@ -319,6 +350,16 @@ impl OffcpuBpf {
     pub fn insert_blocked_at_start(&self, e: &RawEntry) -> Result<(), BpfError> {
         self.start
             .update(&e.key.tid.to_ne_bytes(), &e.encode(), sys::update::NOEXIST)
+            .map_err(syscall("bpf(BPF_MAP_UPDATE_ELEM start)"))
+    }
+
+    /// Open (or overwrite) the interval of `e.key.tid` as if its thread had switched out
+    /// at `e.ts`: for tests that force what the programs see when a switch-in fires no
+    /// `sched_switch`. Profiling uses [`OffcpuBpf::insert_blocked_at_start`], which never
+    /// replaces an interval the programs opened.
+    pub fn replace_open_interval(&self, e: &RawEntry) -> Result<(), BpfError> {
+        self.start
+            .update(&e.key.tid.to_ne_bytes(), &e.encode(), sys::update::ANY)
             .map_err(syscall("bpf(BPF_MAP_UPDATE_ELEM start)"))
     }
 
@@ -447,11 +488,21 @@ impl OffcpuBpf {
             spill_failed: v[slot::SPILL_FAILED as usize],
             filtered: v[slot::FILTERED as usize],
             unpaired: v[slot::UNPAIRED as usize],
+            ended_at_wakeup: v[slot::ENDED_AT_WAKEUP as usize],
+            ended_by_runtime: v[slot::ENDED_BY_RUNTIME as usize],
             start_unconfirmed: v[slot::START_UNCONFIRMED as usize],
             not_blocked: v[slot::NOT_BLOCKED as usize],
             start_map_full: v[slot::START_MAP_FULL as usize],
         })
     }
+}
+
+/// Where the running kernel keeps a task's CPU time (`task_struct.se.sum_exec_runtime`),
+/// from its BTF; `None` without BTF.
+pub fn runtime_offset() -> Option<i32> {
+    let btf = super::btf::Btf::vmlinux()?;
+    let off = btf.offset_of("task_struct", &["se", "sum_exec_runtime"])?;
+    i32::try_from(off).ok()
 }
 
 /// A 4-byte integer field's offset in a tracepoint record, usable as a program's context

@@ -4,9 +4,24 @@
 //!   blocked time to the count map — then opens one for the task switching out (the current
 //!   task, `prev_pid`) when its state passes `--state` and it is a target: time, state,
 //!   comm and stack ids go into the start map;
-//! - `sched_waking` (`--wakers`): runs in the waker's context before the wakee is queued,
-//!   so the wakee cannot switch in meanwhile; stores the waker's stacks in the wakee's entry;
+//! - `sched_waking`: runs in the waker's context before the wakee is queued, so the wakee
+//!   cannot switch in meanwhile; stores the wakeup time in the wakee's entry and, with
+//!   `--wakers`, the waker's stacks;
 //! - `sched_process_fork` (process targets): children of a target process become targets.
+//!
+//! Some context switches fire no `sched_switch` at all (on the 6.18 development VM: every
+//! switch away from one thread of its init process, and every switch away from the idle
+//! task on CPU 1 — perf's own switch-out records are missing for them too, while its
+//! switch-in records are there). The task switching in then keeps its interval open; its
+//! next switch-out finds it. That interval ended at a switch-in between its last wakeup and
+//! now. Where the kernel's BTF says where a task's CPU time is (`se.sum_exec_runtime`),
+//! the entry keeps the CPU time at the switch-out, and the switch-in is found exactly: the
+//! thread has run since for the CPU time it gained, so it switched in that long before now.
+//! Without BTF the interval is closed at its last wakeup (the switch-in follows it by the
+//! run-queue wait), or, with no wakeup seen, dropped and counted as unpaired.
+//!
+//! The switch program does nothing until userspace arms it (the gate map), so a system-wide
+//! profile starts when the session does, and stops counting at its stop.
 //!
 //! Every program returns 1, so perf events other tools opened on the same tracepoint keep
 //! receiving their samples (0 would suppress them system-wide).
@@ -64,6 +79,8 @@ pub struct Maps {
     pub scratch: i32,
     /// Per-CPU bpf-output events for spilled records.
     pub spill: i32,
+    /// One u64: non-zero while the switch program is armed.
+    pub gate: i32,
     /// The stack generations.
     pub stacks: StackGenFds,
 }
@@ -85,6 +102,11 @@ pub struct Config {
     pub user_stacks: bool,
     /// Record kernel stacks.
     pub kernel_stacks: bool,
+    /// The waking program records the waker's stacks (`--wakers`), not only the time.
+    pub wakers: bool,
+    /// Offset of `se.sum_exec_runtime` in `task_struct` (from BTF), to date switch-ins
+    /// that fired no `sched_switch`.
+    pub runtime_off: Option<i32>,
 }
 
 /// `prev_state` values the state array covers; larger ones get `Config::unknown_state`.
@@ -100,12 +122,12 @@ pub mod accept {
 }
 
 // The switch program's frame (offsets from r10).
-const ENTRY_OFF: i16 = -(entry::SIZE as i16); // -104: the entry built at switch-out
-const IREC_OFF: i16 = ENTRY_OFF - spill::INTERVAL_SIZE as i16; // -208: interval record
-const VAL_OFF: i16 = IREC_OFF - 16; // -224: count value to insert
-const TID_OFF: i16 = VAL_OFF - 8; // -232: u32 tid key
-const SLOT_OFF: i16 = TID_OFF - 4; // -236: counter key
-const ZERO_OFF: i16 = SLOT_OFF - 4; // -240: u32 0 (array keys)
+const ENTRY_OFF: i16 = -(entry::SIZE as i16); // -120: the entry built at switch-out
+const IREC_OFF: i16 = ENTRY_OFF - spill::INTERVAL_SIZE as i16; // -224: interval record
+const VAL_OFF: i16 = IREC_OFF - 16; // -240: count value to insert
+const TID_OFF: i16 = VAL_OFF - 8; // -248: u32 tid key
+const SLOT_OFF: i16 = TID_OFF - 4; // -252: counter key
+const ZERO_OFF: i16 = SLOT_OFF - 4; // -256: u32 0 (array keys)
 
 fn counters(maps: &Maps) -> Counters {
     Counters {
@@ -206,11 +228,7 @@ fn emit_stack_ids(a: &mut Asm, maps: &Maps, cfg: &Config, base: Reg, offs: (i16,
 
 /// Emit the switch-in half: close the interval of `next_pid`, if it has one.
 fn emit_switch_in(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
-    let c = counters(maps);
     let done = a.new_label();
-    let filtered = a.new_label();
-    let remove = a.new_label();
-    let output = a.new_label();
     a.load(size::W, Reg::R1, Reg::R6, f.next_pid)
         .jmp_imm(jmp::JEQ, Reg::R1, 0, done)
         .store_reg(size::W, FP, TID_OFF, Reg::R1)
@@ -219,11 +237,23 @@ fn emit_switch_in(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
     a.call(helpers::MAP_LOOKUP_ELEM)
         .jmp_imm(jmp::JEQ, Reg::R0, 0, done)
         .mov64_reg(Reg::R8, Reg::R0)
-        .load(size::DW, Reg::R1, Reg::R8, entry::TS)
-        .mov64_reg(Reg::R9, Reg::R7)
-        .alu64_reg(alu::SUB, Reg::R9, Reg::R1);
+        .mov64_reg(Reg::R9, Reg::R7);
+    emit_close(a, maps, cfg);
+    a.bind(done);
+}
+
+/// Emit: close the interval of the entry at r8 (whose tid is at `[TID_OFF]`) at time r9:
+/// add it to the count map, or spill it, unless `-m`/`-M` filter it; then delete the entry.
+/// Clobbers r0–r5, r9.
+fn emit_close(a: &mut Asm, maps: &Maps, cfg: &Config) {
+    let c = counters(maps);
+    let filtered = a.new_label();
+    let remove = a.new_label();
+    let output = a.new_label();
     let positive = a.new_label();
-    a.jmp_imm(jmp::JSGE, Reg::R9, 0, positive)
+    a.load(size::DW, Reg::R1, Reg::R8, entry::TS)
+        .alu64_reg(alu::SUB, Reg::R9, Reg::R1)
+        .jmp_imm(jmp::JSGE, Reg::R9, 0, positive)
         .mov64_imm(Reg::R9, 0);
     a.bind(positive);
     if cfg.min_ns > 0 {
@@ -275,7 +305,6 @@ fn emit_switch_in(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
     a.ld_map_fd(Reg::R1, maps.start);
     frame_ptr(a, Reg::R2, TID_OFF);
     a.call(helpers::MAP_DELETE_ELEM);
-    a.bind(done);
 }
 
 /// Emit: add (r9 ns, 1 interval) to the count of the key at `key_off`; on success go to
@@ -360,32 +389,91 @@ fn emit_state(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
     a.bind(done);
 }
 
+/// Emit: an entry still open at a switch-out means its switch-in fired no `sched_switch`
+/// (or, for a thread found blocked at start, that it was running after all). Close it at
+/// the switch-in its CPU time dates, else at its last wakeup, else drop it. Keeps r9 (the
+/// state decision).
+fn emit_stale(a: &mut Asm, maps: &Maps, cfg: &Config) {
+    let c = counters(maps);
+    let none = a.new_label();
+    let not_woken = a.new_label();
+    let unconfirmed = a.new_label();
+    let delete = a.new_label();
+    // The state decision moves to the stack while r9 holds the interval's end.
+    a.store_reg(size::W, FP, ENTRY_OFF + entry::FLAGS, Reg::R9)
+        .ld_map_fd(Reg::R1, maps.start);
+    frame_ptr(a, Reg::R2, TID_OFF);
+    a.call(helpers::MAP_LOOKUP_ELEM)
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, none)
+        .mov64_reg(Reg::R8, Reg::R0);
+    if let Some(off) = cfg.runtime_off {
+        let no_runtime = a.new_label();
+        emit_switch_in_from_runtime(a, off, no_runtime);
+        c.bump(a, slot::ENDED_BY_RUNTIME);
+        emit_close(a, maps, cfg);
+        a.ja(none);
+        a.bind(no_runtime);
+    }
+    a.load(size::DW, Reg::R9, Reg::R8, entry::WOKEN)
+        .jmp_imm(jmp::JEQ, Reg::R9, 0, not_woken);
+    c.bump(a, slot::ENDED_AT_WAKEUP);
+    emit_close(a, maps, cfg);
+    a.ja(none);
+    a.bind(not_woken);
+    a.load(size::W, Reg::R1, Reg::R8, entry::FLAGS).jmp_imm(
+        jmp::JSET,
+        Reg::R1,
+        flags::AT_START as i32,
+        unconfirmed,
+    );
+    c.bump(a, slot::UNPAIRED);
+    a.ja(delete);
+    a.bind(unconfirmed);
+    c.bump(a, slot::START_UNCONFIRMED);
+    a.bind(delete);
+    a.ld_map_fd(Reg::R1, maps.start);
+    frame_ptr(a, Reg::R2, TID_OFF);
+    a.call(helpers::MAP_DELETE_ELEM);
+    a.bind(none);
+    a.load(size::W, Reg::R9, FP, ENTRY_OFF + entry::FLAGS);
+}
+
+/// Emit: r1 = the current task's `se.sum_exec_runtime` (`off` into `task_struct`), read
+/// into `[VAL_OFF]`; go to `fail` when the read fails. Clobbers r0–r5.
+fn emit_read_runtime(a: &mut Asm, off: i32, fail: Label) {
+    a.call(helpers::GET_CURRENT_TASK)
+        .mov64_reg(Reg::R3, Reg::R0)
+        .alu64_imm(alu::ADD, Reg::R3, off);
+    frame_ptr(a, Reg::R1, VAL_OFF);
+    a.mov64_imm(Reg::R2, 8)
+        .call(helpers::PROBE_READ)
+        .jmp_imm(jmp::JNE, Reg::R0, 0, fail)
+        .load(size::DW, Reg::R1, FP, VAL_OFF);
+}
+
+/// Emit: r9 = when the thread of the stale entry at r8 switched in: now (r7) less the CPU
+/// time it gained since the entry opened. Go to `fail` when that is unknown, or not after
+/// the switch-out (a thread found blocked at start that was running after all).
+fn emit_switch_in_from_runtime(a: &mut Asm, off: i32, fail: Label) {
+    emit_read_runtime(a, off, fail);
+    a.load(size::DW, Reg::R2, Reg::R8, entry::RUNTIME)
+        .jmp_imm(jmp::JEQ, Reg::R2, 0, fail)
+        .alu64_reg(alu::SUB, Reg::R1, Reg::R2)
+        .mov64_imm(Reg::R3, 0)
+        .jmp_reg(jmp::JSGT, Reg::R3, Reg::R1, fail)
+        .mov64_reg(Reg::R9, Reg::R7)
+        .alu64_reg(alu::SUB, Reg::R9, Reg::R1)
+        .load(size::DW, Reg::R2, Reg::R8, entry::TS)
+        .jmp_reg(jmp::JSGE, Reg::R2, Reg::R9, fail);
+}
+
 /// Emit the switch-out half: open an interval for the current task.
 fn emit_switch_out(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
     let c = counters(maps);
     let done = a.new_label();
     emit_switch_out_filter(a, f, maps, cfg, done);
     emit_state(a, f, maps, cfg);
-    // An entry still open means its switch-in was never seen (or, for a thread found
-    // blocked at start, that it was running after all).
-    let no_stale = a.new_label();
-    let at_start = a.new_label();
-    let counted_stale = a.new_label();
-    a.ld_map_fd(Reg::R1, maps.start);
-    frame_ptr(a, Reg::R2, TID_OFF);
-    a.call(helpers::MAP_LOOKUP_ELEM)
-        .jmp_imm(jmp::JEQ, Reg::R0, 0, no_stale)
-        .load(size::W, Reg::R1, Reg::R0, entry::FLAGS)
-        .jmp_imm(jmp::JSET, Reg::R1, flags::AT_START as i32, at_start);
-    c.bump(a, slot::UNPAIRED);
-    a.ja(counted_stale);
-    a.bind(at_start);
-    c.bump(a, slot::START_UNCONFIRMED);
-    a.bind(counted_stale);
-    a.ld_map_fd(Reg::R1, maps.start);
-    frame_ptr(a, Reg::R2, TID_OFF);
-    a.call(helpers::MAP_DELETE_ELEM);
-    a.bind(no_stale);
+    emit_stale(a, maps, cfg);
     let open = a.new_label();
     a.jmp_imm(jmp::JEQ, Reg::R9, accept::YES as i32, open)
         .jmp_imm(jmp::JEQ, Reg::R9, accept::DEAD as i32, done);
@@ -396,7 +484,15 @@ fn emit_switch_out(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
     a.store_reg(size::DW, FP, ENTRY_OFF + entry::TS, Reg::R7)
         .store_imm(size::DW, FP, ENTRY_OFF + entry::FLAGS, 0)
         .store_imm(size::DW, FP, ENTRY_OFF + entry::BLOCKED_SEQ, 0)
-        .store_imm(size::DW, FP, ENTRY_OFF + entry::WAKER_SEQ, 0);
+        .store_imm(size::DW, FP, ENTRY_OFF + entry::WAKER_SEQ, 0)
+        .store_imm(size::DW, FP, ENTRY_OFF + entry::WOKEN, 0)
+        .store_imm(size::DW, FP, ENTRY_OFF + entry::RUNTIME, 0);
+    if let Some(off) = cfg.runtime_off {
+        let unknown = a.new_label();
+        emit_read_runtime(a, off, unknown);
+        a.store_reg(size::DW, FP, ENTRY_OFF + entry::RUNTIME, Reg::R1);
+        a.bind(unknown);
+    }
     for off in (entry::WAKER_TGID..entry::TS).step_by(8) {
         a.store_imm(size::DW, FP, ENTRY_OFF + off, 0);
     }
@@ -441,11 +537,20 @@ fn emit_switch_out(a: &mut Asm, f: &SwitchFields, maps: &Maps, cfg: &Config) {
 /// The `sched_switch` program.
 pub fn switch_program(f: &SwitchFields, maps: &Maps, cfg: &Config) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
+    let out = a.new_label();
     a.mov64_reg(Reg::R6, Reg::R1)
+        .store_imm(size::W, FP, ZERO_OFF, 0)
+        .ld_map_fd(Reg::R1, maps.gate);
+    frame_ptr(&mut a, Reg::R2, ZERO_OFF);
+    a.call(helpers::MAP_LOOKUP_ELEM)
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, out)
+        .load(size::DW, Reg::R1, Reg::R0, 0)
+        .jmp_imm(jmp::JEQ, Reg::R1, 0, out)
         .call(helpers::KTIME_GET_NS)
         .mov64_reg(Reg::R7, Reg::R0);
     emit_switch_in(&mut a, f, maps, cfg);
     emit_switch_out(&mut a, f, maps, cfg);
+    a.bind(out);
     a.mov64_imm(Reg::R0, 1).exit();
     a.finish()
 }
@@ -455,7 +560,7 @@ pub fn switch_program(f: &SwitchFields, maps: &Maps, cfg: &Config) -> Result<Vec
 const W_TID_OFF: i16 = -8;
 const W_AUX_OFF: i16 = -16;
 
-/// The `sched_waking` program (`--wakers`). `pid_off` is the wakee's `pid` field.
+/// The `sched_waking` program. `pid_off` is the wakee's `pid` field.
 pub fn waking_program(pid_off: i16, maps: &Maps, cfg: &Config) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
     let done = a.new_label();
@@ -468,7 +573,19 @@ pub fn waking_program(pid_off: i16, maps: &Maps, cfg: &Config) -> Result<Vec<Ins
     a.call(helpers::MAP_LOOKUP_ELEM)
         .jmp_imm(jmp::JEQ, Reg::R0, 0, done)
         .mov64_reg(Reg::R7, Reg::R0)
-        .call(helpers::GET_CURRENT_PID_TGID)
+        .call(helpers::KTIME_GET_NS)
+        .store_reg(size::DW, Reg::R7, entry::WOKEN, Reg::R0);
+    if cfg.wakers {
+        emit_waker(&mut a, maps, cfg, done);
+    }
+    a.bind(done);
+    a.mov64_imm(Reg::R0, 1).exit();
+    a.finish()
+}
+
+/// Emit: the waker's comm, process and stacks into the wakee's entry at r7.
+fn emit_waker(a: &mut Asm, maps: &Maps, cfg: &Config, done: Label) {
+    a.call(helpers::GET_CURRENT_PID_TGID)
         .store_reg(size::W, FP, W_AUX_OFF + 4, Reg::R0)
         .alu64_imm(alu::RSH, Reg::R0, 32)
         .store_reg(size::W, FP, W_AUX_OFF, Reg::R0)
@@ -477,10 +594,10 @@ pub fn waking_program(pid_off: i16, maps: &Maps, cfg: &Config) -> Result<Vec<Ins
         .alu64_imm(alu::ADD, Reg::R1, i32::from(entry::WAKER_COMM))
         .mov64_imm(Reg::R2, 16)
         .call(helpers::GET_CURRENT_COMM);
-    maps.stacks.emit_load_epoch(&mut a, Reg::R8, ZERO_OFF);
+    maps.stacks.emit_load_epoch(a, Reg::R8, ZERO_OFF);
     a.store_reg(size::W, Reg::R7, entry::WAKER_EPOCH, Reg::R8);
     emit_stack_ids(
-        &mut a,
+        a,
         maps,
         cfg,
         Reg::R7,
@@ -488,7 +605,7 @@ pub fn waking_program(pid_off: i16, maps: &Maps, cfg: &Config) -> Result<Vec<Ins
     );
     let clear = a.new_label();
     a.jmp_imm(jmp::JEQ, Reg::R9, 0, clear);
-    emit_spill_stacks(&mut a, maps, W_AUX_OFF);
+    emit_spill_stacks(a, maps, W_AUX_OFF);
     a.store_reg(size::DW, Reg::R7, entry::WAKER_SEQ, Reg::R9)
         .load(size::W, Reg::R1, Reg::R7, entry::FLAGS)
         .alu64_imm(alu::OR, Reg::R1, flags::SPILL_WAKER as i32)
@@ -499,9 +616,6 @@ pub fn waking_program(pid_off: i16, maps: &Maps, cfg: &Config) -> Result<Vec<Ins
     a.load(size::W, Reg::R1, Reg::R7, entry::FLAGS)
         .alu64_imm(alu::AND, Reg::R1, !(flags::SPILL_WAKER as i32))
         .store_reg(size::W, Reg::R7, entry::FLAGS, Reg::R1);
-    a.bind(done);
-    a.mov64_imm(Reg::R0, 1).exit();
-    a.finish()
 }
 
 // The fork program's frame.
