@@ -421,7 +421,7 @@ impl Collector for OffCpu {
 }
 
 /// The ten threads with the most blocked time, with their share of the window.
-fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
+pub(super) fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
     let mut threads: Vec<(&u32, &ThreadTotals)> = r.per_thread.iter().collect();
     threads.sort_by(|a, b| b.1.blocked_ns.cmp(&a.1.blocked_ns).then(a.0.cmp(b.0)));
     for (tid, t) in threads.iter().take(10) {
@@ -450,7 +450,7 @@ fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {
 
 /// Kernel frames of a blocked thread from /proc/PID/task/TID/stack (root only; lines look
 /// like `[<0>] do_nanosleep+0x6d/0x150`), leaf first.
-fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
+pub(super) fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
         return Vec::new();
     };
@@ -464,7 +464,7 @@ fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
         .collect()
 }
 
-fn thread_state(pid: u32, tid: u32) -> Option<char> {
+pub(super) fn thread_state(pid: u32, tid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     s.rsplit_once(')')?.1.trim_start().chars().next()
 }
