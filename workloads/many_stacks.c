@@ -7,11 +7,16 @@
  * CPU in the leaf. Every path is a different chain of return addresses, so samples land on up
  * to 8192 distinct stacks, about evenly. Built with frame pointers.
  *
- * usage: many_stacks [-t THREADS] [-s SECONDS] [-n ITERS_PER_LEAF]
+ * With -b USEC the leaf also blocks for USEC microseconds in nanosleep, issued with an inline
+ * syscall instruction (libc's wrapper is a frameless leaf: a frame-pointer walk from it would
+ * skip `leaf`), so off-CPU profiles see the same 8192 stacks blocked.
+ *
+ * usage: many_stacks [-t THREADS] [-s SECONDS] [-n ITERS_PER_LEAF] [-b BLOCK_USEC]
  */
 #include "common.h"
 
 #include <pthread.h>
+#include <sys/syscall.h>
 
 #define NOINL __attribute__((noinline, noclone))
 
@@ -19,6 +24,18 @@ static struct wl_counter counters[WL_MAX_THREADS];
 static int nthreads = 1;
 static double seconds = 10;
 static long iters = 20000;
+static long block_us;
+
+static inline __attribute__((always_inline)) void block_in_leaf(void)
+{
+    struct timespec ts = {0, block_us * 1000};
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"((long)SYS_nanosleep), "D"((long)&ts), "S"(0L)
+                     : "rcx", "r11", "memory");
+    (void)ret;
+}
 
 static uint64_t wl_total_ops(void)
 {
@@ -33,6 +50,8 @@ NOINL uint64_t leaf(uint64_t x)
         x ^= x >> 7;
         x ^= x << 17;
     }
+    if (block_us)
+        block_in_leaf();
     return x;
 }
 
@@ -95,12 +114,14 @@ static void set_opt(char o, const char *v)
     case 't': nthreads = (int)wl_parse_long(v, 1, WL_MAX_THREADS, "threads"); break;
     case 's': seconds = wl_parse_seconds(v); break;
     case 'n': iters = wl_parse_long(v, 1, 100000000, "iterations"); break;
+    case 'b': block_us = wl_parse_long(v, 1, 999999, "block microseconds"); break;
     }
 }
 
 int main(int argc, char **argv)
 {
-    wl_getopt(argc, argv, "tsn", "[-t THREADS] [-s SECONDS (0 = until SIGINT)] [-n ITERS]",
+    wl_getopt(argc, argv, "tsnb",
+              "[-t THREADS] [-s SECONDS (0 = until SIGINT)] [-n ITERS] [-b BLOCK_USEC]",
               set_opt);
     pthread_t tids[WL_MAX_THREADS];
     wl_start(seconds);

@@ -76,14 +76,15 @@ pub mod spill {
     /// A closed interval that could not be counted in the kernel.
     pub const INTERVAL: u32 = 2;
     /// Stacks record: u32 user bytes at 4, u64 seq at 8, u32 tgid at 16, u32 tid at 20,
-    /// u32 kernel bytes at 24, user ips at 32, kernel ips at [`STACKS_KERNEL`].
-    pub const STACKS_USER: usize = 32;
-    /// Where the kernel ips start.
-    pub const STACKS_KERNEL: usize = STACKS_USER + MAX_STACK_BYTES;
+    /// u32 kernel bytes at 24, kernel ips at [`STACKS_IPS`], the user ips right after them.
+    /// Only the bytes the stacks take are written to the ring (a few hundred, where a
+    /// fixed-size record would take [`STACKS_SIZE`]): under a storm of stack map
+    /// collisions, the spill ring is what keeps the result complete.
+    pub const STACKS_IPS: usize = 32;
     /// Bytes reserved per side (127 frames).
     pub const MAX_STACK_BYTES: usize = 127 * 8;
-    /// Bytes of a stacks record.
-    pub const STACKS_SIZE: usize = STACKS_KERNEL + MAX_STACK_BYTES;
+    /// Bytes of the largest stacks record.
+    pub const STACKS_SIZE: usize = STACKS_IPS + 2 * MAX_STACK_BYTES;
     /// Interval record: u32 flags at 4, u64 blocked ns at 8, the count key at 16, u64
     /// blocked seq at 88, u64 waker seq at 96.
     pub const INTERVAL_KEY: usize = 16;
@@ -245,9 +246,12 @@ pub enum Spilled {
 }
 
 fn ips(bytes: &[u8], at: usize, len: u32) -> Vec<u64> {
-    let len = (len as usize).min(spill::MAX_STACK_BYTES);
+    // A length past the record's end (or past one side's room) reads what is there.
+    let end = at
+        .saturating_add((len as usize).min(spill::MAX_STACK_BYTES))
+        .min(bytes.len());
     bytes
-        .get(at..at + len)
+        .get(at..end)
         .unwrap_or_default()
         .chunks_exact(8)
         .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes))
@@ -260,13 +264,17 @@ impl Spilled {
     /// plus 4; extra bytes are ignored). `None` for anything malformed.
     pub fn decode(raw: &[u8]) -> Option<Spilled> {
         match read_u32(raw, 0)? {
-            spill::STACKS if raw.len() >= spill::STACKS_SIZE => Some(Spilled::Stacks {
-                seq: read_u64(raw, 8)?,
-                tgid: read_u32(raw, 16)?,
-                tid: read_u32(raw, 20)?,
-                user: ips(raw, spill::STACKS_USER, read_u32(raw, 4)?),
-                kernel: ips(raw, spill::STACKS_KERNEL, read_u32(raw, 24)?),
-            }),
+            spill::STACKS if raw.len() >= spill::STACKS_IPS => {
+                let kernel_len = read_u32(raw, 24)?.min(spill::MAX_STACK_BYTES as u32);
+                let user_at = spill::STACKS_IPS + kernel_len as usize;
+                Some(Spilled::Stacks {
+                    seq: read_u64(raw, 8)?,
+                    tgid: read_u32(raw, 16)?,
+                    tid: read_u32(raw, 20)?,
+                    user: ips(raw, user_at, read_u32(raw, 4)?),
+                    kernel: ips(raw, spill::STACKS_IPS, kernel_len),
+                })
+            }
             spill::INTERVAL if raw.len() >= spill::INTERVAL_SIZE => Some(Spilled::Interval {
                 flags: read_u32(raw, 4)?,
                 blocked_ns: read_u64(raw, 8)?,
@@ -344,17 +352,23 @@ mod tests {
 
     #[test]
     fn stack_records_stop_at_their_lengths_and_zeroes() {
-        let mut rec = vec![0u8; spill::STACKS_SIZE];
+        // Two kernel frames, then the user frames right after them.
+        let mut rec = vec![0u8; spill::STACKS_IPS + 5 * 8 + 4];
         rec[..4].copy_from_slice(&spill::STACKS.to_ne_bytes());
         rec[4..8].copy_from_slice(&16u32.to_ne_bytes());
         rec[8..16].copy_from_slice(&42u64.to_ne_bytes());
-        rec[24..28].copy_from_slice(&u32::MAX.to_ne_bytes());
-        for (i, ip) in [0x401000u64, 0x402000, 0x403000].iter().enumerate() {
-            let at = spill::STACKS_USER + i * 8;
+        rec[24..28].copy_from_slice(&16u32.to_ne_bytes());
+        let ips = [
+            0xffff_ffff_8100_0000u64,
+            0xffff_ffff_8100_1000,
+            0x401000,
+            0x402000,
+            0x403000,
+        ];
+        for (i, ip) in ips.iter().enumerate() {
+            let at = spill::STACKS_IPS + i * 8;
             rec[at..at + 8].copy_from_slice(&ip.to_ne_bytes());
         }
-        let k = spill::STACKS_KERNEL;
-        rec[k..k + 8].copy_from_slice(&0xffff_ffff_8100_0000u64.to_ne_bytes());
         let Some(Spilled::Stacks {
             seq, user, kernel, ..
         }) = Spilled::decode(&rec)
@@ -362,11 +376,24 @@ mod tests {
             panic!("not decoded");
         };
         assert_eq!(seq, 42);
+        assert_eq!(kernel, [0xffff_ffff_8100_0000, 0xffff_ffff_8100_1000]);
         // 16 bytes of user stack: two frames, the third is past the length.
         assert_eq!(user, [0x401000, 0x402000]);
-        // An absurd length is capped; the zero after the first frame ends it.
+        // An absurd kernel length is capped and the record's end ends the frames.
+        rec[24..28].copy_from_slice(&u32::MAX.to_ne_bytes());
+        let Some(Spilled::Stacks { kernel, user, .. }) = Spilled::decode(&rec) else {
+            panic!("not decoded");
+        };
+        assert_eq!(kernel.len(), 5);
+        assert!(user.is_empty());
+        // A zero ends a stack.
+        rec[24..28].copy_from_slice(&24u32.to_ne_bytes());
+        rec[spill::STACKS_IPS + 8..spill::STACKS_IPS + 16].fill(0);
+        let Some(Spilled::Stacks { kernel, .. }) = Spilled::decode(&rec) else {
+            panic!("not decoded");
+        };
         assert_eq!(kernel, [0xffff_ffff_8100_0000]);
-        assert_eq!(Spilled::decode(&rec[..100]), None);
+        assert_eq!(Spilled::decode(&rec[..20]), None);
         assert_eq!(Spilled::decode(&[9, 0, 0, 0]), None);
     }
 }

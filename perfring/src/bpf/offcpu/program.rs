@@ -162,27 +162,37 @@ fn emit_spill_stacks(a: &mut Asm, maps: &Maps, aux_off: i16) {
         .store_reg(size::W, Reg::R8, 16, Reg::R1)
         .load(size::W, Reg::R1, FP, aux_off + 4)
         .store_reg(size::W, Reg::R8, 20, Reg::R1);
-    for (flags, at, len_at) in [
-        (F_USER_STACK, spill::STACKS_USER, 4i16),
-        (0, spill::STACKS_KERNEL, 24i16),
-    ] {
-        let ok = a.new_label();
-        a.mov64_reg(Reg::R1, Reg::R6)
-            .mov64_reg(Reg::R2, Reg::R8)
-            .alu64_imm(alu::ADD, Reg::R2, at as i32)
-            .mov64_imm(Reg::R3, spill::MAX_STACK_BYTES as i32)
-            .mov64_imm(Reg::R4, flags)
-            .call(helpers::GET_STACK)
-            .jmp_imm(jmp::JSGE, Reg::R0, 0, ok)
-            .mov64_imm(Reg::R0, 0);
-        a.bind(ok);
-        a.store_reg(size::W, Reg::R8, len_at, Reg::R0);
-    }
+    // The kernel stack at STACKS_IPS, the user stack right after it: only the bytes they
+    // take go to the ring. Lengths are re-checked after each load so the verifier knows
+    // their bounds (get_stack returns at most the size it was given).
+    let max = spill::MAX_STACK_BYTES as i32;
+    a.mov64_reg(Reg::R1, Reg::R6)
+        .mov64_reg(Reg::R2, Reg::R8)
+        .alu64_imm(alu::ADD, Reg::R2, spill::STACKS_IPS as i32)
+        .mov64_imm(Reg::R3, max)
+        .mov64_imm(Reg::R4, 0)
+        .call(helpers::GET_STACK);
+    emit_store_len(a, 24);
+    a.load(size::W, Reg::R1, Reg::R8, 24)
+        .jmp_imm(jmp::JGT, Reg::R1, max, no_buffer)
+        .mov64_reg(Reg::R2, Reg::R8)
+        .alu64_reg(alu::ADD, Reg::R2, Reg::R1)
+        .alu64_imm(alu::ADD, Reg::R2, spill::STACKS_IPS as i32)
+        .mov64_reg(Reg::R1, Reg::R6)
+        .mov64_imm(Reg::R3, max)
+        .mov64_imm(Reg::R4, F_USER_STACK)
+        .call(helpers::GET_STACK);
+    emit_store_len(a, 4);
+    a.load(size::W, Reg::R5, Reg::R8, 24)
+        .jmp_imm(jmp::JGT, Reg::R5, max, no_buffer)
+        .load(size::W, Reg::R1, Reg::R8, 4)
+        .jmp_imm(jmp::JGT, Reg::R1, max, no_buffer)
+        .alu64_reg(alu::ADD, Reg::R5, Reg::R1)
+        .alu64_imm(alu::ADD, Reg::R5, spill::STACKS_IPS as i32);
     a.mov64_reg(Reg::R1, Reg::R6)
         .ld_map_fd(Reg::R2, maps.spill)
         .ld_imm64(Reg::R3, F_CURRENT_CPU)
         .mov64_reg(Reg::R4, Reg::R8)
-        .mov64_imm(Reg::R5, spill::STACKS_SIZE as i32)
         .call(helpers::PERF_EVENT_OUTPUT)
         .jmp_imm(jmp::JEQ, Reg::R0, 0, done);
     c.bump(a, slot::SPILL_FAILED);
@@ -191,6 +201,14 @@ fn emit_spill_stacks(a: &mut Asm, maps: &Maps, aux_off: i16) {
     c.bump(a, slot::SPILL_FAILED);
     a.mov64_imm(Reg::R9, 0);
     a.bind(done);
+}
+
+/// Emit: `[r8 + at]` = r0 as a stack length in bytes (a negative errno: 0).
+fn emit_store_len(a: &mut Asm, at: i16) {
+    let ok = a.new_label();
+    a.jmp_imm(jmp::JSGE, Reg::R0, 0, ok).mov64_imm(Reg::R0, 0);
+    a.bind(ok);
+    a.store_reg(size::W, Reg::R8, at, Reg::R0);
 }
 
 /// Offset of the per-CPU sequence counter in the scratch value (after a stacks record).
