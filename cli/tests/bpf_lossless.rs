@@ -107,3 +107,76 @@ fn record_bpf_loses_no_stack_among_thousands() {
 fn record_bpf_loses_no_stack_in_a_minute_of_5000_stacks() {
     lossless("60", 5000);
 }
+
+/// `offcpu --bpf always` on many_stacks blocking 50 µs in the leaf of each of its 8192
+/// paths (two threads, about 10 000 switch-outs a second): thousands of stacks collide in
+/// the stack maps and are spilled; every interval is in the profile with its whole chain.
+fn offcpu_lossless(seconds: &str, min_distinct: usize) {
+    require!(Need::Root);
+    let _serial = serial();
+    let exe = workload("many_stacks");
+    let out = run_psample(&[
+        "offcpu",
+        "--bpf",
+        "always",
+        "--",
+        exe.to_str().unwrap(),
+        "-t",
+        "2",
+        "-n",
+        "1",
+        "-b",
+        "50",
+        "-s",
+        seconds,
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let line = |key: &str| -> &str {
+        out.stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} line:\n{}", out.stderr))
+    };
+    eprintln!("{}\n{}", line("bpf "), line("bpf lost"));
+    assert_eq!(
+        summary_number(&out.stderr, "bpf lost"),
+        Some(0.0),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        summary_number(&out.stderr, "lost"),
+        Some(0.0),
+        "{}",
+        out.stderr
+    );
+    let spilled = line("bpf ")
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no spilled count in {}", line("bpf ")));
+    assert!(spilled > 0, "nothing spilled:\n{}", out.stderr);
+    let folded = parse_folded(&out.folded);
+    let distinct = folded.keys().filter(|s| full_chain(s)).count();
+    eprintln!("{spilled} intervals spilled, {distinct} distinct full stacks");
+    assert!(distinct >= min_distinct, "{distinct} distinct stacks");
+    // Every interval under the leaf has its whole chain.
+    let broken: Vec<&String> = folded
+        .keys()
+        .filter(|s| s.contains(";leaf;") && !full_chain(s))
+        .collect();
+    assert!(broken.is_empty(), "{broken:#?}");
+    assert!(!out.folded.contains("[stack lost]"), "{}", out.folded);
+}
+
+#[test]
+fn offcpu_bpf_loses_no_stack_among_thousands() {
+    offcpu_lossless("4", 5000);
+}
+
+/// The acceptance run for offcpu: 60 s, over 5000 distinct stacks.
+#[test]
+#[ignore = "60 s; run with --ignored"]
+fn offcpu_bpf_loses_no_stack_in_a_minute_of_5000_stacks() {
+    offcpu_lossless("60", 5000);
+}
