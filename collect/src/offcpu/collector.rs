@@ -471,7 +471,7 @@ pub(super) fn thread_state(pid: u32, tid: u32) -> Option<char> {
 
 /// `per_thread` entries kept before exited threads' are dropped (see
 /// [`Report::trim_threads`]); grows when most threads are alive.
-const TRIM_THREADS: usize = 4096;
+pub(super) const TRIM_THREADS: usize = 4096;
 
 /// One-shot runs keep one report for the whole run; on a host with process churn, what the
 /// engine and the report hold per thread must not pile up. Every few seconds: forget

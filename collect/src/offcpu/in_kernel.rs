@@ -4,9 +4,9 @@
 //! same [`Report`] the ring path's engine produces — so the outputs and the summary lines
 //! are the ring path's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use perfring::bpf::offcpu::layout::{flags, AT_START, NO_WAKER};
 use perfring::bpf::offcpu::{OffcpuBpf, OffcpuCounters, RawEntry, RawKey, Spilled};
@@ -15,7 +15,7 @@ use perfring::record::{push_stack, Record};
 use perfring::tracepoint::TaskState;
 
 use super::bpf::Loaded;
-use super::collector::{proc_kernel_stack, thread_state, top_threads};
+use super::collector::{proc_kernel_stack, thread_state, top_threads, TRIM_THREADS};
 use super::intervals::{Report, StackKey, ThreadTotals, WakerKey};
 use super::render::OffCpuReport;
 use crate::frame::Frame;
@@ -30,6 +30,9 @@ use crate::tracker::IDLE_COMM;
 /// Spilled stacks kept until their interval arrives (one per blocked thread and waker at
 /// most, normally); past this, more are not kept and their intervals say `[stack lost]`.
 const MAX_SPILLED_STACKS: usize = 1 << 16;
+
+/// Trim exited threads' per-thread totals this often (as the ring path does).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How the session was set up.
 pub struct BpfPlan {
@@ -66,7 +69,11 @@ pub struct InKernel {
     report: Report,
     /// Every report handed over so far, for the summary.
     totals: Report,
-    spilled: HashMap<u64, (Vec<u64>, Vec<u64>)>,
+    /// Spilled stacks by sequence number, with the drain generation they arrived in.
+    spilled: HashMap<u64, (u64, Vec<u64>, Vec<u64>)>,
+    generation: u64,
+    last_upkeep: Instant,
+    trim_limit: usize,
     /// Stacks of threads found blocked at start, by the index their entry carries.
     at_start: Vec<StackId>,
     seen: Seen,
@@ -94,6 +101,9 @@ impl InKernel {
             report: Report::default(),
             totals: Report::default(),
             spilled: HashMap::new(),
+            generation: 0,
+            last_upkeep: Instant::now(),
+            trim_limit: TRIM_THREADS,
             at_start: Vec::new(),
             seen: Seen::default(),
             counters: OffcpuCounters::default(),
@@ -192,10 +202,13 @@ impl InKernel {
 
     /// A spilled stacks record's stacks, by sequence number.
     fn take_spilled(&mut self, seq: u64) -> (Vec<u64>, Vec<u64>) {
-        self.spilled.remove(&seq).unwrap_or_else(|| {
-            self.seen.stacks_missing += 1;
-            (Vec::new(), Vec::new())
-        })
+        match self.spilled.remove(&seq) {
+            Some((_, user, kernel)) => (user, kernel),
+            None => {
+                self.seen.stacks_missing += 1;
+                (Vec::new(), Vec::new())
+            }
+        }
     }
 
     /// Stacks by id, or from the ring when the entry says they were spilled.
@@ -245,7 +258,7 @@ impl InKernel {
             }) => {
                 self.seen.spilled_stacks += 1;
                 if self.spilled.len() < MAX_SPILLED_STACKS {
-                    self.spilled.insert(seq, (user, kernel));
+                    self.spilled.insert(seq, (self.generation, user, kernel));
                 }
             }
             Some(Spilled::Interval {
@@ -268,8 +281,15 @@ impl InKernel {
         if matches!(self.plan.target, Target::AllCpus | Target::Command(_)) {
             return;
         }
+        let only: Option<HashSet<u32>> = match &self.plan.target {
+            Target::Tids(t) => Some(t.iter().copied().collect()),
+            _ => None,
+        };
         for &pid in &self.plan.pids.clone() {
             for tid in target::threads_of(pid).unwrap_or_default() {
+                if only.as_ref().is_some_and(|o| !o.contains(&tid)) {
+                    continue;
+                }
                 let Some(letter) = thread_state(pid, tid) else {
                     continue;
                 };
@@ -285,6 +305,26 @@ impl InKernel {
                 let _ = self.bpf.insert_blocked_at_start(&entry);
             }
         }
+    }
+
+    /// Spilled stacks nothing will ask for: a waker's, replaced by a later wakeup of the
+    /// same interval. Kept: those of open intervals, and those of the last two drains
+    /// (their interval record may still be in the ring).
+    fn forget_orphans(&mut self) {
+        self.generation += 1;
+        if self.spilled.is_empty() {
+            return;
+        }
+        let open: HashSet<u64> = self
+            .bpf
+            .open_intervals()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|e| [e.blocked_seq, e.waker_seq])
+            .collect();
+        let g = self.generation;
+        self.spilled
+            .retain(|seq, (gen, _, _)| *gen + 2 > g || open.contains(seq));
     }
 
     /// Intervals still open at the stop, counted up to it (as the ring path does).
@@ -372,13 +412,24 @@ impl Collector for InKernel {
         if let Ok(c) = self.bpf.counters() {
             self.counters = c;
         }
+        self.forget_orphans();
         Ok(())
     }
 
+    fn upkeep(&mut self, _p: &mut Pipeline) {
+        if self.last_upkeep.elapsed() < UPKEEP_EVERY {
+            return;
+        }
+        self.last_upkeep = Instant::now();
+        let gone = |tid| !target::thread_alive(tid);
+        self.trim_limit = self.report.trim_threads(self.trim_limit, gone);
+    }
+
     fn end_interval(&mut self, _p: &mut Pipeline) -> Box<dyn Aggregation> {
-        Box::new(OffCpuReport {
-            report: self.take_report(),
-        })
+        let report = self.take_report();
+        self.totals
+            .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
+        Box::new(OffCpuReport { report })
     }
 
     fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
