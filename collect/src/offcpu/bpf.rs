@@ -84,6 +84,7 @@ fn tracepoint(kernel: &dyn Kernel, name: &str) -> Result<(u64, TracepointFormat)
 fn options(
     args: &OffCpuOptions,
     target: &Target,
+    kernel: &dyn Kernel,
     switch: &TracepointFormat,
     waking: Option<&TracepointFormat>,
     fork: Option<&TracepointFormat>,
@@ -95,7 +96,8 @@ fn options(
         Target::Tids(_) => Filter::Threads,
         Target::Pids(_) | Target::Command(_) => Filter::Processes,
     };
-    let cpus = perfring::sys::LinuxKernel
+    // The spill array is indexed by CPU number: room for the highest online one.
+    let cpus = kernel
         .online_cpus()
         .ok()
         .and_then(|c| c.iter().max().copied())
@@ -191,6 +193,7 @@ fn load_and_attach(
     let opts = options(
         args,
         target,
+        kernel,
         &switch,
         waking.as_ref().map(|w| &w.1),
         fork.as_ref().map(|f| &f.1),
