@@ -356,17 +356,7 @@ impl Collector for OffCpu {
     }
 
     fn summarize(&self, p: &Pipeline, s: &mut Summary) {
-        let r = &self.totals;
-        s.line(
-            "blocked time",
-            format!(
-                "{:.3} s in {} intervals ({} threads)",
-                r.blocked_ns as f64 / 1e9,
-                r.counted_intervals,
-                r.thread_count()
-            ),
-        );
-        top_threads(r, &p.tables.names, self.window_ns, s);
+        blocked_lines(&self.totals, &p.tables.names, self.window_ns, s);
         let c = &self.counts;
         let undecodable = if c.decode_errors > 0 {
             format!(", {} undecodable", c.decode_errors)
@@ -383,7 +373,7 @@ impl Collector for OffCpu {
         if self.plan.specs.cpu_switch.is_some() {
             let sys_exit = self.plan.specs.sys_exit.is_some();
             let wakers = self.plan.options.wakers;
-            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakers);
+            let ends = legacy::describe_ends(&self.totals, c.switch_ins, sys_exit, wakers);
             s.line("switch-ins", ends);
         }
     }
@@ -420,8 +410,22 @@ impl Collector for OffCpu {
     }
 }
 
+/// The `blocked time` line, then the ten threads with the most blocked time.
+pub(super) fn blocked_lines(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
+    s.line(
+        "blocked time",
+        format!(
+            "{:.3} s in {} intervals ({} threads)",
+            r.blocked_ns as f64 / 1e9,
+            r.counted_intervals,
+            r.thread_count()
+        ),
+    );
+    top_threads(r, names, window_ns, s);
+}
+
 /// The ten threads with the most blocked time, with their share of the window.
-pub(super) fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
+fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
     let mut threads: Vec<(&u32, &ThreadTotals)> = r.per_thread.iter().collect();
     threads.sort_by(|a, b| b.1.blocked_ns.cmp(&a.1.blocked_ns).then(a.0.cmp(b.0)));
     for (tid, t) in threads.iter().take(10) {

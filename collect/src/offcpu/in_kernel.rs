@@ -15,7 +15,7 @@ use perfring::record::{push_stack, Record};
 use perfring::tracepoint::TaskState;
 
 use super::bpf::Loaded;
-use super::collector::{proc_kernel_stack, thread_state, top_threads, TRIM_THREADS};
+use super::collector::{blocked_lines, proc_kernel_stack, thread_state, TRIM_THREADS};
 use super::intervals::{Report, StackKey, ThreadTotals, WakerKey};
 use super::render::OffCpuReport;
 use crate::frame::Frame;
@@ -451,17 +451,7 @@ impl Collector for InKernel {
     }
 
     fn summarize(&self, p: &Pipeline, s: &mut Summary) {
-        let r = &self.totals;
-        s.line(
-            "blocked time",
-            format!(
-                "{:.3} s in {} intervals ({} threads)",
-                r.blocked_ns as f64 / 1e9,
-                r.counted_intervals,
-                r.thread_count()
-            ),
-        );
-        top_threads(r, &p.tables.names, self.window_ns, s);
+        blocked_lines(&self.totals, &p.tables.names, self.window_ns, s);
         let (c, seen) = (&self.counters, &self.seen);
         s.line(
             "bpf",
