@@ -161,9 +161,22 @@ fn syscall(what: &'static str) -> impl Fn(nix::errno::Errno) -> BpfError {
     move |e| error::syscall(what, e)
 }
 
-impl OffcpuBpf {
-    /// Create the maps and load the programs. Errors carry errno + what to do.
-    pub fn load(opts: &OffcpuOptions) -> Result<OffcpuBpf, BpfError> {
+/// The maps of [`OffcpuBpf`], created before the programs that refer to them.
+struct OwnedMaps {
+    start: Map,
+    counts: Map,
+    targets: Map,
+    states: Map,
+    counters: Map,
+    gate: Map,
+    scratch: Map,
+    spill: Map,
+    gens: StackGens,
+}
+
+impl OwnedMaps {
+    /// Every map the programs use, sized by `opts`.
+    fn create(opts: &OffcpuOptions) -> Result<OwnedMaps, BpfError> {
         if opts.threads == 0 || opts.count_entries == 0 || opts.stack_entries == 0 {
             return Err(BpfError::InvalidOption(
                 "map sizes must be at least 1".into(),
@@ -222,16 +235,34 @@ impl OffcpuBpf {
             "psample_spill",
         )?;
         let gens = StackGens::create(opts.stack_entries, max_depth())?;
+        Ok(OwnedMaps {
+            start,
+            counts,
+            targets,
+            states,
+            counters,
+            gate,
+            scratch,
+            spill,
+            gens,
+        })
+    }
+}
+
+impl OffcpuBpf {
+    /// Create the maps and load the programs. Errors carry errno + what to do.
+    pub fn load(opts: &OffcpuOptions) -> Result<OffcpuBpf, BpfError> {
+        let m = OwnedMaps::create(opts)?;
         let maps = program::Maps {
-            start: start.raw_fd(),
-            counts: counts.raw_fd(),
-            targets: targets.raw_fd(),
-            states: states.raw_fd(),
-            counters: counters.raw_fd(),
-            scratch: scratch.raw_fd(),
-            spill: spill.raw_fd(),
-            gate: gate.raw_fd(),
-            stacks: gens.fds(),
+            start: m.start.raw_fd(),
+            counts: m.counts.raw_fd(),
+            targets: m.targets.raw_fd(),
+            states: m.states.raw_fd(),
+            counters: m.counters.raw_fd(),
+            scratch: m.scratch.raw_fd(),
+            spill: m.spill.raw_fd(),
+            gate: m.gate.raw_fd(),
+            stacks: m.gens.fds(),
         };
         let cfg = program::Config {
             filter: opts.filter,
@@ -265,15 +296,15 @@ impl OffcpuBpf {
             switch_prog,
             waking_prog,
             fork_prog,
-            start,
-            counts,
-            targets,
-            counters,
-            spill,
-            gate,
-            _states: states,
-            _scratch: scratch,
-            gens,
+            start: m.start,
+            counts: m.counts,
+            targets: m.targets,
+            counters: m.counters,
+            spill: m.spill,
+            gate: m.gate,
+            _states: m.states,
+            _scratch: m.scratch,
+            gens: m.gens,
             drainer: HashDrain::default(),
             unresolved: 0,
             log,
