@@ -108,8 +108,8 @@ fn record_bpf_loses_no_stack_in_a_minute_of_5000_stacks() {
     lossless("60", 5000);
 }
 
-/// `offcpu --bpf always` on many_stacks blocking 50 µs in the leaf of each of its 8192
-/// paths (two threads, about 10 000 switch-outs a second): thousands of stacks collide in
+/// `offcpu --bpf always` on many_stacks blocking 200 µs in the leaf of each of its 8192
+/// paths (two threads, a few thousand switch-outs a second): thousands of stacks collide in
 /// the stack maps and are spilled; every interval is in the profile with its whole chain.
 fn offcpu_lossless(seconds: &str, min_distinct: usize) {
     require!(Need::Root);
@@ -126,7 +126,7 @@ fn offcpu_lossless(seconds: &str, min_distinct: usize) {
         "-n",
         "1",
         "-b",
-        "50",
+        "200",
         "-s",
         seconds,
     ]);
