@@ -333,12 +333,13 @@ impl InKernel {
             return;
         };
         for e in open {
-            if e.ts >= stop_ns {
+            let end = switched_in_since(&e).map_or(stop_ns, |t| t.min(stop_ns));
+            if e.ts >= end {
                 continue;
             }
             self.report.open_at_stop += 1;
             let seqs = (e.blocked_seq, e.waker_seq);
-            self.add_entry(p, &e.key, e.flags, seqs, stop_ns - e.ts);
+            self.add_entry(p, &e.key, e.flags, seqs, end - e.ts);
         }
     }
 
@@ -372,6 +373,19 @@ fn at_start_entry(pid: u32, tid: u32, index: i32, ts: u64) -> RawEntry {
     }
 }
 
+/// When the thread of an interval still open has switched in after all, by a switch that
+/// fired no `sched_switch` (the programs close those at its next switch-out, which has not
+/// come): dated by the CPU time it gained since, as the programs do. `None`: it has not run
+/// (still blocked), or its CPU time is unknown.
+fn switched_in_since(e: &RawEntry) -> Option<u64> {
+    if e.runtime == 0 {
+        return None;
+    }
+    let now = schedstat_runtime(e.key.tgid, e.key.tid)?;
+    let gained = now.checked_sub(e.runtime).filter(|&g| g > 0)?;
+    Some(monotonic_ns().saturating_sub(gained))
+}
+
 fn schedstat_runtime(pid: u32, tid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
     s.split_whitespace().next()?.parse().ok()
@@ -388,6 +402,11 @@ impl Collector for InKernel {
             crate::errln!("psample: offcpu --bpf: {e}");
         }
         self.blocked_at_start(p);
+    }
+
+    fn stopping(&mut self) {
+        // Intervals closing from now on would end after the stop time.
+        let _ = self.bpf.arm(false);
     }
 
     fn record(&mut self, p: &mut Pipeline, o: &Ordered<'_>) {
@@ -433,7 +452,6 @@ impl Collector for InKernel {
     }
 
     fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
-        let _ = self.bpf.arm(false);
         if let Err(e) = Collector::drain(self, p) {
             crate::errln!("psample: {e}");
         }
