@@ -361,6 +361,12 @@ fn blocked_time_wakers_and_children_are_counted_in_the_kernel() {
     // Switch-ins that fire no sched_switch (this VM has them) are dated by the thread's
     // CPU time: no interval is dropped.
     assert_eq!(counters.unpaired, 0, "{counters:?}");
+    // 5.12+ says how often it skipped the programs (BPF already active on the CPU).
+    if perfring::bpf::sys::kernel_version_code() >= (5 << 16) | (12 << 8) {
+        let skipped = r.bpf.skipped_runs();
+        eprintln!("program runs skipped: {skipped:?}");
+        assert!(skipped.is_some());
+    }
     assert!(intervals >= 2 * ITERATIONS, "{intervals} intervals");
     // The pipe waits were woken by pswaker (sched_waking runs in the waker's context),
     // unless pswaker's wakeup ran where tracepoints do not fire.

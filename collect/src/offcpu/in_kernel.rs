@@ -506,6 +506,12 @@ impl Collector for InKernel {
         } else {
             "dated by CPU time (no BTF here)"
         };
+        if let Some(n) = self.bpf.skipped_runs().filter(|&n| n > 0) {
+            s.line(
+                "bpf skipped",
+                format!("{n} program runs skipped by the kernel (BPF already active on that CPU)"),
+            );
+        }
         s.line(
             "switch-ins",
             format!(

@@ -333,6 +333,19 @@ impl OffcpuBpf {
         self.waking_prog.as_ref().map(AsFd::as_fd)
     }
 
+    /// How many times the kernel skipped the switch and waking programs instead of running
+    /// them (another BPF program, or a bpf(2) map operation, was active on that CPU): each
+    /// skipped switch is a switch-out or switch-in the maps never saw. `None` before 5.12.
+    pub fn skipped_runs(&self) -> Option<u64> {
+        let switch = sys::prog_recursion_misses(self.switch_prog.as_fd())?;
+        let waking = self
+            .waking_prog
+            .as_ref()
+            .and_then(|p| sys::prog_recursion_misses(p.as_fd()))
+            .unwrap_or(0);
+        Some(switch + waking)
+    }
+
     /// The `sched_process_fork` program, for process targets.
     pub fn fork_prog(&self) -> Option<BorrowedFd<'_>> {
         self.fork_prog.as_ref().map(AsFd::as_fd)
