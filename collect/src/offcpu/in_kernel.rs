@@ -186,12 +186,16 @@ impl InKernel {
         let who = p.name(&comm(&key.comm));
         let r = &mut self.report;
         *r.by_stack
-            .entry(StackKey { who, stack, waker })
+            .entry(StackKey {
+                who,
+                stack,
+                waker,
+                state: None,
+            })
             .or_insert(0) += ns;
         let t = r.per_thread.entry(key.tid).or_insert(ThreadTotals {
             who,
-            blocked_ns: 0,
-            intervals: 0,
+            ..Default::default()
         });
         t.who = who;
         t.blocked_ns += ns;
