@@ -391,6 +391,11 @@ pub struct OffcpuArgs {
     /// Append the waker's stack to each blocked stack (offwaketime style).
     #[arg(long)]
     pub wakers: bool,
+    /// Sum blocked time in the kernel with eBPF (sched_switch/sched_waking programs):
+    /// nothing crosses the ring per switch. auto uses it when it gives the same result
+    /// (frame-pointer stacks) and the kernel allows it, else the ring path, saying why.
+    #[arg(long, value_enum, default_value_t = BpfMode::Never)]
+    pub bpf: BpfMode,
     #[command(flatten)]
     pub call_graph: CallGraphArgs,
     #[command(flatten)]

@@ -149,11 +149,7 @@ pub fn record(a: &RecordArgs) -> Result<OnCpuOptions, Error> {
         )?,
         freq: a.freq,
         event: a.event.clone(),
-        bpf: match a.bpf {
-            args::BpfMode::Auto => BpfMode::Auto,
-            args::BpfMode::Never => BpfMode::Never,
-            args::BpfMode::Always => BpfMode::Always,
-        },
+        bpf: bpf_mode(a.bpf),
     })
 }
 
@@ -176,7 +172,16 @@ pub fn offcpu(a: &OffcpuArgs) -> Result<OffCpuOptions, Error> {
             Some(args::StateFilter::D) => StateFilter::Uninterruptible,
         },
         wakers: a.wakers,
+        bpf: bpf_mode(a.bpf),
     })
+}
+
+fn bpf_mode(m: args::BpfMode) -> BpfMode {
+    match m {
+        args::BpfMode::Auto => BpfMode::Auto,
+        args::BpfMode::Never => BpfMode::Never,
+        args::BpfMode::Always => BpfMode::Always,
+    }
 }
 
 /// `psample wall`'s flags.

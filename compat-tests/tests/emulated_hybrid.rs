@@ -92,6 +92,7 @@ fn run_summarized(p: KernelProfile, mode: StackMode) -> (String, String, Summari
         max_us: None,
         state: StateFilter::Blocked,
         wakers: false,
+        bpf: BpfMode::Never,
     };
     collect::offcpu::run(&opts, k.clone(), &mut summaries)
         .unwrap_or_else(|e| panic!("{name}: offcpu failed: {e}"));

@@ -73,6 +73,7 @@ fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, run: Run) -> String {
                 max_us: None,
                 state: StateFilter::Blocked,
                 wakers,
+                bpf: collect::offcpu::bpf::BpfMode::Never,
             };
             collect::offcpu::run(&opts, kernel.clone(), &mut Quiet)
         }

@@ -415,17 +415,7 @@ impl Collector for OffCpu {
     }
 
     fn summarize(&self, p: &Pipeline, s: &mut Summary) {
-        let r = &self.totals;
-        s.line(
-            "blocked time",
-            format!(
-                "{:.3} s in {} intervals ({} threads)",
-                r.blocked_ns as f64 / 1e9,
-                r.counted_intervals,
-                r.thread_count()
-            ),
-        );
-        top_threads(r, &p.tables.names, self.window_ns, s);
+        blocked_lines(&self.totals, &p.tables.names, self.window_ns, s);
         self.summarize_events(s);
     }
 
@@ -505,6 +495,20 @@ impl OffCpu {
     }
 }
 
+/// The `blocked time` line, then the ten threads with the most blocked time.
+pub(super) fn blocked_lines(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
+    s.line(
+        "blocked time",
+        format!(
+            "{:.3} s in {} intervals ({} threads)",
+            r.blocked_ns as f64 / 1e9,
+            r.counted_intervals,
+            r.thread_count()
+        ),
+    );
+    top_threads(r, names, window_ns, s);
+}
+
 /// The ten threads with the most blocked time, with their share of the window.
 fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
     let mut threads: Vec<(&u32, &ThreadTotals)> = r.per_thread.iter().collect();
@@ -535,7 +539,7 @@ fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {
 
 /// Kernel frames of a blocked thread from /proc/PID/task/TID/stack (root only; lines look
 /// like `[<0>] do_nanosleep+0x6d/0x150`), leaf first.
-fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
+pub(super) fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
         return Vec::new();
     };
@@ -549,14 +553,14 @@ fn proc_kernel_stack(pid: u32, tid: u32, named: &mut Names) -> Vec<Frame> {
         .collect()
 }
 
-fn thread_state(pid: u32, tid: u32) -> Option<char> {
+pub(super) fn thread_state(pid: u32, tid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     s.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// `per_thread` entries kept before exited threads' are dropped (see
 /// [`Report::trim_threads`]); grows when most threads are alive.
-const TRIM_THREADS: usize = 4096;
+pub(super) const TRIM_THREADS: usize = 4096;
 
 /// One-shot runs keep one report for the whole run; on a host with process churn, what the
 /// engine and the report hold per thread must not pile up. Every few seconds: forget

@@ -28,7 +28,9 @@
 //! - [`intervals`]: the engine that turns switch-out / switch-in / wakeup / lost / exit
 //!   events into blocked intervals, aggregated per stack (and waker stack) — pure logic, no
 //!   syscalls, tested on synthetic event streams;
-//! - [`render`]: reports as folded lines or pprof.
+//! - [`render`]: reports as folded lines or pprof;
+//! - [`bpf`] and [`in_kernel`] (`--bpf`): the same report from blocked time summed in the
+//!   kernel by BPF programs, where the kernel allows it; the ring path otherwise.
 
 use std::sync::Arc;
 
@@ -41,9 +43,11 @@ use crate::session::{self, DefaultPages, Observer, SessionOptions, Setup, StopCa
 use crate::target::Target;
 use crate::Error;
 
+pub mod bpf;
 pub mod collector;
 pub mod events;
 pub mod filter;
+pub mod in_kernel;
 pub mod intervals;
 pub mod legacy;
 pub mod render;
@@ -67,6 +71,8 @@ pub struct OffCpuOptions {
     pub state: StateFilter,
     /// Attribute each interval to the stack that woke it (`--wakers`).
     pub wakers: bool,
+    /// Sum blocked time in the kernel (`--bpf`).
+    pub bpf: bpf::BpfMode,
 }
 
 /// Ring sizes: every switch-out is a sample.
@@ -114,7 +120,6 @@ pub fn run_session(
     intervals: Option<&mut Intervals>,
     observer: &mut dyn Observer,
 ) -> Result<StopCause, Error> {
-    let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
     if let Some(max) = args.max_us {
         if max < args.min_us {
             return Err(Error::new(format!(
@@ -122,6 +127,22 @@ pub fn run_session(
                 args.min_us
             )));
         }
+    }
+    let not_used = match bpf::setup(args, &target, kernel.as_ref())? {
+        bpf::Decision::Use(loaded) => {
+            return bpf::run_session(args, target, kernel, loaded, intervals, observer)
+        }
+        bpf::Decision::NotUsed(why) => why,
+    };
+    let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
+    if args.bpf != bpf::BpfMode::Never {
+        s.summary.line("bpf", format!("not used: {not_used}"));
+    }
+    if args.bpf == bpf::BpfMode::Auto
+        && matches!(args.session.stack, crate::stack::StackMode::Auto(_))
+    {
+        let note = "BPF aggregation → ring buffer (auto stacks need the stack copy)";
+        s.session.notes.push(note.into());
     }
     let tp = events::Tracepoints::locate(kernel.as_ref(), args.wakers)?;
     let (switch, wakeup) = events::add_specs(&mut s, &tp, true);

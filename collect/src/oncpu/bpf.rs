@@ -166,8 +166,8 @@ impl BpfAggregation {
     pub fn missing(&self) -> String {
         let m = self.counter.missing();
         format!(
-            "{} samples dropped (count map full or insert races), {} stacks lost (stack map collisions/full)",
-            m.dropped_samples(),
+            "{} samples spilled to the ring (stack map collisions/full, count map full), {} stacks lost",
+            m.spilled_samples(),
             m.lost_stacks()
         )
     }
