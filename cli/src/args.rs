@@ -167,6 +167,14 @@ pub struct CommonArgs {
     /// Data pages per CPU ring buffer (a power of two; default depends on the mode).
     #[arg(long = "mmap-pages", value_name = "PAGES", value_parser = parse_mmap_pages)]
     pub mmap_pages: Option<usize>,
+    /// Add this label to every pprof sample and to the --push application name
+    /// (repeatable; psample itself labels samples pid, tid, thread and container).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Also write the closing summary (samples, lost records, fallbacks, unwinding, push
+    /// results, the command's exit status) as JSON to this file.
+    #[arg(long = "summary-json", value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -275,13 +283,27 @@ pub struct ContinuousArgs {
     /// With --comm: follow only this user's processes (name or uid).
     #[arg(long = "user", value_name = "USER", requires = "comm")]
     pub user: Option<String>,
-    /// POST each interval's profile to a Pyroscope-compatible server (http://HOST:PORT; plain
-    /// HTTP only). Failures are retried in the background and never hold up sampling.
+    /// POST each interval's profile to a Pyroscope-compatible server
+    /// (http[s]://[USER:PASSWORD@]HOST[:PORT][/PREFIX]; userinfo is sent as basic auth).
+    /// Failures are retried in the background and never hold up sampling.
     #[arg(long = "push", value_name = "URL", requires = "every")]
     pub push: Option<String>,
-    /// Application name sent with --push (default: psample.<command>).
+    /// Application name sent with --push (default: psample.<command>); --label values are
+    /// added in Pyroscope's NAME{KEY=VALUE,...} form.
     #[arg(long = "push-name", value_name = "NAME", requires = "push")]
     pub push_name: Option<String>,
+    /// An HTTP header sent with every --push upload, e.g. X-Scope-OrgID=TENANT (repeatable).
+    #[arg(long = "push-header", value_name = "NAME=VALUE", requires = "push",
+          value_parser = parse_push_header)]
+    pub push_headers: Vec<(String, String)>,
+}
+
+fn parse_push_header(s: &str) -> Result<(String, String), String> {
+    collect::push::parse_header(s)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    collect::output::sample_labels::parse_label(s)
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ use collect::continuous::ContinuousOptions;
 use collect::offcpu::{OffCpuOptions, StateFilter};
 use collect::oncpu::{bpf::BpfMode, OnCpuOptions};
 use collect::output::Format;
+use collect::push::PushOptions;
 use collect::session::SessionOptions;
 use collect::stack::StackMode;
 use collect::target::{Lookup, Target, TargetSpec};
@@ -83,12 +84,17 @@ fn continuous(c: &ContinuousArgs, common: &CommonArgs) -> Result<Option<Continuo
             "--every writes into --out-dir; -o cannot be used with it",
         ));
     }
+    let push = c.push.as_ref().map(|url| PushOptions {
+        url: url.clone(),
+        name: c.push_name.clone().unwrap_or_default(),
+        labels: common.labels.clone(),
+        headers: c.push_headers.clone(),
+    });
     Ok(Some(ContinuousOptions {
         every,
         out_dir: dir.clone(),
         keep: c.keep,
-        push: c.push.clone(),
-        push_name: c.push_name.clone(),
+        push,
     }))
 }
 

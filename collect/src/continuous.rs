@@ -26,7 +26,7 @@ use symbolize::Symbolizer;
 
 use crate::output::outdir::{self, OutDir};
 use crate::output::{Format, Labels, OutputFile, Rendered};
-use crate::push::Pusher;
+use crate::push::{PushOptions, PushStats, Pusher};
 use crate::target::{Lookup, Target, TargetSpec};
 use crate::Error;
 
@@ -39,10 +39,9 @@ pub struct ContinuousOptions {
     pub out_dir: PathBuf,
     /// Keep only the newest N interval profiles (`None`: keep all).
     pub keep: Option<usize>,
-    /// Also POST each interval to a Pyroscope-compatible server at this `http://` URL.
-    pub push: Option<String>,
-    /// Application name sent with `push` (default: `psample.<command>`).
-    pub push_name: Option<String>,
+    /// Also POST each interval to a Pyroscope-compatible server (an empty name is
+    /// `psample.<command>`).
+    pub push: Option<PushOptions>,
 }
 
 /// A symbolizer that has registered this many mappings, or parsed this many distinct files,
@@ -118,14 +117,12 @@ impl Intervals {
         let out = OutDir::open(&c.out_dir, command, &key, format.extension())
             .map_err(|e| Error::new(format!("--out-dir: {e}")))?;
         let pusher = match &c.push {
-            Some(url) => {
-                let name = c
-                    .push_name
-                    .clone()
-                    .unwrap_or_else(|| format!("psample.{command}"));
-                Some(Arc::new(
-                    Pusher::start(url, &name, format, command).map_err(Error::new)?,
-                ))
+            Some(p) => {
+                let mut p = p.clone();
+                if p.name.is_empty() {
+                    p.name = format!("psample.{command}");
+                }
+                Some(Arc::new(Pusher::start(&p, format).map_err(Error::new)?))
             }
             None => None,
         };
@@ -235,10 +232,10 @@ impl Intervals {
 
     /// Pusher statistics for the summary, if pushing, after giving queued uploads (and
     /// their retries) a few seconds to finish.
-    pub fn push_stats(&self) -> Option<String> {
+    pub fn push_stats(&self) -> Option<PushStats> {
         let p = self.pusher.as_ref()?;
         p.wait_idle(Duration::from_secs(5));
-        Some(p.describe())
+        Some(p.stats())
     }
 }
 
@@ -475,7 +472,6 @@ mod tests {
             out_dir: dir.to_path_buf(),
             keep,
             push: None,
-            push_name: None,
         };
         let symbols = symbolize::SymbolizeOptions::default();
         let labels = Labels {

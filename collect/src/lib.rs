@@ -17,7 +17,7 @@
 //! - [`output`], [`push`]: symbolizing once per distinct frame ([`output::fold`]),
 //!   folded/SVG/pprof encoders and where they are written, uploads to Pyroscope-compatible
 //!   servers;
-//! - [`target`], [`follow`], [`tracing`], [`perms`], [`limits`], [`stdio`]: targets (and
+//! - [`target`], [`launch`], [`follow`], [`tracing`], [`perms`], [`limits`], [`stdio`]: targets (and
 //!   finding them again), the host, and standard streams psample does not control.
 //!
 //! Modules import only from their own layer or below (top to bottom: oncpu/offcpu,
@@ -31,6 +31,7 @@ pub mod continuous;
 pub mod error;
 pub mod follow;
 pub mod frame;
+pub mod launch;
 pub mod limits;
 pub mod names;
 pub mod offcpu;

@@ -366,8 +366,20 @@ impl Collector for OffCpu {
                 r.thread_count()
             ),
         );
+        s.fact("blocked_s", r.blocked_ns as f64 / 1e9);
+        s.fact("intervals", r.counted_intervals);
+        s.fact("threads", r.thread_count());
         top_threads(r, &p.tables.names, self.window_ns, s);
         let c = &self.counts;
+        s.fact(
+            "events",
+            serde_json::json!({
+                "switch_outs": c.switch_outs,
+                "switch_ins": c.switch_ins,
+                "wakeups": c.wakeups,
+                "undecodable": c.decode_errors,
+            }),
+        );
         let undecodable = if c.decode_errors > 0 {
             format!(", {} undecodable", c.decode_errors)
         } else {
@@ -409,6 +421,17 @@ impl Collector for OffCpu {
             ),
         );
         s.line("mechanisms", self.plan.mechanisms.join("; "));
+        s.fact("mechanisms", self.plan.mechanisms.clone());
+        s.fact(
+            "not_counted",
+            serde_json::json!({
+                "dropped_intervals": r.dropped_intervals,
+                "capped_intervals": r.capped_intervals,
+                "dropped_s": r.dropped_ns_lost as f64 / 1e9,
+                "not_blocked": r.not_blocked,
+                "filtered": r.filtered,
+            }),
+        );
         if !self.plan.clock_monotonic {
             s.warnings
                 .push("no use_clockid: the window is taken from the first and last event".into());

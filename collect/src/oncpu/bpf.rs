@@ -148,6 +148,12 @@ impl BpfAggregation {
         Ok(())
     }
 
+    /// (samples dropped, stacks lost) in the kernel.
+    pub fn missing_counts(&self) -> (u64, u64) {
+        let m = self.counter.missing();
+        (m.dropped_samples(), m.lost_stacks())
+    }
+
     /// Stacks the kernel could not record (reported like lost records).
     pub fn missing(&self) -> String {
         let m = self.counter.missing();

@@ -113,6 +113,21 @@ impl Collector for Recorder {
         s.line("event", self.event.clone());
         s.line("samples", self.progress().to_string());
         s.line("threads seen", p.tracker.threads_seen().to_string());
+        s.fact("event", self.event.clone());
+        s.fact("samples", self.progress());
+        s.fact("threads_seen", p.tracker.threads_seen());
+        if let Some(b) = &self.bpf {
+            let m = b.missing_counts();
+            s.fact(
+                "bpf",
+                serde_json::json!({
+                    "samples": b.samples,
+                    "keys": b.keys,
+                    "dropped_samples": m.0,
+                    "lost_stacks": m.1,
+                }),
+            );
+        }
     }
 
     fn summarize_tail(&self, _p: &Pipeline, s: &mut Summary) {

@@ -12,6 +12,7 @@ pub mod folded;
 pub mod input;
 pub mod outdir;
 pub mod pprof;
+pub mod sample_labels;
 pub mod sink;
 pub mod svg;
 mod trust;

@@ -127,7 +127,19 @@ fn enable(a: &mut Attached<'_>) -> Result<(), Error> {
             .map_err(|e| Error::new(e.to_string()))?;
     }
     l.start()
-        .map_err(|e| Error::new(format!("cannot start the command: {e}")))
+        .map_err(|e| Error::with_exit_code(e.message, e.code))
+}
+
+/// How the launched command ended, if it did: when it ended the session, its status; when
+/// psample stopped first on a signal (the terminal's Ctrl-C reaches the command too), a
+/// moment to exit; after `-d` it is left running.
+fn command_status(a: &Attached<'_>, cause: StopCause) -> Option<crate::launch::ExitStatus> {
+    let l = a.launched.as_ref()?;
+    match cause {
+        StopCause::TargetsExited => Some(l.wait()),
+        StopCause::Signal => l.wait_briefly(Duration::from_millis(500)),
+        StopCause::Duration => l.try_wait(),
+    }
 }
 
 /// What may be held outside the rings (the drainer's copies and the records the reader
@@ -307,12 +319,27 @@ impl<'a, 'c> Live<'a, 'c> {
 
     /// The lines every command reports, around the collector's own.
     fn summarize(&mut self, stopped: &Stopped) {
+        let status = command_status(&self.a, stopped.cause);
+        let still_running = self.a.launched.as_ref().map(|l| l.pid);
         let (p, s) = (&self.p, &mut self.a.summary);
         s.line("stopped", stopped.cause.describe());
+        s.fact("stopped", stopped.cause.describe());
         s.line(
             "duration",
             format!("{:.2} s", stopped.elapsed.as_secs_f64()),
         );
+        s.fact("duration_s", stopped.elapsed.as_secs_f64());
+        match (status, still_running) {
+            (Some(st), _) => {
+                s.line("command", st.describe());
+                s.command_status = Some(st);
+            }
+            (None, Some(pid)) => s.line(
+                "command",
+                format!("still running (pid {pid}); psample's exit status is its own"),
+            ),
+            (None, None) => {}
+        }
         self.c.summarize(p, s);
         s.add_lost(&self.a.session, self.reader.stats().parse_errors);
         let throttles = p.tracker.stats.throttles;
@@ -383,8 +410,20 @@ impl<'a, 'c> Live<'a, 'c> {
                         flushed.written, flushed.write_errors
                     ),
                 );
+                summary.fact(
+                    "intervals",
+                    serde_json::json!({"written": flushed.written, "failed": flushed.write_errors}),
+                );
                 if let Some(p) = iv.push_stats() {
-                    summary.line("push", p);
+                    summary.line("push", p.describe());
+                    summary.fact("push", p.to_json());
+                    if p.not_delivered() > 0 {
+                        summary.warnings.push(format!(
+                            "--push: {} of {} intervals were not delivered",
+                            p.not_delivered(),
+                            p.not_delivered() + p.delivered
+                        ));
+                    }
                 }
                 summary.warnings.extend(flushed.warnings);
             }
@@ -403,6 +442,7 @@ impl<'a, 'c> Live<'a, 'c> {
                 let distinct = aggregation.distinct_stacks();
                 let lines = rendered.len();
                 summary.line("stacks", format!("{distinct} distinct, {lines} {what}"));
+                summary.fact("distinct_stacks", distinct as u64);
                 if let Some(d) = sym.debuginfod_summary() {
                     summary.line("debuginfod", d);
                 }
@@ -415,6 +455,7 @@ impl<'a, 'c> Live<'a, 'c> {
         );
         if let Some(p) = &opts.output {
             summary.line("written", p.display().to_string());
+            summary.fact("output", p.display().to_string());
         }
         observer.summary(&summary);
         Ok(())
