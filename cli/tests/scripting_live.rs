@@ -1,0 +1,113 @@
+//! psample in scripts and CI jobs: a launched command's exit status is psample's, and
+//! `--summary-json` gives the closing summary to programs.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// psample's exit status and stderr for `args` (output discarded).
+fn status_of(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(psample()).args(args).output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_launched_command_status_is_psamples() {
+    require!(Need::Perf);
+    let (code, err) = status_of(&["record", "-o", "/dev/null", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    let (code, err) = status_of(&["record", "-o", "/dev/null", "--", "true"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Killed by a signal: 128+N, as a shell reports it.
+    let (code, err) = status_of(&[
+        "offcpu",
+        "-o",
+        "/dev/null",
+        "--",
+        "sh",
+        "-c",
+        "kill -KILL $$",
+    ]);
+    assert_eq!(code, Some(137), "{err}");
+    assert!(err.contains("killed by signal 9 (SIGKILL)"), "{err}");
+}
+
+#[test]
+fn a_command_that_cannot_start_is_127_or_126_with_the_reason() {
+    require!(Need::Perf);
+    let (code, err) = status_of(&["record", "--", "/nonexistent/psample-no-such-cmd"]);
+    assert_eq!(code, Some(127), "{err}");
+    assert!(
+        err.contains("/nonexistent/psample-no-such-cmd") && err.contains("No such file"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let (code, err) = status_of(&["record", "--", script.to_str().unwrap()]);
+    assert_eq!(code, Some(126), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// The JSON carries the numbers of the text summary, and the command's status.
+#[test]
+fn summary_json_has_the_summary_and_the_status() {
+    require!(Need::Perf);
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let out = run_psample_env(
+        &[
+            "record",
+            "-F",
+            "499",
+            "--summary-json",
+            json.to_str().unwrap(),
+            "--",
+            workload("cpu_split_fp").to_str().unwrap(),
+            "-t",
+            "1",
+        ],
+        &[("WL_CPU_SECONDS", "0.5")],
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["command"], "record");
+    assert_eq!(doc["exit_status"], 0);
+    assert!(doc["error"].is_null());
+    let s = &doc["sessions"][0];
+    let samples = summary_number(&out.stderr, "samples").unwrap();
+    assert!(samples > 0.0, "{}", out.stderr);
+    assert_eq!(s["samples"].as_f64(), Some(samples), "{s}");
+    assert_eq!(s["command_exit"]["status"], 0);
+    assert_eq!(s["stopped"], "targets exited");
+    assert!(s["lost"]["records"].is_u64(), "{s}");
+    let folded: u64 = parse_folded(&out.folded).values().sum();
+    assert_eq!(folded as f64, samples);
+
+    // A failure is in the file too, with psample's status.
+    let (code, err) = status_of(&[
+        "record",
+        "--summary-json",
+        json.to_str().unwrap(),
+        "--",
+        "/nonexistent/psample-no-such-cmd",
+    ]);
+    assert_eq!(code, Some(127), "{err}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["exit_status"], 127);
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No such file")),
+        "{doc}"
+    );
+}
