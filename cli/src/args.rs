@@ -182,6 +182,7 @@ pub enum OutputFormat {
     Folded,
     Svg,
     Pprof,
+    Speedscope,
 }
 
 /// Longest run or interval accepted (a year): anything longer is a typo, and larger numbers

@@ -64,6 +64,7 @@ pub fn format(f: Option<OutputFormat>) -> Option<Format> {
         OutputFormat::Folded => Format::Folded,
         OutputFormat::Svg => Format::Svg,
         OutputFormat::Pprof => Format::Pprof,
+        OutputFormat::Speedscope => Format::Speedscope,
     })
 }
 

@@ -112,7 +112,7 @@ impl Intervals {
         if c.keep == Some(0) {
             return Err(Error::new("--keep must be at least 1"));
         }
-        let format = Format::resolve(format, None);
+        let format = Format::resolve(format, None).map_err(Error::new)?;
         let key = outdir::target_key(&describe_target(target));
         let out = OutDir::open(&c.out_dir, command, &key, format.extension())
             .map_err(|e| Error::new(format!("--out-dir: {e}")))?;

@@ -47,7 +47,7 @@ impl<'a> Setup<'a> {
         kernel: Arc<dyn Kernel>,
         pages: DefaultPages,
     ) -> Result<Setup<'a>, Error> {
-        let format = Format::resolve(opts.format, opts.output.as_deref());
+        let format = Format::resolve(opts.format, opts.output.as_deref()).map_err(Error::new)?;
         if let Some(p) = &opts.output {
             output::check_writable(p).map_err(Error::new)?;
         }
