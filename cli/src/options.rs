@@ -139,6 +139,7 @@ fn session(
         stack: stack(call_graph.mode()),
         keep_root: target.keep_root,
         symbols: symbols(symbols_args),
+        labels: common.labels.clone(),
     })
 }
 

@@ -477,6 +477,7 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            extra: Vec::new(),
         };
         (c, symbols, labels)
     }

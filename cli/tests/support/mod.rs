@@ -405,3 +405,61 @@ fn perf_script_folded(data: &Path) -> BTreeMap<String, u64> {
     flush(&comm, &mut frames);
     m
 }
+
+/// A cgroup v2 group made for one test (`psample-test-PID-N.scope`, in the unified
+/// hierarchy whether it is mounted at /sys/fs/cgroup or, hybrid, at
+/// /sys/fs/cgroup/unified). Dropping it kills what is left in it and removes it.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// The group's path as /proc/PID/cgroup shows it on the `0::` line.
+    pub name: String,
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+            .expect("a cgroup v2 (unified) hierarchy");
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("psample-test-{}-{n}.scope", std::process::id());
+        let path = root.join(&name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TestCgroup {
+            path,
+            name: format!("/{name}"),
+        }
+    }
+
+    /// Move `pid` into the group.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..500 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                // SAFETY: kill has no memory preconditions; these are the test's processes.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

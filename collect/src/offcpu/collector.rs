@@ -313,7 +313,10 @@ impl Collector for OffCpu {
         self.totals
             .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
         self.engine.forget_threads(|tid| !target::thread_alive(tid));
-        Box::new(OffCpuReport { report })
+        Box::new(OffCpuReport {
+            report,
+            labels: self.plan.labels.extra.clone(),
+        })
     }
 
     fn keep(&self, keep: &mut Keep) {
@@ -346,7 +349,10 @@ impl Collector for OffCpu {
             last.saturating_sub(first.unwrap_or(last))
         };
         Finished {
-            aggregation: Box::new(OffCpuReport { report }),
+            aggregation: Box::new(OffCpuReport {
+                report,
+                labels: self.plan.labels.extra.clone(),
+            }),
             window: Duration::from_nanos(self.window_ns),
         }
     }

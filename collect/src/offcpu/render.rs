@@ -16,6 +16,8 @@ use crate::tables::Snapshot;
 pub struct OffCpuReport {
     /// Blocked nanoseconds per key, and the interval counters.
     pub report: Report,
+    /// `--label`s for every pprof sample.
+    pub labels: Vec<(String, String)>,
 }
 
 impl Aggregation for OffCpuReport {
@@ -30,7 +32,7 @@ impl Aggregation for OffCpuReport {
         format: Format,
         window: Window,
     ) -> Rendered {
-        render(&self.report, t, sym, format, window)
+        render(&self.report, &self.labels, t, sym, format, window)
     }
 }
 
@@ -39,6 +41,7 @@ impl Aggregation for OffCpuReport {
 /// line, then truncates to microseconds): largest remainders get the leftover units.
 fn render(
     report: &Report,
+    extra: &[(String, String)],
     t: &Snapshot,
     sym: &mut Symbolizer,
     format: Format,
@@ -102,7 +105,10 @@ fn render(
                 .collect();
             blocked.push(pprof::Node::Text(&comm));
             nodes.extend(blocked);
-            b.add(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)]);
+            // The blocked thread's name; pid and tid are not kept per stack in offcpu.
+            let mut labels = vec![pprof::SampleLabel::Str("thread", names.get(key.who))];
+            labels.extend(extra.iter().map(|(k, v)| pprof::SampleLabel::Str(k, v)));
+            b.add_labeled(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)], &labels);
         }
     }
     Rendered::Pprof(b.finish(&pprof::Meta {

@@ -13,6 +13,7 @@ use perfring::event::Session;
 use perfring::record::push_stack;
 use perfring::sys::Ioctl;
 
+use crate::container::Containers;
 use crate::frame::Frame;
 use crate::pipeline::Pipeline;
 use crate::profile::Profile;
@@ -117,7 +118,12 @@ pub fn setup(
 impl BpfAggregation {
     /// Move the kernel's counts into `profile`. Errors are reported, not fatal: counts
     /// collected so far stay in the profile.
-    pub fn drain(&mut self, p: &mut Pipeline, profile: &mut Profile) -> Result<(), String> {
+    pub fn drain(
+        &mut self,
+        p: &mut Pipeline,
+        profile: &mut Profile,
+        containers: &mut Containers,
+    ) -> Result<(), String> {
         let counts = self.counter.drain().map_err(|e| e.to_string())?;
         for c in counts {
             if c.pid == p.own_pid {
@@ -143,7 +149,7 @@ impl BpfAggregation {
             p.tracker.saw_thread(c.tid);
             let stack = p.intern_stack(&self.frames);
             let name = p.thread_name(c.pid, c.tid);
-            profile.add(name, stack, c.count);
+            super::collector::add_sample(profile, containers, name, stack, (c.pid, c.tid), c.count);
         }
         Ok(())
     }

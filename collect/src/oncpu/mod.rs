@@ -38,10 +38,11 @@ pub struct OnCpuOptions {
 /// Ring sizes: a DWARF sample carries a copy of the user stack.
 const PAGES: DefaultPages = DefaultPages { fp: 64, dwarf: 512 };
 
-fn labels() -> Labels {
+fn labels(extra: &[(String, String)]) -> Labels {
     Labels {
         title: "psample record".into(),
         count_name: "samples".into(),
+        extra: extra.to_vec(),
     }
 }
 
@@ -54,7 +55,7 @@ pub fn run(
     session::run_command(
         &args.session,
         "record",
-        labels(),
+        labels(&args.session.labels),
         observer,
         |target, iv, obs| run_session(args, target, kernel.clone(), iv, obs),
     )
@@ -95,6 +96,11 @@ pub fn run_session(
         }
     };
     let event = format!("{event_name} at {hz} Hz, call graph {}", mode.describe());
-    let mut recorder = Recorder::new(event, 1_000_000_000 / hz.max(1), bpf, labels());
+    let mut recorder = Recorder::new(
+        event,
+        1_000_000_000 / hz.max(1),
+        bpf,
+        labels(&args.session.labels),
+    );
     a.run(&mut recorder, intervals, observer)
 }

@@ -157,6 +157,8 @@ pub struct Labels {
     pub title: String,
     /// What the counts are (`samples`, `us`).
     pub count_name: String,
+    /// `--label KEY=VALUE`s, on every pprof sample.
+    pub extra: Vec<(String, String)>,
 }
 
 /// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`:

@@ -133,6 +133,7 @@ mod tests {
         let labels = Labels {
             title: "Off-CPU".into(),
             count_name: "us".into(),
+            extra: Vec::new(),
         };
         let mut v = Vec::new();
         write(&mut v, &lines, &labels).unwrap();

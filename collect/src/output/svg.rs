@@ -34,6 +34,7 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            extra: Vec::new(),
         };
         write(&mut out, &[("prog;main;work".into(), 5)], &labels).unwrap();
         let s = String::from_utf8(out).unwrap();
