@@ -232,6 +232,8 @@ fn intervals_are_pushed_and_failures_retried() {
     require!(Need::SystemWide);
     let _g = serial();
     let (url, got) = listener();
+    // Credentials in the URL become basic auth (and stay out of the request line).
+    let url = url.replace("http://", "http://alice:s%40cret@");
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = tempfile::tempdir().unwrap();
     let pid = w.pid.to_string();
@@ -241,6 +243,12 @@ fn intervals_are_pushed_and_failures_retried() {
         .arg("--out-dir")
         .arg(dir.path())
         .args(["--push", &url, "--push-name", "shop{env=test}"])
+        .args([
+            "--label",
+            "team=perf",
+            "--push-header",
+            "X-Scope-OrgID=tenant-1",
+        ])
         .output()
         .unwrap();
     let ran = t0.elapsed().as_secs() + 1;
@@ -258,9 +266,17 @@ fn intervals_are_pushed_and_failures_retried() {
     for (head, body) in &reqs {
         let line = head.lines().next().unwrap();
         assert!(
-            line.starts_with("POST /ingest?name=shop%7Benv%3Dtest%7D&from="),
+            line.starts_with("POST /ingest?name=shop%7Benv%3Dtest%2Cteam%3Dperf%7D&from="),
             "{line}"
         );
+        let lower = head.to_ascii_lowercase();
+        // base64("alice:s@cret")
+        assert!(
+            lower.contains("authorization: basic ywxpy2u6c0bjcmv0\r\n"),
+            "{head}"
+        );
+        assert!(lower.contains("x-scope-orgid: tenant-1\r\n"), "{head}");
+        assert!(!head.contains("cret"), "{head}");
         assert!(line.contains("&format=folded") && line.contains("&sampleRate=99"));
         let q: std::collections::HashMap<&str, &str> = line
             .split_whitespace()
@@ -286,6 +302,61 @@ fn intervals_are_pushed_and_failures_retried() {
             "{text}"
         );
     }
+}
+
+/// A server that is down the whole run: nothing is delivered, and the summary (text and
+/// JSON) says so instead of "0 failed, 0 dropped".
+#[test]
+fn pushes_to_a_server_that_is_down_are_reported_undelivered() {
+    require!(Need::SystemWide);
+    let _g = serial();
+    // A port that was just free: connections are refused.
+    let url = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let o = Command::new(psample())
+        .args([
+            "record",
+            "-F",
+            "99",
+            "-p",
+            &w.pid.to_string(),
+            "-d",
+            "2",
+            "--every",
+            "1s",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .args(["--push", &url, "--summary-json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &doc["sessions"][0];
+    let written = s["intervals"]["written"].as_u64().unwrap();
+    let push = &s["push"];
+    assert!(written >= 1, "{s}");
+    assert_eq!(push["delivered"], 0, "{push}");
+    let lost = ["failed", "dropped_queue_full", "undelivered_at_exit"]
+        .iter()
+        .map(|k| push[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(lost, written, "every interval is accounted for: {push}");
+    assert!(
+        push["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{push}"
+    );
+    let warning = format!("--push: {written} of {written} intervals were not delivered");
+    assert!(stderr.contains(&warning), "want {warning:?} in\n{stderr}");
+    assert!(stderr.contains("0 delivered"), "{stderr}");
 }
 
 const CHANGED: &str = r#"
