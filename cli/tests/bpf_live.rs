@@ -92,3 +92,47 @@ fn bpf_auto_falls_back_for_dwarf_and_always_refuses() {
     assert_ne!(always.status, 0);
     assert!(always.stderr.contains("--bpf always"), "{}", always.stderr);
 }
+
+/// Inside a pid namespace (as in a container: `unshare --pid --fork --mount-proc`), the
+/// in-kernel path names threads by their ids in that namespace, as the ring does: stacks
+/// under the command's name, symbolized, no `[pid_N];[unknown]` (the global pid, which
+/// psample's /proc does not know).
+#[test]
+fn bpf_in_a_pid_namespace_names_threads_as_the_namespace_does() {
+    require!(Need::Root);
+    let _serial = serial();
+    let wl = workload("cpu_split_fp");
+    for bpf in ["always", "never"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ns.folded");
+        let o = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(psample())
+            .args(["record", "-F", "499", "--bpf", bpf, "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&wl)
+            .args(["-t", "1"])
+            .env("WL_CPU_SECONDS", "0.5")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "--bpf {bpf}: {err}");
+        if bpf == "always" {
+            assert!(err.contains("in-kernel aggregation"), "{err}");
+        }
+        let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
+        let total: u64 = folded.values().sum();
+        assert!(total > 0, "--bpf {bpf}: no samples\n{err}");
+        let hot: u64 = folded
+            .iter()
+            .filter(|(s, _)| s.starts_with("cpu_split_fp;") && s.contains(";work;hot_"))
+            .map(|(_, c)| c)
+            .sum();
+        assert!(
+            hot * 10 >= total * 9,
+            "--bpf {bpf}: {hot} of {total} samples in work->hot_*:\n{folded:?}"
+        );
+        assert!(folded.keys().all(|s| !s.starts_with("[pid_")), "{folded:?}");
+    }
+}

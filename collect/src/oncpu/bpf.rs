@@ -8,7 +8,7 @@
 
 use std::os::fd::AsFd;
 
-use perfring::bpf::{StackCounter, StackCounterOptions};
+use perfring::bpf::{PidNamespace, StackCounter, StackCounterOptions};
 use perfring::event::Session;
 use perfring::record::push_stack;
 use perfring::sys::Ioctl;
@@ -76,6 +76,10 @@ pub fn setup(
     }
     let opts = StackCounterOptions {
         log_verifier: verbose,
+        // In a container's pid namespace the program must name threads as psample and its
+        // /proc do: a kernel without bpf_get_ns_current_pid_tgid (before 5.7) refuses the
+        // program, and `auto` uses the ring, whose pids the kernel already translates.
+        pid_namespace: PidNamespace::own_if_nested(),
         ..Default::default()
     };
     let counter = match StackCounter::load(&opts) {

@@ -23,6 +23,8 @@ mod helper {
     pub const MAP_UPDATE_ELEM: i32 = 2;
     pub const GET_CURRENT_PID_TGID: i32 = 14;
     pub const GET_STACKID: i32 = 27;
+    /// Since 5.7.
+    pub const GET_NS_CURRENT_PID_TGID: i32 = 120;
 }
 
 /// `bpf_get_stackid` flag selecting the user stack.
@@ -55,7 +57,39 @@ const USER_ID_OFF: i16 = -8;
 const KERNEL_ID_OFF: i16 = -4;
 const ONE_OFF: i16 = -24; // u64 initial count
 const SLOT_OFF: i16 = -28; // u32 counter index
+const NSDATA_OFF: i16 = -40; // struct bpf_pidns_info {u32 pid (thread), u32 tgid}
 const KEY_SIZE: usize = 16;
+
+/// The pid namespace psample names processes in, as `bpf_get_ns_current_pid_tgid` takes
+/// it: the device (kernel encoding, `MAJOR << 20 | MINOR`) and inode of `/proc/self/ns/pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidNamespace {
+    /// Device of the nsfs inode, kernel `dev_t` encoding.
+    pub dev: u64,
+    /// Inode number: the namespace's id.
+    pub ino: u64,
+}
+
+/// Inode of the initial pid namespace (`PROC_PID_INIT_INO`, a fixed kernel constant).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+impl PidNamespace {
+    /// psample's own pid namespace when it is not the initial one (in a container, or under
+    /// `unshare --pid`): there the kernel's global pids are not the ones psample and /proc
+    /// use. `None` in the initial namespace or when it cannot be told.
+    pub fn own_if_nested() -> Option<PidNamespace> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/proc/self/ns/pid").ok()?;
+        if m.ino() == INIT_PID_NS_INO {
+            return None;
+        }
+        let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+        Some(PidNamespace {
+            dev: (major << 20) | minor,
+            ino: m.ino(),
+        })
+    }
+}
 
 /// Largest callchain the stack map stores per stack, the perf default and the historic
 /// fixed limit (RHEL 7 has no perf_event_max_stack sysctl).
@@ -74,6 +108,9 @@ pub struct StackCounterOptions {
     pub kernel_stacks: bool,
     /// Always capture the verifier log (otherwise only on a failed load).
     pub log_verifier: bool,
+    /// Name threads by their ids in this pid namespace (`None`: the kernel's global ids).
+    /// A thread outside it is counted as pid 0 / tid 0, as perf's ring reports it.
+    pub pid_namespace: Option<PidNamespace>,
 }
 
 impl Default for StackCounterOptions {
@@ -84,6 +121,7 @@ impl Default for StackCounterOptions {
             user_stacks: true,
             kernel_stacks: true,
             log_verifier: false,
+            pid_namespace: None,
         }
     }
 }
@@ -266,21 +304,50 @@ struct ProgramMaps {
     missing: i32,
 }
 
+/// Emit: the key's tgid and tid, from the current task's global ids or, with `ns`, its ids
+/// in that namespace (0 and 0 when it is not in it). Clobbers r0-r5; r6 is kept.
+fn store_ids(a: &mut Asm, ns: Option<PidNamespace>) {
+    let Some(ns) = ns else {
+        a.call(helper::GET_CURRENT_PID_TGID)
+            // tid = low half. The idle task (tid 0) is counted too: a system-wide profile
+            // shows idle time as `swapper`, as perf's does and as the ring-buffer path does.
+            .mov64_reg(Reg::R1, Reg::R0)
+            .alu64_imm(alu::LSH, Reg::R1, 32)
+            .alu64_imm(alu::RSH, Reg::R1, 32)
+            .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
+            .alu64_imm(alu::RSH, Reg::R0, 32)
+            .store_reg(size::W, FP, KEY_OFF, Reg::R0);
+        return;
+    };
+    let found = a.new_label();
+    // On failure the helper zeroes nsdata: the key gets pid 0, tid 0.
+    a.ld_imm64(Reg::R1, ns.dev)
+        .ld_imm64(Reg::R2, ns.ino)
+        .mov64_reg(Reg::R3, FP)
+        .alu64_imm(alu::ADD, Reg::R3, i32::from(NSDATA_OFF))
+        .mov64_imm(Reg::R4, 8)
+        .call(helper::GET_NS_CURRENT_PID_TGID)
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, found)
+        .store_imm(size::DW, FP, NSDATA_OFF, 0);
+    a.bind(found);
+    a.load(size::W, Reg::R1, FP, NSDATA_OFF)
+        .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
+        .load(size::W, Reg::R1, FP, NSDATA_OFF + 4)
+        .store_reg(size::W, FP, KEY_OFF, Reg::R1);
+}
+
 /// The sampling program. `maps.stacks` is `None` when neither stack side is collected.
-fn build_program(maps: &ProgramMaps, user: bool, kernel: bool) -> Result<Vec<Insn>, BpfError> {
+fn build_program(
+    maps: &ProgramMaps,
+    user: bool,
+    kernel: bool,
+    ns: Option<PidNamespace>,
+) -> Result<Vec<Insn>, BpfError> {
     let mut a = Asm::new();
     let out = a.new_label();
 
-    a.mov64_reg(Reg::R6, Reg::R1)
-        .call(helper::GET_CURRENT_PID_TGID)
-        // tid = low half. The idle task (tid 0) is counted too: a system-wide profile shows
-        // idle time as `swapper`, as perf's does and as the ring-buffer path does.
-        .mov64_reg(Reg::R1, Reg::R0)
-        .alu64_imm(alu::LSH, Reg::R1, 32)
-        .alu64_imm(alu::RSH, Reg::R1, 32)
-        .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
-        .alu64_imm(alu::RSH, Reg::R0, 32)
-        .store_reg(size::W, FP, KEY_OFF, Reg::R0);
+    a.mov64_reg(Reg::R6, Reg::R1);
+    store_ids(&mut a, ns);
 
     for (wanted, flags, off, side) in [
         (user, F_USER_STACK, USER_ID_OFF, slot::USER),
@@ -491,6 +558,7 @@ impl StackCounter {
             },
             opts.user_stacks,
             opts.kernel_stacks,
+            opts.pid_namespace,
         )?;
         let (prog, log) = load_program(&insns, opts.log_verifier)?;
         Ok(StackCounter {
@@ -707,6 +775,7 @@ pub fn probe() -> Result<(), BpfError> {
         user_stacks: true,
         kernel_stacks: true,
         log_verifier: false,
+        pid_namespace: PidNamespace::own_if_nested(),
     })
     .map(drop)
 }
@@ -717,6 +786,10 @@ mod tests {
     use crate::bpf::insn::class;
 
     fn program(user: bool, kernel: bool) -> Vec<Insn> {
+        program_in(user, kernel, None)
+    }
+
+    fn program_in(user: bool, kernel: bool, ns: Option<PidNamespace>) -> Vec<Insn> {
         build_program(
             &ProgramMaps {
                 counts: 3,
@@ -725,8 +798,29 @@ mod tests {
             },
             user,
             kernel,
+            ns,
         )
         .expect("assembles")
+    }
+
+    #[test]
+    fn a_nested_namespace_uses_the_namespace_aware_helper() {
+        let calls = |p: &[Insn]| -> Vec<i32> {
+            p.iter()
+                .filter(|i| i.code == class::JMP | jmp::CALL)
+                .map(|i| i.imm)
+                .collect()
+        };
+        let global = calls(&program(true, true));
+        assert!(global.contains(&helper::GET_CURRENT_PID_TGID));
+        assert!(!global.contains(&helper::GET_NS_CURRENT_PID_TGID));
+        let ns = PidNamespace {
+            dev: 4,
+            ino: 4026532000,
+        };
+        let nested = calls(&program_in(true, true, Some(ns)));
+        assert!(nested.contains(&helper::GET_NS_CURRENT_PID_TGID));
+        assert!(!nested.contains(&helper::GET_CURRENT_PID_TGID));
     }
 
     #[test]
