@@ -136,3 +136,57 @@ fn bpf_in_a_pid_namespace_names_threads_as_the_namespace_does() {
         assert!(folded.keys().all(|s| !s.starts_with("[pid_")), "{folded:?}");
     }
 }
+
+/// From the host, `-p PID` of a process in another pid namespace (a container's) works on
+/// both paths: the kernel's ids are the host's.
+#[test]
+fn a_process_in_another_pid_namespace_is_profiled_by_its_host_pid() {
+    require!(Need::Root);
+    let _serial = serial();
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(workload("cpu_split_fp"))
+        .args(["-s", "60"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = KillGuard(Some(unshare.id()));
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let mut pid = 0u32;
+    wait_until("the namespaced workload", || {
+        pid = std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pid != 0
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "cpu_split_fp")
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "{status}"
+    );
+    for bpf in ["always", "never"] {
+        let (out, _) = run_psample_until_cpu(
+            &["record", "-F", "499", "--bpf", bpf, "-p", &pid.to_string()],
+            pid,
+            0.5,
+        );
+        assert_eq!(out.status, 0, "--bpf {bpf}: {}", out.stderr);
+        let folded = parse_folded(&out.folded);
+        let total: u64 = folded.values().sum();
+        let hot = count_with(&folded, "hot_a") + count_with(&folded, "hot_b");
+        assert!(
+            total > 0 && hot * 10 >= total * 9,
+            "--bpf {bpf}: {folded:?}"
+        );
+    }
+    guard.defuse();
+    let _ = unshare.kill();
+    let _ = unshare.wait();
+}
