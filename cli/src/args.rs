@@ -52,6 +52,11 @@ pub struct TargetArgs {
     /// Profile every CPU (system-wide).
     #[arg(short = 'a', long = "all-cpus", conflicts_with_all = ["pids", "tids"])]
     pub all_cpus: bool,
+    /// Profile the tasks of this cgroup (a container, a systemd service): its directory
+    /// under /sys/fs/cgroup, or the path below the cgroup v2 mount
+    /// (system.slice/nginx.service).
+    #[arg(long = "cgroup", value_name = "PATH", conflicts_with_all = ["pids", "tids", "all_cpus"])]
+    pub cgroup: Option<PathBuf>,
     /// Run as root even when started through sudo (by default a command launched under sudo
     /// runs as the invoking user, SUDO_UID/SUDO_GID).
     #[arg(long)]

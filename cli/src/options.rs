@@ -25,16 +25,22 @@ pub fn target(a: &TargetArgs) -> Result<Target, String> {
         !a.pids.is_empty(),
         !a.tids.is_empty(),
         a.all_cpus,
+        a.cgroup.is_some(),
         !a.command.is_empty(),
     ]
     .iter()
     .filter(|x| **x)
     .count();
     if chosen == 0 {
-        return Err("nothing to profile: give -p PID, -t TID, -a, or -- COMMAND".into());
+        return Err(
+            "nothing to profile: give -p PID, -t TID, -a, --cgroup PATH, or -- COMMAND".into(),
+        );
     }
     if chosen > 1 {
-        return Err("choose one target: -p, -t, -a or -- COMMAND".into());
+        return Err("choose one target: -p, -t, -a, --cgroup or -- COMMAND".into());
+    }
+    if let Some(path) = &a.cgroup {
+        return Ok(Target::Cgroup(collect::target::cgroup_dir(path)?));
     }
     Ok(if !a.pids.is_empty() {
         Target::Pids(a.pids.clone())

@@ -418,6 +418,7 @@ fn describe_target(t: &TargetSpec) -> String {
         TargetSpec::Fixed(Target::Pids(p)) => format!("pid {}", list(p)),
         TargetSpec::Fixed(Target::Tids(t)) => format!("tid {}", list(t)),
         TargetSpec::Fixed(Target::AllCpus) => "all".to_string(),
+        TargetSpec::Fixed(Target::Cgroup(dir)) => format!("cgroup {}", dir.display()),
         TargetSpec::Fixed(Target::Command(argv)) => format!("command {}", argv.join("\0")),
     }
 }

@@ -4,7 +4,8 @@
 pub use crate::launch::{sudo_user, DropTo, Launched};
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 /// What one session profiles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,13 +18,20 @@ pub enum Target {
     AllCpus,
     /// A command psample launches (`-- CMD ARGS`).
     Command(Vec<String>),
+    /// The tasks of a cgroup, on every CPU (`--cgroup`): perf_event's cgroup mode.
+    Cgroup(PathBuf),
 }
 
 impl Target {
     /// Per-task events follow new threads and children (inherit): not for `-t`, and not
     /// CPU-wide.
     pub fn inherits(&self) -> bool {
-        !matches!(self, Target::Tids(_) | Target::AllCpus)
+        !matches!(self, Target::Tids(_) | Target::AllCpus | Target::Cgroup(_))
+    }
+
+    /// Sampled per CPU until stopped (`-a`, `--cgroup`): not ended by its processes exiting.
+    pub fn cpu_wide(&self) -> bool {
+        matches!(self, Target::AllCpus | Target::Cgroup(_))
     }
 
     /// A command psample launches: per-task events start at its exec (enable_on_exec).
@@ -114,6 +122,44 @@ pub fn all_pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hosts that
+/// mount v1 controllers beside it.
+const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+/// A `cgroup.procs` longer than this (about a million pids) is not read whole.
+const MAX_CGROUP_PROCS: u64 = 8 << 20;
+
+/// The directory of cgroup `path`: an absolute path to a cgroup directory (v1 or v2), or a
+/// path relative to the cgroup v2 mount (`system.slice/nginx.service`).
+pub fn cgroup_dir(path: &Path) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = if path.is_absolute() {
+        vec![path.to_path_buf()]
+    } else {
+        CGROUP2_MOUNTS
+            .iter()
+            .map(|m| Path::new(m).join(path))
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .find(|d| d.join("cgroup.procs").is_file())
+        .ok_or_else(|| {
+            format!(
+                "--cgroup {}: not a cgroup directory (give its path under /sys/fs/cgroup, \
+                 e.g. /sys/fs/cgroup/system.slice/nginx.service, or the part after the mount)",
+                path.display()
+            )
+        })
+}
+
+/// The processes in a cgroup now (its `cgroup.procs`, not its descendants').
+pub fn cgroup_procs(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut text = String::new();
+    fs::File::open(dir.join("cgroup.procs"))?
+        .take(MAX_CGROUP_PROCS)
+        .read_to_string(&mut text)?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 #[cfg(test)]

@@ -417,12 +417,17 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> TestCgroup {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
             .into_iter()
             .map(Path::new)
             .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
             .expect("a cgroup v2 (unified) hierarchy");
+        Self::new_in(root)
+    }
+
+    /// A group in the hierarchy mounted at `root` (a cgroup v1 one too).
+    pub fn new_in(root: &Path) -> TestCgroup {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("psample-test-{}-{n}.scope", std::process::id());
         let path = root.join(&name);

@@ -103,6 +103,28 @@ pub fn run(
     )
 }
 
+/// offcpu follows tasks by their switch-outs, per task: `--cgroup` profiles the processes
+/// in the group when the session starts (and the threads and children they create).
+fn cgroup_as_processes(target: Target) -> Result<(Target, Option<String>), Error> {
+    let Target::Cgroup(dir) = target else {
+        return Ok((target, None));
+    };
+    let procs = crate::target::cgroup_procs(&dir)
+        .map_err(|e| Error::new(format!("--cgroup: reading {}: {e}", dir.display())))?;
+    if procs.is_empty() {
+        return Err(Error::new(format!(
+            "--cgroup {}: no process in the group",
+            dir.display()
+        )));
+    }
+    let note = format!(
+        "--cgroup {}: offcpu follows the {} processes in the group at start",
+        dir.display(),
+        procs.len()
+    );
+    Ok((Target::Pids(procs), Some(note)))
+}
+
 /// One session on one target; in continuous mode (`intervals`) one profile per interval.
 pub fn run_session(
     args: &OffCpuOptions,
@@ -111,7 +133,9 @@ pub fn run_session(
     intervals: Option<&mut Intervals>,
     observer: &mut dyn Observer,
 ) -> Result<StopCause, Error> {
+    let (target, cgroup_note) = cgroup_as_processes(target)?;
     let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
+    s.session.notes.extend(cgroup_note);
     if let Some(max) = args.max_us {
         if max < args.min_us {
             return Err(Error::new(format!(
