@@ -124,6 +124,38 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Most descendants [`descendants_of`] lists.
+const MAX_DESCENDANTS: usize = 4096;
+
+/// The live descendants of `pid` (children, theirs, ...), from every thread's
+/// `/proc/PID/task/TID/children`; at most [`MAX_DESCENDANTS`]. Empty where the kernel lacks
+/// that file (before 3.5, or without CONFIG_PROC_CHILDREN).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found: Vec<u32> = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for tid in threads_of(p).unwrap_or_default() {
+            let path = format!("/proc/{p}/task/{tid}/children");
+            let mut text = String::new();
+            let read =
+                fs::File::open(&path).and_then(|f| f.take(1 << 20).read_to_string(&mut text));
+            if read.is_err() {
+                continue;
+            }
+            for child in text.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if found.len() >= MAX_DESCENDANTS {
+                    return found;
+                }
+                if !found.contains(&child) {
+                    found.push(child);
+                    next.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hosts that
 /// mount v1 controllers beside it.
 const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
@@ -173,5 +205,36 @@ mod tests {
         assert_eq!(tgid_of(me), Some(me));
         assert!(process_alive(me));
         assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn descendants_include_grandchildren() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & (sleep 30 & wait) & wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let sleeps = |d: &[u32]| {
+            d.iter()
+                .filter(|p| comm_of(**p).as_deref() == Some("sleep"))
+                .count()
+        };
+        let mut found = Vec::new();
+        for _ in 0..3000 {
+            found = descendants_of(pid);
+            if sleeps(&found) == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(sleeps(&found), 2, "{found:?}");
+        // The subshell between sh and its sleep is one of them too.
+        assert!(found.len() >= 3, "{found:?}");
+        for p in found.iter().rev() {
+            // SAFETY: kill(2) of processes this test started.
+            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
     }
 }

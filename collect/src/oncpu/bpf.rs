@@ -143,6 +143,9 @@ impl BpfAggregation {
                 .extend(self.addrs.iter().map(|a| Frame::Kernel(*a)));
             self.addrs.clear();
             push_stack(c.user_stack.iter().copied(), &mut self.addrs);
+            if !self.addrs.is_empty() {
+                p.tracker.ensure_known(c.pid);
+            }
             for &a in &self.addrs {
                 self.frames.push(p.tracker.user_frame(c.pid, a));
             }

@@ -21,7 +21,7 @@ use crate::output::{Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
 use crate::stack::StackMode;
 use crate::tables::{Keep, Remap, Snapshot};
-use crate::target::Target;
+use crate::target::{self, Target};
 use crate::tracker::Tracker;
 use crate::Error;
 
@@ -219,6 +219,15 @@ impl<'a, 'c> Live<'a, 'c> {
             }
         }
         enable(&mut a)?;
+        if matches!(a.target, Target::Pids(_)) {
+            // Children forked between opening the inherited events and enabling them are
+            // sampled, but their FORK records were never written: snapshot them now.
+            for &pid in &a.pids {
+                for child in target::descendants_of(pid) {
+                    p.tracker.ensure_known(child);
+                }
+            }
+        }
         start_drainer(&mut a.session)?;
         let stopper = Stopper::new(a.opts.duration, &a.target, &a.pids);
         Ok(Live {
