@@ -21,15 +21,79 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Sample on-CPU stacks (user + kernel) of processes, threads, a command or all CPUs.
+    #[command(after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
     /// Measure blocked (off-CPU) time by stack, optionally with the waker's stack.
+    #[command(after_help = OFFCPU_EXAMPLES)]
     Offcpu(OffcpuArgs),
     /// Report what this host and user allow, and what psample will use.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Differential flame graph of two profiles (folded or pprof): red grew, blue shrank.
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
     /// Text summary of a profile (folded or pprof): top stacks and top self-time functions.
+    #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print a man page (roff): psample(1), or psample-COMMAND(1) for one command.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
+}
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  psample record -p 1234 -d 30 -o cpu.svg          flame graph of a running process
+  psample record -F 999 -o prof.json -- ./server   a command, opened in speedscope
+  psample record --cgroup system.slice/nginx.service --every 60s --out-dir /var/lib/psample \\
+      --format pprof --push https://pyroscope:4040 --label env=prod";
+
+const OFFCPU_EXAMPLES: &str = "\
+Examples:
+  psample offcpu -p 1234 -d 10 -o blocked.svg       where a process waits
+  psample offcpu --wakers -o waits.folded -- ./app  and who wakes it
+  psample offcpu -a -m 1000 -d 5                    blocks of 1 ms or more, system-wide";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  psample check        what this host and user allow
+  psample check -v     every kernel feature probed";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  psample diff before.folded after.folded -o diff.svg
+  psample diff --normalize old.pb.gz new.pb.gz -o diff.svg";
+
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  psample report cpu.pb.gz
+  psample report --top 20 out.folded";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  source <(psample completions bash)
+  psample completions zsh > \"${fpath[1]}/_psample\"
+  psample completions fish > ~/.config/fish/completions/psample.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  psample man | man -l -
+  psample man record > /usr/local/share/man/man1/psample-record.1";
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command's page (psample-record(1)); without it, psample(1).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 /// What to profile. Exactly one of -p, -t, -a or a command after `--`.

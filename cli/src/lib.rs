@@ -8,7 +8,8 @@
 //! - [`options`]: flags to `collect` option structs;
 //! - [`progress`]: the live counter, summaries and notices on stderr;
 //! - [`outcome`]: psample's exit status (a launched command's) and `--summary-json`;
-//! - [`check`], [`diff`], [`report`]: the commands that need no session.
+//! - [`check`], [`diff`], [`report`]: the commands that need no session;
+//! - [`shell`]: shell completions and man pages, generated from [`args`].
 
 pub mod args;
 pub mod check;
@@ -17,6 +18,7 @@ pub mod options;
 pub mod outcome;
 pub mod progress;
 pub mod report;
+pub mod shell;
 
 use clap::Parser;
 use collect::Error;
@@ -63,6 +65,8 @@ fn dispatch(command: args::Command) -> Result<i32, Error> {
             outcome::finish(result, &terminal, json)
         }
         args::Command::Check(a) => check::run(a),
+        args::Command::Completions(a) => shell::completions(&a),
+        args::Command::Man(a) => shell::man(&a),
         args::Command::Diff(a) => diff::run(a),
         args::Command::Report(a) => report::run(a),
     }

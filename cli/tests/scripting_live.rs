@@ -111,3 +111,76 @@ fn summary_json_has_the_summary_and_the_status() {
         "{doc}"
     );
 }
+
+/// Completions bash loads: completing `psample rec` offers `record`, and `psample record
+/// --cg` offers `--cgroup`.
+#[test]
+fn bash_loads_the_completions() {
+    let script = format!(
+        "source <({} completions bash) || exit 9\n\
+         complete -p psample || exit 8\n\
+         COMP_WORDS=(psample rec); COMP_CWORD=1; _psample psample rec psample\n\
+         echo \"1:${{COMPREPLY[*]}}\"\n\
+         COMP_WORDS=(psample record --cg); COMP_CWORD=2; _psample psample --cg record\n\
+         echo \"2:${{COMPREPLY[*]}}\"\n",
+        psample()
+    );
+    let o = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &script])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = |n: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(n))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(line("1:"), "record", "{out}");
+    assert_eq!(line("2:"), "--cgroup", "{out}");
+    for shell in ["zsh", "fish"] {
+        let (code, err) = status_of(&["completions", shell]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
+
+/// Man pages from the same definitions, rendered by groff without warnings, with the
+/// flags and the examples of `--help`.
+#[test]
+fn man_pages_render_with_the_flags_and_examples() {
+    for (args, want) in [
+        (&["man"][..], "psample-record(1)"),
+        (&["man", "record"], "--cgroup"),
+        (&["man", "offcpu"], "--wakers"),
+    ] {
+        let o = Command::new(psample()).args(args).output().unwrap();
+        assert!(o.status.success());
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("page.1");
+        std::fs::write(&page, &o.stdout).unwrap();
+        let r = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww"])
+            .arg(&page)
+            .output()
+            .expect("groff (apt-get install groff-base)");
+        let text = String::from_utf8_lossy(&r.stdout).replace(['\u{2010}', '\u{2212}'], "-");
+        let text = text.replace("\u{8}", "");
+        assert!(
+            r.status.success() && r.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(text.contains(want), "{args:?}: want {want} in\n{text}");
+        if args.len() > 1 {
+            assert!(text.contains("Examples:"), "{text}");
+        }
+    }
+    let (code, err) = status_of(&["man", "nosuch"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("one of: record"), "{err}");
+}
