@@ -359,6 +359,100 @@ fn pushes_to_a_server_that_is_down_are_reported_undelivered() {
     assert!(stderr.contains("0 delivered"), "{stderr}");
 }
 
+/// A Pyroscope-like HTTPS server in Python: answers 200 to every POST and logs each
+/// request's line and headers, one JSON object a line.
+const HTTPS_SERVER: &str = r#"
+import http.server, json, ssl, sys
+port_file, cert, key, log = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(log, "a") as f:
+            f.write(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+open(port_file + ".tmp", "w").write(str(srv.server_address[1]))
+import os; os.rename(port_file + ".tmp", port_file)
+srv.serve_forever()
+"#;
+
+/// `--push https://...` trusts the system's CA store (here SSL_CERT_FILE naming the test's
+/// CA), sends basic auth and the headers over TLS; without the CA it delivers nothing.
+#[test]
+fn intervals_are_pushed_over_https() {
+    require!(Need::SystemWide);
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestTls::new(&dir.path().join("tls"));
+    let (port_file, log) = (dir.path().join("port"), dir.path().join("requests"));
+    let server = Command::new("python3")
+        .args(["-c", HTTPS_SERVER])
+        .args([&port_file, &tls.leaf_pem, &tls.leaf_key, &log])
+        .spawn()
+        .expect("python3");
+    let _server = Running {
+        pid: server.id(),
+        child: server,
+    };
+    wait_until("the HTTPS server", || port_file.exists());
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let url = format!("https://alice:secret@127.0.0.1:{port}");
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let push = |ca: Option<&Path>| {
+        let mut c = Command::new(psample());
+        c.args(["record", "-F", "99", "-p", &w.pid.to_string(), "-d", "2"])
+            .args(["--every", "1s", "--out-dir"])
+            .arg(dir.path().join("out"))
+            .args(["--push", &url, "--push-header", "X-Scope-OrgID=tenant-1"])
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env("SSL_CERT_FILE", "/nonexistent"),
+        };
+        let o = c.output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let stderr = push(Some(&tls.ca_pem));
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    let reqs: Vec<serde_json::Value> = requests
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!reqs.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} delivered, 0 retries, 0 failed", reqs.len())),
+        "{stderr}"
+    );
+    for r in &reqs {
+        assert!(r["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/ingest?name=psample.record"));
+        let h = &r["headers"];
+        // base64("alice:secret")
+        assert_eq!(h["authorization"], "Basic YWxpY2U6c2VjcmV0", "{r}");
+        assert_eq!(h["x-scope-orgid"], "tenant-1", "{r}");
+    }
+    // An unknown CA: refused, nothing delivered, and the summary says so.
+    let stderr = push(None);
+    assert!(stderr.contains("0 delivered"), "{stderr}");
+    assert!(stderr.contains("were not delivered"), "{stderr}");
+    let after = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        after.lines().count(),
+        reqs.len(),
+        "nothing more reached the server"
+    );
+}
+
 const CHANGED: &str = r#"
 #include <stdio.h>
 #include <time.h>

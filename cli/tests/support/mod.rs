@@ -468,3 +468,83 @@ impl Drop for TestCgroup {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// A test certificate authority and a server certificate for 127.0.0.1 it signed (EC
+/// P-256, valid one day), made with the openssl tool in `dir`.
+pub struct TestTls {
+    pub ca_pem: PathBuf,
+    pub leaf_pem: PathBuf,
+    pub leaf_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn new(dir: &Path) -> TestTls {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let openssl = |args: &[&str]| {
+            let o = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+        let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=psample test CA"];
+        ca.extend(ec);
+        ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+        openssl(&ca);
+        let (leaf_key, leaf_csr, leaf_pem, ext) =
+            (p("leaf.key"), p("leaf.csr"), p("leaf.pem"), p("ext"));
+        let mut csr = vec![
+            "req",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &leaf_key,
+            "-out",
+            &leaf_csr,
+        ];
+        csr.extend(ec);
+        openssl(&csr);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &leaf_csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf_pem,
+            "-extfile",
+            &ext,
+        ]);
+        TestTls {
+            ca_pem: ca_pem.into(),
+            leaf_pem: leaf_pem.into(),
+            leaf_key: leaf_key.into(),
+        }
+    }
+}
