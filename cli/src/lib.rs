@@ -64,6 +64,9 @@ fn dispatch(command: args::Command) -> Result<i32, Error> {
                 options::offcpu(&a).and_then(|o| collect::offcpu::run(&o, kernel(), &mut terminal));
             outcome::finish(result, &terminal, json)
         }
+        args::Command::Wall(a) => {
+            collect::wall::run(&options::wall(&a)?, kernel(), &mut terminal).map(|()| 0)
+        }
         args::Command::Check(a) => check::run(a),
         args::Command::Completions(a) => shell::completions(&a),
         args::Command::Man(a) => shell::man(&a),

@@ -11,12 +11,13 @@ use collect::push::PushOptions;
 use collect::session::SessionOptions;
 use collect::stack::StackMode;
 use collect::target::{Lookup, Target, TargetSpec};
+use collect::wall::WallOptions;
 use collect::Error;
 use symbolize::SymbolizeOptions;
 
 use crate::args::{
     self, CallGraph, CommonArgs, ContinuousArgs, OffcpuArgs, OutputFormat, RecordArgs, SymbolArgs,
-    TargetArgs,
+    TargetArgs, WallArgs,
 };
 
 /// `-p`, `-t`, `-a` or `-- CMD`: exactly one of them.
@@ -161,11 +162,7 @@ pub fn record(a: &RecordArgs) -> Result<OnCpuOptions, Error> {
         )?,
         freq: a.freq,
         event: a.event.clone(),
-        bpf: match a.bpf {
-            args::BpfMode::Auto => BpfMode::Auto,
-            args::BpfMode::Never => BpfMode::Never,
-            args::BpfMode::Always => BpfMode::Always,
-        },
+        bpf: bpf_mode(a.bpf),
     })
 }
 
@@ -187,6 +184,33 @@ pub fn offcpu(a: &OffcpuArgs) -> Result<OffCpuOptions, Error> {
             Some(args::StateFilter::S) => StateFilter::Interruptible,
             Some(args::StateFilter::D) => StateFilter::Uninterruptible,
         },
+        wakers: a.wakers,
+        bpf: bpf_mode(a.bpf),
+    })
+}
+
+fn bpf_mode(m: args::BpfMode) -> BpfMode {
+    match m {
+        args::BpfMode::Auto => BpfMode::Auto,
+        args::BpfMode::Never => BpfMode::Never,
+        args::BpfMode::Always => BpfMode::Always,
+    }
+}
+
+/// `psample wall`'s flags.
+pub fn wall(a: &WallArgs) -> Result<WallOptions, Error> {
+    Ok(WallOptions {
+        session: session(
+            &a.target,
+            &a.call_graph,
+            &a.common,
+            &a.symbols,
+            &a.continuous,
+        )?,
+        freq: a.freq,
+        min_us: a.min_us,
+        max_us: a.max_us,
+        states: a.state,
         wakers: a.wakers,
     })
 }

@@ -303,6 +303,9 @@ pub enum EventKind {
     ContextSwitches,
     /// PERF_COUNT_SW_DUMMY (4.3+; side-band records only).
     Dummy,
+    /// PERF_COUNT_SW_BPF_OUTPUT (4.4+): the samples BPF programs write with
+    /// `bpf_perf_event_output`.
+    BpfOutput,
     /// A tracepoint by its tracefs id.
     Tracepoint(u64),
 }
@@ -315,6 +318,7 @@ impl EventKind {
             EventKind::TaskClock => (event_type::SOFTWARE, 1),
             EventKind::ContextSwitches => (event_type::SOFTWARE, 3),
             EventKind::Dummy => (event_type::SOFTWARE, 9),
+            EventKind::BpfOutput => (event_type::SOFTWARE, 10),
             EventKind::Cycles => (event_type::HARDWARE, 0),
             EventKind::Tracepoint(id) => (event_type::TRACEPOINT, id),
         }

@@ -146,11 +146,11 @@ fn counts_own_thread_without_stacks() {
             "{c:?}"
         );
     }
-    assert_eq!(counter.missing().dropped_samples(), 0);
+    assert_eq!(counter.missing().spilled_samples(), 0);
 }
 
-/// A one-entry count map overflows as soon as a second (thread, stack) key appears; the
-/// drop must be counted, not silent.
+/// A one-entry count map overflows as soon as a second (thread, stack) key appears; those
+/// samples are handed to the ring (spilled), and counted as such.
 #[test]
 fn full_count_map_is_reported() {
     test_support::require!(test_support::Need::Root);
@@ -180,4 +180,9 @@ fn full_count_map_is_reported() {
         missing.count_map_full > 0,
         "no overflow counted: {missing:?}"
     );
+    assert!(
+        missing.spilled_samples() >= missing.count_map_full,
+        "overflowing samples not spilled: {missing:?}"
+    );
+    assert_eq!(missing.lost_stacks(), 0, "{missing:?}");
 }

@@ -28,7 +28,9 @@
 //! - [`intervals`]: the engine that turns switch-out / switch-in / wakeup / lost / exit
 //!   events into blocked intervals, aggregated per stack (and waker stack) — pure logic, no
 //!   syscalls, tested on synthetic event streams;
-//! - [`render`]: reports as folded lines or pprof.
+//! - [`render`]: reports as folded lines or pprof;
+//! - [`bpf`] and [`in_kernel`] (`--bpf`): the same report from blocked time summed in the
+//!   kernel by BPF programs, where the kernel allows it; the ring path otherwise.
 
 use std::sync::Arc;
 
@@ -41,9 +43,11 @@ use crate::session::{self, DefaultPages, Observer, SessionOptions, Setup, StopCa
 use crate::target::Target;
 use crate::Error;
 
+pub mod bpf;
 pub mod collector;
 pub mod events;
 pub mod filter;
+pub mod in_kernel;
 pub mod intervals;
 pub mod legacy;
 pub mod render;
@@ -67,6 +71,8 @@ pub struct OffCpuOptions {
     pub state: StateFilter,
     /// Attribute each interval to the stack that woke it (`--wakers`).
     pub wakers: bool,
+    /// Sum blocked time in the kernel (`--bpf`).
+    pub bpf: bpf::BpfMode,
 }
 
 /// Ring sizes: every switch-out is a sample.
@@ -75,7 +81,7 @@ const PAGES: DefaultPages = DefaultPages {
     dwarf: 512,
 };
 
-fn labels(wakers: bool, extra: &[(String, String)]) -> Labels {
+fn labels(wakers: bool) -> Labels {
     Labels {
         title: if wakers {
             "psample offcpu (with wakers)".into()
@@ -83,7 +89,7 @@ fn labels(wakers: bool, extra: &[(String, String)]) -> Labels {
             "psample offcpu".into()
         },
         count_name: "us".into(),
-        extra: extra.to_vec(),
+        extra: Vec::new(),
     }
 }
 
@@ -93,7 +99,7 @@ pub fn run(
     kernel: Arc<dyn Kernel>,
     observer: &mut dyn Observer,
 ) -> Result<(), Error> {
-    let labels = labels(args.wakers, &args.session.labels);
+    let labels = labels(args.wakers);
     session::run_command(
         &args.session,
         "offcpu",
@@ -105,7 +111,7 @@ pub fn run(
 
 /// offcpu follows tasks by their switch-outs, per task: `--cgroup` profiles the processes
 /// in the group when the session starts (and the threads and children they create).
-fn cgroup_as_processes(target: Target) -> Result<(Target, Option<String>), Error> {
+pub(crate) fn cgroup_as_processes(target: Target) -> Result<(Target, Option<String>), Error> {
     let Target::Cgroup(dir) = target else {
         return Ok((target, None));
     };
@@ -133,9 +139,6 @@ pub fn run_session(
     intervals: Option<&mut Intervals>,
     observer: &mut dyn Observer,
 ) -> Result<StopCause, Error> {
-    let (target, cgroup_note) = cgroup_as_processes(target)?;
-    let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
-    s.session.notes.extend(cgroup_note);
     if let Some(max) = args.max_us {
         if max < args.min_us {
             return Err(Error::new(format!(
@@ -144,11 +147,23 @@ pub fn run_session(
             )));
         }
     }
+    let not_used = match bpf::setup(args, &target, kernel.as_ref())? {
+        bpf::Decision::Use(loaded) => {
+            return bpf::run_session(args, target, kernel, loaded, intervals, observer)
+        }
+        bpf::Decision::NotUsed(why) => why,
+    };
+    let (target, cgroup_note) = cgroup_as_processes(target)?;
+    let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
+    s.session.notes.extend(cgroup_note);
+    if args.bpf != bpf::BpfMode::Never {
+        s.summary.line("bpf", format!("not used: {not_used}"));
+    }
     let tp = events::Tracepoints::locate(kernel.as_ref(), args.wakers)?;
-    let (switch, wakeup) = events::add_specs(&mut s, &tp);
+    let (switch, wakeup) = events::add_specs(&mut s, &tp, true);
     let cpu_specs: Vec<usize> = wakeup.into_iter().collect();
     let mut a = s.attach(&[switch], &cpu_specs)?;
-    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup))?;
+    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup), false)?;
     let support = |f| a.session.ladder.support(f) == Support::Yes;
     let plan = Plan {
         options: Options {
@@ -156,6 +171,7 @@ pub fn run_session(
             max_ns: args.max_us.map(|m| m.saturating_mul(1000)),
             states: args.state,
             wakers: args.wakers,
+            runnable: false,
         },
         specs,
         mechanisms,
@@ -163,7 +179,7 @@ pub fn run_session(
         switch_records: support(Feature::ContextSwitch),
         target: a.target.clone(),
         pids: a.pids.clone(),
-        labels: labels(args.wakers, &args.session.labels),
+        labels: labels(args.wakers),
     };
     let mut collector = OffCpu::new(plan, &tp);
     a.run(&mut collector, intervals, observer)

@@ -161,18 +161,18 @@ impl BpfAggregation {
         Ok(())
     }
 
-    /// (samples dropped, stacks lost) in the kernel.
+    /// (samples spilled to the ring, stacks lost) in the kernel.
     pub fn missing_counts(&self) -> (u64, u64) {
         let m = self.counter.missing();
-        (m.dropped_samples(), m.lost_stacks())
+        (m.spilled_samples(), m.lost_stacks())
     }
 
     /// Stacks the kernel could not record (reported like lost records).
     pub fn missing(&self) -> String {
         let m = self.counter.missing();
         format!(
-            "{} samples dropped (count map full or insert races), {} stacks lost (stack map collisions/full)",
-            m.dropped_samples(),
+            "{} samples spilled to the ring (stack map collisions/full, count map full), {} stacks lost",
+            m.spilled_samples(),
             m.lost_stacks()
         )
     }

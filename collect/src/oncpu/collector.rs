@@ -138,7 +138,7 @@ impl Collector for Recorder {
                 serde_json::json!({
                     "samples": b.samples,
                     "keys": b.keys,
-                    "dropped_samples": m.0,
+                    "spilled_samples": m.0,
                     "lost_stacks": m.1,
                 }),
             );

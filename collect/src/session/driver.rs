@@ -71,6 +71,9 @@ pub trait Collector {
     fn labels(&self) -> Labels;
     /// Sampling starts now (events enabled): e.g. note threads already blocked.
     fn start(&mut self, _p: &mut Pipeline) {}
+    /// Recording stops now (the events were just disabled): stop what the events do not
+    /// control, e.g. in-kernel aggregation, so nothing after the stop time is counted.
+    fn stopping(&mut self) {}
     /// One record, in time order, after the tracker has applied it.
     fn record(&mut self, p: &mut Pipeline, rec: &Ordered<'_>);
     /// Called on every turn of the read loop (rate-limit yourself).
@@ -308,6 +311,7 @@ impl<'a, 'c> Live<'a, 'c> {
     /// Disable the events and read everything they wrote.
     fn stop(&mut self, cause: StopCause, observer: &mut dyn Observer) -> Stopped {
         self.a.session.disable();
+        self.c.stopping();
         let monotonic_ns = monotonic_ns();
         let at = Instant::now();
         self.pump();

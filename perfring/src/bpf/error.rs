@@ -80,6 +80,9 @@ pub(crate) fn hint(what: &str, errno: Errno) -> String {
         Errno::EINVAL if what.contains("STACK_TRACE") => {
             "this kernel lacks BPF_MAP_TYPE_STACK_TRACE (needs 4.6+) or refused the map size"
         }
+        Errno::EINVAL if what.contains("PROG_LOAD tracepoint") => {
+            "this kernel lacks what psample's tracepoint programs need (4.18+: bpf_get_stack)"
+        }
         Errno::EINVAL if what.contains("PROG_LOAD") => {
             "this kernel lacks BPF_PROG_TYPE_PERF_EVENT programs (needs 4.9+; RHEL 7.6+ as a tech preview)"
         }

@@ -5,10 +5,16 @@
 //! [`stack_counter`] holds the sampling program and its maps. Nothing here is needed for
 //! the ring-buffer path; callers probe with [`probe`] and fall back when it fails.
 
+pub mod btf;
+pub mod drain;
+pub mod emit;
 pub mod error;
+pub mod helpers;
 pub mod insn;
 pub mod maps;
+pub mod offcpu;
 pub mod stack_counter;
+pub mod stack_gens;
 pub mod sys;
 
 pub use error::BpfError;

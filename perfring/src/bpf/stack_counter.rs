@@ -6,59 +6,53 @@
 //! The program returns 0, which tells the kernel's overflow handler not to also write the
 //! sample to the event's ring.
 
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 
+use super::drain::{read_u32, read_u64, HashDrain};
+use super::emit::{atomic_add, failure, frame_ptr, Counters};
 use super::error::{self, BpfError};
 use super::insn::{alu, jmp, size, Asm, Insn, Reg, FP};
 use super::maps::Map;
+use super::stack_gens::{StackGenFds, StackGens};
 use super::sys;
 
-/// Helper function ids (stable ABI, include/uapi/linux/bpf.h).
-mod helper {
-    pub const MAP_LOOKUP_ELEM: i32 = 1;
-    pub const MAP_UPDATE_ELEM: i32 = 2;
-    pub const GET_CURRENT_PID_TGID: i32 = 14;
-    pub const GET_STACKID: i32 = 27;
-    /// Since 5.7.
-    pub const GET_NS_CURRENT_PID_TGID: i32 = 120;
-}
-
-/// `bpf_get_stackid` flag selecting the user stack.
-const F_USER_STACK: i32 = 1 << 8;
+use super::helpers::{self as helper, F_USER_STACK};
 
 /// Stored as a stack id when that side's stack was not asked for (never a real errno).
 const NOT_COLLECTED: i32 = i32::MIN;
 
 /// Slots of the missing-stack counter array. Per side: EEXIST (bucket held another stack,
 /// a hash collision), ENOMEM (stack map full), EFAULT (no stack of that kind — a user-mode
-/// sample has no kernel stack, a kernel thread no user stack), anything else.
+/// sample has no kernel stack, a kernel thread no user stack), anything else. Every
+/// failure but EFAULT hands the sample to the ring (see [`MissingStacks`]).
 mod slot {
+    /// Base of the user side's `emit::failure` slots.
     pub const USER: u32 = 0;
+    /// Base of the kernel side's.
     pub const KERNEL: u32 = 4;
-    pub const COLLISION: u32 = 0;
-    pub const STACK_MAP_FULL: u32 = 1;
-    pub const NO_STACK: u32 = 2;
-    pub const OTHER: u32 = 3;
-    /// The count map was full: the whole sample was dropped.
+    /// The count map was full: the sample went to the ring.
     pub const COUNT_MAP_FULL: u32 = 8;
     /// The key vanished between a failed NOEXIST insert and the second lookup (userspace
-    /// drained it in between): the sample was dropped.
+    /// drained it in between): the sample went to the ring.
     pub const INSERT_RACE: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Samples handed to the ring, for any of the reasons above.
+    pub const SPILLED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 // Stack frame layout of the program (offsets from r10).
-const KEY_OFF: i16 = -16; // {u32 tgid, u32 tid, s32 user_id, s32 kernel_id}
-const USER_ID_OFF: i16 = -8;
-const KERNEL_ID_OFF: i16 = -4;
-const ONE_OFF: i16 = -24; // u64 initial count
-const SLOT_OFF: i16 = -28; // u32 counter index
-const NSDATA_OFF: i16 = -40; // struct bpf_pidns_info {u32 pid (thread), u32 tgid}
-const KEY_SIZE: usize = 16;
+const KEY_OFF: i16 = -24; // {u32 tgid, u32 tid, s32 user_id, s32 kernel_id, u32 epoch}
+const USER_ID_OFF: i16 = -16;
+const KERNEL_ID_OFF: i16 = -12;
+const EPOCH_OFF: i16 = -8;
+const ONE_OFF: i16 = -32; // u64 initial count
+const SLOT_OFF: i16 = -36; // u32 counter index
+const ZERO_OFF: i16 = -40; // u32 key of the epoch array
+const KEY_SIZE: usize = 20;
+const NSDATA_OFF: i16 = -48; // struct bpf_pidns_info {u32 pid (thread), u32 tgid}
 
 /// The pid namespace psample names processes in, as `bpf_get_ns_current_pid_tgid` takes
 /// it: the device (kernel encoding, `MAJOR << 20 | MINOR`) and inode of `/proc/self/ns/pid`.
@@ -158,37 +152,41 @@ pub struct StackFailures {
 }
 
 impl StackFailures {
-    /// Stacks that existed but were not recorded.
-    pub fn lost(&self) -> u64 {
+    /// Stacks that existed but did not fit the stack map (each such sample went to the
+    /// ring instead).
+    pub fn not_recorded(&self) -> u64 {
         self.collision + self.map_full + self.other
     }
 }
 
-/// Everything the in-kernel path failed to record, cumulative since [`StackCounter::load`].
-/// Report these like lost records.
+/// What the in-kernel path could not aggregate, cumulative since [`StackCounter::load`].
+/// Samples it could not count were handed to the ring ("spilled"), where the ring path
+/// reads them with their callchains: only `unresolved` is a loss.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MissingStacks {
     /// User-stack failures.
     pub user: StackFailures,
     /// Kernel-stack failures.
     pub kernel: StackFailures,
-    /// Samples dropped entirely because the count map was full.
+    /// Samples spilled because the count map was full.
     pub count_map_full: u64,
-    /// Samples dropped because their key was drained while being inserted.
+    /// Samples spilled because their key was drained while being inserted.
     pub insert_race: u64,
-    /// Sampled stacks whose id no longer resolved at drain time (counted per sample).
+    /// Samples handed to the ring, for any reason.
+    pub spilled: u64,
+    /// Counted stacks whose id no longer resolved at drain time (counted per sample).
     pub unresolved: u64,
 }
 
 impl MissingStacks {
-    /// Samples not counted at all.
-    pub fn dropped_samples(&self) -> u64 {
-        self.count_map_full + self.insert_race
+    /// Samples the program handed to the ring instead of counting them.
+    pub fn spilled_samples(&self) -> u64 {
+        self.spilled
     }
 
     /// Samples counted with a stack that should have been there but is missing.
     pub fn lost_stacks(&self) -> u64 {
-        self.user.lost() + self.kernel.lost() + self.unresolved
+        self.unresolved
     }
 }
 
@@ -198,18 +196,15 @@ impl MissingStacks {
 pub struct StackCounter {
     prog: OwnedFd,
     counts: Map,
-    stacks: Option<Map>,
+    stacks: Option<StackGens>,
     missing_map: Map,
     missing: MissingStacks,
     log: String,
-    /// Stacks deleted from the stack map by the previous drain: keys counted while that
-    /// drain ran may still name them.
-    recent_stacks: HashMap<u32, Vec<u64>>,
-    /// Whether BPF_MAP_LOOKUP_AND_DELETE_ELEM works on hash maps here (5.14+).
-    atomic_drain: bool,
+    drainer: HashDrain,
 }
 
-fn max_depth() -> u32 {
+/// Frames per stack the kernel records (`kernel.perf_event_max_stack`, at most 127).
+pub(crate) fn max_depth() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/perf_event_max_stack")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -218,7 +213,7 @@ fn max_depth() -> u32 {
 
 /// Create a map, raising RLIMIT_MEMLOCK once if the kernel charges maps to it (before
 /// 5.11, where the default limit of 64 KiB–8 MiB is smaller than a stack map).
-fn create_map(
+pub(crate) fn create_map(
     what: &'static str,
     map_type: u32,
     key_size: u32,
@@ -251,59 +246,58 @@ fn raise_memlock() -> bool {
     hard > soft && setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard).is_ok()
 }
 
-/// Emit: bump counter slot held in `slot_reg` (must be r6–r9; r1–r5 and r0 are clobbered).
-fn bump_slot(a: &mut Asm, missing_fd: i32, slot_reg: Reg) {
-    let skip = a.new_label();
-    a.store_reg(size::W, FP, SLOT_OFF, slot_reg)
-        .ld_map_fd(Reg::R1, missing_fd)
-        .mov64_reg(Reg::R2, FP)
-        .alu64_imm(alu::ADD, Reg::R2, i32::from(SLOT_OFF))
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(jmp::JEQ, Reg::R0, 0, skip)
-        .mov64_imm(Reg::R1, 1)
-        .atomic_add(size::DW, Reg::R0, 0, Reg::R1);
-    a.bind(skip);
-}
-
-/// Emit: classify the negative errno in r0 and bump the matching slot of `side`.
-fn bump_failure(a: &mut Asm, missing_fd: i32, side: u32) {
-    let bump = a.new_label();
-    let not_eexist = a.new_label();
-    let not_enomem = a.new_label();
-    let slot = |s: u32| (side + s) as i32;
-    a.mov64_imm(Reg::R7, slot(slot::OTHER))
-        .jmp_imm(jmp::JNE, Reg::R0, -(Errno::EEXIST as i32), not_eexist)
-        .mov64_imm(Reg::R7, slot(slot::COLLISION))
-        .ja(bump);
-    a.bind(not_eexist);
-    a.jmp_imm(jmp::JNE, Reg::R0, -(Errno::ENOMEM as i32), not_enomem)
-        .mov64_imm(Reg::R7, slot(slot::STACK_MAP_FULL))
-        .ja(bump);
-    a.bind(not_enomem);
-    a.jmp_imm(jmp::JNE, Reg::R0, -(Errno::EFAULT as i32), bump)
-        .mov64_imm(Reg::R7, slot(slot::NO_STACK));
-    a.bind(bump);
-    bump_slot(a, missing_fd, Reg::R7);
-}
-
-/// Emit: atomically add 1 to the count the map-value pointer in r0 points at.
-fn add_one_at_r0(a: &mut Asm) {
-    a.mov64_imm(Reg::R1, 1)
-        .atomic_add(size::DW, Reg::R0, 0, Reg::R1);
-}
-
-fn key_ptr_in(a: &mut Asm, reg: Reg, off: i16) {
-    a.mov64_reg(reg, FP)
-        .alu64_imm(alu::ADD, reg, i32::from(off));
-}
-
 /// Map fds the program refers to.
 struct ProgramMaps {
     counts: i32,
-    stacks: Option<i32>,
+    stacks: Option<StackGenFds>,
     missing: i32,
 }
 
+/// Emit the stack ids of both sides into the key; leaves r9 = 1 when a stack that exists
+/// could not be recorded (the sample then goes to the ring instead).
+fn emit_stack_ids(a: &mut Asm, maps: &ProgramMaps, user: bool, kernel: bool) {
+    let counters = Counters {
+        fd: maps.missing,
+        key_off: SLOT_OFF,
+    };
+    a.mov64_imm(Reg::R9, 0);
+    match &maps.stacks {
+        Some(gens) => {
+            gens.emit_load_epoch(a, Reg::R8, ZERO_OFF);
+            a.store_reg(size::W, FP, EPOCH_OFF, Reg::R8);
+        }
+        None => {
+            a.store_imm(size::W, FP, EPOCH_OFF, 0);
+        }
+    }
+    for (wanted, flags, off, side) in [
+        (user, F_USER_STACK, USER_ID_OFF, slot::USER),
+        (kernel, 0, KERNEL_ID_OFF, slot::KERNEL),
+    ] {
+        match &maps.stacks {
+            Some(gens) if wanted => {
+                let ok = a.new_label();
+                gens.emit_get_stackid(a, Reg::R6, Reg::R8, flags);
+                a.store_reg(size::W, FP, off, Reg::R0)
+                    .jmp_imm(jmp::JSGE, Reg::R0, 0, ok);
+                counters.bump_failure(a, side, Reg::R7);
+                // EFAULT: there is no such stack (kept as a negative id, counted as such).
+                a.jmp_imm(jmp::JEQ, Reg::R7, (side + failure::NO_STACK) as i32, ok)
+                    .mov64_imm(Reg::R9, 1);
+                a.bind(ok);
+            }
+            _ => {
+                a.store_imm(size::W, FP, off, NOT_COLLECTED);
+            }
+        }
+    }
+}
+
+/// The sampling program. `maps.stacks` is `None` when neither stack side is collected.
+/// Returns 0 (the kernel drops the sample) when it was counted, and 1 (the kernel writes
+/// it to the event's ring as usual, with its callchain) when it could not be: a stack
+/// that did not fit the stack map, a full count map, an insert race. So the in-kernel
+/// path loses nothing the ring path would have kept.
 /// Emit: the key's tgid and tid, from the current task's global ids or, with `ns`, its ids
 /// in that namespace (0 and 0 when it is not in it). Clobbers r0-r5; r6 is kept.
 fn store_ids(a: &mut Asm, ns: Option<PidNamespace>) {
@@ -336,7 +330,6 @@ fn store_ids(a: &mut Asm, ns: Option<PidNamespace>) {
         .store_reg(size::W, FP, KEY_OFF, Reg::R1);
 }
 
-/// The sampling program. `maps.stacks` is `None` when neither stack side is collected.
 fn build_program(
     maps: &ProgramMaps,
     user: bool,
@@ -344,72 +337,57 @@ fn build_program(
     ns: Option<PidNamespace>,
 ) -> Result<Vec<Insn>, BpfError> {
     let mut a = Asm::new();
-    let out = a.new_label();
+    let counted = a.new_label();
+    let spill = a.new_label();
+    let counters = Counters {
+        fd: maps.missing,
+        key_off: SLOT_OFF,
+    };
 
     a.mov64_reg(Reg::R6, Reg::R1);
     store_ids(&mut a, ns);
-
-    for (wanted, flags, off, side) in [
-        (user, F_USER_STACK, USER_ID_OFF, slot::USER),
-        (kernel, 0, KERNEL_ID_OFF, slot::KERNEL),
-    ] {
-        match maps.stacks {
-            Some(stacks_fd) if wanted => {
-                let ok = a.new_label();
-                a.mov64_reg(Reg::R1, Reg::R6)
-                    .ld_map_fd(Reg::R2, stacks_fd)
-                    .mov64_imm(Reg::R3, flags)
-                    .call(helper::GET_STACKID)
-                    // A failure keeps its negative errno as the id, so the sample is still
-                    // counted (with that side's stack missing).
-                    .store_reg(size::W, FP, off, Reg::R0)
-                    .jmp_imm(jmp::JSGE, Reg::R0, 0, ok);
-                bump_failure(&mut a, maps.missing, side);
-                a.bind(ok);
-            }
-            _ => {
-                a.store_imm(size::W, FP, off, NOT_COLLECTED);
-            }
-        }
-    }
+    emit_stack_ids(&mut a, maps, user, kernel);
+    a.jmp_imm(jmp::JNE, Reg::R9, 0, spill);
 
     let insert = a.new_label();
     let full = a.new_label();
-    let raced = a.new_label();
     a.ld_map_fd(Reg::R1, maps.counts);
-    key_ptr_in(&mut a, Reg::R2, KEY_OFF);
+    frame_ptr(&mut a, Reg::R2, KEY_OFF);
     a.call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(jmp::JEQ, Reg::R0, 0, insert);
-    add_one_at_r0(&mut a);
-    a.ja(out);
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, insert)
+        .mov64_imm(Reg::R1, 1);
+    atomic_add(&mut a, Reg::R0, 0, Reg::R1);
+    a.ja(counted);
 
     a.bind(insert);
     a.store_imm(size::DW, FP, ONE_OFF, 1)
         .ld_map_fd(Reg::R1, maps.counts);
-    key_ptr_in(&mut a, Reg::R2, KEY_OFF);
-    key_ptr_in(&mut a, Reg::R3, ONE_OFF);
+    frame_ptr(&mut a, Reg::R2, KEY_OFF);
+    frame_ptr(&mut a, Reg::R3, ONE_OFF);
     a.mov64_imm(Reg::R4, sys::update::NOEXIST as i32)
         .call(helper::MAP_UPDATE_ELEM)
-        .jmp_imm(jmp::JEQ, Reg::R0, 0, out)
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, counted)
         .jmp_imm(jmp::JNE, Reg::R0, -(Errno::EEXIST as i32), full)
         // Another CPU inserted the same key between our lookup and insert: add to theirs.
         .ld_map_fd(Reg::R1, maps.counts);
-    key_ptr_in(&mut a, Reg::R2, KEY_OFF);
+    frame_ptr(&mut a, Reg::R2, KEY_OFF);
+    let raced = a.new_label();
     a.call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(jmp::JEQ, Reg::R0, 0, raced);
-    add_one_at_r0(&mut a);
-    a.ja(out);
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, raced)
+        .mov64_imm(Reg::R1, 1);
+    atomic_add(&mut a, Reg::R0, 0, Reg::R1);
+    a.ja(counted);
 
     a.bind(full);
-    a.mov64_imm(Reg::R7, slot::COUNT_MAP_FULL as i32);
-    bump_slot(&mut a, maps.missing, Reg::R7);
-    a.ja(out);
-
+    counters.bump(&mut a, slot::COUNT_MAP_FULL);
+    a.ja(spill);
     a.bind(raced);
-    a.mov64_imm(Reg::R7, slot::INSERT_RACE as i32);
-    bump_slot(&mut a, maps.missing, Reg::R7);
+    counters.bump(&mut a, slot::INSERT_RACE);
 
-    a.bind(out);
+    a.bind(spill);
+    counters.bump(&mut a, slot::SPILLED);
+    a.mov64_imm(Reg::R0, 1).exit();
+    a.bind(counted);
     a.mov64_imm(Reg::R0, 0).exit();
     Ok(a.finish()?)
 }
@@ -417,19 +395,29 @@ fn build_program(
 /// Initial verifier-log buffer; grown on ENOSPC up to the kernel's limit.
 const LOG_START: usize = 256 * 1024;
 
-/// Load `insns`, capturing the verifier log when asked or when the load fails.
-fn load_program(insns: &[Insn], want_log: bool) -> Result<(OwnedFd, String), BpfError> {
-    const WHAT: &str = "bpf(BPF_PROG_LOAD perf_event)";
+/// Load `insns` as a program of `prog_type` (a `sys::prog_type`), capturing the verifier
+/// log when asked or when the load fails.
+pub(crate) fn load_program(
+    prog_type: u32,
+    name: &str,
+    insns: &[Insn],
+    want_log: bool,
+) -> Result<(OwnedFd, String), BpfError> {
+    let what: &'static str = if prog_type == sys::prog_type::TRACEPOINT {
+        "bpf(BPF_PROG_LOAD tracepoint)"
+    } else {
+        "bpf(BPF_PROG_LOAD perf_event)"
+    };
     let bytes = super::insn::to_bytes(insns);
     let license: &CStr = c"GPL";
     let kern_version = sys::kernel_version_code();
     let load = |log: Option<&mut [u8]>| {
         sys::prog_load(sys::ProgLoad {
-            prog_type: sys::prog_type::PERF_EVENT,
+            prog_type,
             insns: &bytes,
             license,
             kern_version,
-            name: "psample_stacks",
+            name,
             log,
         })
     };
@@ -441,7 +429,7 @@ fn load_program(insns: &[Insn], want_log: bool) -> Result<(OwnedFd, String), Bpf
             Ok(fd) => return Ok((fd, String::new())),
             // No verifier involved: the log would not explain these.
             Err(e @ (Errno::ENOSYS | Errno::EPERM | Errno::E2BIG | Errno::ENOMEM)) => {
-                return Err(error::syscall(WHAT, e))
+                return Err(error::syscall(what, e))
             }
             Err(e) => Some(e),
         }
@@ -460,12 +448,12 @@ fn load_program(insns: &[Insn], want_log: bool) -> Result<(OwnedFd, String), Bpf
             Err(e) => {
                 let errno = first_err.unwrap_or(e);
                 if log.trim().is_empty() {
-                    return Err(error::syscall(WHAT, errno));
+                    return Err(error::syscall(what, errno));
                 }
                 return Err(BpfError::Verifier {
                     errno,
                     log,
-                    hint: error::hint(WHAT, errno),
+                    hint: error::hint(what, errno),
                 });
             }
         }
@@ -477,30 +465,12 @@ fn log_text(buf: &[u8]) -> String {
     String::from_utf8_lossy(buf.get(..end).unwrap_or_default()).into_owned()
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
-    let b = bytes.get(at..at.checked_add(4)?)?;
-    Some(u32::from_ne_bytes(b.try_into().ok()?))
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    let b = bytes.get(at..at.checked_add(8)?)?;
-    Some(u64::from_ne_bytes(b.try_into().ok()?))
-}
-
-/// A stack-map value: `depth` u64 ips, leaf first, zero-padded after the last frame.
-fn parse_stack(value: &[u8]) -> Vec<u64> {
-    value
-        .chunks_exact(8)
-        .map_while(|c| c.try_into().ok().map(u64::from_ne_bytes))
-        .take_while(|&ip| ip != 0)
-        .collect()
-}
-
 struct RawCount {
     pid: u32,
     tid: u32,
     user_id: i32,
     kernel_id: i32,
+    epoch: u32,
     count: u64,
 }
 
@@ -530,14 +500,7 @@ impl StackCounter {
             "psample_counts",
         )?;
         let stacks = if want_stacks {
-            Some(create_map(
-                "bpf(BPF_MAP_CREATE STACK_TRACE)",
-                sys::map_type::STACK_TRACE,
-                4,
-                8 * max_depth(),
-                opts.stack_map_entries,
-                "psample_stacks",
-            )?)
+            Some(StackGens::create(opts.stack_map_entries, max_depth())?)
         } else {
             None
         };
@@ -553,14 +516,19 @@ impl StackCounter {
         let insns = build_program(
             &ProgramMaps {
                 counts: counts.raw_fd(),
-                stacks: stacks.as_ref().map(Map::raw_fd),
+                stacks: stacks.as_ref().map(StackGens::fds),
                 missing: missing_map.raw_fd(),
             },
             opts.user_stacks,
             opts.kernel_stacks,
             opts.pid_namespace,
         )?;
-        let (prog, log) = load_program(&insns, opts.log_verifier)?;
+        let (prog, log) = load_program(
+            sys::prog_type::PERF_EVENT,
+            "psample_stacks",
+            &insns,
+            opts.log_verifier,
+        )?;
         Ok(StackCounter {
             prog,
             counts,
@@ -568,8 +536,7 @@ impl StackCounter {
             missing_map,
             missing: MissingStacks::default(),
             log,
-            recent_stacks: HashMap::new(),
-            atomic_drain: true,
+            drainer: HashDrain::default(),
         })
     }
 
@@ -594,46 +561,21 @@ impl StackCounter {
         Ok(())
     }
 
-    /// Reads and clears the count map, resolving stack ids through the stack-trace map;
-    /// also deletes consumed stack ids so long runs don't fill it. Safe to call while the
-    /// events are running (periodic drains): a key counted during the drain is picked up
-    /// by the next one.
+    /// Reads and clears the count map, resolving stack ids through the stack maps, then
+    /// starts a new stack epoch (see [`StackGens`]) so long runs don't fill them. Safe to
+    /// call while the events are running (periodic drains): a key counted during the
+    /// drain is picked up by the next one, with its stacks still resolvable.
     pub fn drain(&mut self) -> Result<Vec<StackCount>, BpfError> {
         let raw = self.take_counts()?;
-
-        let mut resolved: HashMap<u32, Option<Vec<u64>>> = HashMap::new();
-        if let Some(stacks) = &self.stacks {
-            let mut value = vec![0u8; stacks.value_size()];
-            for r in &raw {
-                for id in [r.user_id, r.kernel_id] {
-                    let Ok(id) = u32::try_from(id) else { continue };
-                    if resolved.contains_key(&id) {
-                        continue;
-                    }
-                    // The counts are already consumed, so a failed lookup only loses
-                    // this stack (counted as unresolved), never the whole drain.
-                    let found = stacks
-                        .lookup(&id.to_ne_bytes(), &mut value)
-                        .unwrap_or(false);
-                    let stack = if found {
-                        Some(parse_stack(&value))
-                    } else {
-                        self.recent_stacks.get(&id).cloned()
-                    };
-                    resolved.insert(id, stack);
-                }
-            }
-        }
-
         let mut out = Vec::with_capacity(raw.len());
         for r in raw {
             let mut side = |id: i32| -> Vec<u64> {
-                let Ok(id) = u32::try_from(id) else {
+                let (Ok(id), Some(gens)) = (u32::try_from(id), self.stacks.as_mut()) else {
                     return Vec::new();
                 };
-                match resolved.get(&id) {
-                    Some(Some(stack)) => stack.clone(),
-                    _ => {
+                match gens.resolve(r.epoch, id) {
+                    Some(stack) => stack.to_vec(),
+                    None => {
                         self.missing.unresolved += r.count;
                         Vec::new()
                     }
@@ -649,83 +591,31 @@ impl StackCounter {
                 count: r.count,
             });
         }
-
-        // Free the consumed stacks; keep them one more round for keys that were counted
-        // against them while this drain ran.
-        let mut recent = HashMap::with_capacity(resolved.len());
-        if let Some(stacks) = &self.stacks {
-            for (id, stack) in resolved {
-                let Some(stack) = stack else { continue };
-                // A stack that cannot be freed merely stays in the map until it is reused.
-                let _ = stacks.delete(&id.to_ne_bytes());
-                recent.insert(id, stack);
-            }
+        if let Some(gens) = self.stacks.as_mut() {
+            // Nothing holds ids across drains here: only counts name them.
+            gens.rotate([])?;
         }
-        self.recent_stacks = recent;
-
         self.refresh_missing()?;
         Ok(out)
     }
 
     fn take_counts(&mut self) -> Result<Vec<RawCount>, BpfError> {
-        let keys = self
-            .counts
-            .keys()
-            .map_err(|e| error::syscall("bpf(BPF_MAP_GET_NEXT_KEY counts)", e))?;
-        let mut raw = Vec::with_capacity(keys.len());
-        let mut value = [0u8; 8];
-        for key in keys {
-            let found = if self.atomic_drain {
-                match self.counts.lookup_and_delete(&key, &mut value) {
-                    Ok(found) => found,
-                    // Hash maps refuse this command before 5.14, and not always with a
-                    // standard errno: 5.10 returns the kernel-internal ENOTSUPP (524), seen
-                    // under QEMU on Debian's 5.10. Any refusal means "use lookup + delete" for
-                    // the rest of the run; a real failure then shows up on that path.
-                    Err(_) => {
-                        self.atomic_drain = false;
-                        self.lookup_then_delete(&key, &mut value)?
-                    }
-                }
-            } else {
-                self.lookup_then_delete(&key, &mut value)?
-            };
-            if !found {
-                continue;
-            }
-            let (Some(pid), Some(tid), Some(user), Some(kernel), Some(count)) = (
-                read_u32(&key, 0),
-                read_u32(&key, 4),
-                read_u32(&key, 8),
-                read_u32(&key, 12),
-                read_u64(&value, 0),
-            ) else {
-                continue;
-            };
-            raw.push(RawCount {
-                pid,
-                tid,
-                user_id: user as i32,
-                kernel_id: kernel as i32,
-                count,
-            });
-        }
-        Ok(raw)
-    }
-
-    /// Pre-5.14 drain: increments landing between the two calls are lost (a handful of
-    /// samples per drain at most).
-    fn lookup_then_delete(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
-        let found = self
-            .counts
-            .lookup(key, value)
-            .map_err(|e| error::syscall("bpf(BPF_MAP_LOOKUP_ELEM counts)", e))?;
-        if found {
-            self.counts
-                .delete(key)
-                .map_err(|e| error::syscall("bpf(BPF_MAP_DELETE_ELEM counts)", e))?;
-        }
-        Ok(found)
+        let entries = self
+            .drainer
+            .take(&self.counts, "bpf(BPF_MAP_LOOKUP_ELEM counts)")?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                Some(RawCount {
+                    pid: read_u32(&key, 0)?,
+                    tid: read_u32(&key, 4)?,
+                    user_id: read_u32(&key, 8)? as i32,
+                    kernel_id: read_u32(&key, 12)? as i32,
+                    epoch: read_u32(&key, 16)?,
+                    count: read_u64(&value, 0)?,
+                })
+            })
+            .collect())
     }
 
     fn refresh_missing(&mut self) -> Result<(), BpfError> {
@@ -742,15 +632,16 @@ impl StackCounter {
         }
         let get = |i: u32| slots.get(i as usize).copied().unwrap_or(0);
         let side = |base: u32| StackFailures {
-            collision: get(base + slot::COLLISION),
-            map_full: get(base + slot::STACK_MAP_FULL),
-            no_stack: get(base + slot::NO_STACK),
-            other: get(base + slot::OTHER),
+            collision: get(base + failure::COLLISION),
+            map_full: get(base + failure::STACK_MAP_FULL),
+            no_stack: get(base + failure::NO_STACK),
+            other: get(base + failure::OTHER),
         };
         self.missing.user = side(slot::USER);
         self.missing.kernel = side(slot::KERNEL);
         self.missing.count_map_full = get(slot::COUNT_MAP_FULL);
         self.missing.insert_race = get(slot::INSERT_RACE);
+        self.missing.spilled = get(slot::SPILLED);
         Ok(())
     }
 
@@ -786,41 +677,20 @@ mod tests {
     use crate::bpf::insn::class;
 
     fn program(user: bool, kernel: bool) -> Vec<Insn> {
-        program_in(user, kernel, None)
-    }
-
-    fn program_in(user: bool, kernel: bool, ns: Option<PidNamespace>) -> Vec<Insn> {
         build_program(
             &ProgramMaps {
                 counts: 3,
-                stacks: Some(4),
+                stacks: Some(StackGenFds {
+                    stacks: [4, 6],
+                    epoch: 7,
+                }),
                 missing: 5,
             },
             user,
             kernel,
-            ns,
+            None,
         )
         .expect("assembles")
-    }
-
-    #[test]
-    fn a_nested_namespace_uses_the_namespace_aware_helper() {
-        let calls = |p: &[Insn]| -> Vec<i32> {
-            p.iter()
-                .filter(|i| i.code == class::JMP | jmp::CALL)
-                .map(|i| i.imm)
-                .collect()
-        };
-        let global = calls(&program(true, true));
-        assert!(global.contains(&helper::GET_CURRENT_PID_TGID));
-        assert!(!global.contains(&helper::GET_NS_CURRENT_PID_TGID));
-        let ns = PidNamespace {
-            dev: 4,
-            ino: 4026532000,
-        };
-        let nested = calls(&program_in(true, true, Some(ns)));
-        assert!(nested.contains(&helper::GET_NS_CURRENT_PID_TGID));
-        assert!(!nested.contains(&helper::GET_CURRENT_PID_TGID));
     }
 
     #[test]
@@ -829,6 +699,17 @@ mod tests {
         let n = p.len();
         assert_eq!(p[n - 1].code, class::JMP | jmp::EXIT);
         assert_eq!((p[n - 2].code, p[n - 2].imm), (0xb7, 0));
+    }
+
+    /// A sample the maps cannot take returns 1: the kernel then writes it to the ring.
+    #[test]
+    fn program_has_a_spill_exit_returning_one() {
+        let p = program(true, true);
+        let spills = p
+            .windows(2)
+            .filter(|w| w[1].code == class::JMP | jmp::EXIT && (w[0].code, w[0].imm) == (0xb7, 1))
+            .count();
+        assert_eq!(spills, 1);
     }
 
     #[test]
@@ -870,17 +751,7 @@ mod tests {
                 i.imm
             })
             .collect();
-        assert_eq!(fds.into_iter().collect::<Vec<_>>(), [3, 4, 5]);
-    }
-
-    #[test]
-    fn stack_values_stop_at_the_first_zero() {
-        let mut v = Vec::new();
-        for ip in [0x401000u64, 0x402000, 0, 0x999] {
-            v.extend_from_slice(&ip.to_ne_bytes());
-        }
-        assert_eq!(parse_stack(&v), [0x401000, 0x402000]);
-        assert_eq!(parse_stack(&v[..5]), Vec::<u64>::new());
+        assert_eq!(fds.into_iter().collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
     }
 
     #[test]
@@ -914,7 +785,8 @@ mod kernel_tests {
         a.mov64_reg(Reg::R0, Reg::R2).exit();
         let insns = a.finish().expect("assembles");
         for want_log in [false, true] {
-            let err = load_program(&insns, want_log).expect_err("uninitialised read");
+            let err = load_program(sys::prog_type::PERF_EVENT, "psample_test", &insns, want_log)
+                .expect_err("uninitialised read");
             let log = err
                 .verifier_log()
                 .unwrap_or_else(|| panic!("no log in {err:?}"));

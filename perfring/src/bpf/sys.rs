@@ -16,6 +16,7 @@ mod cmd {
     pub const MAP_DELETE_ELEM: libc::c_int = 3;
     pub const MAP_GET_NEXT_KEY: libc::c_int = 4;
     pub const PROG_LOAD: libc::c_int = 5;
+    pub const OBJ_GET_INFO_BY_FD: libc::c_int = 15;
     pub const MAP_LOOKUP_AND_DELETE_ELEM: libc::c_int = 21;
 }
 
@@ -25,12 +26,18 @@ pub mod map_type {
     pub const HASH: u32 = 1;
     /// BPF_MAP_TYPE_ARRAY.
     pub const ARRAY: u32 = 2;
+    /// BPF_MAP_TYPE_PERF_EVENT_ARRAY (4.3): perf event fds per CPU, for bpf_perf_event_output.
+    pub const PERF_EVENT_ARRAY: u32 = 4;
+    /// BPF_MAP_TYPE_PERCPU_ARRAY (4.6): one value per CPU, for scratch buffers.
+    pub const PERCPU_ARRAY: u32 = 6;
     /// BPF_MAP_TYPE_STACK_TRACE.
     pub const STACK_TRACE: u32 = 7;
 }
 
 /// Program types used by psample.
 pub mod prog_type {
+    /// BPF_PROG_TYPE_TRACEPOINT (4.7): attached to a tracepoint perf event.
+    pub const TRACEPOINT: u32 = 5;
     /// BPF_PROG_TYPE_PERF_EVENT.
     pub const PERF_EVENT: u32 = 7;
 }
@@ -297,6 +304,37 @@ pub fn prog_load(req: ProgLoad<'_>) -> Result<OwnedFd, Errno> {
         }
         Err(e) => Err(e),
     }
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Offset of `recursion_misses` in `struct bpf_prog_info` (5.12+).
+const RECURSION_MISSES_OFF: usize = 208;
+
+/// How many times the kernel skipped program `prog` instead of running it, because a BPF
+/// program (or a `bpf(2)` map operation, which blocks tracing programs the same way) was
+/// already active on that CPU: `recursion_misses` of `BPF_OBJ_GET_INFO_BY_FD` (5.12+).
+/// `None` where the kernel does not report it.
+pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> Option<u64> {
+    let mut info = [0u8; RECURSION_MISSES_OFF + 8];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr is the OBJ_GET_INFO_BY_FD prefix; info points to info_len writable bytes.
+    unsafe { bpf(cmd::OBJ_GET_INFO_BY_FD, &mut attr) }.ok()?;
+    // The kernel writes back how much it filled: older kernels stop before the field.
+    if (attr.info_len as usize) < info.len() {
+        return None;
+    }
+    let b = info.get(RECURSION_MISSES_OFF..)?;
+    Some(u64::from_ne_bytes(b.try_into().ok()?))
 }
 
 /// `LINUX_VERSION_CODE` of the running kernel, for `kern_version` (only kprobe programs on
