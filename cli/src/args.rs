@@ -137,11 +137,30 @@ pub struct TargetArgs {
 pub enum CallGraph {
     /// Frame pointers walked by the kernel.
     Fp,
+    /// The kernel's frame-pointer chain with the leaf frames unwound by DWARF CFI from a copy
+    /// of the user stack of this many bytes (hybrid).
+    Auto(u32),
     /// DWARF CFI unwinding in psample from a copy of the user stack of this many bytes.
     Dwarf(u32),
 }
 
 pub const DEFAULT_DWARF_STACK: u32 = 16384;
+
+/// `--call-graph` when not given: hybrid with its measured copy size.
+pub const DEFAULT_CALL_GRAPH: CallGraph = CallGraph::Auto(collect::stack::HYBRID_STACK_BYTES);
+
+fn stack_size(sz: &str) -> Result<u32, String> {
+    let n: u32 = sz
+        .parse()
+        .map_err(|_| format!("stack size {sz:?} is not a number of bytes"))?;
+    if n == 0 || n > perfring::attr::MAX_STACK_USER || n % 8 != 0 {
+        return Err(format!(
+            "stack size must be a multiple of 8 between 8 and {} (got {n})",
+            perfring::attr::MAX_STACK_USER
+        ));
+    }
+    Ok(n)
+}
 
 pub fn parse_call_graph(s: &str) -> Result<CallGraph, String> {
     let (mode, size) = match s.split_once(',') {
@@ -151,39 +170,32 @@ pub fn parse_call_graph(s: &str) -> Result<CallGraph, String> {
     match (mode, size) {
         ("fp", None) => Ok(CallGraph::Fp),
         ("fp", Some(_)) => Err("fp takes no size".into()),
+        ("auto", None) => Ok(DEFAULT_CALL_GRAPH),
+        ("auto", Some(sz)) => Ok(CallGraph::Auto(stack_size(sz)?)),
         ("dwarf", None) => Ok(CallGraph::Dwarf(DEFAULT_DWARF_STACK)),
-        ("dwarf", Some(sz)) => {
-            let n: u32 = sz
-                .parse()
-                .map_err(|_| format!("stack size {sz:?} is not a number of bytes"))?;
-            if n == 0 || n > perfring::attr::MAX_STACK_USER || n % 8 != 0 {
-                return Err(format!(
-                    "stack size must be a multiple of 8 between 8 and {} (got {n})",
-                    perfring::attr::MAX_STACK_USER
-                ));
-            }
-            Ok(CallGraph::Dwarf(n))
-        }
+        ("dwarf", Some(sz)) => Ok(CallGraph::Dwarf(stack_size(sz)?)),
         _ => Err(format!(
-            "unknown call-graph mode {mode:?}: use fp or dwarf[,SIZE]"
+            "unknown call-graph mode {mode:?}: use auto[,SIZE], fp or dwarf[,SIZE]"
         )),
     }
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct CallGraphArgs {
-    /// Collect stacks with frame pointers (the default; same as --call-graph fp).
+    /// Collect call graphs (perf's flag: psample always does, in the --call-graph mode).
     #[arg(short = 'g')]
     pub g: bool,
-    /// fp, or dwarf[,SIZE] for binaries built without frame pointers (SIZE: bytes of user
-    /// stack copied per sample, default 16384, at most 65528).
+    /// auto[,SIZE] (default: frame pointers, leaf frames by DWARF from SIZE bytes of stack,
+    /// default 512), fp (frame pointers only), or dwarf[,SIZE] for binaries built without
+    /// frame pointers (SIZE bytes of user stack copied per sample, default 16384, at most
+    /// 65528).
     #[arg(long = "call-graph", value_parser = parse_call_graph, value_name = "MODE")]
     pub call_graph: Option<CallGraph>,
 }
 
 impl CallGraphArgs {
     pub fn mode(&self) -> CallGraph {
-        self.call_graph.unwrap_or(CallGraph::Fp)
+        self.call_graph.unwrap_or(DEFAULT_CALL_GRAPH)
     }
 }
 
@@ -623,6 +635,10 @@ mod tests {
         assert!(parse_call_graph("dwarf,100000").is_err());
         assert!(parse_call_graph("dwarf,12").is_err());
         assert!(parse_call_graph("lbr").is_err());
+        assert_eq!(parse_call_graph("auto"), Ok(DEFAULT_CALL_GRAPH));
+        assert_eq!(parse_call_graph("auto,1024"), Ok(CallGraph::Auto(1024)));
+        assert!(parse_call_graph("auto,7").is_err());
+        assert!(parse_call_graph("auto,x").is_err());
     }
 
     #[test]

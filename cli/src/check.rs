@@ -267,7 +267,8 @@ impl Plan {
             Some(ev) => out(
                 "record",
                 format!(
-                    "{ev}{}, frame-pointer or DWARF user stacks{}{}",
+                    "{ev}{}, user stacks by frame pointers with DWARF leaf frames (auto), \
+                     fp or dwarf{}{}",
                     if e.cycles.is_yes() {
                         " (cycles available with -e cycles)"
                     } else {
@@ -279,7 +280,7 @@ impl Plan {
                         ", user stacks only (kernel sampling not permitted)"
                     },
                     if self.bpf {
-                        "; in-kernel BPF aggregation for fp stacks"
+                        "; in-kernel BPF aggregation for --call-graph fp"
                     } else {
                         ""
                     }

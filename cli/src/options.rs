@@ -78,6 +78,7 @@ pub fn format(f: Option<OutputFormat>) -> Option<Format> {
 fn stack(mode: CallGraph) -> StackMode {
     match mode {
         CallGraph::Fp => StackMode::Fp,
+        CallGraph::Auto(n) => StackMode::Auto(n),
         CallGraph::Dwarf(n) => StackMode::Dwarf(n),
     }
 }

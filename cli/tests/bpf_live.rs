@@ -1,4 +1,6 @@
 //! `record --bpf`: in-kernel aggregation gives the same stacks and proportions as the ring.
+//! The aggregation keys frame-pointer stacks, so these runs ask for `--call-graph fp` (the
+//! default, `auto`, keeps the ring: see hybrid_live.rs).
 
 mod support;
 
@@ -12,7 +14,17 @@ fn bpf_always_matches_ring_buffer_path() {
     let pid = w.pid.to_string();
     // Both runs sample 2 CPU-seconds of the workload, so their totals compare on any machine.
     let (bpf, _) = run_psample_until_cpu(
-        &["record", "-p", &pid, "-F", "999", "--bpf", "always"],
+        &[
+            "record",
+            "-p",
+            &pid,
+            "-F",
+            "999",
+            "--call-graph",
+            "fp",
+            "--bpf",
+            "always",
+        ],
         w.pid,
         2.0,
     );
@@ -23,7 +35,17 @@ fn bpf_always_matches_ring_buffer_path() {
         bpf.stderr
     );
     let (ring, _) = run_psample_until_cpu(
-        &["record", "-p", &pid, "-F", "999", "--bpf", "never"],
+        &[
+            "record",
+            "-p",
+            &pid,
+            "-F",
+            "999",
+            "--call-graph",
+            "fp",
+            "--bpf",
+            "never",
+        ],
         w.pid,
         2.0,
     );
@@ -108,7 +130,16 @@ fn bpf_in_a_pid_namespace_names_threads_as_the_namespace_does() {
         let o = std::process::Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
             .arg(psample())
-            .args(["record", "-F", "499", "--bpf", bpf, "-o"])
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "fp",
+                "--bpf",
+                bpf,
+                "-o",
+            ])
             .arg(&out)
             .arg("--")
             .arg(&wl)
@@ -173,7 +204,17 @@ fn a_process_in_another_pid_namespace_is_profiled_by_its_host_pid() {
     );
     for bpf in ["always", "never"] {
         let (out, _) = run_psample_until_cpu(
-            &["record", "-F", "499", "--bpf", bpf, "-p", &pid.to_string()],
+            &[
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "fp",
+                "--bpf",
+                bpf,
+                "-p",
+                &pid.to_string(),
+            ],
             pid,
             0.5,
         );

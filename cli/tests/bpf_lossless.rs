@@ -34,6 +34,8 @@ fn lossless(cpu: &str, min_distinct: usize) {
     let out = run_psample_env(
         &[
             "record",
+            "--call-graph",
+            "fp",
             "--bpf",
             "always",
             "-F",
@@ -117,6 +119,8 @@ fn offcpu_lossless(seconds: &str, min_distinct: usize) {
     let exe = workload("many_stacks");
     let out = run_psample(&[
         "offcpu",
+        "--call-graph",
+        "fp",
         "--bpf",
         "always",
         "--",

@@ -31,10 +31,14 @@ fn cgroup_mode_samples_only_the_groups_tasks() {
     for bpf in ["never", "always"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("cg.pb.gz");
-        let args: Vec<String> = ["record", "-F", "499", "--bpf", bpf, "--cgroup"]
+        let args: Vec<String> = ["record", "-F", "499", "--call-graph", "fp", "--bpf", bpf]
             .iter()
             .map(|s| s.to_string())
-            .chain([cg.path.display().to_string(), "-o".into()])
+            .chain([
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "-o".into(),
+            ])
             .chain([out.display().to_string()])
             .collect();
         let run = profile_until_cpu(psample(), &args, inside.pid, 1.0);

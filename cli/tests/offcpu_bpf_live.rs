@@ -20,6 +20,8 @@ impl SleepPipe {
         let out_path = dir.path().join("off.folded");
         let o = std::process::Command::new(psample())
             .arg("offcpu")
+            // The mode BPF aggregates (the default, auto, keeps the ring: hybrid_live.rs).
+            .args(["--call-graph", "fp"])
             .args(flags)
             .arg("-o")
             .arg(&out_path)
@@ -187,7 +189,17 @@ fn bpf_system_wide_sees_the_split() {
     require!(Need::Root);
     let _serial = serial();
     let w = start("sleep_pipe", &["-s", "10"]);
-    let out = run_psample(&["offcpu", "-a", "-d", "3", "--bpf", "always"]);
+    let args = [
+        "offcpu",
+        "-a",
+        "-d",
+        "3",
+        "--call-graph",
+        "fp",
+        "--bpf",
+        "always",
+    ];
+    let out = run_psample(&args);
     drop(w);
     assert_eq!(out.status, 0, "{}", out.stderr);
     let folded = parse_folded(&out.folded);

@@ -373,7 +373,7 @@ fn forks_execs_and_new_threads_mid_run_are_followed() {
 
 #[test]
 fn forks_execs_and_new_threads_mid_run_are_followed_with_bpf() {
-    fork_exec_run(&["--bpf", "always"]);
+    fork_exec_run(&["--call-graph", "fp", "--bpf", "always"]);
 }
 
 #[test]

@@ -65,9 +65,7 @@ impl Pipeline {
         let (tables, remap) = self.tables.compact(keep, &self.tracker.procs, &fresh.procs);
         let old_tables = std::mem::replace(&mut self.tables, tables);
         let old_tracker = std::mem::replace(&mut self.tracker, fresh);
-        let stats = std::mem::take(&mut self.builder.unwind_stats);
-        self.builder = StackBuilder::new(self.builder.mode);
-        self.builder.unwind_stats = stats;
+        self.builder.renew();
         let snapshot = Snapshot {
             tables: old_tables,
             procs: old_tracker.procs,

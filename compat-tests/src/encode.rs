@@ -53,6 +53,10 @@ pub struct SampleBody<'a> {
     /// The event's count for PERF_SAMPLE_READ.
     pub count: u64,
     pub max_stack: Option<u16>,
+    /// User (ip, sp, bp) for REGS_USER; `None` writes ABI 0 (no user context).
+    pub user_regs: Option<[u64; 3]>,
+    /// User stack bytes from sp, for STACK_USER.
+    pub user_stack: &'a [u8],
 }
 
 struct Out(Vec<u8>);
@@ -222,12 +226,10 @@ pub fn sample(attr: &RawAttr, o: &Origin, body: &SampleBody<'_>) -> Vec<u8> {
         out.u64(0);
     }
     if st & sample::REGS_USER != 0 {
-        // ABI 0: no user registers (the emulator has no register state to give), exactly
-        // what the kernel writes for kernel threads.
-        out.u64(0);
+        user_regs(&mut out, attr, body.user_regs);
     }
     if st & sample::STACK_USER != 0 {
-        out.u64(0);
+        user_stack(&mut out, attr, body);
     }
     // WEIGHT, DATA_SRC, TRANSACTION: one u64 each.
     for bit in [sample::WEIGHT, sample::DATA_SRC, sample::TRANSACTION] {
@@ -257,6 +259,48 @@ pub fn sample(attr: &RawAttr, o: &Origin, body: &SampleBody<'_>) -> Vec<u8> {
 
 /// Context markers and frames, honouring exclude_callchain_* and sample_max_stack as the
 /// kernel does (the limit counts frames, not markers).
+/// perf_regs indices of the registers a scripted stack carries (x86_64 uapi perf_regs.h).
+const PERF_REG_BP: u32 = 6;
+const PERF_REG_SP: u32 = 7;
+const PERF_REG_IP: u32 = 8;
+/// PERF_SAMPLE_REGS_ABI_64.
+const REGS_ABI_64: u64 = 2;
+
+/// REGS_USER: the ABI, then one u64 per bit of `sample_regs_user` in bit order (registers a
+/// script does not model read as 0); ABI 0 and nothing else without a user context, exactly
+/// what the kernel writes for kernel threads.
+fn user_regs(out: &mut Out, attr: &RawAttr, regs: Option<[u64; 3]>) {
+    let Some([ip, sp, bp]) = regs else {
+        out.u64(0);
+        return;
+    };
+    out.u64(REGS_ABI_64);
+    for bit in (0..64).filter(|b| attr.sample_regs_user & (1u64 << b) != 0) {
+        out.u64(match bit {
+            PERF_REG_IP => ip,
+            PERF_REG_SP => sp,
+            PERF_REG_BP => bp,
+            _ => 0,
+        });
+    }
+}
+
+/// STACK_USER: size 0 without a user context; else the requested size, that many bytes
+/// (what the stack holds, zero padded, as the kernel's partial copy leaves it) and the
+/// dyn_size actually copied.
+fn user_stack(out: &mut Out, attr: &RawAttr, body: &SampleBody<'_>) {
+    let size = attr.sample_stack_user as usize;
+    if body.user_regs.is_none() || size == 0 {
+        out.u64(0);
+        return;
+    }
+    let copied = body.user_stack.len().min(size);
+    out.u64(size as u64);
+    out.0.extend_from_slice(&body.user_stack[..copied]);
+    out.0.resize(out.0.len() + size - copied, 0);
+    out.u64(copied as u64);
+}
+
 fn callchain(attr: &RawAttr, body: &SampleBody<'_>) -> Vec<u64> {
     let mut left = body.max_stack.map_or(usize::MAX, usize::from);
     let mut chain = Vec::new();
@@ -423,6 +467,7 @@ mod tests {
                 raw: Some(&raw),
                 count: 9,
                 max_stack: None,
+                ..Default::default()
             },
         );
         let Record::Sample(s) = parse_record(&bytes, &a.sample_format()).unwrap() else {
@@ -450,6 +495,44 @@ mod tests {
         let raw_back = s.raw.unwrap();
         assert_eq!(&raw_back[..5], &raw);
         assert_eq!(bytes.len() % 8, 0);
+    }
+
+    #[test]
+    fn user_registers_and_stack_parse_back_in_the_kernel_layout() {
+        let mut a = attr(sample::TID | sample::REGS_USER | sample::STACK_USER, false);
+        // IP, SP, BP and one register the script does not model (AX).
+        a.sample_regs_user = (1 << 8) | (1 << 7) | (1 << 6) | 1;
+        a.sample_stack_user = 32;
+        let stack = [7u8; 20];
+        let body = SampleBody {
+            user_regs: Some([0x401000, 0x7ffd_0000, 0x7ffd_0040]),
+            user_stack: &stack,
+            ..Default::default()
+        };
+        let bytes = sample(&a, &O, &body);
+        let Record::Sample(s) = parse_record(&bytes, &a.sample_format()).unwrap() else {
+            panic!("not a sample");
+        };
+        let regs = s.regs_user.unwrap();
+        assert_eq!(regs.abi(), REGS_ABI_64);
+        assert_eq!(
+            (regs.get(8), regs.get(7), regs.get(6), regs.get(0)),
+            (
+                Some(0x401000),
+                Some(0x7ffd_0000),
+                Some(0x7ffd_0040),
+                Some(0)
+            )
+        );
+        // 32 bytes reserved, 20 copied: the parser cuts at dyn_size.
+        assert_eq!(s.stack_user.unwrap(), &stack[..]);
+        // Without a user context: ABI 0, no registers, no stack.
+        let bytes = sample(&a, &O, &SampleBody::default());
+        let Record::Sample(s) = parse_record(&bytes, &a.sample_format()).unwrap() else {
+            panic!("not a sample");
+        };
+        assert_eq!(s.regs_user.unwrap().abi(), 0);
+        assert_eq!(s.stack_user.unwrap_or(&[]), &[] as &[u8]);
     }
 
     #[test]

@@ -441,6 +441,8 @@ impl EmulatedKernel {
             raw,
             count: 0,
             max_stack,
+            user_regs: stack.user_regs,
+            user_stack: &stack.user_stack,
         };
         encode::sample(&ev.attr, origin, &body)
     }

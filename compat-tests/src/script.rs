@@ -34,11 +34,18 @@ pub enum BlockState {
     Preempted,
 }
 
-/// A stack: kernel and user frames, leaf first.
+/// A stack: kernel and user frames, leaf first (`user` is what the kernel's frame-pointer
+/// walk reports), and optionally the user registers and stack bytes the task had, for
+/// PERF_SAMPLE_REGS_USER / STACK_USER (without them a sample carries ABI 0 and no stack, as
+/// for a kernel thread).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stack {
     pub kernel: Vec<u64>,
     pub user: Vec<u64>,
+    /// User (ip, sp, bp).
+    pub user_regs: Option<[u64; 3]>,
+    /// User stack bytes from sp up (as much as the task's stack holds).
+    pub user_stack: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,9 @@ __attribute__((noinline)) void emu_sleep_phase(void) { BODY(17); }
 __attribute__((noinline)) void emu_wait_phase(void) { BODY(19); }
 __attribute__((noinline)) void emu_wake_peer(void) { BODY(23); }
 __attribute__((noinline)) void emu_worker_spin(void) { BODY(29); }
+/* Blocks in libc's read (a frameless wrapper in a libc built without frame pointers), so a
+ * frame-pointer walk from there loses this function: what hybrid unwinding restores. */
+__attribute__((noinline)) long emu_wait_stdin(char *buf) { long n = read(0, buf, 1); sink += n; return n; }
 __attribute__((noinline)) void *emu_worker_main(void *arg) {
     (void)arg;
     prctl(PR_SET_NAME, "emu_worker", 0, 0, 0);
@@ -40,7 +43,7 @@ int main(int argc, char **argv) {
     printf("ready\n");
     fflush(stdout);
     char buf[1];
-    while (read(0, buf, 1) > 0) { }
+    while (emu_wait_stdin(buf) > 0) { }
     if (argc > 99) { emu_run(argc); emu_sleep_phase(); emu_wait_phase(); }
     return 0;
 }

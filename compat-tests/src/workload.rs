@@ -21,7 +21,7 @@ pub const EXE_NAME: &str = "emu_workload";
 pub const WORKER_COMM: &str = "emu_worker";
 
 /// Functions of the workload, by name, for building scripted stacks.
-pub const FUNCTIONS: [&str; 10] = [
+pub const FUNCTIONS: [&str; 11] = [
     "main",
     "emu_run",
     "emu_work",
@@ -32,6 +32,7 @@ pub const FUNCTIONS: [&str; 10] = [
     "emu_wake_peer",
     "emu_worker_main",
     "emu_worker_spin",
+    "emu_wait_stdin",
 ];
 
 fn build() -> Result<PathBuf, String> {
@@ -248,8 +249,8 @@ impl Workload {
             })
             .collect::<Result<Vec<u64>, String>>()?;
         Ok(Stack {
-            kernel: Vec::new(),
             user,
+            ..Stack::default()
         })
     }
 
@@ -267,6 +268,96 @@ impl Workload {
             path: self.text.path.clone(),
             exec: true,
         }
+    }
+}
+
+/// The user stack of the main thread, blocked in libc's `read` under `emu_wait_stdin`, as a
+/// kernel's sched_switch sample would carry it: the user registers, up to `copy` bytes of
+/// stack from the stack pointer, and the frame-pointer chain the kernel walks
+/// (`perf_callchain_user`: the IP, then the return address of each frame record from rbp
+/// on, until a record cannot be read). Taken with ptrace (the thread is stopped for the
+/// copy and resumed; its read is restarted) and /proc/PID/mem.
+pub fn blocked_main_stack(pid: u32, copy: usize) -> Result<Stack, String> {
+    // After "ready" the main thread still has to get into read(0, …): syscall 0 on x86_64.
+    let in_read = || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some("0"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !in_read() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{pid} never blocked in read"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let regs = ptrace_regs(pid)?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| format!("opening /proc/{pid}/mem: {e}"))?;
+    let read_at = |addr: u64, buf: &mut [u8]| -> usize {
+        use std::os::unix::fs::FileExt;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match mem.read_at(&mut buf[filled..], addr + filled as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        filled
+    };
+    let (ip, sp, bp) = (regs.rip, regs.rsp, regs.rbp);
+    let mut stack = vec![0u8; copy];
+    let got = read_at(sp, &mut stack);
+    stack.truncate(got);
+    let mut user = vec![ip];
+    let mut fp = bp;
+    // The kernel's own bound (perf_event_max_stack's default).
+    while user.len() < 127 && fp != 0 {
+        let mut record = [0u8; 16];
+        if read_at(fp, &mut record) != 16 {
+            break;
+        }
+        let word = |i: usize| u64::from_ne_bytes(record[i * 8..i * 8 + 8].try_into().unwrap());
+        user.push(word(1));
+        fp = word(0);
+    }
+    Ok(Stack {
+        user,
+        user_regs: Some([ip, sp, bp]),
+        user_stack: stack,
+        ..Stack::default()
+    })
+}
+
+/// Registers of thread `tid` (of a child of ours), stopped with PTRACE_INTERRUPT and
+/// detached again.
+fn ptrace_regs(tid: u32) -> Result<libc::user_regs_struct, String> {
+    let t = tid as libc::pid_t;
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: ptrace requests on a thread of a process this test started; the registers
+    // are written into a local struct of the type PTRACE_GETREGS fills.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, t, null, null) != 0 {
+            return Err(format!(
+                "PTRACE_SEIZE {tid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut regs: libc::user_regs_struct = std::mem::zeroed();
+        let mut status = 0;
+        let ok = libc::ptrace(libc::PTRACE_INTERRUPT, t, null, null) == 0
+            && libc::waitpid(t, &mut status, libc::__WALL) == t
+            && libc::ptrace(
+                libc::PTRACE_GETREGS,
+                t,
+                null,
+                &mut regs as *mut _ as *mut libc::c_void,
+            ) == 0;
+        let err = std::io::Error::last_os_error();
+        libc::ptrace(libc::PTRACE_DETACH, t, null, null);
+        if !ok {
+            return Err(format!("reading the registers of {tid}: {err}"));
+        }
+        Ok(regs)
     }
 }
 

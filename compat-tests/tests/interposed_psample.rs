@@ -287,7 +287,20 @@ fn each_profile_refuses_what_its_kernel_lacks() {
     let w = workload("cpu_split_fp");
     let w = w.to_str().unwrap();
     for p in old_profiles() {
-        let r = run(Some(&p), &["record", "-F", "99", "--", w, "-s", "1"]);
+        // --call-graph fp: the mode in which record tries in-kernel aggregation (the default,
+        // auto, keeps the ring without asking for BPF; record_split_* runs the default).
+        let args = [
+            "record",
+            "-F",
+            "99",
+            "--call-graph",
+            "fp",
+            "--",
+            w,
+            "-s",
+            "1",
+        ];
+        let r = run(Some(&p), &args);
         let t = r.tally.as_ref().unwrap();
         let mut got = r.fallbacks();
         got.sort();

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use crate::attr::{flag, size, EventKind, RawAttr};
+use crate::attr::{flag, sample, size, EventKind, RawAttr};
 use crate::sys::{open_flag, Errno, Kernel};
 
 /// A capability that may be missing on older kernels.
@@ -22,6 +22,10 @@ pub enum Feature {
     SampleIdAll,
     /// attr.exclude_callchain_user (3.7); fallback: cut the callchain at PERF_CONTEXT_USER.
     ExcludeCallchainUser,
+    /// PERF_SAMPLE_REGS_USER and PERF_SAMPLE_STACK_USER (3.7; a kernel built without
+    /// perf_regs support refuses them on every version); fallback: the kernel's
+    /// frame-pointer callchain alone.
+    UserStackCopy,
     /// attr.mmap2 (3.16); fallback: MMAP records + /proc/PID/maps.
     Mmap2,
     /// attr.comm_exec (3.16); fallback: exec detected from COMM + a maps re-read.
@@ -47,10 +51,11 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in probe order.
-    pub const ALL: [Feature; 13] = [
+    pub const ALL: [Feature; 14] = [
         Feature::Cloexec,
         Feature::SampleIdAll,
         Feature::ExcludeCallchainUser,
+        Feature::UserStackCopy,
         Feature::Mmap2,
         Feature::CommExec,
         Feature::UseClockid,
@@ -65,13 +70,16 @@ impl Feature {
 
     /// Attr features that an EINVAL may stand for, newest first: on an EINVAL we drop the
     /// newest one still present and untested, as perf does.
-    const EINVAL_LADDER: [Feature; 8] = [
+    /// The stack copy, as old as exclude_callchain_user, goes first of the two: without it
+    /// the kernel's user callchain is needed, which exclude_callchain_user would cut.
+    const EINVAL_LADDER: [Feature; 9] = [
         Feature::SampleMaxStack,
         Feature::ContextSwitch,
         Feature::UseClockid,
         Feature::CommExec,
         Feature::Mmap2,
         Feature::Cloexec,
+        Feature::UserStackCopy,
         Feature::ExcludeCallchainUser,
         Feature::SampleIdAll,
     ];
@@ -82,6 +90,7 @@ impl Feature {
             Feature::Cloexec => "PERF_FLAG_FD_CLOEXEC",
             Feature::SampleIdAll => "sample_id_all",
             Feature::ExcludeCallchainUser => "exclude_callchain_user",
+            Feature::UserStackCopy => "user regs/stack copy",
             Feature::Mmap2 => "mmap2",
             Feature::CommExec => "comm_exec",
             Feature::UseClockid => "use_clockid",
@@ -101,6 +110,7 @@ impl Feature {
             Feature::Cloexec => "fcntl(FD_CLOEXEC) after open",
             Feature::SampleIdAll => "side-band records without sample_id trailer",
             Feature::ExcludeCallchainUser => "user callchain cut at PERF_CONTEXT_USER",
+            Feature::UserStackCopy => "frame-pointer user stacks (no DWARF unwinding)",
             Feature::Mmap2 => "MMAP records + /proc/PID/maps",
             Feature::CommExec => "exec detected from COMM records",
             Feature::UseClockid => "kernel default perf clock",
@@ -120,6 +130,9 @@ impl Feature {
             Feature::Cloexec => open_flags & open_flag::FD_CLOEXEC != 0,
             Feature::SampleIdAll => attr.has(flag::SAMPLE_ID_ALL),
             Feature::ExcludeCallchainUser => attr.has(flag::EXCLUDE_CALLCHAIN_USER),
+            Feature::UserStackCopy => {
+                attr.sample_type & (sample::REGS_USER | sample::STACK_USER) != 0
+            }
             Feature::Mmap2 => attr.has(flag::MMAP2),
             Feature::CommExec => attr.has(flag::COMM_EXEC),
             Feature::UseClockid => attr.has(flag::USE_CLOCKID),
@@ -139,6 +152,13 @@ impl Feature {
             Feature::Cloexec => *open_flags &= !open_flag::FD_CLOEXEC,
             Feature::SampleIdAll => attr.set(flag::SAMPLE_ID_ALL, false),
             Feature::ExcludeCallchainUser => attr.set(flag::EXCLUDE_CALLCHAIN_USER, false),
+            Feature::UserStackCopy => {
+                attr.sample_type &= !(sample::REGS_USER | sample::STACK_USER);
+                attr.sample_regs_user = 0;
+                attr.sample_stack_user = 0;
+                // The user stack now comes from the kernel's walk: let it make one.
+                attr.set(flag::EXCLUDE_CALLCHAIN_USER, false);
+            }
             Feature::Mmap2 => {
                 attr.set(flag::MMAP2, false);
                 attr.set(flag::MMAP, true);

@@ -71,6 +71,12 @@ pub fn feature(kernel: &dyn Kernel, f: Feature) -> Probe {
             a.sample_type |= sample::CALLCHAIN;
             a.set(flag::EXCLUDE_CALLCHAIN_USER, true);
         }
+        Feature::UserStackCopy => {
+            a.sample_type |= sample::REGS_USER | sample::STACK_USER;
+            // IP, SP and BP (perf_regs bits 8, 7, 6 on x86_64): what unwinding starts from.
+            a.sample_regs_user = (1 << 6) | (1 << 7) | (1 << 8);
+            a.sample_stack_user = 512;
+        }
         Feature::Mmap2 => {
             a.set(flag::MMAP, true);
             a.set(flag::MMAP2, true);

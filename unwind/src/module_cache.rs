@@ -3,6 +3,8 @@
 //! [`MappingId`] (so forked children and identical layouts reuse them). Both are bounded.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ impl LoadedModule {
 pub(crate) struct ModuleStore {
     resolver: FileResolver,
     files: HashMap<FileKey, (Arc<ModuleFile>, u64)>,
-    by_mapping: HashMap<MappingId, Option<Arc<LoadedModule>>>,
+    by_mapping: FxHashMap<MappingId, Option<Arc<LoadedModule>>>,
     tick: u64,
     vdso: Option<Option<Arc<ModuleFile>>>,
 }
@@ -64,7 +66,7 @@ impl ModuleStore {
         Self {
             resolver,
             files: HashMap::new(),
-            by_mapping: HashMap::new(),
+            by_mapping: FxHashMap::default(),
             tick: 0,
             vdso: None,
         }

@@ -1,6 +1,6 @@
 //! Online user-stack unwinding of sampled (registers, stack bytes) pairs.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -77,13 +77,15 @@ struct ProcState {
     incarnation: u64,
     exec_version: u64,
     framehop: UnwinderX86_64<SectionData>,
-    modules: HashMap<MappingId, Arc<LoadedModule>>,
+    modules: FxHashMap<MappingId, Arc<LoadedModule>>,
 }
 
 /// User-stack unwinder for all processes; see [`Unwinder::unwind_dwarf`].
 pub struct Unwinder {
     store: ModuleStore,
-    states: HashMap<u32, ProcState>,
+    /// Looked up several times per sample: a fast hasher (keys are pids, not chosen by
+    /// anyone psample does not trust to choose them).
+    states: FxHashMap<u32, ProcState>,
     cache: CacheX86_64,
     seen_removals: u64,
     /// Scratch for [`Self::unwind_hybrid`]'s replay of the kernel's walk (no allocation per
@@ -182,7 +184,7 @@ impl Unwinder {
     pub fn with_resolver(resolver: FileResolver) -> Self {
         Self {
             store: ModuleStore::new(resolver),
-            states: HashMap::new(),
+            states: FxHashMap::default(),
             cache: CacheX86_64::new(),
             seen_removals: 0,
             hybrid_records: Vec::new(),
@@ -258,7 +260,18 @@ impl Unwinder {
     /// 2.7 MB of `.eh_frame`) are read and scanned — at 999 Hz with 16 KiB stacks a stall of
     /// a few tenths of a second overflows the default rings.
     pub fn prepare(&mut self, procs: &Processes, pid: u32) {
-        self.sync(procs, pid);
+        if !self.sync(procs, pid) {
+            return;
+        }
+        let Some(space) = procs.space(pid) else {
+            return;
+        };
+        let Some(state) = self.states.get_mut(&pid) else {
+            return;
+        };
+        for (id, _) in procs.exec_mappings(space) {
+            ensure_module(state, &mut self.store, procs, pid, id);
+        }
     }
 
     /// Number of (parsed files, mapping modules) currently cached; for memory diagnostics.
@@ -300,7 +313,12 @@ impl Unwinder {
         self.store.module(pid, id, mapping)
     }
 
-    /// Bring `pid`'s framehop unwinder in line with its current executable mappings.
+    /// Bring `pid`'s framehop unwinder in line with its current executable mappings: drop
+    /// modules whose mappings are gone. Modules are added as the walk meets them
+    /// ([`ensure_module`]), or all at once for the targets named on the command line
+    /// ([`Self::prepare`]): a process maps far more code than its stacks run through, and
+    /// system-wide every process would otherwise have all its libraries parsed at its first
+    /// sample.
     fn sync(&mut self, procs: &Processes, pid: u32) -> bool {
         if procs.removals() != self.seen_removals {
             self.seen_removals = procs.removals();
@@ -318,22 +336,22 @@ impl Unwinder {
             incarnation: space.incarnation,
             exec_version: 0,
             framehop: UnwinderX86_64::new(),
-            modules: HashMap::new(),
+            modules: FxHashMap::default(),
         });
         if state.incarnation != space.incarnation {
             *state = ProcState {
                 incarnation: space.incarnation,
                 exec_version: 0,
                 framehop: UnwinderX86_64::new(),
-                modules: HashMap::new(),
+                modules: FxHashMap::default(),
             };
         }
         if state.exec_version == space.exec_version {
             return true;
         }
         state.exec_version = space.exec_version;
-        let wanted: Vec<_> = procs.exec_mappings(space).collect();
-        let wanted_ids: HashSet<MappingId> = wanted.iter().map(|(id, _)| *id).collect();
+        let wanted_ids: FxHashSet<MappingId> =
+            procs.exec_mappings(space).map(|(id, _)| id).collect();
         let stale: Vec<MappingId> = state
             .modules
             .keys()
@@ -345,15 +363,6 @@ impl Unwinder {
                 state
                     .framehop
                     .remove_module(module.framehop.avma_range().start);
-            }
-        }
-        for (id, mapping) in wanted {
-            if state.modules.contains_key(&id) {
-                continue;
-            }
-            if let Some(module) = self.store.module(pid, id, mapping) {
-                state.framehop.add_module(module.framehop.clone());
-                state.modules.insert(id, module);
             }
         }
         true
@@ -377,7 +386,7 @@ impl Unwinder {
         if !self.sync(procs, pid) {
             return Stopped(StopReason::NoMapping);
         }
-        let Some(state) = self.states.get(&pid) else {
+        let Some(state) = self.states.get_mut(&pid) else {
             return Stopped(StopReason::NoMapping);
         };
         let mut read_stack = |addr: u64| words.read(addr);
@@ -391,6 +400,7 @@ impl Unwinder {
             let Some(id) = procs.find(pid, lookup) else {
                 return Stopped(StopReason::NoMapping);
             };
+            ensure_module(state, &mut self.store, procs, pid, id);
             let module = state.modules.get(&id);
             if module.is_none() && !procs.get(id).is_some_and(|m| m.exec) {
                 return Stopped(StopReason::NoMapping);
@@ -405,13 +415,8 @@ impl Unwinder {
                     Ok(v) => v,
                     Err(reason) => return Stopped(reason),
                 };
-                match hook(ip, sp, StepKind::Signal) {
-                    Step::Refuse => return Stopped(StopReason::StackOutOfRange),
-                    Step::Anchor => {
-                        out.push(ip);
-                        return WalkEnd::Anchored;
-                    }
-                    Step::Continue => out.push(ip),
+                if let Some(end) = apply(hook(ip, sp, StepKind::Signal), ip, out) {
+                    return end;
                 }
                 fh_regs = UnwindRegsX86_64::new(ip, sp, bp);
                 // The interrupted instruction has not executed: look it up as-is, not -1.
@@ -424,31 +429,16 @@ impl Unwinder {
                 state
                     .framehop
                     .unwind_frame(frame, &mut fh_regs, &mut self.cache, &mut read_stack);
-            let ra = match step {
-                Ok(Some(ra)) => ra,
-                Ok(None) => return Stopped(StopReason::EndOfStack),
-                Err(err) => return Stopped(framehop_failure(err, has_cfi, words)),
+            let moved = fh_regs.sp() > prev_sp;
+            let ra = match step
+                .map_err(|err| framehop_failure(err, has_cfi, words))
+                .and_then(|ra| check_return(ra, moved, has_cfi, procs, pid))
+            {
+                Ok(ra) => ra,
+                Err(reason) => return Stopped(reason),
             };
-            if ra == 0 {
-                return Stopped(StopReason::ZeroRa);
-            }
-            if fh_regs.sp() <= prev_sp {
-                return Stopped(StopReason::Loop);
-            }
-            if procs.find(pid, ra - 1).is_none() {
-                return Stopped(if has_cfi {
-                    StopReason::NoMapping
-                } else {
-                    StopReason::NoUnwindInfo
-                });
-            }
-            match hook(ra, fh_regs.sp(), StepKind::Return) {
-                Step::Refuse => return Stopped(StopReason::StackOutOfRange),
-                Step::Anchor => {
-                    out.push(ra);
-                    return WalkEnd::Anchored;
-                }
-                Step::Continue => out.push(ra),
+            if let Some(end) = apply(hook(ra, fh_regs.sp(), StepKind::Return), ra, out) {
+                return end;
             }
             frame = match FrameAddress::from_return_address(ra) {
                 Some(f) => f,
@@ -511,6 +501,47 @@ impl Unwinder {
     }
 }
 
+/// A return address framehop found (`None`: the CFI says the stack ends here), checked:
+/// non-zero, with the stack pointer having `moved` up, and inside a mapping.
+fn check_return(
+    ra: Option<u64>,
+    moved: bool,
+    has_cfi: bool,
+    procs: &Processes,
+    pid: u32,
+) -> Result<u64, StopReason> {
+    let ra = ra.ok_or(StopReason::EndOfStack)?;
+    if ra == 0 {
+        return Err(StopReason::ZeroRa);
+    }
+    if !moved {
+        return Err(StopReason::Loop);
+    }
+    if procs.find(pid, ra - 1).is_none() {
+        return Err(if has_cfi {
+            StopReason::NoMapping
+        } else {
+            StopReason::NoUnwindInfo
+        });
+    }
+    Ok(ra)
+}
+
+/// Act on the step hook's verdict for the frame at `addr`: `Some` ends the walk.
+fn apply(step: Step, addr: u64, out: &mut Vec<u64>) -> Option<WalkEnd> {
+    match step {
+        Step::Refuse => Some(WalkEnd::Stopped(StopReason::StackOutOfRange)),
+        Step::Anchor => {
+            out.push(addr);
+            Some(WalkEnd::Anchored)
+        }
+        Step::Continue => {
+            out.push(addr);
+            None
+        }
+    }
+}
+
 /// Why a framehop step failed, as a [`StopReason`].
 fn framehop_failure<S: StackWords>(err: framehop::Error, has_cfi: bool, words: &S) -> StopReason {
     if !has_cfi {
@@ -552,4 +583,25 @@ fn restore_sigframe<S: StackWords>(
         return Err(StopReason::NoMapping);
     }
     Ok((ip, new_sp, bp))
+}
+
+/// Add the module of mapping `id` to `pid`'s unwinder if it is executable and loads (the
+/// store remembers files that do not, so a failure costs one lookup per frame after that).
+fn ensure_module(
+    state: &mut ProcState,
+    store: &mut ModuleStore,
+    procs: &Processes,
+    pid: u32,
+    id: MappingId,
+) {
+    if state.modules.contains_key(&id) {
+        return;
+    }
+    let Some(mapping) = procs.get(id).filter(|m| m.exec) else {
+        return;
+    };
+    if let Some(module) = store.module(pid, id, mapping) {
+        state.framehop.add_module(module.framehop.clone());
+        state.modules.insert(id, module);
+    }
 }

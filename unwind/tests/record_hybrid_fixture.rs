@@ -4,24 +4,22 @@
 //! `hybrid_fixture.rs`.
 //!
 //! Each sample is what a perf event with PERF_SAMPLE_CALLCHAIN (user part, frame pointers
-//! walked by the kernel) + REGS_USER + STACK_USER (16 KiB) delivers, recorded from the
+//! walked by the kernel) + REGS_USER + STACK_USER (16 KiB) delivers (`common::perf`),
+//! recorded from the
 //! bundled workloads built with frame pointers over the host's libc (without them):
 //! `sleep_pipe_libc` at sched_switch (off-CPU) and `libc_split` at cpu-clock (on-CPU).
+
+mod common;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::time::Duration;
 
-use perfring::attr::{flag, sample, AttrBuilder, EventKind};
-use perfring::event::Session;
-use perfring::record::{parse_record, CallchainContext, Record};
-use perfring::sys::{Kernel, LinuxKernel};
-use unwind::arch::x86_64::{PERF_REG_BP, PERF_REG_IP, PERF_REG_SP, SAMPLE_REGS_USER};
+use common::perf::{self, Scope};
+use perfring::attr::EventKind;
 use unwind::fixture::{encode_samples, FixtureSample};
-use unwind::{Processes, UserRegs};
-
-const STACK_COPY: u32 = 16384;
+use unwind::Processes;
 
 fn workloads() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,67 +63,11 @@ fn start(prog: &Path, args: &[&str]) -> Workload {
     Workload(child, pid)
 }
 
-/// `count` samples of `kind` on thread `tid`, each with the kernel's user callchain, user
-/// registers and STACK_COPY bytes of user stack.
 fn record(kind: EventKind, period: Option<u64>, tid: u32, count: usize) -> Vec<FixtureSample> {
-    let kernel: Arc<dyn Kernel> = Arc::new(LinuxKernel);
-    let cpus = kernel.online_cpus().expect("online cpus");
-    let mut session = Session::new(kernel, 256);
-    let attr = AttrBuilder::new(kind)
-        .sample_type(
-            sample::TID | sample::TIME | sample::CALLCHAIN | sample::REGS_USER | sample::STACK_USER,
-        )
-        .sample_regs_user(SAMPLE_REGS_USER)
-        .sample_stack_user(STACK_COPY)
-        .flag(flag::EXCLUDE_CALLCHAIN_KERNEL, true)
-        .disabled(true)
-        .sample_id_all(true);
-    let attr = match period {
-        Some(n) => attr.period(n),
-        None => attr.frequency(499),
-    }
-    .build();
-    let spec = session.add_spec("fixture", attr);
-    for cpu in cpus {
-        session
-            .open(spec, tid as i32, cpu)
-            .expect("perf_event_open");
-    }
-    let fmt = session.sample_format().expect("format");
-    session.enable().expect("enable");
-    let mut samples = Vec::new();
-    while samples.len() < count {
-        session.wait(100).expect("poll");
-        session.drain(|_, bytes| {
-            let Ok(Record::Sample(s)) = parse_record(bytes, &fmt) else {
-                return;
-            };
-            let (Some(regs), Some(stack), Some(cc)) = (s.regs_user, s.stack_user, s.callchain)
-            else {
-                return;
-            };
-            let get = |i: usize| regs.get(i as u32);
-            let (Some(ip), Some(sp), Some(bp)) =
-                (get(PERF_REG_IP), get(PERF_REG_SP), get(PERF_REG_BP))
-            else {
-                return;
-            };
-            let chain: Vec<u64> = cc
-                .frames()
-                .filter(|(ctx, _)| *ctx == Some(CallchainContext::User))
-                .map(|(_, v)| v)
-                .collect();
-            samples.push(FixtureSample {
-                tid: s.tid.unwrap_or(tid),
-                regs: UserRegs { ip, sp, bp },
-                stack: stack.to_vec(),
-                chain,
-            });
-        });
-    }
-    session.disable();
-    samples.truncate(count);
-    samples
+    let limit = Duration::from_secs(60);
+    let got = perf::record(kind, period, Scope::Thread(tid), count, limit);
+    assert_eq!(got.len(), count, "samples recorded within a minute");
+    got.into_iter().map(|(_, s)| s).collect()
 }
 
 /// Write maps, module files (the workload and libc, under their basenames) and samples.
@@ -150,15 +92,6 @@ fn write_fixture(name: &str, pid: u32, samples: &[FixtureSample]) {
     std::fs::write(out.join("samples.bin"), encode_samples(samples)).expect("write samples");
 }
 
-fn sched_switch_id() -> u64 {
-    let path = "/sys/kernel/tracing/events/sched/sched_switch/id";
-    std::fs::read_to_string(path)
-        .expect("tracefs mounted at /sys/kernel/tracing")
-        .trim()
-        .parse()
-        .expect("tracepoint id")
-}
-
 #[test]
 #[ignore]
 fn record_offmix_fixture() {
@@ -166,7 +99,12 @@ fn record_offmix_fixture() {
     let w = start(&built.path().join("sleep_pipe_libc"), &["-s", "0"]);
     // Every switch-out of the parent: ~70 % in nanosleep under sleep_phase, ~30 % in read
     // under wait_phase.
-    let samples = record(EventKind::Tracepoint(sched_switch_id()), Some(1), w.1, 80);
+    let samples = record(
+        EventKind::Tracepoint(perf::sched_switch_id()),
+        Some(1),
+        w.1,
+        80,
+    );
     write_fixture("offmix", w.1, &samples);
 }
 

@@ -23,7 +23,6 @@ use super::in_kernel::{BpfPlan, InKernel};
 use super::{labels, OffCpuOptions, PAGES};
 use crate::continuous::Intervals;
 use crate::session::{Observer, Setup, StopCause};
-use crate::stack::StackMode;
 use crate::target::Target;
 use crate::Error;
 
@@ -165,11 +164,9 @@ pub fn setup(
     if mode == BpfMode::Never {
         return Ok(Decision::NotUsed("--bpf never".into()));
     }
-    if let StackMode::Dwarf(_) = args.session.stack {
-        return refuse(
-            mode,
-            "BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer".into(),
-        );
+    // The in-kernel aggregation keys frame-pointer chains only: never worse than the ring.
+    if let Some(why) = crate::oncpu::bpf::ring_only(args.session.stack) {
+        return refuse(mode, why.into());
     }
     match load_and_attach(args, target, kernel) {
         Ok(l) => Ok(Decision::Use(Box::new(l))),

@@ -128,12 +128,12 @@ fn sampled_attr(
         | sample::CALLCHAIN
         | sample::RAW;
     let mut b = AttrBuilder::new(kind).period(period);
-    if let StackMode::Dwarf(size) = mode {
+    if let Some(size) = mode.stack_copy() {
         st |= sample::REGS_USER | sample::STACK_USER;
         b = b
             .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
             .sample_stack_user(size)
-            .exclude_callchain_user(true);
+            .exclude_callchain_user(!mode.kernel_user_chain());
     }
     b.sample_type(st)
         .disabled(true)
@@ -177,7 +177,7 @@ pub fn add_specs(
             // least stack the kernel takes.
             attr.set(flag::EXCLUDE_CALLCHAIN_KERNEL, true);
             attr.set(flag::EXCLUDE_CALLCHAIN_USER, true);
-            if let StackMode::Dwarf(_) = mode {
+            if mode.stack_copy().is_some() {
                 attr.sample_stack_user = 8;
             }
         }

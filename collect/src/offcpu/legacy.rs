@@ -26,7 +26,6 @@ use perfring::sys::Errno;
 use super::filter;
 use super::intervals::Report;
 use crate::session::Attached;
-use crate::stack::StackMode;
 use crate::Error;
 
 /// Stack bytes a syscall-exit sample copies in DWARF mode: the smallest the kernel takes.
@@ -121,7 +120,7 @@ fn open_sys_exit(
     // Only the time and thread matter: no callchain, the least stack the layout allows.
     attr.set(flag::EXCLUDE_CALLCHAIN_KERNEL, true);
     attr.set(flag::EXCLUDE_CALLCHAIN_USER, true);
-    if let StackMode::Dwarf(_) = a.opts.stack {
+    if a.opts.stack.stack_copy().is_some() {
         attr.sample_stack_user = SYS_EXIT_STACK;
     }
     let spec = a.session.add_spec("raw_syscalls:sys_exit", attr);

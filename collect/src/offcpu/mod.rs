@@ -76,8 +76,12 @@ pub struct OffCpuOptions {
 }
 
 /// Ring sizes: every switch-out is a sample.
+/// Hybrid samples are ~3 times an fp sample (512 bytes of stack), and a switch-heavy
+/// server system-wide writes tens of thousands a second per CPU while the reader competes
+/// with it for the CPU: 256 pages lost records on a 2-CPU machine under pgbench, 512 do not.
 const PAGES: DefaultPages = DefaultPages {
     fp: 128,
+    auto: 512,
     dwarf: 512,
 };
 
@@ -158,6 +162,12 @@ pub fn run_session(
     s.session.notes.extend(cgroup_note);
     if args.bpf != bpf::BpfMode::Never {
         s.summary.line("bpf", format!("not used: {not_used}"));
+    }
+    if args.bpf == bpf::BpfMode::Auto
+        && matches!(args.session.stack, crate::stack::StackMode::Auto(_))
+    {
+        let note = "BPF aggregation → ring buffer (auto stacks need the stack copy)";
+        s.session.notes.push(note.into());
     }
     let tp = events::Tracepoints::locate(kernel.as_ref(), args.wakers)?;
     let (switch, wakeup) = events::add_specs(&mut s, &tp, true);

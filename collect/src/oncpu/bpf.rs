@@ -50,6 +50,23 @@ pub enum Decision {
     NotUsed(String),
 }
 
+/// Why a call-graph mode needs the ring, if it does. The in-kernel aggregation keys stacks by
+/// the kernel's frame-pointer chain only; it must never give worse stacks than the ring, so
+/// until the BPF programs also capture what the hybrid leaf fix needs (the user registers
+/// and the words at the stack pointer), `auto` samples go through the ring too.
+pub fn ring_only(call_graph: StackMode) -> Option<&'static str> {
+    match call_graph {
+        StackMode::Fp => None,
+        StackMode::Auto(_) => Some(
+            "--call-graph auto completes leaf frames from a stack copy the in-kernel \
+             aggregation does not keep; using the ring (--call-graph fp for BPF)",
+        ),
+        StackMode::Dwarf(_) => {
+            Some("BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer")
+        }
+    }
+}
+
 fn refuse(mode: BpfMode, why: String) -> Result<Decision, Error> {
     match mode {
         BpfMode::Always => Err(Error::new(format!("--bpf always: {why}"))),
@@ -68,11 +85,8 @@ pub fn setup(
     if mode == BpfMode::Never {
         return Ok(Decision::NotUsed("--bpf never".into()));
     }
-    if let StackMode::Dwarf(_) = call_graph {
-        return refuse(
-            mode,
-            "BPF stack maps cannot unwind DWARF; DWARF mode uses the ring buffer".into(),
-        );
+    if let Some(why) = ring_only(call_graph) {
+        return refuse(mode, why.into());
     }
     let opts = StackCounterOptions {
         log_verifier: verbose,

@@ -64,12 +64,12 @@ pub fn sampling_attr(
     let mut st =
         sample::IP | sample::TID | sample::TIME | sample::CPU | sample::PERIOD | sample::CALLCHAIN;
     let mut b = AttrBuilder::new(kind);
-    if let StackMode::Dwarf(size) = mode {
+    if let Some(size) = mode.stack_copy() {
         st |= sample::REGS_USER | sample::STACK_USER;
         b = b
             .sample_regs_user(unwind::arch::x86_64::SAMPLE_REGS_USER)
             .sample_stack_user(size)
-            .exclude_callchain_user(true);
+            .exclude_callchain_user(!mode.kernel_user_chain());
     }
     let b = if matches!(kind, EventKind::Tracepoint(_)) {
         b.period(1)

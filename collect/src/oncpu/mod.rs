@@ -12,6 +12,7 @@ use perfring::sys::Kernel;
 use crate::continuous::Intervals;
 use crate::output::Labels;
 use crate::session::{self, DefaultPages, Observer, SessionOptions, Setup, StopCause};
+use crate::stack::StackMode;
 use crate::target::Target;
 use crate::Error;
 
@@ -36,7 +37,12 @@ pub struct OnCpuOptions {
 }
 
 /// Ring sizes: a DWARF sample carries a copy of the user stack.
-const PAGES: DefaultPages = DefaultPages { fp: 64, dwarf: 512 };
+/// Hybrid samples are ~3 times an fp sample's size (512 bytes of stack): 4 times the ring.
+const PAGES: DefaultPages = DefaultPages {
+    fp: 64,
+    auto: 256,
+    dwarf: 512,
+};
 
 fn labels(extra: &[(String, String)]) -> Labels {
     Labels {
@@ -91,6 +97,13 @@ pub fn run_session(
         bpf::Decision::NotUsed(why) => {
             if args.bpf != BpfMode::Never {
                 a.summary.line("bpf", format!("not used: {why}"));
+            }
+            // `--bpf auto` would aggregate fp stacks in the kernel; the default call graph
+            // gives better ones only through the ring: a fallback, said where fallbacks are.
+            if args.bpf == BpfMode::Auto && matches!(mode, StackMode::Auto(_)) {
+                a.session
+                    .notes
+                    .push("BPF aggregation → ring buffer (auto stacks need the stack copy)".into());
             }
             None
         }

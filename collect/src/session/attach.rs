@@ -36,6 +36,8 @@ pub struct Setup<'a> {
 pub struct DefaultPages {
     /// With frame-pointer stacks.
     pub fp: usize,
+    /// With hybrid stacks (frame pointers and a small copy of the user stack).
+    pub auto: usize,
     /// With DWARF stacks (each sample carries a copy of the user stack).
     pub dwarf: usize,
 }
@@ -55,6 +57,7 @@ impl<'a> Setup<'a> {
         }
         let pages = opts.mmap_pages.unwrap_or(match opts.stack {
             StackMode::Fp => pages.fp,
+            StackMode::Auto(_) => pages.auto,
             StackMode::Dwarf(_) => pages.dwarf,
         });
         check_ring_fits(pages, opts.stack)?;
@@ -347,13 +350,15 @@ pub fn open_err(session: &Session, spec: usize, e: SessionError) -> Error {
     }
 }
 
-/// A DWARF sample carries its copy of the user stack, and the kernel cannot write a record
-/// larger than the ring: every sample would be dropped, without even a LOST record. Refuse
-/// that combination of `--mmap-pages` and `--call-graph dwarf,SIZE` before sampling.
+/// A DWARF or hybrid sample carries its copy of the user stack, and the kernel cannot write
+/// a record larger than the ring: every sample would be dropped, without even a LOST
+/// record. Refuse that combination of `--mmap-pages` and `--call-graph MODE,SIZE` before
+/// sampling.
 pub fn check_ring_fits(pages: usize, mode: StackMode) -> Result<(), Error> {
-    let StackMode::Dwarf(stack) = mode else {
+    let Some(stack) = mode.stack_copy() else {
         return Ok(());
     };
+    let dwarf = matches!(mode, StackMode::Dwarf(_));
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let ring = pages.saturating_mul(page);
@@ -362,9 +367,11 @@ pub fn check_ring_fits(pages: usize, mode: StackMode) -> Result<(), Error> {
     if ring < sample {
         let need = sample.div_ceil(page).next_power_of_two();
         return Err(Error::new(format!(
-            "--mmap-pages {pages} gives a {ring}-byte ring, smaller than one DWARF sample \
+            "--mmap-pages {pages} gives a {ring}-byte ring, smaller than one {kind} sample \
              (~{sample} bytes with {stack} bytes of stack): use --mmap-pages {need} or more, \
-             or a smaller --call-graph dwarf,SIZE"
+             or a smaller --call-graph {mode},SIZE",
+            kind = if dwarf { "DWARF" } else { "hybrid" },
+            mode = if dwarf { "dwarf" } else { "auto" }
         )));
     }
     Ok(())
@@ -382,5 +389,8 @@ mod ring_fit_tests {
         assert!(err.message.contains("--mmap-pages 4"), "{err}");
         assert!(check_ring_fits(4, StackMode::Dwarf(8192)).is_ok());
         assert!(check_ring_fits(512, StackMode::Dwarf(65528)).is_ok());
+        assert!(check_ring_fits(1, StackMode::DEFAULT).is_ok());
+        let err = check_ring_fits(1, StackMode::Auto(8192)).unwrap_err();
+        assert!(err.message.contains("--call-graph auto,SIZE"), "{err}");
     }
 }

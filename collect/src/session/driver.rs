@@ -19,7 +19,6 @@ use super::{Attached, Observer, StopCause, Stopper, Summary};
 use crate::continuous::Intervals;
 use crate::output::{Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
-use crate::stack::StackMode;
 use crate::tables::{Keep, Remap, Snapshot};
 use crate::target::{self, Target};
 use crate::tracker::Tracker;
@@ -362,9 +361,7 @@ impl<'a, 'c> Live<'a, 'c> {
                 format!("{throttles} times (kernel lowered the sample rate)"),
             );
         }
-        if let StackMode::Dwarf(_) = p.builder.mode {
-            s.add_unwind(&p.builder.unwind_stats);
-        }
+        s.add_stacks(&p.builder);
         self.c.summarize_tail(p, s);
         if s.verbose {
             s.line(

@@ -9,7 +9,10 @@ use serde_json::{json, Map, Value};
 
 use crate::launch::ExitStatus;
 use crate::session;
-use crate::stack::UnwindStats;
+use crate::stack::{StackBuilder, StackMode, UnwindStats};
+
+/// Broken user stacks (in percent) above which the summary advises DWARF mode.
+const BROKEN_ADVICE_PCT: f64 = 5.0;
 
 /// The summary of one session: `key value` lines, fallbacks, warnings.
 pub struct Summary {
@@ -143,6 +146,78 @@ impl Summary {
                 "truncated_by": u.reasons,
             }),
         );
+    }
+
+    /// Per call-graph mode: how user stacks were unwound (DWARF, hybrid) and, in every mode,
+    /// their health, with advice when many are broken.
+    pub fn add_stacks(&mut self, b: &StackBuilder) {
+        match b.mode {
+            StackMode::Fp => {}
+            StackMode::Dwarf(_) => self.add_unwind(&b.unwind_stats),
+            StackMode::Auto(size) => self.add_hybrid(b, size),
+        }
+        let h = &b.health;
+        if h.stacks == 0 {
+            return;
+        }
+        let pct = |n: u64| 100.0 * n as f64 / h.stacks as f64;
+        let mut v = format!(
+            "{:.1}% of {} user stacks broken: {:.1}% ended outside any executable mapping, \
+             {:.1}% stopped at the sampled address",
+            h.broken_pct(),
+            h.stacks,
+            pct(h.outside),
+            pct(h.ip_only)
+        );
+        if let StackMode::Auto(size) = b.mode {
+            v.push_str(&format!(
+                ", {:.1}% cut at the end of the {size}-byte stack copy",
+                pct(h.cut)
+            ));
+        }
+        self.line("stack health", v);
+        if !matches!(b.mode, StackMode::Dwarf(_)) && h.broken_pct() > BROKEN_ADVICE_PCT {
+            self.warnings.push(format!(
+                "{:.0}% of user stacks are broken: code built without frame pointers is on \
+                 them (as in most distribution packages); --call-graph dwarf unwinds such \
+                 stacks completely, at the cost of a 16 KiB stack copy per sample",
+                h.broken_pct()
+            ));
+        }
+    }
+
+    fn add_hybrid(&mut self, b: &StackBuilder, size: u32) {
+        let h = &b.hybrid_stats;
+        let n = h.stacks();
+        if n == 0 {
+            if h.no_copy > 0 {
+                let v = format!("no stack copies: {} frame-pointer stacks as is", h.no_copy);
+                self.line("hybrid", v);
+            }
+            return;
+        }
+        let pct = |k: u64| 100.0 * k as f64 / n as f64;
+        let mut v = format!(
+            "leaf frames fixed in {:.1}% of stacks ({} frames the frame-pointer chain lacked, \
+             {} of its entries dropped); spliced {:.1}%, DWARF only {:.1}%, \
+             frame pointers only {:.1}%, unanchored {:.1}%",
+            pct(h.fixed),
+            h.recovered,
+            h.dropped,
+            pct(h.spliced),
+            pct(h.dwarf_only),
+            pct(h.kernel_only),
+            pct(h.unanchored)
+        );
+        if self.verbose {
+            if let Some(p99) = h.used_p99() {
+                v.push_str(&format!("; 99% of splices needed <= {p99} of {size} bytes"));
+            }
+        }
+        if h.no_copy > 0 {
+            v.push_str(&format!("; {} samples without a stack copy", h.no_copy));
+        }
+        self.line("hybrid", v);
     }
 
     /// The fallbacks the session's ladder took, and every feature's support (verbose).

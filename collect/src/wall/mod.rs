@@ -51,9 +51,10 @@ pub struct WallOptions {
     pub wakers: bool,
 }
 
-/// Ring sizes: every switch-out and on-CPU sample carries a stack.
+/// Ring sizes: every switch-out and on-CPU sample carries a stack (hybrid: as offcpu's).
 const PAGES: DefaultPages = DefaultPages {
     fp: 128,
+    auto: 512,
     dwarf: 512,
 };
 

@@ -5,6 +5,8 @@ mod retired;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
 
 use symbolize::budget::{self, CODE_MAPPINGS_LIVE_MAX, CODE_MAPPINGS_LIVE_PER_PROCESS};
@@ -158,11 +160,13 @@ struct Entry {
 /// mappings; further ones are not tracked.
 #[derive(Default)]
 pub struct Processes {
-    arena: HashMap<MappingId, Entry>,
+    /// `arena` and `spaces` are read on every frame unwound or symbolized: a fast hasher
+    /// (keys are our own ids and the kernel's pids).
+    arena: FxHashMap<MappingId, Entry>,
     next_id: u32,
     by_file_range: HashMap<FileRange, MappingId>,
     by_identity: HashMap<u64, Vec<MappingId>>,
-    spaces: HashMap<u32, AddressSpace>,
+    spaces: FxHashMap<u32, AddressSpace>,
     next_stamp: u64,
     removals: u64,
     retired: Retired,

@@ -2,6 +2,8 @@
 //! STACK_USER would, and name frames from ELF symbols.
 #![allow(dead_code)]
 
+pub mod perf;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
