@@ -61,4 +61,5 @@ build dlopen_demo "${fp[@]}" "$src/dlopen_demo.c" -ldl
 build threads_late "${fp[@]}" "$src/threads_late.c"
 build demo "${fp[@]}" "$src/demo.c"
 build exec_fork "${fp[@]}" "$src/exec_fork.c"
+build wall_split "${fp[@]}" "$src/wall_split.c"
 echo "built workloads in $out"

@@ -24,6 +24,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Measure blocked (off-CPU) time by stack, optionally with the waker's stack.
     Offcpu(OffcpuArgs),
+    /// Where wall time goes: on-CPU, off-CPU and runnable time in one profile (ns).
+    Wall(WallArgs),
     /// Report what this host and user allow, and what psample will use.
     Check(CheckArgs),
     /// Differential flame graph of two profiles (folded or pprof): red grew, blue shrank.
@@ -388,6 +390,41 @@ pub struct OffcpuArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct WallArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// On-CPU samples per second of each thread's CPU time (each counts as 1/HZ).
+    #[arg(short = 'F', long = "freq", default_value_t = 99, value_name = "HZ",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_FREQ))]
+    pub freq: u64,
+    /// Leave out blocked intervals shorter than this many microseconds (said in the summary).
+    #[arg(
+        short = 'm',
+        long = "min-us",
+        default_value_t = 0,
+        value_name = "MIN_US"
+    )]
+    pub min_us: u64,
+    /// Leave out blocked intervals longer than this many microseconds.
+    #[arg(short = 'M', long = "max-us", value_name = "MAX_US")]
+    pub max_us: Option<u64>,
+    /// Name the blocked state in off-CPU leaves: [off-cpu:S], [off-cpu:D], ...
+    #[arg(long)]
+    pub state: bool,
+    /// Append the waker's stack to blocked and woken-then-runnable stacks.
+    #[arg(long)]
+    pub wakers: bool,
+    #[command(flatten)]
+    pub call_graph: CallGraphArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+    #[command(flatten)]
+    pub continuous: ContinuousArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Also print every probe's raw errno.
     #[arg(short = 'v', long)]
@@ -489,6 +526,21 @@ mod tests {
         assert!(parse_call_graph("dwarf,100000").is_err());
         assert!(parse_call_graph("dwarf,12").is_err());
         assert!(parse_call_graph("lbr").is_err());
+    }
+
+    #[test]
+    fn wall_takes_both_commands_flags() {
+        let c = Cli::try_parse_from([
+            "psample", "wall", "-p", "1", "-F", "999", "-m", "5", "--state", "--wakers",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Wall(w) => {
+                assert_eq!((w.freq, w.min_us, w.state, w.wakers), (999, 5, true, true));
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(Cli::try_parse_from(["psample", "wall", "-p", "1", "-F", "0"]).is_err());
     }
 
     #[test]

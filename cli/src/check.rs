@@ -295,6 +295,12 @@ impl Plan {
             "sched_switch samples + CPU-wide sched_switch or syscall exits for switch-ins"
         };
         out("offcpu", offcpu.to_string());
+        let wall = if !self.offcpu || !e.cpu_clock.is_yes() {
+            "unavailable: needs cpu-clock and the offcpu tracepoints"
+        } else {
+            "cpu-clock per task + offcpu's events, sched_wakeup for runnable time"
+        };
+        out("wall", wall.to_string());
         sampling.is_some()
     }
 }

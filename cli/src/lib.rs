@@ -54,6 +54,9 @@ fn dispatch(command: args::Command) -> Result<i32, Error> {
         args::Command::Offcpu(a) => {
             collect::offcpu::run(&options::offcpu(&a)?, kernel(), &mut terminal).map(|()| 0)
         }
+        args::Command::Wall(a) => {
+            collect::wall::run(&options::wall(&a)?, kernel(), &mut terminal).map(|()| 0)
+        }
         args::Command::Check(a) => check::run(a),
         args::Command::Diff(a) => diff::run(a),
         args::Command::Report(a) => report::run(a),

@@ -10,12 +10,13 @@ use collect::output::Format;
 use collect::session::SessionOptions;
 use collect::stack::StackMode;
 use collect::target::{Lookup, Target, TargetSpec};
+use collect::wall::WallOptions;
 use collect::Error;
 use symbolize::SymbolizeOptions;
 
 use crate::args::{
     self, CallGraph, CommonArgs, ContinuousArgs, OffcpuArgs, OutputFormat, RecordArgs, SymbolArgs,
-    TargetArgs,
+    TargetArgs, WallArgs,
 };
 
 /// `-p`, `-t`, `-a` or `-- CMD`: exactly one of them.
@@ -173,6 +174,24 @@ pub fn offcpu(a: &OffcpuArgs) -> Result<OffCpuOptions, Error> {
             Some(args::StateFilter::S) => StateFilter::Interruptible,
             Some(args::StateFilter::D) => StateFilter::Uninterruptible,
         },
+        wakers: a.wakers,
+    })
+}
+
+/// `psample wall`'s flags.
+pub fn wall(a: &WallArgs) -> Result<WallOptions, Error> {
+    Ok(WallOptions {
+        session: session(
+            &a.target,
+            &a.call_graph,
+            &a.common,
+            &a.symbols,
+            &a.continuous,
+        )?,
+        freq: a.freq,
+        min_us: a.min_us,
+        max_us: a.max_us,
+        states: a.state,
         wakers: a.wakers,
     })
 }

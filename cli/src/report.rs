@@ -28,14 +28,26 @@ pub fn render(lines: &[(String, u64)], top: usize) -> String {
         let _ = writeln!(out, "{c:>12} {:>6.2}%  {s}", pct(c, total));
     }
 
-    let mut own: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut own: BTreeMap<String, u64> = BTreeMap::new();
     let mut cum: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     let mut seen: HashSet<&str> = HashSet::new();
     for (s, c) in lines {
         // Skip the thread name (first frame) for function statistics.
-        let frames: Vec<&str> = s.split(';').skip(1).collect();
+        let mut frames: Vec<&str> = s.split(';').skip(1).collect();
+        // A wall profile's leaf is its kind of time: self time is the frame under it's,
+        // per kind.
+        let kind = frames.last().copied().filter(|l| is_kind(l));
+        if let Some(k) = kind {
+            frames.pop();
+            *kinds.entry(k).or_insert(0) += c;
+        }
         if let Some(leaf) = frames.last() {
-            *own.entry(leaf).or_insert(0) += c;
+            let name = match kind {
+                Some(k) => format!("{leaf} {k}"),
+                None => leaf.to_string(),
+            };
+            *own.entry(name).or_insert(0) += c;
         }
         seen.clear();
         for f in &frames {
@@ -43,6 +55,12 @@ pub fn render(lines: &[(String, u64)], top: usize) -> String {
             if seen.insert(f) {
                 *cum.entry(f).or_insert(0) += c;
             }
+        }
+    }
+    if !kinds.is_empty() {
+        let _ = writeln!(out, "\nby kind of time:");
+        for (k, c) in &kinds {
+            let _ = writeln!(out, "{c:>12} {:>6.2}%  {k}", pct(*c, total));
         }
     }
     let table = |title: &str, m: &BTreeMap<&str, u64>, out: &mut String| {
@@ -53,9 +71,15 @@ pub fn render(lines: &[(String, u64)], top: usize) -> String {
             let _ = writeln!(out, "{c:>12} {:>6.2}%  {f}", pct(c, total));
         }
     };
+    let own: BTreeMap<&str, u64> = own.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     table("top functions by self time", &own, &mut out);
     table("top functions by total time", &cum, &mut out);
     out
+}
+
+/// A `psample wall` leaf: `[on-cpu]`, `[off-cpu]`, `[off-cpu:S]`…, `[runnable]`.
+fn is_kind(frame: &str) -> bool {
+    frame == "[on-cpu]" || frame == "[runnable]" || frame.starts_with("[off-cpu")
 }
 
 pub fn run(args: ReportArgs) -> Result<i32, CliError> {
@@ -96,10 +120,35 @@ mod tests {
             section("top functions by self time"),
             vec!["6 60.00% leaf", "2 20.00% rec"]
         );
+        assert!(!r.contains("by kind of time"), "{r}");
         // rec appears twice in its stack but counts once; main is in every stack.
         assert_eq!(
             section("top functions by total time"),
             vec!["10 100.00% main", "8 80.00% work"]
         );
+    }
+
+    #[test]
+    fn wall_profiles_report_self_time_per_kind() {
+        let lines = vec![
+            ("app;main;spin;[on-cpu]".to_string(), 40),
+            ("app;main;sleep;schedule_[k];[off-cpu]".to_string(), 50),
+            ("app;main;spin;schedule_[k];[runnable]".to_string(), 10),
+        ];
+        let r = render(&lines, 3);
+        let norm: Vec<String> = r
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for want in [
+            "40 40.00% [on-cpu]",
+            "50 50.00% schedule_[k] [off-cpu]",
+            "10 10.00% schedule_[k] [runnable]",
+            "40 40.00% spin [on-cpu]",
+            // Kind leaves are not functions.
+            "60 60.00% schedule_[k]",
+        ] {
+            assert!(norm.iter().any(|l| l == want), "no {want:?} in\n{r}");
+        }
     }
 }

@@ -423,3 +423,50 @@ fn offcpu_intervals_split_blocked_time_without_double_counting() {
         "a whole interval of a sleeping workload: {per_file:?}"
     );
 }
+
+/// `wall --every 1s` in pprof: every interval file reads back (three values) with each line
+/// ending in its kind, and a worker's kinds of time over all files add up to the run, with
+/// no interval counted twice.
+#[test]
+fn wall_intervals_add_up_to_the_run() {
+    require!(Need::SystemWide);
+    let _g = serial();
+    let w = start("wall_split", &["-s", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = w.pid.to_string();
+    let o = Command::new(psample())
+        .args([
+            "wall", "-p", &pid, "-d", "3", "--every", "1s", "--format", "pprof",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let written = files(dir.path(), ".pb.gz");
+    assert!(written.len() >= 3, "{written:?}\n{stderr}");
+    let mut per_file = Vec::new();
+    for f in &written {
+        let lines = collect::output::input::load_folded(f).unwrap();
+        let mut worker = [0u64; 3];
+        for (stack, ns) in &lines {
+            let i = match stack.rsplit(';').next().unwrap() {
+                "[on-cpu]" => 0,
+                "[off-cpu]" => 1,
+                "[runnable]" => 2,
+                other => panic!("{}: a line ends in {other}", f.display()),
+            };
+            if stack.starts_with("wall_w0;") {
+                worker[i] += ns;
+            }
+        }
+        per_file.push(worker);
+    }
+    let sum: u64 = per_file.iter().flatten().sum();
+    assert!(
+        (sum as f64 - 3e9).abs() <= 0.05 * 3e9,
+        "wall_w0's time per file (on, off, runnable ns): {per_file:?}\n{stderr}"
+    );
+    assert!(per_file.iter().take(2).all(|k| k[0] > 0 && k[1] > 0));
+}

@@ -11,6 +11,7 @@
 //! - [`continuous`]: one profile per interval, the writer thread, re-attaching to restarted
 //!   targets;
 //! - [`oncpu`], [`offcpu`]: the `record` and `offcpu` pipelines;
+//! - [`wall`]: `psample wall`, both in one session: on-CPU, blocked and runnable time;
 //! - [`tracker`]: process names and address spaces from side-band records;
 //! - [`stack`], [`frame`]: building one sample's raw stack (frame pointers or DWARF);
 //! - [`profile`], [`names`]: aggregation of raw stacks before symbolization;
@@ -20,7 +21,7 @@
 //! - [`target`], [`follow`], [`tracing`], [`perms`], [`limits`], [`stdio`]: targets (and
 //!   finding them again), the host, and standard streams psample does not control.
 //!
-//! Modules import only from their own layer or below (top to bottom: oncpu/offcpu,
+//! Modules import only from their own layer or below (top to bottom: wall, oncpu/offcpu,
 //! session, continuous/push, output/pipeline, tracker/stack/tables/profile, the rest);
 //! `scripts/layers` checks it, docs/architecture.md describes the path of a sample.
 
@@ -48,5 +49,6 @@ pub mod tables;
 pub mod target;
 pub mod tracing;
 pub mod tracker;
+pub mod wall;
 
 pub use error::Error;

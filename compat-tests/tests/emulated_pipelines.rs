@@ -1,4 +1,5 @@
-//! The whole `psample record` and `psample offcpu` pipelines against every emulated kernel.
+//! The whole `psample record`, `psample offcpu` and `psample wall` pipelines against every
+//! emulated kernel.
 //!
 //! The workload is a real process (so /proc, maps and symbols are real); the emulated
 //! kernel produces that kernel version's records for a scripted timeline whose samples point
@@ -13,6 +14,7 @@ use collect::oncpu::{bpf::BpfMode, OnCpuOptions};
 use collect::session::{Quiet, SessionOptions};
 use collect::stack::StackMode;
 use collect::target::{Target, TargetSpec};
+use collect::wall::WallOptions;
 use compat_tests::profile::{self, KernelProfile};
 use compat_tests::workload::Workload;
 use compat_tests::{BlockState, BpfPolicy, EmulatedKernel, Script};
@@ -30,6 +32,7 @@ enum Run {
     Offcpu {
         wakers: bool,
     },
+    Wall,
 }
 
 /// The options `psample -p PID -d 0.4 -o FILE` gives a session.
@@ -72,6 +75,17 @@ fn run_psample(kernel: Arc<EmulatedKernel>, pid: u32, run: Run) -> String {
                 wakers,
             };
             collect::offcpu::run(&opts, kernel.clone(), &mut Quiet)
+        }
+        Run::Wall => {
+            let opts = WallOptions {
+                session: session(pid, &out, None),
+                freq: 100,
+                min_us: 0,
+                max_us: None,
+                states: true,
+                wakers: false,
+            };
+            collect::wall::run(&opts, kernel.clone(), &mut Quiet)
         }
     };
     result.unwrap_or_else(|e| panic!("{name}: psample failed: {e}"));
@@ -299,6 +313,55 @@ emu_workload;main;emu_sleep_phase;--;emu_wake_peer_[w];emu_worker_main_[w];emu_w
 emu_workload;main;emu_wait_phase;--;emu_wake_peer_[w];emu_worker_main_[w];emu_worker 30010
 ";
 
+/// `off_cpu_script` with on-CPU samples of both threads while neither is off CPU.
+fn wall_script(w: &Workload) -> Script {
+    let mut s = off_cpu_script(w);
+    let a = w
+        .stack(&["emu_leaf_a", "emu_work", "emu_run", "main"])
+        .unwrap();
+    let spin = w.stack(&["emu_worker_spin", "emu_worker_main"]).unwrap();
+    s.on_cpu(&w.main_task(), &a, 0, 20 * MS, MS, 4);
+    s.on_cpu(&w.worker_task(), &spin, 1, 20 * MS + MS / 2, MS, 3);
+    s.on_cpu(&w.worker_task(), &spin, 1, 140 * MS, MS, 2);
+    s
+}
+
+/// `wall` at 100 Hz (each on-CPU sample 10 ms of CPU time), with `--state`: blocked time
+/// until the wakeup, runnable from there (one microsecond) or from a preemption (the
+/// worker's three, 1 ms each) to the switch-in. The same on every kernel.
+const WALL_EXPECTED: &str = "\
+emu_worker;emu_worker_main;emu_worker_spin;[off-cpu:D] 4000000
+emu_worker;emu_worker_main;emu_worker_spin;[on-cpu] 50000000
+emu_worker;emu_worker_main;emu_worker_spin;[runnable] 3005000
+emu_workload;main;emu_run;emu_work;emu_leaf_a;[on-cpu] 40000000
+emu_workload;main;emu_sleep_phase;[off-cpu:S] 70000000
+emu_workload;main;emu_sleep_phase;[runnable] 10000
+emu_workload;main;emu_wait_phase;[off-cpu:S] 30000000
+emu_workload;main;emu_wait_phase;[runnable] 10000
+";
+
+fn wall(p: KernelProfile) {
+    let name = p.name;
+    let w = Workload::start().expect("workload");
+    let k = kernel_for(p, &w, wall_script);
+    let folded = run_psample(k.clone(), w.pid, Run::Wall);
+    assert_eq!(folded, WALL_EXPECTED, "{name}");
+    // One layout for every event: cpu-clock carries RAW like the tracepoints it shares
+    // rings with.
+    let events = k.open_events();
+    let clocks: Vec<_> = events
+        .iter()
+        .filter(|(a, _, _)| a.type_ == event_type::SOFTWARE)
+        .collect();
+    assert_eq!(
+        clocks.len(),
+        4,
+        "{name}: cpu-clock on two threads, two CPUs"
+    );
+    let st = events[0].0.sample_type;
+    assert!(events.iter().all(|(a, _, _)| a.sample_type == st), "{name}");
+}
+
 macro_rules! per_profile {
     ($($module:ident => $profile:expr),* $(,)?) => {$(
         mod $module {
@@ -322,6 +385,11 @@ macro_rules! per_profile {
             #[test]
             fn offcpu_with_wakers_names_the_waker() {
                 assert_eq!(offcpu_wakers($profile), OFFCPU_WAKERS_EXPECTED);
+            }
+
+            #[test]
+            fn wall_gives_the_scripted_kinds_of_time() {
+                wall($profile);
             }
         }
     )*};

@@ -629,3 +629,74 @@ fn offcpu_blocked_time_under_old_kernels() {
     eprint!("{report}");
     assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
 }
+
+/// `wall` of wall_split (one worker looping 4 ms of CPU time and a 6 ms nanosleep, which
+/// reports its own CPU, sleep and loop time) under each old profile and plainly: the
+/// worker's on-CPU time matches the CPU time it measured, and its three kinds of time add
+/// up to its loop, each within 5 % of the loop; every line ends in its kind. Before 4.3 the
+/// off-CPU intervals end at the CPU-wide sched_switch, the thread's syscall exit or its next
+/// on-CPU sample, whichever comes first.
+#[test]
+fn wall_time_adds_up_under_old_kernels() {
+    require!(Need::Root);
+    let _one = serial();
+    let w = workload("wall_split");
+    let w = w.to_str().unwrap();
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    let profiles: Vec<Option<KernelProfile>> = std::iter::once(None)
+        .chain(old_profiles().into_iter().map(Some))
+        .collect();
+    for p in &profiles {
+        let r = run(p.as_ref(), &["wall", "-F", "499", "--", w, "-s", "1.5"]);
+        let mut kinds = [0u64; 3];
+        for (stack, n) in &r.folded {
+            let frames: Vec<&str> = stack.split(';').collect();
+            let i = match *frames.last().unwrap_or(&"") {
+                "[on-cpu]" => 0,
+                "[off-cpu]" => 1,
+                "[runnable]" => 2,
+                other => {
+                    failures.push(format!("{}: a line ends in {other:?}", r.label));
+                    continue;
+                }
+            };
+            if frames[0] == "wall_w0" {
+                kinds[i] += n;
+            }
+        }
+        let (cpu, looped) = (
+            r.workload_value("cpu_us") * 1e3,
+            r.workload_value("wall_us") * 1e3,
+        );
+        let [on, off, runnable] = kinds.map(|k| k as f64);
+        let total = on + off + runnable;
+        let mut bad = Vec::new();
+        if (on - cpu).abs() > 0.05 * looped {
+            bad.push(format!("on-CPU {on} ns, the worker measured {cpu} ns"));
+        }
+        if (total - looped).abs() > 0.05 * looped {
+            bad.push(format!(
+                "kinds sum to {total} ns, the loop took {looped} ns"
+            ));
+        }
+        if r.lost() != 0 {
+            bad.push(format!("{} lost", r.lost()));
+        }
+        report.push_str(&format!(
+            "{}: on {:.1}% off {:.1}% runnable {:.1}% = {:.1}% of the loop (cpu measured \
+             {:.1}%)\n",
+            r.label,
+            100.0 * on / looped,
+            100.0 * off / looped,
+            100.0 * runnable / looped,
+            100.0 * total / looped,
+            100.0 * cpu / looped
+        ));
+        if !bad.is_empty() {
+            failures.push(format!("{}\n{}", bad.join("; "), r.context()));
+        }
+    }
+    eprint!("{report}");
+    assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
+}

@@ -14,7 +14,7 @@ use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
 use super::legacy;
 use super::render::OffCpuReport;
 use crate::frame::Frame;
-use crate::names::Names;
+use crate::names::{NameId, Names};
 use crate::output::Labels;
 use crate::pipeline::Pipeline;
 use crate::session::driver::{monotonic_ns, Aggregation, Collector, Finished, Stopped};
@@ -100,8 +100,16 @@ impl OffCpu {
         if self.system_wide() || matches!(self.plan.target, Target::Command(_)) {
             return;
         }
+        // -t: only the threads asked for, not every thread of their processes.
+        let only: Option<HashSet<u32>> = match &self.plan.target {
+            Target::Tids(t) => Some(t.iter().copied().collect()),
+            _ => None,
+        };
         for &pid in &self.plan.pids {
             for tid in target::threads_of(pid).unwrap_or_default() {
+                if only.as_ref().is_some_and(|o| !o.contains(&tid)) {
+                    continue;
+                }
                 let Some(letter) = thread_state(pid, tid) else {
                     continue;
                 };
@@ -176,6 +184,21 @@ impl OffCpu {
         if w.success == Some(false) || w.pid <= 0 {
             return;
         }
+        // Without --wakers (wall mode) the wakeup only says when the thread became
+        // runnable: its sample carries no stack.
+        if !self.plan.options.wakers {
+            self.counts.wakeups += 1;
+            let (waker, waker_stack) = (p.name(IDLE_COMM), p.intern_stack(&[]));
+            let target_tid = w.pid as u32;
+            let ev = OffcpuEvent::Wakeup {
+                time,
+                cpu,
+                target_tid,
+                waker,
+                waker_stack,
+            };
+            return self.engine.push(ev);
+        }
         // Wakers are often outside the target (another process, an interrupt on top of
         // any task): learn their address space and name the first time they show up.
         if pid != 0 && !p.tracker.procs.contains(pid) {
@@ -235,6 +258,57 @@ impl OffCpu {
         let report = self.engine.take_report();
         self.totals.add_totals(&report);
         report
+    }
+
+    /// An on-CPU sample of `tid` standing for `period` ns of CPU time (`psample wall`).
+    pub fn sampled(&mut self, time: u64, cpu: u32, tid: u32, who: NameId, period: u64) {
+        self.first_time.get_or_insert(time);
+        self.last_time = self.last_time.max(time);
+        let ev = OffcpuEvent::Sampled {
+            time,
+            cpu,
+            tid,
+            who,
+            period,
+        };
+        self.engine.push(ev);
+    }
+
+    /// The ended interval's report ([`Collector::end_interval`] without the boxing).
+    pub fn end_report(&mut self) -> Report {
+        let report = self.take_report();
+        self.totals
+            .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
+        self.engine.forget_threads(|tid| !target::thread_alive(tid));
+        report
+    }
+
+    /// The last report and the window it covers ([`Collector::finish`] without the boxing).
+    pub fn finish_report(&mut self, stopped: &Stopped) -> (Report, Duration) {
+        let (mono, first, last) = (self.plan.clock_monotonic, self.first_time, self.last_time);
+        let stop_ns = self.stop_ns(stopped);
+        let stop_time = if mono { stop_ns } else { last };
+        self.engine_threads = self.engine.thread_entries();
+        let engine = std::mem::replace(&mut self.engine, Engine::new(Options::default(), 0));
+        let report = engine.finish(stop_time);
+        // The summary is about the whole session: in continuous mode, every interval's report.
+        self.totals.add_totals(&report);
+        self.window_ns = if mono {
+            stop_ns.saturating_sub(self.start_ns)
+        } else {
+            last.saturating_sub(first.unwrap_or(last))
+        };
+        (report, Duration::from_nanos(self.window_ns))
+    }
+
+    /// The report of the whole session so far (every interval's, after the finish).
+    pub fn totals(&self) -> &Report {
+        &self.totals
+    }
+
+    /// The window of the last profile, in ns (after the finish).
+    pub fn window_ns(&self) -> u64 {
+        self.window_ns
     }
 }
 
@@ -309,10 +383,7 @@ impl Collector for OffCpu {
     }
 
     fn end_interval(&mut self, _p: &mut Pipeline) -> Box<dyn Aggregation> {
-        let report = self.take_report();
-        self.totals
-            .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
-        self.engine.forget_threads(|tid| !target::thread_alive(tid));
+        let report = self.end_report();
         Box::new(OffCpuReport { report })
     }
 
@@ -332,22 +403,10 @@ impl Collector for OffCpu {
     }
 
     fn finish(&mut self, _p: &mut Pipeline, stopped: &Stopped) -> Finished {
-        let (mono, first, last) = (self.plan.clock_monotonic, self.first_time, self.last_time);
-        let stop_ns = self.stop_ns(stopped);
-        let stop_time = if mono { stop_ns } else { last };
-        self.engine_threads = self.engine.thread_entries();
-        let engine = std::mem::replace(&mut self.engine, Engine::new(Options::default(), 0));
-        let report = engine.finish(stop_time);
-        // The summary is about the whole session: in continuous mode, every interval's report.
-        self.totals.add_totals(&report);
-        self.window_ns = if mono {
-            stop_ns.saturating_sub(self.start_ns)
-        } else {
-            last.saturating_sub(first.unwrap_or(last))
-        };
+        let (report, window) = self.finish_report(stopped);
         Finished {
             aggregation: Box::new(OffCpuReport { report }),
-            window: Duration::from_nanos(self.window_ns),
+            window,
         }
     }
 
@@ -367,6 +426,22 @@ impl Collector for OffCpu {
             ),
         );
         top_threads(r, &p.tables.names, self.window_ns, s);
+        self.summarize_events(s);
+    }
+
+    fn summarize_tail(&self, p: &Pipeline, s: &mut Summary) {
+        self.summarize_losses(p, s);
+    }
+
+    fn table_sizes(&self) -> String {
+        format!(", {} engine threads", self.engine_threads)
+    }
+}
+
+impl OffCpu {
+    /// The summary's `events` line (and `switch-ins` before 4.3).
+    pub fn summarize_events(&self, s: &mut Summary) {
+        let r = &self.totals;
         let c = &self.counts;
         let undecodable = if c.decode_errors > 0 {
             format!(", {} undecodable", c.decode_errors)
@@ -382,13 +457,15 @@ impl Collector for OffCpu {
         );
         if self.plan.specs.cpu_switch.is_some() {
             let sys_exit = self.plan.specs.sys_exit.is_some();
-            let wakers = self.plan.options.wakers;
-            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakers);
+            // Wall mode sees every wakeup (without stacks): the bound is measured.
+            let wakeups = self.plan.options.wakers || self.plan.options.runnable;
+            let ends = legacy::describe_ends(r, c.switch_ins, sys_exit, wakeups);
             s.line("switch-ins", ends);
         }
     }
 
-    fn summarize_tail(&self, _p: &Pipeline, s: &mut Summary) {
+    /// What was not counted, the filters, the mechanisms.
+    pub fn summarize_losses(&self, _p: &Pipeline, s: &mut Summary) {
         let r = &self.totals;
         if r.dropped_intervals > 0 || r.capped_intervals > 0 {
             s.line(
@@ -401,13 +478,20 @@ impl Collector for OffCpu {
                 ),
             );
         }
-        s.line(
-            "filtered",
+        let filtered = if self.plan.options.runnable {
+            // Wall mode opens an interval for every state; only -m/-M leave time out.
+            format!(
+                "{} intervals outside -m/-M ({:.3} s of blocked time)",
+                r.filtered,
+                r.filtered_ns as f64 / 1e9
+            )
+        } else {
             format!(
                 "{} preemptions/other states, {} outside -m/-M",
                 r.not_blocked, r.filtered
-            ),
-        );
+            )
+        };
+        s.line("filtered", filtered);
         s.line("mechanisms", self.plan.mechanisms.join("; "));
         if !self.plan.clock_monotonic {
             s.warnings
@@ -415,8 +499,9 @@ impl Collector for OffCpu {
         }
     }
 
-    fn table_sizes(&self) -> String {
-        format!(", {} engine threads", self.engine_threads)
+    /// Threads the engine holds state for (after the finish).
+    pub fn engine_threads(&self) -> usize {
+        self.engine_threads
     }
 }
 

@@ -95,6 +95,31 @@ fn tracepoint_attr(
     on_exec: bool,
     sideband: bool,
 ) -> RawAttr {
+    sampled_attr(
+        EventKind::Tracepoint(id),
+        1,
+        mode,
+        (inherit, on_exec),
+        sideband,
+    )
+}
+
+/// `cpu-clock` sampled every `period_ns` of a task's CPU time, in the record layout of the
+/// tracepoints (RAW included, empty for it) so that it can share their rings: `psample
+/// wall`'s on-CPU samples. No side-band records: the `sched_switch` events carry them.
+pub fn cpu_clock_attr(period_ns: u64, mode: StackMode, inherit: bool, on_exec: bool) -> RawAttr {
+    let kind = EventKind::CpuClock;
+    sampled_attr(kind, period_ns.max(1), mode, (inherit, on_exec), false)
+}
+
+/// An event sampled every `period` (events or ns), with the stack the mode asks for.
+fn sampled_attr(
+    kind: EventKind,
+    period: u64,
+    mode: StackMode,
+    (inherit, on_exec): (bool, bool),
+    sideband: bool,
+) -> RawAttr {
     let mut st = sample::IP
         | sample::TID
         | sample::TIME
@@ -102,7 +127,7 @@ fn tracepoint_attr(
         | sample::PERIOD
         | sample::CALLCHAIN
         | sample::RAW;
-    let mut b = AttrBuilder::new(EventKind::Tracepoint(id)).period(1);
+    let mut b = AttrBuilder::new(kind).period(period);
     if let StackMode::Dwarf(size) = mode {
         st |= sample::REGS_USER | sample::STACK_USER;
         b = b
@@ -126,8 +151,13 @@ fn tracepoint_attr(
 }
 
 /// Define the switch spec (per task, with side-band records and context-switch records)
-/// and the wakeup spec (per CPU): returns them as (task specs, CPU specs).
-pub fn add_specs(s: &mut Setup<'_>, tp: &Tracepoints) -> (usize, Option<usize>) {
+/// and the wakeup spec (per CPU): returns them as (task specs, CPU specs). Wakeups carry
+/// the waker's stack with `waker_stacks` (`--wakers`); without, only when they happened.
+pub fn add_specs(
+    s: &mut Setup<'_>,
+    tp: &Tracepoints,
+    waker_stacks: bool,
+) -> (usize, Option<usize>) {
     let mode = s.opts.stack;
     let (inherit, on_exec) = (s.inherit(), s.is_command());
     s.session.ladder.allow_user_only = false;
@@ -141,19 +171,30 @@ pub fn add_specs(s: &mut Setup<'_>, tp: &Tracepoints) -> (usize, Option<usize>) 
     // Wakeups are opened per CPU for every task: per-task events only see wakeups their own
     // task performs (the tracepoint runs in the waker's context), not the ones it receives.
     let wakeup = tp.wakeup.as_ref().map(|(id, _)| {
-        let attr = tracepoint_attr(*id, mode, false, false, false);
+        let mut attr = tracepoint_attr(*id, mode, false, false, false);
+        if !waker_stacks {
+            // The layout is the ring's (the sample type cannot differ): no callchain, the
+            // least stack the kernel takes.
+            attr.set(flag::EXCLUDE_CALLCHAIN_KERNEL, true);
+            attr.set(flag::EXCLUDE_CALLCHAIN_USER, true);
+            if let StackMode::Dwarf(_) = mode {
+                attr.sample_stack_user = 8;
+            }
+        }
         s.session.add_spec("sched:sched_wakeup", attr)
     });
     (switch, wakeup)
 }
 
 /// After attaching: how switch-ins are seen (opening the CPU-wide fallback where
-/// context-switch records are refused) and the wakeup filter. Returns the specs and the
+/// context-switch records are refused) and the wakeup filter (`all_threads`: wakeups of
+/// every target thread are wanted, also of threads created later, and they carry no stack). Returns the specs and the
 /// mechanisms, as the summary lists them.
 pub fn complete(
     a: &mut Attached<'_>,
     tp: &Tracepoints,
     (switch, wakeup): (usize, Option<usize>),
+    all_threads: bool,
 ) -> Result<(Specs, Vec<String>), Error> {
     let system_wide = matches!(a.target, Target::AllCpus);
     let switch_records = a.session.ladder.support(Feature::ContextSwitch) == Support::Yes;
@@ -182,10 +223,20 @@ pub fn complete(
     }
     if let Some(spec) = wakeup {
         // Only wakeups of target threads matter: filter them in the kernel where it accepts
-        // the filter (new threads are still caught by the userspace check in the engine).
-        let filtered = !system_wide && filter::to_targets(a, spec, "pid");
+        // the filter. The filter names the threads there are now (for a launched command,
+        // only its first thread): wakeups of threads created later are lost to it, which
+        // `offcpu` accepts (a waker stack is big, and most wakeups on a busy host are not
+        // the targets'). With `all_threads` (wall without --wakers: every wakeup ends a
+        // blocked part, and carries no stack) only an exact thread list (-t) is filtered.
+        let fixed = match a.target {
+            Target::AllCpus => false,
+            Target::Tids(_) => true,
+            Target::Pids(_) | Target::Command(_) => !all_threads,
+        };
+        let filtered = fixed && filter::to_targets(a, spec, "pid");
+        let what = if all_threads { "wakeups" } else { "wakers" };
         mechanisms.push(format!(
-            "wakers: sched_wakeup per CPU{}",
+            "{what}: sched_wakeup per CPU{}",
             if filtered {
                 ", filtered in the kernel"
             } else {

@@ -4,6 +4,11 @@
 //! An interval runs from a task's switch-out in a blocked state to its next switch-in. The
 //! engine never invents time: when records may have been lost while an interval was open, it
 //! counts only the part that is certain and reports the rest as dropped.
+//!
+//! In wall mode ([`Options::runnable`], `psample wall`) the engine also counts the time a
+//! thread is off CPU but runnable: from a preemption to the switch-in, and from the first
+//! wakeup of a blocked interval to its switch-in. A thread is then, at every instant between
+//! its switch-out and its switch-in, either blocked or runnable, never both.
 
 use std::collections::HashMap;
 
@@ -94,6 +99,23 @@ pub enum OffcpuEvent {
         /// The process (its leader tid is alive again).
         pid: u32,
     },
+    /// An on-CPU sample of `tid` at `time` (wall mode), standing for `period` ns of its CPU
+    /// time: counted in the thread's on-CPU total. If an interval is still open (its
+    /// switch-in was missed), the thread is running again: the interval ends at
+    /// `time - period` (no earlier than its start). An interval found blocked at start
+    /// was never confirmed and is dropped, as at a switch-out.
+    Sampled {
+        /// When.
+        time: u64,
+        /// The CPU whose ring delivered it.
+        cpu: u32,
+        /// The thread sampled.
+        tid: u32,
+        /// Its name.
+        who: NameId,
+        /// The CPU time the sample stands for, in ns.
+        period: u64,
+    },
 }
 
 impl OffcpuEvent {
@@ -105,7 +127,8 @@ impl OffcpuEvent {
             | OffcpuEvent::Ran { time, .. }
             | OffcpuEvent::Wakeup { time, .. }
             | OffcpuEvent::Exit { time, .. }
-            | OffcpuEvent::Exec { time, .. } => Some(time),
+            | OffcpuEvent::Exec { time, .. }
+            | OffcpuEvent::Sampled { time, .. } => Some(time),
             OffcpuEvent::Lost { time, .. } => time,
         }
     }
@@ -151,6 +174,11 @@ pub struct Options {
     pub states: StateFilter,
     /// Attribute each interval to the stack that woke it (`--wakers`).
     pub wakers: bool,
+    /// Wall mode: preemptions, and the time from a blocked interval's first wakeup to its
+    /// switch-in, count as runnable time ([`Report::runnable`]); every blocked state opens
+    /// an interval, keys carry its state, and what `states`, `min_ns` and `max_ns` leave
+    /// out is counted as filtered time, so that a thread's kinds of time add up.
+    pub runnable: bool,
 }
 
 /// Who woke a blocked thread: the waker's name and stack.
@@ -172,6 +200,9 @@ pub struct StackKey {
     pub stack: StackId,
     /// `None` without `--wakers`, or when no wakeup was seen for the interval.
     pub waker: Option<WakerKey>,
+    /// Wall mode: the letter of the blocked state (`S`, `D`, …) of blocked time; `None` for
+    /// runnable time and outside wall mode.
+    pub state: Option<char>,
 }
 
 /// Blocked time of one thread.
@@ -183,6 +214,41 @@ pub struct ThreadTotals {
     pub blocked_ns: u64,
     /// Intervals counted.
     pub intervals: u64,
+    /// Wall mode: runnable nanoseconds counted.
+    pub runnable_ns: u64,
+    /// Wall mode: blocked nanoseconds the filters left out.
+    pub filtered_ns: u64,
+    /// Wall mode: on-CPU nanoseconds (sample periods).
+    pub oncpu_ns: u64,
+    /// Wall mode: the span of time its counted time covers (`first_ns` 0: nothing yet) —
+    /// from its first counted instant to its last, so a thread that started or exited
+    /// inside the window is not taken for one whose time went unexplained.
+    pub first_ns: u64,
+    /// See `first_ns`.
+    pub last_ns: u64,
+}
+
+impl ThreadTotals {
+    /// Wall mode: time from `start` to `end` was counted.
+    fn seen(&mut self, start: u64, end: u64) {
+        if self.first_ns == 0 || start < self.first_ns {
+            self.first_ns = start.max(1);
+        }
+        self.last_ns = self.last_ns.max(end);
+    }
+
+    /// Wall mode: the span its counted time covers.
+    pub fn span_ns(&self) -> u64 {
+        self.last_ns.saturating_sub(self.first_ns)
+    }
+
+    /// Wall mode: every kind of time accounted for (on-CPU, blocked, runnable, filtered).
+    pub fn accounted_ns(&self) -> u64 {
+        self.oncpu_ns
+            .saturating_add(self.blocked_ns)
+            .saturating_add(self.runnable_ns)
+            .saturating_add(self.filtered_ns)
+    }
 }
 
 /// The engine's result. Counters describe what happened to intervals that were not counted
@@ -227,6 +293,17 @@ pub struct Report {
     pub ran_slack_ns: u64,
     /// Of those, the ones without a wakeup seen, whose excess is not bounded.
     pub ran_unbounded: u64,
+    /// Wall mode: runnable nanoseconds per key (preempted: the stack it was preempted at;
+    /// woken: its blocked stack, and waker).
+    pub runnable: HashMap<StackKey, u64>,
+    /// Wall mode: runnable time of all intervals, including forgotten threads'.
+    pub runnable_ns: u64,
+    /// Wall mode: blocked time the filters (`states`, `min_ns`, `max_ns`) left out.
+    pub filtered_ns: u64,
+    /// Wall mode: intervals whose switch-in was missed, ended by an on-CPU sample.
+    pub ended_by_sample: u64,
+    /// Wall mode: on-CPU nanoseconds of all threads (sample periods).
+    pub oncpu_ns: u64,
 }
 
 /// Threads kept in `per_thread` when the rest are trimmed, for the summary's top list.
@@ -248,7 +325,7 @@ impl Report {
         let mut by_time: Vec<(u64, u32)> = self
             .per_thread
             .iter()
-            .map(|(&tid, t)| (t.blocked_ns, tid))
+            .map(|(&tid, t)| (t.accounted_ns(), tid))
             .collect();
         by_time.sort_unstable_by(|a, b| b.cmp(a));
         let top: Vec<u32> = by_time.iter().take(TOP_THREADS).map(|&(_, t)| t).collect();
@@ -267,6 +344,12 @@ impl Report {
             e.who = t.who;
             e.blocked_ns = e.blocked_ns.saturating_add(t.blocked_ns);
             e.intervals += t.intervals;
+            e.runnable_ns = e.runnable_ns.saturating_add(t.runnable_ns);
+            e.filtered_ns = e.filtered_ns.saturating_add(t.filtered_ns);
+            e.oncpu_ns = e.oncpu_ns.saturating_add(t.oncpu_ns);
+            if t.first_ns != 0 {
+                e.seen(t.first_ns, t.last_ns);
+            }
         }
         self.threads_forgotten += other.threads_forgotten;
         self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
@@ -283,6 +366,10 @@ impl Report {
         self.ended_by_ran += other.ended_by_ran;
         self.ran_slack_ns = self.ran_slack_ns.saturating_add(other.ran_slack_ns);
         self.ran_unbounded += other.ran_unbounded;
+        self.runnable_ns = self.runnable_ns.saturating_add(other.runnable_ns);
+        self.filtered_ns = self.filtered_ns.saturating_add(other.filtered_ns);
+        self.ended_by_sample += other.ended_by_sample;
+        self.oncpu_ns = self.oncpu_ns.saturating_add(other.oncpu_ns);
     }
 }
 
@@ -291,12 +378,32 @@ struct Interval {
     start: u64,
     who: NameId,
     stack: StackId,
+    /// The state it switched out in (`Runnable`: preempted, wall mode only).
+    state: TaskState,
     waker: Option<WakerKey>,
     /// Time of the last wakeup seen while open.
     woken_at: Option<u64>,
+    /// Time of the first wakeup seen while open: runnable from here (wall mode).
+    runnable_from: Option<u64>,
     at_start: bool,
     /// Earliest start of a loss window seen while open: the interval is certain only up to here.
     certain_until: Option<u64>,
+}
+
+impl Interval {
+    fn new(start: u64, who: NameId, stack: StackId, state: TaskState, at_start: bool) -> Self {
+        Interval {
+            start,
+            who,
+            stack,
+            state,
+            waker: None,
+            woken_at: None,
+            runnable_from: None,
+            at_start,
+            certain_until: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -344,22 +451,18 @@ impl Engine {
         if tid == 0 {
             return;
         }
-        if !self.opts.states.accepts(state) {
+        // In wall mode a thread runnable at the start is the caller's (it may be running).
+        if self.opts.runnable && state == TaskState::Runnable {
+            return;
+        }
+        if !self.opts.runnable && !self.opts.states.accepts(state) {
             self.report.not_blocked += 1;
             return;
         }
         let start = self.now;
         let thread = self.threads.entry(tid).or_default();
         if thread.open.is_none() {
-            thread.open = Some(Interval {
-                start,
-                who,
-                stack,
-                waker: None,
-                woken_at: None,
-                at_start: true,
-                certain_until: None,
-            });
+            thread.open = Some(Interval::new(start, who, stack, state, true));
         }
     }
 
@@ -407,6 +510,9 @@ impl Engine {
                 {
                     // The last wakeup before the switch-in is the one that made it runnable.
                     open.woken_at = Some(time);
+                    // ... unless it was runnable already (a wakeup of a runnable task is
+                    // traced too): runnable time starts at the first.
+                    open.runnable_from.get_or_insert(time);
                     if self.opts.wakers {
                         open.waker = Some(WakerKey {
                             who: waker,
@@ -427,6 +533,16 @@ impl Engine {
                 if let Some(thread) = self.threads.get_mut(&pid) {
                     thread.exited = false;
                 }
+            }
+            OffcpuEvent::Sampled {
+                cpu,
+                tid,
+                who,
+                period,
+                ..
+            } => {
+                self.cpu_last.insert(cpu, time);
+                self.sampled(time, tid, who, period);
             }
         }
     }
@@ -451,7 +567,12 @@ impl Engine {
                 self.close_uncertain(tid, open, time);
             }
         }
-        if !self.opts.states.accepts(state) {
+        // Wall mode opens an interval for every state (filters apply when it closes).
+        let opens = match self.opts.runnable {
+            true => state != TaskState::Dead,
+            false => self.opts.states.accepts(state),
+        };
+        if !opens {
             if state == TaskState::Dead {
                 self.threads.remove(&tid);
             } else {
@@ -460,15 +581,7 @@ impl Engine {
             return;
         }
         let thread = self.threads.entry(tid).or_default();
-        thread.open = Some(Interval {
-            start: time,
-            who,
-            stack,
-            waker: None,
-            woken_at: None,
-            at_start: false,
-            certain_until: None,
-        });
+        thread.open = Some(Interval::new(time, who, stack, state, false));
     }
 
     fn switch_in(&mut self, time: u64, tid: u32) {
@@ -501,6 +614,30 @@ impl Engine {
             None => self.report.ran_unbounded += 1,
         }
         self.close(tid, open, time);
+    }
+
+    /// An on-CPU sample of a thread whose interval is open (see [`OffcpuEvent::Sampled`]).
+    fn sampled(&mut self, time: u64, tid: u32, who: NameId, period: u64) {
+        self.report.oncpu_ns = self.report.oncpu_ns.saturating_add(period);
+        let thread = self.report.per_thread.entry(tid).or_default();
+        thread.who = who;
+        thread.oncpu_ns = thread.oncpu_ns.saturating_add(period);
+        thread.seen(time.saturating_sub(period), time);
+        let Some(open) = self.threads.get_mut(&tid).and_then(|t| t.open.take()) else {
+            return;
+        };
+        let end = time.saturating_sub(period).max(open.start);
+        if open.at_start {
+            if open.certain_until.is_none() {
+                // It was running when recording started: not blocked at all.
+                self.report.start_unconfirmed += 1;
+            } else {
+                self.close_uncertain(tid, open, end);
+            }
+            return;
+        }
+        self.report.ended_by_sample += 1;
+        self.close(tid, open, end);
     }
 
     /// Without a start time on the events' clock, intervals of threads blocked at start begin
@@ -567,18 +704,44 @@ impl Engine {
             }
             _ => end,
         };
-        let len = counted_end - open.start;
+        if !self.opts.runnable {
+            self.count_blocked(tid, &open, counted_end - open.start);
+            return;
+        }
+        // Wall mode: blocked until the first wakeup (none for a preemption), runnable after.
+        let split = match (open.state, open.runnable_from) {
+            (TaskState::Runnable, _) => open.start,
+            (_, Some(w)) => w.clamp(open.start, counted_end),
+            (_, None) => counted_end,
+        };
+        self.count_blocked(tid, &open, split - open.start);
+        self.count_runnable(tid, &open, counted_end - split);
+        if let Some(t) = self.report.per_thread.get_mut(&tid) {
+            t.seen(open.start, counted_end);
+        }
+    }
+
+    /// Count `len` of `open` as blocked time, unless the filters leave it out.
+    fn count_blocked(&mut self, tid: u32, open: &Interval, len: u64) {
         if len == 0 {
             return;
         }
-        if len < self.opts.min_ns || self.opts.max_ns.is_some_and(|max| len > max) {
+        let state_filtered = self.opts.runnable && !self.opts.states.accepts(open.state);
+        if state_filtered || len < self.opts.min_ns || self.opts.max_ns.is_some_and(|m| len > m) {
             self.report.filtered += 1;
+            if self.opts.runnable {
+                self.report.filtered_ns = self.report.filtered_ns.saturating_add(len);
+                let thread = self.report.per_thread.entry(tid).or_default();
+                thread.who = open.who;
+                thread.filtered_ns = thread.filtered_ns.saturating_add(len);
+            }
             return;
         }
         let key = StackKey {
             who: open.who,
             stack: open.stack,
             waker: open.waker,
+            state: self.opts.runnable.then(|| open.state.letter()),
         };
         let total = self.report.by_stack.entry(key).or_default();
         *total = total.saturating_add(len);
@@ -588,6 +751,25 @@ impl Engine {
         thread.blocked_ns = thread.blocked_ns.saturating_add(len);
         thread.intervals += 1;
         self.report.counted_intervals += 1;
+    }
+
+    /// Count `len` of `open` as runnable time (wall mode).
+    fn count_runnable(&mut self, tid: u32, open: &Interval, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let key = StackKey {
+            who: open.who,
+            stack: open.stack,
+            waker: open.waker,
+            state: None,
+        };
+        let total = self.report.runnable.entry(key).or_default();
+        *total = total.saturating_add(len);
+        self.report.runnable_ns = self.report.runnable_ns.saturating_add(len);
+        let thread = self.report.per_thread.entry(tid).or_default();
+        thread.who = open.who;
+        thread.runnable_ns = thread.runnable_ns.saturating_add(len);
     }
 
     /// Continuous mode: the report of the intervals closed so far. Open intervals keep
@@ -729,6 +911,7 @@ mod tests {
             who: tid,
             stack,
             waker: None,
+            state: None,
         }
     }
 
@@ -750,6 +933,7 @@ mod tests {
             who: 2,
             stack: 0,
             waker: None,
+            state: None,
         };
         assert_eq!(second.by_stack.get(&key), Some(&(15 * MS)));
         assert_eq!(second.by_stack.len(), 1);
@@ -1196,6 +1380,7 @@ mod tests {
             who,
             stack: 3,
             waker: None,
+            state: None,
         };
         assert_eq!(r.by_stack[&k], 5000 * 4);
         assert_eq!(r.blocked_ns, 5000 * 4);
@@ -1213,6 +1398,7 @@ mod tests {
                     who: 0,
                     blocked_ns: u64::from(tid),
                     intervals: 1,
+                    ..ThreadTotals::default()
                 },
             );
         }
@@ -1266,5 +1452,91 @@ mod tests {
             prop_assert_eq!(by_stack, by_thread);
             prop_assert_eq!(by_stack, report.blocked_ns);
         }
+    }
+
+    fn wall() -> Options {
+        Options {
+            runnable: true,
+            ..Options::default()
+        }
+    }
+
+    fn sampled(time: u64, tid: u32, period: u64) -> OffcpuEvent {
+        OffcpuEvent::Sampled {
+            time,
+            cpu: 0,
+            tid,
+            who: tid,
+            period,
+        }
+    }
+
+    fn with_state(k: StackKey, letter: char) -> StackKey {
+        StackKey {
+            state: Some(letter),
+            ..k
+        }
+    }
+
+    /// Wall mode: a preemption is runnable until the switch-in; a blocked interval is
+    /// blocked until its first wakeup and runnable from there; on-CPU samples count by
+    /// their period; per thread the kinds cover exactly the time seen.
+    #[test]
+    fn wall_mode_splits_blocked_runnable_and_on_cpu_time() {
+        let r = run(
+            wall(),
+            0,
+            100 * MS,
+            &[
+                sampled(10 * MS, 1, 10 * MS),
+                out(10 * MS, 1, R, 5),
+                sin(14 * MS, 1),
+                sampled(20 * MS, 1, 6 * MS),
+                out(20 * MS, 1, S, 6),
+                wake(50 * MS, 1, 9, 0),
+                // A second wakeup of a task already runnable does not move the split.
+                wake(55 * MS, 1, 9, 0),
+                sin(60 * MS, 1),
+                sampled(100 * MS, 1, 40 * MS),
+            ],
+        );
+        assert_eq!(r.runnable[&key(1, 5)], 4 * MS);
+        assert_eq!(r.runnable[&key(1, 6)], 10 * MS);
+        assert_eq!(r.by_stack[&with_state(key(1, 6), 'S')], 30 * MS);
+        assert_eq!(r.by_stack.len(), 1, "a preemption is not blocked time");
+        let t = &r.per_thread[&1];
+        assert_eq!(
+            (t.oncpu_ns, t.blocked_ns, t.runnable_ns),
+            (56 * MS, 30 * MS, 14 * MS)
+        );
+        assert_eq!(t.accounted_ns(), 100 * MS);
+        assert_eq!((t.first_ns, t.last_ns), (1, 100 * MS));
+        assert_eq!(r.oncpu_ns, 56 * MS);
+    }
+
+    /// An on-CPU sample of a thread whose switch-in was missed ends its interval where the
+    /// sample's period began; -m/-M leave blocked time out but count it as filtered.
+    #[test]
+    fn wall_mode_samples_end_missed_switch_ins_and_filters_are_counted() {
+        let opts = Options {
+            min_ns: 5 * MS,
+            ..wall()
+        };
+        let r = run(
+            opts,
+            0,
+            100 * MS,
+            &[
+                out(10 * MS, 1, D, 3),
+                sampled(40 * MS, 1, 10 * MS),
+                out(50 * MS, 1, S, 4),
+                sin(52 * MS, 1),
+            ],
+        );
+        assert_eq!(r.ended_by_sample, 1);
+        assert_eq!(r.by_stack[&with_state(key(1, 3), 'D')], 20 * MS);
+        assert_eq!(r.filtered_ns, 2 * MS);
+        assert_eq!(r.per_thread[&1].filtered_ns, 2 * MS);
+        assert!(!r.by_stack.keys().any(|k| k.stack == 4));
     }
 }

@@ -120,10 +120,10 @@ pub fn run_session(
         }
     }
     let tp = events::Tracepoints::locate(kernel.as_ref(), args.wakers)?;
-    let (switch, wakeup) = events::add_specs(&mut s, &tp);
+    let (switch, wakeup) = events::add_specs(&mut s, &tp, true);
     let cpu_specs: Vec<usize> = wakeup.into_iter().collect();
     let mut a = s.attach(&[switch], &cpu_specs)?;
-    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup))?;
+    let (specs, mechanisms) = events::complete(&mut a, &tp, (switch, wakeup), false)?;
     let support = |f| a.session.ladder.support(f) == Support::Yes;
     let plan = Plan {
         options: Options {
@@ -131,6 +131,7 @@ pub fn run_session(
             max_ns: args.max_us.map(|m| m.saturating_mul(1000)),
             states: args.state,
             wakers: args.wakers,
+            runnable: false,
         },
         specs,
         mechanisms,

@@ -79,29 +79,8 @@ fn render(
                 continue;
             }
             let comm = escape_comm(names.get(key.who));
-            let mut nodes: Vec<pprof::Node<'_>> = Vec::new();
-            let waker_comm;
-            if let Some(w) = key.waker {
-                waker_comm = escape_comm(names.get(w.who));
-                nodes.push(pprof::Node::Text(&waker_comm));
-                nodes.extend(
-                    stacks
-                        .get(w.stack)
-                        .iter()
-                        .rev()
-                        .map(|f| pprof::Node::Waker(*f)),
-                );
-                nodes.push(pprof::Node::Text("--"));
-            }
-            // Leaf first, the reverse of the folded line: waker's comm, waker root..leaf,
-            // "--", blocked leaf..root, comm.
-            let mut blocked: Vec<pprof::Node<'_>> = stacks
-                .get(key.stack)
-                .iter()
-                .map(|f| pprof::Node::Frame(*f))
-                .collect();
-            blocked.push(pprof::Node::Text(&comm));
-            nodes.extend(blocked);
+            let waker_comm = key.waker.map(|w| escape_comm(names.get(w.who)));
+            let nodes = key_nodes(key, stacks, &comm, waker_comm.as_deref());
             b.add(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)]);
         }
     }
@@ -112,6 +91,32 @@ fn render(
         time_nanos: pprof::time_nanos(window.0),
         duration_nanos: window.1.as_nanos().min(i64::MAX as u128) as i64,
     }))
+}
+
+/// A key's pprof nodes, leaf first (the reverse of the folded line): the waker's comm, the
+/// waker's stack root..leaf, "--", the blocked stack leaf..root, `comm`. `waker_comm` is
+/// the escaped name of the key's waker, if it has one.
+pub fn key_nodes<'a>(
+    key: &StackKey,
+    stacks: &crate::stacks::Stacks,
+    comm: &'a str,
+    waker_comm: Option<&'a str>,
+) -> Vec<pprof::Node<'a>> {
+    let mut nodes: Vec<pprof::Node<'a>> = Vec::new();
+    if let (Some(w), Some(waker_comm)) = (key.waker, waker_comm) {
+        nodes.push(pprof::Node::Text(waker_comm));
+        nodes.extend(
+            stacks
+                .get(w.stack)
+                .iter()
+                .rev()
+                .map(|f| pprof::Node::Waker(*f)),
+        );
+        nodes.push(pprof::Node::Text("--"));
+    }
+    nodes.extend(stacks.get(key.stack).iter().map(|f| pprof::Node::Frame(*f)));
+    nodes.push(pprof::Node::Text(comm));
+    nodes
 }
 
 /// Render the report as folded lines with microsecond counts.
@@ -132,10 +137,19 @@ fn fold_report(report: &Report, t: &Snapshot, sym: &mut Symbolizer) -> Vec<(Stri
 
 /// The folded line of every key of a report.
 fn report_lines(report: &Report, t: &Snapshot, sym: &mut Symbolizer) -> HashMap<StackKey, String> {
+    let mut folder = Folder::new(sym, &t.procs, &t.tables.frame_names);
+    key_lines(&mut folder, t, report.by_stack.keys())
+}
+
+/// The folded line of each of `keys` (`comm;blocked…[;--;waker…;waker_comm]`).
+pub fn key_lines<'k>(
+    folder: &mut Folder<'_>,
+    t: &Snapshot,
+    keys: impl Iterator<Item = &'k StackKey>,
+) -> HashMap<StackKey, String> {
     let mut out: HashMap<StackKey, String> = HashMap::new();
     let (stacks, names) = (&t.tables.stacks, &t.tables.names);
-    let mut folder = Folder::new(sym, &t.procs, &t.tables.frame_names);
-    for key in report.by_stack.keys() {
+    for key in keys {
         let mut line = folder.render(names.get(key.who), stacks.get(key.stack));
         if let Some(w) = key.waker {
             line.push_str(";--");

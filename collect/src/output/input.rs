@@ -28,10 +28,28 @@ pub fn load_folded(path: &Path) -> Result<Vec<(String, u64)>, String> {
     if looks_binary {
         let p = pprof::Profile::read(&bytes, pprof::MAX_DECODED_BYTES)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let idx = pprof::value_index(&p, &["samples", "off-cpu"]);
-        return pprof::to_folded(&p, idx).map_err(|e| format!("{}: {e}", path.display()));
+        return pprof_folded(&p).map_err(|e| format!("{}: {e}", path.display()));
     }
     parse_folded(&String::from_utf8_lossy(&bytes)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The folded lines of a pprof profile. A `psample wall` profile (values `cpu`, `off-cpu`,
+/// `runnable`, one of them set per sample, its kind the leaf) reads as the wall folded
+/// output: all three values.
+fn pprof_folded(p: &pprof::Profile) -> Result<Vec<(String, u64)>, String> {
+    let types: Vec<&str> = p.sample_type.iter().map(|t| p.string(t.ty)).collect();
+    if types == ["cpu", "off-cpu", "runnable"] {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for i in 0..types.len() {
+            for (line, n) in pprof::to_folded(p, i)? {
+                let e = m.entry(line).or_insert(0);
+                *e = e.saturating_add(n);
+            }
+        }
+        return Ok(m.into_iter().collect());
+    }
+    let idx = pprof::value_index(p, &["samples", "off-cpu"]);
+    pprof::to_folded(p, idx)
 }
 
 /// Parse folded text (`stack count` per line; blank lines ignored), merging repeated stacks.
