@@ -239,3 +239,53 @@ fn pprof_samples_are_labelled_and_the_executable_is_the_main_mapping() {
         .unwrap_or_default();
     assert!(first.contains("cpu_split_fp"), "{raw}");
 }
+
+/// offcpu's samples carry the same labels as record's, from the ring path and from the
+/// in-kernel (BPF) path: pid, tid, thread, container and every `--label`.
+#[test]
+fn offcpu_pprof_samples_are_labelled() {
+    require!(Need::Root);
+    let _g = serial();
+    let cg = TestCgroup::new();
+    let w = start("sleep_pipe", &[]);
+    cg.add(w.pid);
+    let container = cg.name.trim_start_matches('/').to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for bpf in ["never", "always"] {
+        let out = dir.path().join(format!("off-{bpf}.pb.gz"));
+        let pid = w.pid.to_string();
+        let o = Command::new(psample())
+            .args(["offcpu", "-d", "1", "--call-graph", "fp", "--bpf", bpf])
+            .args(["--label", "env=test", "-p", &pid, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{bpf}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let tags = go_pprof(&["-tags"], &out);
+        for want in [
+            "env: Total",
+            &pid,
+            &format!(": {container}"),
+            ": sleep_pipe",
+        ] {
+            assert!(tags.contains(want), "{bpf}: want {want:?} in\n{tags}");
+        }
+        let p =
+            collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+        let label = |s: &collect::output::pprof::proto::Sample, k: &str| {
+            s.label.iter().find(|l| p.string(l.key) == k).copied()
+        };
+        assert!(!p.sample.is_empty(), "{bpf}");
+        for s in &p.sample {
+            assert_eq!(label(s, "pid").map(|l| l.num), Some(w.pid as i64), "{bpf}");
+            assert_eq!(label(s, "tid").map(|l| l.num), Some(w.pid as i64), "{bpf}");
+            assert_eq!(p.string(label(s, "thread").unwrap().str), "sleep_pipe");
+            assert_eq!(p.string(label(s, "env").unwrap().str), "test");
+            assert_eq!(p.string(label(s, "container").unwrap().str), container);
+        }
+    }
+}

@@ -281,7 +281,7 @@ pub fn run_session(
     let plan = BpfPlan {
         target: a.target.clone(),
         pids: a.pids.clone(),
-        labels: labels(args.wakers),
+        labels: labels(args.wakers, &args.session.labels),
         wakers: args.wakers,
     };
     let mut collector = InKernel::new(plan, *loaded);

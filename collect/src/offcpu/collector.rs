@@ -12,7 +12,7 @@ use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 use super::events::{Specs, Tracepoints};
 use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
 use super::legacy;
-use super::render::OffCpuReport;
+use super::render::{OffCpuReport, ThreadLabels};
 use crate::frame::Frame;
 use crate::names::{NameId, Names};
 use crate::output::Labels;
@@ -382,9 +382,9 @@ impl Collector for OffCpu {
         self.upkeep.run(&mut self.engine);
     }
 
-    fn end_interval(&mut self, _p: &mut Pipeline) -> Box<dyn Aggregation> {
+    fn end_interval(&mut self, p: &mut Pipeline) -> Box<dyn Aggregation> {
         let report = self.end_report();
-        Box::new(OffCpuReport { report })
+        Box::new(self.labeled(p, report))
     }
 
     fn keep(&self, keep: &mut Keep) {
@@ -402,10 +402,10 @@ impl Collector for OffCpu {
         }
     }
 
-    fn finish(&mut self, _p: &mut Pipeline, stopped: &Stopped) -> Finished {
+    fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
         let (report, window) = self.finish_report(stopped);
         Finished {
-            aggregation: Box::new(OffCpuReport { report }),
+            aggregation: Box::new(self.labeled(p, report)),
             window,
         }
     }
@@ -429,6 +429,14 @@ impl Collector for OffCpu {
 }
 
 impl OffCpu {
+    /// `report` with its threads' labels (pid from the records seen, else /proc).
+    fn labeled(&self, p: &Pipeline, report: Report) -> OffCpuReport {
+        let labels = ThreadLabels::of(&report, &self.plan.labels.extra, |tid| {
+            pid_of_thread(&p.tracker, tid)
+        });
+        OffCpuReport { report, labels }
+    }
+
     /// The summary's `events` line (and `switch-ins` before 4.3).
     pub fn summarize_events(&self, s: &mut Summary) {
         let r = &self.totals;

@@ -17,7 +17,7 @@ use perfring::tracepoint::TaskState;
 use super::bpf::Loaded;
 use super::collector::{blocked_lines, proc_kernel_stack, thread_state, TRIM_THREADS};
 use super::intervals::{Report, StackKey, ThreadTotals, WakerKey};
-use super::render::OffCpuReport;
+use super::render::{OffCpuReport, ThreadLabels};
 use crate::frame::Frame;
 use crate::output::Labels;
 use crate::pipeline::Pipeline;
@@ -82,6 +82,8 @@ pub struct InKernel {
     window_ns: u64,
     frames: Vec<Frame>,
     addrs: Vec<u64>,
+    /// The process of each thread in the current report's keys.
+    pids: HashMap<u32, u32>,
 }
 
 fn comm(c: &[u8; 16]) -> String {
@@ -111,6 +113,7 @@ impl InKernel {
             window_ns: 0,
             frames: Vec::new(),
             addrs: Vec::new(),
+            pids: HashMap::new(),
         }
     }
 
@@ -184,6 +187,7 @@ impl InKernel {
         n: u64,
     ) {
         let who = p.name(&comm(&key.comm));
+        self.pids.insert(key.tid, key.tgid);
         let r = &mut self.report;
         *r.by_stack
             .entry(StackKey {
@@ -191,6 +195,7 @@ impl InKernel {
                 stack,
                 waker,
                 state: None,
+                tid: key.tid,
             })
             .or_insert(0) += ns;
         let t = r.per_thread.entry(key.tid).or_insert(ThreadTotals {
@@ -347,6 +352,16 @@ impl InKernel {
         }
     }
 
+    /// `report` with its threads' labels (pids from the programs' keys); the pids of the
+    /// next report are gathered afresh.
+    fn labeled(&mut self, report: Report) -> OffCpuReport {
+        let pids = std::mem::take(&mut self.pids);
+        let labels = ThreadLabels::of(&report, &self.plan.labels.extra, |tid| {
+            pids.get(&tid).copied().unwrap_or(tid)
+        });
+        OffCpuReport { report, labels }
+    }
+
     fn take_report(&mut self) -> Report {
         let report = std::mem::take(&mut self.report);
         self.totals.add_totals(&report);
@@ -452,7 +467,7 @@ impl Collector for InKernel {
         let report = self.take_report();
         self.totals
             .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
-        Box::new(OffCpuReport { report })
+        Box::new(self.labeled(report))
     }
 
     fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
@@ -463,7 +478,7 @@ impl Collector for InKernel {
         self.window_ns = stopped.monotonic_ns.saturating_sub(self.start_ns);
         let report = self.take_report();
         Finished {
-            aggregation: Box::new(OffCpuReport { report }),
+            aggregation: Box::new(self.labeled(report)),
             window: Duration::from_nanos(self.window_ns),
         }
     }

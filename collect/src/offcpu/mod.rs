@@ -85,7 +85,7 @@ const PAGES: DefaultPages = DefaultPages {
     dwarf: 512,
 };
 
-fn labels(wakers: bool) -> Labels {
+fn labels(wakers: bool, extra: &[(String, String)]) -> Labels {
     Labels {
         title: if wakers {
             "psample offcpu (with wakers)".into()
@@ -93,7 +93,7 @@ fn labels(wakers: bool) -> Labels {
             "psample offcpu".into()
         },
         count_name: "us".into(),
-        extra: Vec::new(),
+        extra: extra.to_vec(),
     }
 }
 
@@ -103,7 +103,7 @@ pub fn run(
     kernel: Arc<dyn Kernel>,
     observer: &mut dyn Observer,
 ) -> Result<(), Error> {
-    let labels = labels(args.wakers);
+    let labels = labels(args.wakers, &args.session.labels);
     session::run_command(
         &args.session,
         "offcpu",
@@ -182,6 +182,7 @@ pub fn run_session(
             states: args.state,
             wakers: args.wakers,
             runnable: false,
+            by_thread: true,
         },
         specs,
         mechanisms,
@@ -189,7 +190,7 @@ pub fn run_session(
         switch_records: support(Feature::ContextSwitch),
         target: a.target.clone(),
         pids: a.pids.clone(),
-        labels: labels(args.wakers),
+        labels: labels(args.wakers, &args.session.labels),
     };
     let mut collector = OffCpu::new(plan, &tp);
     a.run(&mut collector, intervals, observer)

@@ -123,6 +123,7 @@ pub fn run_session(
             states: StateFilter::Blocked,
             wakers: args.wakers,
             runnable: true,
+            by_thread: false,
         },
         specs,
         mechanisms,
