@@ -112,6 +112,74 @@ fn summary_json_has_the_summary_and_the_status() {
     );
 }
 
+/// offcpu's JSON carries its numbers too, from the ring path and the in-kernel (BPF) path:
+/// blocked time (equal to the text line's and to the folded output's), events, what was
+/// filtered, lost records, stack health and the mechanisms.
+#[test]
+fn offcpu_summary_json_has_the_numbers() {
+    require!(Need::Root);
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("offcpu.json");
+    for bpf in ["never", "always"] {
+        let out = run_psample_env(
+            &[
+                "offcpu",
+                "--call-graph",
+                "fp",
+                "--bpf",
+                bpf,
+                "--summary-json",
+                json.to_str().unwrap(),
+                "--",
+                workload("sleep_pipe").to_str().unwrap(),
+                "-s",
+                "1",
+            ],
+            &[],
+        );
+        assert_eq!(out.status, 0, "{bpf}: {}", out.stderr);
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(doc["command"], "offcpu");
+        let s = &doc["sessions"][0];
+        let text = summary_number(&out.stderr, "blocked time").unwrap();
+        let seconds = s["blocked"]["seconds"].as_f64().unwrap();
+        assert!(seconds > 0.5, "{bpf}: {s}");
+        assert!((seconds - text).abs() < 0.001, "{bpf}: {text} vs {s}");
+        let folded_us: u64 = parse_folded(&out.folded).values().sum();
+        assert!(
+            (seconds * 1e6 - folded_us as f64).abs() < 1000.0,
+            "{bpf}: {s}"
+        );
+        assert!(
+            s["blocked"]["intervals"].as_u64().unwrap() > 50,
+            "{bpf}: {s}"
+        );
+        let top = &s["blocked"]["top_threads"][0];
+        assert_eq!(top["thread"], "sleep_pipe", "{bpf}: {s}");
+        assert!(s["filtered"]["other_states"].is_u64(), "{bpf}: {s}");
+        assert!(s["lost"]["records"].is_u64(), "{bpf}: {s}");
+        assert!(s["fallbacks"].is_array(), "{bpf}: {s}");
+        assert!(
+            !s["mechanisms"].as_array().unwrap().is_empty(),
+            "{bpf}: {s}"
+        );
+        assert_eq!(s["command_exit"]["status"], 0);
+        if bpf == "never" {
+            assert!(s["events"]["switch_outs"].as_u64().unwrap() > 50, "{s}");
+            // In-kernel stacks are not walked by psample: no health to report there.
+            assert!(
+                s["stack_health"]["user_stacks"].as_u64().unwrap() > 0,
+                "{s}"
+            );
+        } else {
+            assert!(s["bpf"]["keys"].as_u64().unwrap() > 0, "{s}");
+            assert!(s["switch_ins"]["unpaired_dropped"].is_u64(), "{s}");
+        }
+    }
+}
+
 /// Completions bash loads: completing `psample rec` offers `record`, and `psample record
 /// --cg` offers `--cgroup`.
 #[test]

@@ -15,7 +15,9 @@ use perfring::record::{push_stack, Record};
 use perfring::tracepoint::TaskState;
 
 use super::bpf::Loaded;
-use super::collector::{blocked_lines, proc_kernel_stack, thread_state, TRIM_THREADS};
+use super::collector::{
+    blocked_lines, filtered_fact, proc_kernel_stack, thread_state, TRIM_THREADS,
+};
 use super::intervals::{Report, StackKey, ThreadTotals, WakerKey};
 use super::render::{OffCpuReport, ThreadLabels};
 use crate::frame::Frame;
@@ -504,6 +506,24 @@ impl Collector for InKernel {
             ),
         );
         let lost = c.spill_failed + self.bpf.unresolved + seen.stacks_missing;
+        s.fact(
+            "bpf",
+            serde_json::json!({
+                "keys": seen.keys,
+                "spilled_intervals": seen.spilled_intervals,
+                "spilled_stacks": seen.spilled_stacks,
+                "user_stacks_not_recorded": c.user_not_recorded,
+                "kernel_stacks_not_recorded": c.kernel_not_recorded,
+                "count_map_full": c.count_map_full,
+                "lost": lost,
+                "spill_refused": c.spill_failed,
+                "unresolved_stacks": self.bpf.unresolved,
+                "spilled_stacks_missing": seen.stacks_missing,
+                "start_map_full": c.start_map_full,
+                "undecodable": seen.undecodable,
+                "skipped_runs": self.bpf.skipped_runs(),
+            }),
+        );
         s.line(
             "bpf lost",
             format!(
@@ -531,6 +551,14 @@ impl Collector for InKernel {
                 format!("{n} program runs skipped by the kernel (BPF already active on that CPU)"),
             );
         }
+        s.fact(
+            "switch_ins",
+            serde_json::json!({
+                "dated_by_cpu_time": c.ended_by_runtime,
+                "ended_at_wakeup": c.ended_at_wakeup,
+                "unpaired_dropped": c.unpaired,
+            }),
+        );
         s.line(
             "switch-ins",
             format!(
@@ -561,7 +589,10 @@ impl Collector for InKernel {
                 ),
             );
         }
+        filtered_fact(s, c.not_blocked, c.filtered);
+        s.fact("blocked_at_start_running", c.start_unconfirmed);
         s.line("mechanisms", self.mechanisms.join("; "));
+        s.fact("mechanisms", self.mechanisms.clone());
     }
 
     fn table_sizes(&self) -> String {

@@ -176,6 +176,16 @@ impl Summary {
             ));
         }
         self.line("stack health", v);
+        self.fact(
+            "stack_health",
+            json!({
+                "user_stacks": h.stacks,
+                "broken_percent": (h.broken_pct() * 10.0).round() / 10.0,
+                "outside_executable_mappings": h.outside,
+                "stopped_at_sampled_address": h.ip_only,
+                "cut_at_stack_copy_end": h.cut,
+            }),
+        );
         if !matches!(b.mode, StackMode::Dwarf(_)) && h.broken_pct() > BROKEN_ADVICE_PCT {
             self.warnings.push(format!(
                 "{:.0}% of user stacks are broken: code built without frame pointers is on \
