@@ -182,7 +182,9 @@ pub fn run_session(
             states: args.state,
             wakers: args.wakers,
             runnable: false,
-            by_thread: true,
+            // Per-thread keys only where they are written (pprof's pid/tid labels): keyed by
+            // name, blocked time stays bounded when threads churn (offcpu -a for hours).
+            by_thread: a.format == crate::output::Format::Pprof,
         },
         specs,
         mechanisms,
