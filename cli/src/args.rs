@@ -21,17 +21,81 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Sample on-CPU stacks (user + kernel) of processes, threads, a command or all CPUs.
+    #[command(after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
     /// Measure blocked (off-CPU) time by stack, optionally with the waker's stack.
+    #[command(after_help = OFFCPU_EXAMPLES)]
     Offcpu(OffcpuArgs),
     /// Where wall time goes: on-CPU, off-CPU and runnable time in one profile (ns).
     Wall(WallArgs),
     /// Report what this host and user allow, and what psample will use.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Differential flame graph of two profiles (folded or pprof): red grew, blue shrank.
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
     /// Text summary of a profile (folded or pprof): top stacks and top self-time functions.
+    #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print a man page (roff): psample(1), or psample-COMMAND(1) for one command.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
+}
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  psample record -p 1234 -d 30 -o cpu.svg          flame graph of a running process
+  psample record -F 999 -o prof.json -- ./server   a command, opened in speedscope
+  psample record --cgroup system.slice/nginx.service --every 60s --out-dir /var/lib/psample \\
+      --format pprof --push https://pyroscope:4040 --label env=prod";
+
+const OFFCPU_EXAMPLES: &str = "\
+Examples:
+  psample offcpu -p 1234 -d 10 -o blocked.svg       where a process waits
+  psample offcpu --wakers -o waits.folded -- ./app  and who wakes it
+  psample offcpu -a -m 1000 -d 5                    blocks of 1 ms or more, system-wide";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  psample check        what this host and user allow
+  psample check -v     every kernel feature probed";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  psample diff before.folded after.folded -o diff.svg
+  psample diff --normalize old.pb.gz new.pb.gz -o diff.svg";
+
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  psample report cpu.pb.gz
+  psample report --top 20 out.folded";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  source <(psample completions bash)
+  psample completions zsh > \"${fpath[1]}/_psample\"
+  psample completions fish > ~/.config/fish/completions/psample.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  psample man | man -l -
+  psample man record > /usr/local/share/man/man1/psample-record.1";
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command's page (psample-record(1)); without it, psample(1).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 /// What to profile. Exactly one of -p, -t, -a or a command after `--`.
@@ -54,6 +118,11 @@ pub struct TargetArgs {
     /// Profile every CPU (system-wide).
     #[arg(short = 'a', long = "all-cpus", conflicts_with_all = ["pids", "tids"])]
     pub all_cpus: bool,
+    /// Profile the tasks of this cgroup (a container, a systemd service): its directory
+    /// under /sys/fs/cgroup, or the path below the cgroup v2 mount
+    /// (system.slice/nginx.service).
+    #[arg(long = "cgroup", value_name = "PATH", conflicts_with_all = ["pids", "tids", "all_cpus"])]
+    pub cgroup: Option<PathBuf>,
     /// Run as root even when started through sudo (by default a command launched under sudo
     /// runs as the invoking user, SUDO_UID/SUDO_GID).
     #[arg(long)]
@@ -181,6 +250,14 @@ pub struct CommonArgs {
     /// Data pages per CPU ring buffer (a power of two; default depends on the mode).
     #[arg(long = "mmap-pages", value_name = "PAGES", value_parser = parse_mmap_pages)]
     pub mmap_pages: Option<usize>,
+    /// Add this label to every pprof sample and to the --push application name
+    /// (repeatable; psample itself labels samples pid, tid, thread and container).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Also write the closing summary (samples, lost records, fallbacks, unwinding, push
+    /// results, the command's exit status) as JSON to this file.
+    #[arg(long = "summary-json", value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +265,7 @@ pub enum OutputFormat {
     Folded,
     Svg,
     Pprof,
+    Speedscope,
 }
 
 /// Longest run or interval accepted (a year): anything longer is a typo, and larger numbers
@@ -289,13 +367,27 @@ pub struct ContinuousArgs {
     /// With --comm: follow only this user's processes (name or uid).
     #[arg(long = "user", value_name = "USER", requires = "comm")]
     pub user: Option<String>,
-    /// POST each interval's profile to a Pyroscope-compatible server (http://HOST:PORT; plain
-    /// HTTP only). Failures are retried in the background and never hold up sampling.
+    /// POST each interval's profile to a Pyroscope-compatible server
+    /// (http[s]://[USER:PASSWORD@]HOST[:PORT][/PREFIX]; userinfo is sent as basic auth).
+    /// Failures are retried in the background and never hold up sampling.
     #[arg(long = "push", value_name = "URL", requires = "every")]
     pub push: Option<String>,
-    /// Application name sent with --push (default: psample.<command>).
+    /// Application name sent with --push (default: psample.<command>); --label values are
+    /// added in Pyroscope's NAME{KEY=VALUE,...} form.
     #[arg(long = "push-name", value_name = "NAME", requires = "push")]
     pub push_name: Option<String>,
+    /// An HTTP header sent with every --push upload, e.g. X-Scope-OrgID=TENANT (repeatable).
+    #[arg(long = "push-header", value_name = "NAME=VALUE", requires = "push",
+          value_parser = parse_push_header)]
+    pub push_headers: Vec<(String, String)>,
+}
+
+fn parse_push_header(s: &str) -> Result<(String, String), String> {
+    collect::push::parse_header(s)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    collect::output::sample_labels::parse_label(s)
 }
 
 #[derive(Args, Debug)]

@@ -7,14 +7,18 @@
 //! - [`args`]: the command line, one definition per flag;
 //! - [`options`]: flags to `collect` option structs;
 //! - [`progress`]: the live counter, summaries and notices on stderr;
-//! - [`check`], [`diff`], [`report`]: the commands that need no session.
+//! - [`outcome`]: psample's exit status (a launched command's) and `--summary-json`;
+//! - [`check`], [`diff`], [`report`]: the commands that need no session;
+//! - [`shell`]: shell completions and man pages, generated from [`args`].
 
 pub mod args;
 pub mod check;
 pub mod diff;
 pub mod options;
+pub mod outcome;
 pub mod progress;
 pub mod report;
+pub mod shell;
 
 use clap::Parser;
 use collect::Error;
@@ -39,7 +43,7 @@ pub fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             collect::errln!("psample: error: {e}");
-            1
+            e.exit_code
         }
     }
 }
@@ -49,15 +53,23 @@ fn dispatch(command: args::Command) -> Result<i32, Error> {
     let mut terminal = progress::Terminal::new();
     match command {
         args::Command::Record(a) => {
-            collect::oncpu::run(&options::record(&a)?, kernel(), &mut terminal).map(|()| 0)
+            let json = outcome::SummaryJson::new("record", a.common.summary_json.as_deref())?;
+            let result =
+                options::record(&a).and_then(|o| collect::oncpu::run(&o, kernel(), &mut terminal));
+            outcome::finish(result, &terminal, json)
         }
         args::Command::Offcpu(a) => {
-            collect::offcpu::run(&options::offcpu(&a)?, kernel(), &mut terminal).map(|()| 0)
+            let json = outcome::SummaryJson::new("offcpu", a.common.summary_json.as_deref())?;
+            let result =
+                options::offcpu(&a).and_then(|o| collect::offcpu::run(&o, kernel(), &mut terminal));
+            outcome::finish(result, &terminal, json)
         }
         args::Command::Wall(a) => {
             collect::wall::run(&options::wall(&a)?, kernel(), &mut terminal).map(|()| 0)
         }
         args::Command::Check(a) => check::run(a),
+        args::Command::Completions(a) => shell::completions(&a),
+        args::Command::Man(a) => shell::man(&a),
         args::Command::Diff(a) => diff::run(a),
         args::Command::Report(a) => report::run(a),
     }

@@ -7,6 +7,7 @@ use collect::continuous::ContinuousOptions;
 use collect::offcpu::{OffCpuOptions, StateFilter};
 use collect::oncpu::{bpf::BpfMode, OnCpuOptions};
 use collect::output::Format;
+use collect::push::PushOptions;
 use collect::session::SessionOptions;
 use collect::stack::StackMode;
 use collect::target::{Lookup, Target, TargetSpec};
@@ -25,16 +26,22 @@ pub fn target(a: &TargetArgs) -> Result<Target, String> {
         !a.pids.is_empty(),
         !a.tids.is_empty(),
         a.all_cpus,
+        a.cgroup.is_some(),
         !a.command.is_empty(),
     ]
     .iter()
     .filter(|x| **x)
     .count();
     if chosen == 0 {
-        return Err("nothing to profile: give -p PID, -t TID, -a, or -- COMMAND".into());
+        return Err(
+            "nothing to profile: give -p PID, -t TID, -a, --cgroup PATH, or -- COMMAND".into(),
+        );
     }
     if chosen > 1 {
-        return Err("choose one target: -p, -t, -a or -- COMMAND".into());
+        return Err("choose one target: -p, -t, -a, --cgroup or -- COMMAND".into());
+    }
+    if let Some(path) = &a.cgroup {
+        return Ok(Target::Cgroup(collect::target::cgroup_dir(path)?));
     }
     Ok(if !a.pids.is_empty() {
         Target::Pids(a.pids.clone())
@@ -64,6 +71,7 @@ pub fn format(f: Option<OutputFormat>) -> Option<Format> {
         OutputFormat::Folded => Format::Folded,
         OutputFormat::Svg => Format::Svg,
         OutputFormat::Pprof => Format::Pprof,
+        OutputFormat::Speedscope => Format::Speedscope,
     })
 }
 
@@ -85,12 +93,17 @@ fn continuous(c: &ContinuousArgs, common: &CommonArgs) -> Result<Option<Continuo
             "--every writes into --out-dir; -o cannot be used with it",
         ));
     }
+    let push = c.push.as_ref().map(|url| PushOptions {
+        url: url.clone(),
+        name: c.push_name.clone().unwrap_or_default(),
+        labels: common.labels.clone(),
+        headers: c.push_headers.clone(),
+    });
     Ok(Some(ContinuousOptions {
         every,
         out_dir: dir.clone(),
         keep: c.keep,
-        push: c.push.clone(),
-        push_name: c.push_name.clone(),
+        push,
     }))
 }
 
@@ -134,6 +147,7 @@ fn session(
         stack: stack(call_graph.mode()),
         keep_root: target.keep_root,
         symbols: symbols(symbols_args),
+        labels: common.labels.clone(),
     })
 }
 

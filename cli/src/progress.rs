@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+use collect::launch::ExitStatus;
 use collect::session::{Observer, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -10,6 +11,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Terminal {
     tty: bool,
     bar: Option<ProgressBar>,
+    /// How the launched command (`-- CMD`) ended, from the last summary that said.
+    pub command_status: Option<ExitStatus>,
+    /// Every session's summary as JSON, for `--summary-json`.
+    pub summaries: Vec<serde_json::Value>,
 }
 
 impl Terminal {
@@ -18,6 +23,8 @@ impl Terminal {
         Terminal {
             tty: std::io::stderr().is_terminal(),
             bar: None,
+            command_status: None,
+            summaries: Vec::new(),
         }
     }
 }
@@ -53,6 +60,10 @@ impl Observer for Terminal {
 
     fn summary(&mut self, summary: &Summary) {
         collect::errln!("{}", summary.render().trim_end());
+        if summary.command_status.is_some() {
+            self.command_status = summary.command_status;
+        }
+        self.summaries.push(summary.to_json());
     }
 
     fn notice(&mut self, message: &str) {

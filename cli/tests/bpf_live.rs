@@ -114,3 +114,120 @@ fn bpf_auto_falls_back_for_dwarf_and_always_refuses() {
     assert_ne!(always.status, 0);
     assert!(always.stderr.contains("--bpf always"), "{}", always.stderr);
 }
+
+/// Inside a pid namespace (as in a container: `unshare --pid --fork --mount-proc`), the
+/// in-kernel path names threads by their ids in that namespace, as the ring does: stacks
+/// under the command's name, symbolized, no `[pid_N];[unknown]` (the global pid, which
+/// psample's /proc does not know).
+#[test]
+fn bpf_in_a_pid_namespace_names_threads_as_the_namespace_does() {
+    require!(Need::Root);
+    let _serial = serial();
+    let wl = workload("cpu_split_fp");
+    for bpf in ["always", "never"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ns.folded");
+        let o = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(psample())
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "fp",
+                "--bpf",
+                bpf,
+                "-o",
+            ])
+            .arg(&out)
+            .arg("--")
+            .arg(&wl)
+            .args(["-t", "1"])
+            .env("WL_CPU_SECONDS", "0.5")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "--bpf {bpf}: {err}");
+        if bpf == "always" {
+            assert!(err.contains("in-kernel aggregation"), "{err}");
+        }
+        let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
+        let total: u64 = folded.values().sum();
+        assert!(total > 0, "--bpf {bpf}: no samples\n{err}");
+        let hot: u64 = folded
+            .iter()
+            .filter(|(s, _)| s.starts_with("cpu_split_fp;") && s.contains(";work;hot_"))
+            .map(|(_, c)| c)
+            .sum();
+        assert!(
+            hot * 10 >= total * 9,
+            "--bpf {bpf}: {hot} of {total} samples in work->hot_*:\n{folded:?}"
+        );
+        assert!(folded.keys().all(|s| !s.starts_with("[pid_")), "{folded:?}");
+    }
+}
+
+/// From the host, `-p PID` of a process in another pid namespace (a container's) works on
+/// both paths: the kernel's ids are the host's.
+#[test]
+fn a_process_in_another_pid_namespace_is_profiled_by_its_host_pid() {
+    require!(Need::Root);
+    let _serial = serial();
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(workload("cpu_split_fp"))
+        .args(["-s", "60"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = KillGuard(Some(unshare.id()));
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let mut pid = 0u32;
+    wait_until("the namespaced workload", || {
+        pid = std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pid != 0
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "cpu_split_fp")
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "{status}"
+    );
+    for bpf in ["always", "never"] {
+        let (out, _) = run_psample_until_cpu(
+            &[
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "fp",
+                "--bpf",
+                bpf,
+                "-p",
+                &pid.to_string(),
+            ],
+            pid,
+            0.5,
+        );
+        assert_eq!(out.status, 0, "--bpf {bpf}: {}", out.stderr);
+        let folded = parse_folded(&out.folded);
+        let total: u64 = folded.values().sum();
+        let hot = count_with(&folded, "hot_a") + count_with(&folded, "hot_b");
+        assert!(
+            total > 0 && hot * 10 >= total * 9,
+            "--bpf {bpf}: {folded:?}"
+        );
+    }
+    guard.defuse();
+    let _ = unshare.kill();
+    let _ = unshare.wait();
+}

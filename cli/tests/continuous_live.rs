@@ -226,9 +226,13 @@ fn listener() -> (String, Requests) {
                 }
                 head.push_str(&line);
             }
+            // Header names are case-insensitive (HTTP/1.1 clients may send them lower case).
             let len: usize = head
                 .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length").then_some(v)
+                })
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
@@ -246,6 +250,8 @@ fn intervals_are_pushed_and_failures_retried() {
     require!(Need::SystemWide);
     let _g = serial();
     let (url, got) = listener();
+    // Credentials in the URL become basic auth (and stay out of the request line).
+    let url = url.replace("http://", "http://alice:s%40cret@");
     let w = start("cpu_split_fp", &["-s", "30"]);
     let dir = tempfile::tempdir().unwrap();
     let pid = w.pid.to_string();
@@ -255,6 +261,12 @@ fn intervals_are_pushed_and_failures_retried() {
         .arg("--out-dir")
         .arg(dir.path())
         .args(["--push", &url, "--push-name", "shop{env=test}"])
+        .args([
+            "--label",
+            "team=perf",
+            "--push-header",
+            "X-Scope-OrgID=tenant-1",
+        ])
         .output()
         .unwrap();
     let ran = t0.elapsed().as_secs() + 1;
@@ -264,14 +276,25 @@ fn intervals_are_pushed_and_failures_retried() {
     // Every interval, the first one twice (503, then 200 on the retry).
     assert!(reqs.len() >= 3, "{stderr}\n{reqs:?}");
     assert_eq!(reqs[0].1, reqs[1].1, "the retry resends the same interval");
-    let expect = format!("{} sent, 1 retries, 0 failed, 0 dropped", reqs.len() - 1);
+    let expect = format!(
+        "{} delivered, 1 retry, 0 failed after 5 attempts, 0 dropped (queue full), 0 undelivered",
+        reqs.len() - 1
+    );
     assert!(stderr.contains(&expect), "want {expect:?} in\n{stderr}");
     for (head, body) in &reqs {
         let line = head.lines().next().unwrap();
         assert!(
-            line.starts_with("POST /ingest?name=shop%7Benv%3Dtest%7D&from="),
+            line.starts_with("POST /ingest?name=shop%7Benv%3Dtest%2Cteam%3Dperf%7D&from="),
             "{line}"
         );
+        let lower = head.to_ascii_lowercase();
+        // base64("alice:s@cret")
+        assert!(
+            lower.contains("authorization: basic ywxpy2u6c0bjcmv0\r\n"),
+            "{head}"
+        );
+        assert!(lower.contains("x-scope-orgid: tenant-1\r\n"), "{head}");
+        assert!(!head.contains("cret"), "{head}");
         assert!(line.contains("&format=folded") && line.contains("&sampleRate=99"));
         let q: std::collections::HashMap<&str, &str> = line
             .split_whitespace()
@@ -287,7 +310,9 @@ fn intervals_are_pushed_and_failures_retried() {
         // Whole seconds; on a loaded machine an interval can run late (the first
         // symbolization is slow), but none is longer than the run.
         assert!(until > from && until - from <= ran, "{line} (ran {ran} s)");
-        assert!(head.contains("Content-Type: text/plain"));
+        assert!(head
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain"));
         let text = String::from_utf8(body.clone()).unwrap();
         let folded = parse_folded(&text);
         assert!(
@@ -295,6 +320,155 @@ fn intervals_are_pushed_and_failures_retried() {
             "{text}"
         );
     }
+}
+
+/// A server that is down the whole run: nothing is delivered, and the summary (text and
+/// JSON) says so instead of "0 failed, 0 dropped".
+#[test]
+fn pushes_to_a_server_that_is_down_are_reported_undelivered() {
+    require!(Need::SystemWide);
+    let _g = serial();
+    // A port that was just free: connections are refused.
+    let url = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let o = Command::new(psample())
+        .args([
+            "record",
+            "-F",
+            "99",
+            "-p",
+            &w.pid.to_string(),
+            "-d",
+            "2",
+            "--every",
+            "1s",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .args(["--push", &url, "--summary-json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &doc["sessions"][0];
+    let written = s["intervals"]["written"].as_u64().unwrap();
+    let push = &s["push"];
+    assert!(written >= 1, "{s}");
+    assert_eq!(push["delivered"], 0, "{push}");
+    let lost = ["failed", "dropped_queue_full", "undelivered_at_exit"]
+        .iter()
+        .map(|k| push[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(lost, written, "every interval is accounted for: {push}");
+    assert!(
+        push["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{push}"
+    );
+    let warning = format!("--push: {written} of {written} intervals were not delivered");
+    assert!(stderr.contains(&warning), "want {warning:?} in\n{stderr}");
+    assert!(stderr.contains("0 delivered"), "{stderr}");
+}
+
+/// A Pyroscope-like HTTPS server in Python: answers 200 to every POST and logs each
+/// request's line and headers, one JSON object a line.
+const HTTPS_SERVER: &str = r#"
+import http.server, json, ssl, sys
+port_file, cert, key, log = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(log, "a") as f:
+            f.write(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+open(port_file + ".tmp", "w").write(str(srv.server_address[1]))
+import os; os.rename(port_file + ".tmp", port_file)
+srv.serve_forever()
+"#;
+
+/// `--push https://...` trusts the system's CA store (here SSL_CERT_FILE naming the test's
+/// CA), sends basic auth and the headers over TLS; without the CA it delivers nothing.
+#[test]
+fn intervals_are_pushed_over_https() {
+    require!(Need::SystemWide);
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestTls::new(&dir.path().join("tls"));
+    let (port_file, log) = (dir.path().join("port"), dir.path().join("requests"));
+    let server = Command::new("python3")
+        .args(["-c", HTTPS_SERVER])
+        .args([&port_file, &tls.leaf_pem, &tls.leaf_key, &log])
+        .spawn()
+        .expect("python3");
+    let _server = Running {
+        pid: server.id(),
+        child: server,
+    };
+    wait_until("the HTTPS server", || port_file.exists());
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let url = format!("https://alice:secret@127.0.0.1:{port}");
+    let w = start("cpu_split_fp", &["-s", "30"]);
+    let push = |ca: Option<&Path>| {
+        let mut c = Command::new(psample());
+        c.args(["record", "-F", "99", "-p", &w.pid.to_string(), "-d", "2"])
+            .args(["--every", "1s", "--out-dir"])
+            .arg(dir.path().join("out"))
+            .args(["--push", &url, "--push-header", "X-Scope-OrgID=tenant-1"])
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env("SSL_CERT_FILE", "/nonexistent"),
+        };
+        let o = c.output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let stderr = push(Some(&tls.ca_pem));
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    let reqs: Vec<serde_json::Value> = requests
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!reqs.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} delivered, 0 retries, 0 failed", reqs.len())),
+        "{stderr}"
+    );
+    for r in &reqs {
+        assert!(r["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/ingest?name=psample.record"));
+        let h = &r["headers"];
+        // base64("alice:secret")
+        assert_eq!(h["authorization"], "Basic YWxpY2U6c2VjcmV0", "{r}");
+        assert_eq!(h["x-scope-orgid"], "tenant-1", "{r}");
+    }
+    // An unknown CA: refused, nothing delivered, and the summary says so.
+    let stderr = push(None);
+    assert!(stderr.contains("0 delivered"), "{stderr}");
+    assert!(stderr.contains("were not delivered"), "{stderr}");
+    let after = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        after.lines().count(),
+        reqs.len(),
+        "nothing more reached the server"
+    );
 }
 
 const CHANGED: &str = r#"

@@ -508,58 +508,11 @@ fn debuginfod_over_https_with_the_systems_trust_store() {
     let served = www.join("buildid").join(&s.build_id);
     std::fs::create_dir_all(&served).unwrap();
     std::fs::copy(&s.debug, served.join("debuginfo")).unwrap();
-    let p = |name: &str| tls.join(name).to_str().unwrap().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=psample test CA"];
-    ca.extend(ec);
-    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
-    ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
-    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
-    tool("openssl", &ca);
-    let (leaf_key, leaf_csr, leaf_pem, ext) =
-        (p("leaf.key"), p("leaf.csr"), p("leaf.pem"), p("ext"));
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &leaf_key,
-        "-out",
-        &leaf_csr,
-    ];
-    csr.extend(ec);
-    tool("openssl", &csr);
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    tool(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "1",
-            "-in",
-            &leaf_csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &leaf_pem,
-            "-extfile",
-            &ext,
-        ],
+    let certs = TestTls::new(&tls);
+    let (ca_pem, leaf_pem, leaf_key) = (
+        certs.ca_pem.to_str().unwrap().to_string(),
+        certs.leaf_pem.to_str().unwrap().to_string(),
+        certs.leaf_key.to_str().unwrap().to_string(),
     );
     let mut server = None;
     for _attempt in 0..5 {

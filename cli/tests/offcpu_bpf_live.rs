@@ -216,3 +216,47 @@ fn bpf_system_wide_sees_the_split() {
         out.stderr
     );
 }
+
+/// Inside a pid namespace (as in a container: `unshare --pid --fork --mount-proc`), the
+/// off-CPU programs would see global pids that psample's /proc does not know: `--bpf auto`
+/// takes the ring (whose records carry the namespace's ids) and says why, `--bpf always`
+/// refuses. The ring's profile names the command and its phases.
+#[test]
+fn bpf_in_a_pid_namespace_uses_the_ring() {
+    require!(Need::Root);
+    let _serial = serial();
+    let wl = workload("sleep_pipe");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ns.folded");
+    let run = |bpf: &str| {
+        std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(psample())
+            .args(["offcpu", "--call-graph", "fp", "--bpf", bpf, "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&wl)
+            .args(["-s", "1"])
+            .output()
+            .unwrap()
+    };
+    let o = run("auto");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("nested pid namespace"), "{err}");
+    assert!(!err.contains("in-kernel aggregation"), "{err}");
+    let folded = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    assert!(folded.keys().all(|s| !s.starts_with("[pid_")), "{folded:?}");
+    let split = share(&folded, "sleep_phase", "wait_phase");
+    assert!(
+        (55.0..=85.0).contains(&split),
+        "split {split:.1}%\n{folded:?}"
+    );
+    let o = run("always");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("--bpf always") && err.contains("nested pid namespace"),
+        "{err}"
+    );
+}

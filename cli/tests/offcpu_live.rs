@@ -65,6 +65,44 @@ fn wakers_are_joined_offwaketime_style() {
     let w = start("sleep_pipe", &["-s", "10"]);
     let pid = w.pid.to_string();
     let out = run_psample(&["offcpu", "-p", &pid, "-d", "2", "--wakers"]);
+    check_pipe_wakers(&out);
+}
+
+/// The same with the workload launched by psample (`-- CMD`): its pipe waits get waker
+/// stacks too (once recorded 0 wakeups), and most of the pipe wait has one.
+#[test]
+fn wakers_of_a_launched_command() {
+    require!(Need::SystemWide);
+    let _serial = serial();
+    let wl = workload("sleep_pipe");
+    let out = run_psample(&["offcpu", "--wakers", "--", wl.to_str().unwrap(), "-s", "2"]);
+    check_pipe_wakers(&out);
+    let wakeups = out
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events")?.split(", ").nth(2))
+        .and_then(|w| w.strip_suffix(" wakeups")?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no wakeups count in\n{}", out.stderr));
+    // ~100 iterations a second, each a sleep and a pipe wait woken by the child.
+    assert!(wakeups >= 100, "{wakeups} wakeups:\n{}", out.stderr);
+    let folded = parse_folded(&out.folded);
+    let pipe_wait: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains(";wait_phase;"))
+        .map(|(_, c)| c)
+        .sum();
+    let woken: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains(";wait_phase;") && s.contains("pipe_write"))
+        .map(|(_, c)| c)
+        .sum();
+    assert!(
+        woken * 10 >= pipe_wait * 9,
+        "{woken} of {pipe_wait} us of pipe wait have the writer as waker"
+    );
+}
+
+fn check_pipe_wakers(out: &Output) {
     assert_eq!(out.status, 0, "psample failed: {}", out.stderr);
     let folded = parse_folded(&out.folded);
     let with_waker: Vec<&String> = folded.keys().filter(|s| s.contains(";--;")).collect();

@@ -172,3 +172,120 @@ fn offcpu_pprof_totals_equal_in_microseconds() {
     let top = go_pprof(&["-top", "-unit=us"], &out);
     assert_eq!(go_total(&top), format!("{total_us}us"), "{top}");
 }
+
+/// Every sample carries pid, tid, thread and container labels and the `--label`s, as
+/// `go tool pprof -tags` reads them; the executable is the main (first) mapping.
+#[test]
+fn pprof_samples_are_labelled_and_the_executable_is_the_main_mapping() {
+    require!(Need::Root);
+    let _g = serial();
+    let cg = TestCgroup::new();
+    let w = start("cpu_split_fp", &["-t", "2", "-s", "0"]);
+    cg.add(w.pid);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.pb.gz");
+    let pid = w.pid;
+    let args: Vec<String> = [
+        "record",
+        "-F",
+        "499",
+        "--label",
+        "env=test",
+        "--label",
+        "team=perf",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-p".into(),
+        pid.to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ])
+    .collect();
+    let run = profile_until_cpu(psample(), &args, pid, 1.0);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let tags = go_pprof(&["-tags", "-sample_index=samples"], &out);
+    let container = cg.name.trim_start_matches('/');
+    for want in [
+        "env: Total".to_string(),
+        "team: Total".to_string(),
+        format!("{pid}"),
+        format!(": {container}"),
+        ": cpu_split_fp".to_string(),
+    ] {
+        assert!(tags.contains(&want), "want {want:?} in\n{tags}");
+    }
+    // Two threads, each with its own tid label; all samples are the one process's.
+    let p = collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+    let label = |s: &collect::output::pprof::proto::Sample, k: &str| {
+        s.label.iter().find(|l| p.string(l.key) == k).copied()
+    };
+    let mut tids = std::collections::BTreeSet::new();
+    for s in &p.sample {
+        assert_eq!(label(s, "pid").map(|l| l.num), Some(pid as i64));
+        tids.insert(label(s, "tid").unwrap().num);
+        assert_eq!(p.string(label(s, "env").unwrap().str), "test");
+        assert_eq!(p.string(label(s, "container").unwrap().str), container);
+    }
+    assert_eq!(tids.len(), 2, "{tids:?}");
+    assert!(tids.contains(&(pid as i64)));
+    assert!(p.string(p.mapping[0].filename).ends_with("/cpu_split_fp"));
+    let raw = go_pprof(&["-raw"], &out);
+    let first = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Mappings"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(first.contains("cpu_split_fp"), "{raw}");
+}
+
+/// offcpu's samples carry the same labels as record's, from the ring path and from the
+/// in-kernel (BPF) path: pid, tid, thread, container and every `--label`.
+#[test]
+fn offcpu_pprof_samples_are_labelled() {
+    require!(Need::Root);
+    let _g = serial();
+    let cg = TestCgroup::new();
+    let w = start("sleep_pipe", &[]);
+    cg.add(w.pid);
+    let container = cg.name.trim_start_matches('/').to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for bpf in ["never", "always"] {
+        let out = dir.path().join(format!("off-{bpf}.pb.gz"));
+        let pid = w.pid.to_string();
+        let o = Command::new(psample())
+            .args(["offcpu", "-d", "1", "--call-graph", "fp", "--bpf", bpf])
+            .args(["--label", "env=test", "-p", &pid, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{bpf}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let tags = go_pprof(&["-tags"], &out);
+        for want in [
+            "env: Total",
+            &pid,
+            &format!(": {container}"),
+            ": sleep_pipe",
+        ] {
+            assert!(tags.contains(want), "{bpf}: want {want:?} in\n{tags}");
+        }
+        let p =
+            collect::output::pprof::Profile::read(&std::fs::read(&out).unwrap(), 1 << 30).unwrap();
+        let label = |s: &collect::output::pprof::proto::Sample, k: &str| {
+            s.label.iter().find(|l| p.string(l.key) == k).copied()
+        };
+        assert!(!p.sample.is_empty(), "{bpf}");
+        for s in &p.sample {
+            assert_eq!(label(s, "pid").map(|l| l.num), Some(w.pid as i64), "{bpf}");
+            assert_eq!(label(s, "tid").map(|l| l.num), Some(w.pid as i64), "{bpf}");
+            assert_eq!(p.string(label(s, "thread").unwrap().str), "sleep_pipe");
+            assert_eq!(p.string(label(s, "env").unwrap().str), "test");
+            assert_eq!(p.string(label(s, "container").unwrap().str), container);
+        }
+    }
+}

@@ -212,8 +212,10 @@ fn target_exit_stops_and_writes_everything_collected() {
     wait_for_cpu(target, 0.5);
     signal(target, libc::SIGKILL);
     let (code, err) = finish(child, HANG);
-    assert_eq!(code, Some(0), "{err}");
+    // The command's status is psample's, as a shell reports it: 128 + SIGKILL.
+    assert_eq!(code, Some(137), "{err}");
     assert!(err.contains("targets exited"), "{err}");
+    assert!(err.contains("killed by signal 9 (SIGKILL)"), "{err}");
     let folded = valid_folded(&std::fs::read_to_string(&out).unwrap());
     assert!(count_with(&folded, "hot_a") > 10, "{folded:?}");
 }

@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            extra: Vec::new(),
         };
         let mut recorder = Recorder::new("bench".into(), 1_000_000, None, labels);
         let mut reader = OrderedReader::new(fmt());

@@ -26,7 +26,7 @@ use symbolize::Symbolizer;
 
 use crate::output::outdir::{self, OutDir};
 use crate::output::{Format, Labels, OutputFile, Rendered};
-use crate::push::Pusher;
+use crate::push::{PushOptions, PushStats, Pusher};
 use crate::target::{Lookup, Target, TargetSpec};
 use crate::Error;
 
@@ -39,10 +39,9 @@ pub struct ContinuousOptions {
     pub out_dir: PathBuf,
     /// Keep only the newest N interval profiles (`None`: keep all).
     pub keep: Option<usize>,
-    /// Also POST each interval to a Pyroscope-compatible server at this `http://` URL.
-    pub push: Option<String>,
-    /// Application name sent with `push` (default: `psample.<command>`).
-    pub push_name: Option<String>,
+    /// Also POST each interval to a Pyroscope-compatible server (an empty name is
+    /// `psample.<command>`).
+    pub push: Option<PushOptions>,
 }
 
 /// A symbolizer that has registered this many mappings, or parsed this many distinct files,
@@ -113,19 +112,17 @@ impl Intervals {
         if c.keep == Some(0) {
             return Err(Error::new("--keep must be at least 1"));
         }
-        let format = Format::resolve(format, None);
+        let format = Format::resolve(format, None).map_err(Error::new)?;
         let key = outdir::target_key(&describe_target(target));
         let out = OutDir::open(&c.out_dir, command, &key, format.extension())
             .map_err(|e| Error::new(format!("--out-dir: {e}")))?;
         let pusher = match &c.push {
-            Some(url) => {
-                let name = c
-                    .push_name
-                    .clone()
-                    .unwrap_or_else(|| format!("psample.{command}"));
-                Some(Arc::new(
-                    Pusher::start(url, &name, format, command).map_err(Error::new)?,
-                ))
+            Some(p) => {
+                let mut p = p.clone();
+                if p.name.is_empty() {
+                    p.name = format!("psample.{command}");
+                }
+                Some(Arc::new(Pusher::start(&p, format).map_err(Error::new)?))
             }
             None => None,
         };
@@ -235,10 +232,10 @@ impl Intervals {
 
     /// Pusher statistics for the summary, if pushing, after giving queued uploads (and
     /// their retries) a few seconds to finish.
-    pub fn push_stats(&self) -> Option<String> {
+    pub fn push_stats(&self) -> Option<PushStats> {
         let p = self.pusher.as_ref()?;
         p.wait_idle(Duration::from_secs(5));
-        Some(p.describe())
+        Some(p.stats())
     }
 }
 
@@ -421,6 +418,7 @@ fn describe_target(t: &TargetSpec) -> String {
         TargetSpec::Fixed(Target::Pids(p)) => format!("pid {}", list(p)),
         TargetSpec::Fixed(Target::Tids(t)) => format!("tid {}", list(t)),
         TargetSpec::Fixed(Target::AllCpus) => "all".to_string(),
+        TargetSpec::Fixed(Target::Cgroup(dir)) => format!("cgroup {}", dir.display()),
         TargetSpec::Fixed(Target::Command(argv)) => format!("command {}", argv.join("\0")),
     }
 }
@@ -475,12 +473,12 @@ mod tests {
             out_dir: dir.to_path_buf(),
             keep,
             push: None,
-            push_name: None,
         };
         let symbols = symbolize::SymbolizeOptions::default();
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            extra: Vec::new(),
         };
         (c, symbols, labels)
     }

@@ -9,6 +9,9 @@ use std::fmt;
 pub struct Error {
     /// What failed, why, and the fix where there is one.
     pub message: String,
+    /// The exit status psample should end with (1, or a shell's 126/127 when a launched
+    /// command could not be started).
+    pub exit_code: i32,
 }
 
 impl Error {
@@ -16,6 +19,15 @@ impl Error {
     pub fn new(message: impl Into<String>) -> Self {
         Error {
             message: message.into(),
+            exit_code: 1,
+        }
+    }
+
+    /// An error ending psample with `exit_code` instead of 1.
+    pub fn with_exit_code(message: impl Into<String>, exit_code: i32) -> Self {
+        Error {
+            message: message.into(),
+            exit_code,
         }
     }
 }

@@ -18,8 +18,9 @@
 //! - [`output`], [`push`]: symbolizing once per distinct frame ([`output::fold`]),
 //!   folded/SVG/pprof encoders and where they are written, uploads to Pyroscope-compatible
 //!   servers;
-//! - [`target`], [`follow`], [`tracing`], [`perms`], [`limits`], [`stdio`]: targets (and
-//!   finding them again), the host, and standard streams psample does not control.
+//! - [`target`], [`launch`], [`container`], [`follow`], [`tracing`], [`perms`], [`limits`],
+//!   [`stdio`]: targets (and finding them again, and the containers they run in), the host,
+//!   and standard streams psample does not control.
 //!
 //! Modules import only from their own layer or below (top to bottom: wall, oncpu/offcpu,
 //! session, continuous/push, output/pipeline, tracker/stack/tables/profile, the rest);
@@ -28,10 +29,12 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod container;
 pub mod continuous;
 pub mod error;
 pub mod follow;
 pub mod frame;
+pub mod launch;
 pub mod limits;
 pub mod names;
 pub mod offcpu;

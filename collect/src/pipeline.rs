@@ -36,6 +36,7 @@ impl Pipeline {
 
     /// Build the stack of a sample taken in process `pid` and intern it.
     pub fn sample_stack(&mut self, s: &Sample<'_>, pid: u32) -> StackId {
+        self.tracker.ensure_known(pid);
         self.builder.build(&self.tracker, s, pid);
         self.tables.stacks.intern(&self.builder.frames)
     }

@@ -1,9 +1,11 @@
-//! Resolving what to profile: processes and their threads, or a command we launch.
+//! Resolving what to profile: processes and their threads, or a command we launch
+//! ([`crate::launch`]).
 
-use std::ffi::CString;
+pub use crate::launch::{sudo_user, DropTo, Launched};
+
 use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 /// What one session profiles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,13 +18,20 @@ pub enum Target {
     AllCpus,
     /// A command psample launches (`-- CMD ARGS`).
     Command(Vec<String>),
+    /// The tasks of a cgroup, on every CPU (`--cgroup`): perf_event's cgroup mode.
+    Cgroup(PathBuf),
 }
 
 impl Target {
     /// Per-task events follow new threads and children (inherit): not for `-t`, and not
     /// CPU-wide.
     pub fn inherits(&self) -> bool {
-        !matches!(self, Target::Tids(_) | Target::AllCpus)
+        !matches!(self, Target::Tids(_) | Target::AllCpus | Target::Cgroup(_))
+    }
+
+    /// Sampled per CPU until stopped (`-a`, `--cgroup`): not ended by its processes exiting.
+    pub fn cpu_wide(&self) -> bool {
+        matches!(self, Target::AllCpus | Target::Cgroup(_))
     }
 
     /// A command psample launches: per-task events start at its exec (enable_on_exec).
@@ -115,167 +124,74 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// A command forked and held before exec until events are attached to it.
-pub struct Launched {
-    /// Its pid.
-    pub pid: u32,
-    go: Option<OwnedFd>,
-}
+/// Most descendants [`descendants_of`] lists.
+const MAX_DESCENDANTS: usize = 4096;
 
-/// Credentials to drop to in the child (from sudo's SUDO_UID/SUDO_GID).
-#[derive(Clone, Copy, Debug)]
-pub struct DropTo {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
-
-/// The invoking user when running as root under sudo, unless `keep_root`.
-pub fn sudo_user(keep_root: bool) -> Option<DropTo> {
-    // SAFETY: getuid has no preconditions.
-    if keep_root || unsafe { libc::getuid() } != 0 {
-        return None;
-    }
-    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
-    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
-    if uid == 0 {
-        return None;
-    }
-    Some(DropTo { uid, gid })
-}
-
-/// In the forked child: undo what psample changed that exec would pass on. Ignored signals
-/// stay ignored across exec (the Rust runtime ignores SIGPIPE, so `yes | head -1` would
-/// print "Broken pipe"), the signal mask is inherited, and so are raised rlimits.
-///
-/// # Safety
-/// Only for the child between fork and exec: it calls async-signal-safe functions only.
-unsafe fn restore_inherited_state(nofile: Option<libc::rlimit>, last_signal: i32) {
-    // The kernel's struct sigaction (handler, flags, restorer, mask): all zero is SIG_DFL.
-    // Through the raw syscall, because libc refuses to touch the signals it reserves (32,
-    // 33), which can arrive ignored from psample's own parent.
-    let dfl = [0u64; 4];
-    // SAFETY: rt_sigaction and sigprocmask are async-signal-safe; the structs are valid.
-    unsafe {
-        for sig in 1..=last_signal {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    dfl.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
+/// The live descendants of `pid` (children, theirs, ...), from every thread's
+/// `/proc/PID/task/TID/children`; at most [`MAX_DESCENDANTS`]. Empty where the kernel lacks
+/// that file (before 3.5, or without CONFIG_PROC_CHILDREN).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found: Vec<u32> = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for tid in threads_of(p).unwrap_or_default() {
+            let path = format!("/proc/{p}/task/{tid}/children");
+            let mut text = String::new();
+            let read =
+                fs::File::open(&path).and_then(|f| f.take(1 << 20).read_to_string(&mut text));
+            if read.is_err() {
+                continue;
+            }
+            for child in text.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if found.len() >= MAX_DESCENDANTS {
+                    return found;
+                }
+                if !found.contains(&child) {
+                    found.push(child);
+                    next.push(child);
+                }
             }
         }
-        let none = 0u64;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &none as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
-        if let Some(lim) = nofile {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
+    found
 }
 
-impl Launched {
-    /// Fork; the child waits on a pipe, then (optionally) drops privileges and execs `argv`.
-    pub fn spawn(argv: &[String], drop_to: Option<DropTo>) -> io::Result<Launched> {
-        let cargs: Vec<CString> = argv
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hosts that
+/// mount v1 controllers beside it.
+const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+/// A `cgroup.procs` longer than this (about a million pids) is not read whole.
+const MAX_CGROUP_PROCS: u64 = 8 << 20;
+
+/// The directory of cgroup `path`: an absolute path to a cgroup directory (v1 or v2), or a
+/// path relative to the cgroup v2 mount (`system.slice/nginx.service`).
+pub fn cgroup_dir(path: &Path) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = if path.is_absolute() {
+        vec![path.to_path_buf()]
+    } else {
+        CGROUP2_MOUNTS
             .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in command"))?;
-        if cargs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-        }
-        let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-        ptrs.push(std::ptr::null());
-        // What the command gets back before exec: psample's raised open-files limit is ours.
-        let nofile = crate::limits::original_nofile();
-        let last_signal = libc::SIGRTMAX();
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two fds into the array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fds from pipe2, owned here.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the child only calls async-signal-safe functions (read, sigaction,
-        // sigprocmask, setrlimit, setgroups, setgid, setuid, execvp, write, _exit) on memory
-        // prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: in the forked child: only async-signal-safe calls (see above) on
-            // memory prepared before the fork, ending in exec or _exit.
-            unsafe {
-                drop(wr);
-                let mut b = 0u8;
-                let n = libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
-                if n != 1 {
-                    // The profiler went away before starting us: do not run unprofiled.
-                    libc::_exit(126);
-                }
-                restore_inherited_state(nofile, last_signal);
-                if let Some(d) = drop_to {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(d.gid) != 0
-                        || libc::setuid(d.uid) != 0
-                    {
-                        libc::_exit(126);
-                    }
-                }
-                libc::execvp(ptrs[0], ptrs.as_ptr());
-                let msg = b"psample: cannot execute the command\n";
-                libc::write(2, msg.as_ptr().cast(), msg.len());
-                libc::_exit(127);
-            }
-        }
-        drop(rd);
-        Ok(Launched {
-            pid: pid as u32,
-            go: Some(wr),
+            .map(|m| Path::new(m).join(path))
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .find(|d| d.join("cgroup.procs").is_file())
+        .ok_or_else(|| {
+            format!(
+                "--cgroup {}: not a cgroup directory (give its path under /sys/fs/cgroup, \
+                 e.g. /sys/fs/cgroup/system.slice/nginx.service, or the part after the mount)",
+                path.display()
+            )
         })
-    }
+}
 
-    /// Let the child exec.
-    pub fn start(&mut self) -> io::Result<()> {
-        if let Some(fd) = self.go.take() {
-            let b = 1u8;
-            // SAFETY: writing one byte from a local to an fd we own.
-            let n = unsafe { libc::write(fd.as_raw_fd(), (&b as *const u8).cast(), 1) };
-            if n != 1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-
-    /// Non-blocking: has the child exited? Returns its exit status if so.
-    pub fn try_wait(&self) -> Option<i32> {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let rc = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
-        if rc == self.pid as i32 {
-            if libc::WIFEXITED(status) {
-                Some(libc::WEXITSTATUS(status))
-            } else {
-                Some(128 + libc::WTERMSIG(status))
-            }
-        } else if rc < 0 {
-            Some(-1)
-        } else {
-            None
-        }
-    }
+/// The processes in a cgroup now (its `cgroup.procs`, not its descendants').
+pub fn cgroup_procs(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut text = String::new();
+    fs::File::open(dir.join("cgroup.procs"))?
+        .take(MAX_CGROUP_PROCS)
+        .read_to_string(&mut text)?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 #[cfg(test)]
@@ -292,20 +208,33 @@ mod tests {
     }
 
     #[test]
-    fn launched_command_waits_for_start() {
-        let mut l = Launched::spawn(&["true".to_string()], None).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(l.try_wait(), None, "child must wait for start()");
-        l.start().unwrap();
-        // Until it exits, however long a loaded machine takes (a hang guard, not a timing check).
-        let mut status = None;
-        for _ in 0..30_000 {
-            status = l.try_wait();
-            if status.is_some() {
+    fn descendants_include_grandchildren() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & (sleep 30 & wait) & wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let sleeps = |d: &[u32]| {
+            d.iter()
+                .filter(|p| comm_of(**p).as_deref() == Some("sleep"))
+                .count()
+        };
+        let mut found = Vec::new();
+        for _ in 0..3000 {
+            found = descendants_of(pid);
+            if sleeps(&found) == 2 {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert_eq!(status, Some(0));
+        assert_eq!(sleeps(&found), 2, "{found:?}");
+        // The subshell between sh and its sleep is one of them too.
+        assert!(found.len() >= 3, "{found:?}");
+        for p in found.iter().rev() {
+            // SAFETY: kill(2) of processes this test started.
+            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
     }
 }

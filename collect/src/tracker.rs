@@ -62,7 +62,13 @@ pub struct Tracker {
     /// Threads that exited, oldest first, with when we saw it; reaped after [`EXIT_GRACE`]:
     /// their names go, and a process's address space when its last thread (pid == tid) goes.
     exited: VecDeque<Exited>,
+    /// Processes sampled before any record or snapshot described them, read from /proc
+    /// once each (see [`Tracker::ensure_known`]).
+    looked_up: HashSet<u32>,
 }
+
+/// Processes [`Tracker::ensure_known`] remembers having read; past this it starts over.
+const MAX_LOOKED_UP: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Exited {
@@ -83,7 +89,24 @@ impl Tracker {
             sampled: HashSet::new(),
             sampled_gone: 0,
             exited: VecDeque::new(),
+            looked_up: HashSet::new(),
         }
+    }
+
+    /// Make sure process `pid` has an address space before its sample is unwound: a child
+    /// forked while psample attached (between opening the inherited events and enabling
+    /// them) is sampled, but its FORK record was never written, so nothing described it.
+    /// Such a process is read from /proc once, as at attach. The idle task, and processes
+    /// that records or the attach snapshot described, are left alone.
+    pub fn ensure_known(&mut self, pid: u32) {
+        if pid == 0 || self.procs.contains(pid) || self.looked_up.contains(&pid) {
+            return;
+        }
+        if self.looked_up.len() >= MAX_LOOKED_UP {
+            self.looked_up.clear();
+        }
+        self.looked_up.insert(pid);
+        self.load_process(pid);
     }
 
     /// Forget threads and the address spaces of processes that exited more than
@@ -329,6 +352,41 @@ mod tests {
         t.procs
             .on_mmap(pid, 0x1000, 0x1000, 0, "/bin/x", true, None, None);
         t
+    }
+
+    /// A real process no record described (forked while psample attached): its first
+    /// sample reads it from /proc, so its code is named instead of `[unknown]`; once only.
+    #[test]
+    fn a_process_sampled_before_any_record_is_read_from_proc() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Its code, as /proc shows it (sleep has exec'd once this lists the sleep binary).
+        let code = (0..3000)
+            .find_map(|_| {
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+                let line = maps.lines().find(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() >= 6 && f[1].contains('x') && f[5].ends_with("/sleep")
+                });
+                if line.is_none() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                line.and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+            })
+            .expect("sleep's code mapping");
+        let mut t = Tracker::new(true);
+        assert_eq!(t.user_frame(pid, code), Frame::Unmapped(code));
+        t.ensure_known(pid);
+        assert!(matches!(t.user_frame(pid, code), Frame::User { .. }));
+        assert_eq!(t.comm(pid, pid), "sleep");
+        // Not read again: a process gone from /proc is not retried per sample.
+        t.ensure_known(u32::MAX - 2);
+        assert!(t.looked_up.contains(&(u32::MAX - 2)));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

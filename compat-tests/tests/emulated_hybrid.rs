@@ -36,6 +36,7 @@ fn session(pid: u32, out: &Path, stack: StackMode) -> SessionOptions {
         stack,
         keep_root: false,
         symbols: symbolize::SymbolizeOptions::default(),
+        labels: Vec::new(),
     }
 }
 

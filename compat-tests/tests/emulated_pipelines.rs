@@ -48,6 +48,7 @@ fn session(pid: u32, out: &Path, mmap_pages: Option<usize>) -> SessionOptions {
         stack: StackMode::Fp,
         keep_root: false,
         symbols: symbolize::SymbolizeOptions::default(),
+        labels: Vec::new(),
     }
 }
 

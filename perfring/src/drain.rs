@@ -156,7 +156,7 @@ pub(crate) fn lock(rings: &SharedRings) -> MutexGuard<'_, RingSet> {
     rings.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The background thread; stopped and joined on drop.
+/// The background thread; woken, stopped and joined on drop.
 pub(crate) struct Drainer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -164,16 +164,23 @@ pub(crate) struct Drainer {
 
 impl Drainer {
     pub fn start(rings: SharedRings, limit: usize) -> std::io::Result<Drainer> {
+        Drainer::start_every(rings, limit, LOOK_EVERY)
+    }
+
+    fn start_every(rings: SharedRings, limit: usize, every: Duration) -> std::io::Result<Drainer> {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("ring-drainer".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(LOOK_EVERY);
-                        lock(&rings).spill_full_rings(limit);
+                .spawn(move || loop {
+                    // Parked, not asleep: the stop unparks it at once (see Drop). A stop
+                    // that comes before the park leaves a token that makes it return.
+                    std::thread::park_timeout(every);
+                    if stop.load(Ordering::Acquire) {
+                        break;
                     }
+                    lock(&rings).spill_full_rings(limit);
                 })?
         };
         Ok(Drainer {
@@ -184,9 +191,15 @@ impl Drainer {
 }
 
 impl Drop for Drainer {
+    /// Wake the drainer rather than wait for its look interval to pass: the join must not
+    /// depend on a timer firing. A QEMU guest (TCG, loaded host) was seen with a vCPU that
+    /// lost its timer interrupt and idled until some other interrupt came: a drainer asleep
+    /// there would never wake, and psample would hang after its last sample (the likely
+    /// cause of a CI hang on Debian 6.1). An unpark is a wake-up, which needs no timer.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -306,6 +319,27 @@ mod tests {
         }
         drop(drainer);
         assert_eq!(lock(&set).spill_peak(), 0);
+    }
+
+    /// Stopping must not wait for the drainer's sleep to end: a sleep can last far longer
+    /// than asked (forever on a CPU whose timer interrupt was lost, see `Drop`). Here the
+    /// look interval is an hour; the stop has to wake the drainer instead.
+    #[test]
+    fn stopping_wakes_a_sleeping_drainer() {
+        let (_heap, set) = one_ring(0);
+        let drainer = Drainer::start_every(set, 1 << 20, Duration::from_secs(3600)).unwrap();
+        // Let the drainer reach its sleep (the stop must work whenever it comes).
+        std::thread::sleep(Duration::from_millis(50));
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(drainer);
+            let _ = done.send(());
+        });
+        // A hang guard, not a timing check: without the wake-up the drop takes an hour.
+        assert!(
+            stopped.recv_timeout(Duration::from_secs(120)).is_ok(),
+            "dropping the drainer waited for its sleep to end"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! with PERF_SAMPLE_ID, so a sample's event is identified by its id wherever it lands.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use crate::attr::{sample, RawAttr};
@@ -19,7 +19,7 @@ use crate::drain::{self, CpuRing, Drainer, RingSet, SharedRings};
 use crate::features::{Feature, Ladder, OpenError, Support};
 use crate::record::SampleFormat;
 use crate::ring::{RingBuffer, RingStats};
-use crate::sys::{Errno, Ioctl, Kernel};
+use crate::sys::{open_flag, Errno, Ioctl, Kernel};
 
 /// Errors from building or reading a session.
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +186,43 @@ impl Session {
     /// into that CPU's ring. Returns the errno-level error unchanged so callers can tell a
     /// vanished thread (ESRCH) from a real failure.
     pub fn open(&mut self, spec: usize, tid: i32, cpu: u32) -> Result<(), SessionError> {
+        self.open_target(spec, tid, cpu, 0)?;
+        Ok(())
+    }
+
+    /// Open `spec` on `cpu` for the tasks of the cgroup whose directory `cgroup` is open
+    /// (perf's `-G`: `PERF_FLAG_PID_CGROUP`, since 2.6.39; the kernel refuses a cgroup
+    /// without the perf_event controller, and cgroup v2 always has it).
+    pub fn open_cgroup(
+        &mut self,
+        spec: usize,
+        cgroup: BorrowedFd<'_>,
+        cpu: u32,
+    ) -> Result<(), SessionError> {
+        self.open_target(spec, cgroup.as_raw_fd(), cpu, open_flag::PID_CGROUP)
+    }
+
+    fn open_target(
+        &mut self,
+        spec: usize,
+        tid: i32,
+        cpu: u32,
+        flags: u64,
+    ) -> Result<(), SessionError> {
         let wanted = self.specs[spec].attr;
-        let (fd, accepted) =
-            self.ladder
-                .open(self.kernel.as_ref(), &wanted, tid, cpu as i32, None)?;
+        let (fd, accepted) = self.ladder.open_with_flags(
+            self.kernel.as_ref(),
+            &wanted,
+            tid,
+            cpu as i32,
+            None,
+            flags,
+        )?;
+        let tid = if flags & open_flag::PID_CGROUP != 0 {
+            -1
+        } else {
+            tid
+        };
         let fmt = accepted.sample_format();
         match self.format {
             None => self.format = Some(fmt),

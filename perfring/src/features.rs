@@ -309,9 +309,23 @@ impl Ladder {
         cpu: i32,
         group: Option<BorrowedFd<'_>>,
     ) -> Result<(OwnedFd, RawAttr), OpenError> {
+        self.open_with_flags(kernel, attr, pid, cpu, group, 0)
+    }
+
+    /// [`Self::open`] with more `perf_event_open` flags (`PERF_FLAG_PID_CGROUP`: `pid` is
+    /// then a cgroup directory's fd), kept on every rung of the ladder.
+    pub fn open_with_flags(
+        &mut self,
+        kernel: &dyn Kernel,
+        attr: &RawAttr,
+        pid: i32,
+        cpu: i32,
+        group: Option<BorrowedFd<'_>>,
+        extra_flags: u64,
+    ) -> Result<(OwnedFd, RawAttr), OpenError> {
         let mut a = *attr;
         a.size = a.minimal_size();
-        let mut flags = open_flag::FD_CLOEXEC;
+        let mut flags = open_flag::FD_CLOEXEC | extra_flags;
         self.apply_known(&mut a, &mut flags);
         // Features dropped on this walk, confirmed missing only once an open succeeds.
         let mut tentative: Vec<Feature> = Vec::new();

@@ -47,6 +47,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bytes::FileBytes;
+pub use debuginfod::tls_roots;
 pub use debuginfod::DEFAULT_DEADLINE as DEBUGINFOD_DEFAULT_DEADLINE;
 pub use demangle::demangle;
 pub use error::{BudgetError, FileError, KallsymsError, SectionError};

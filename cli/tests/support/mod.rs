@@ -405,3 +405,146 @@ fn perf_script_folded(data: &Path) -> BTreeMap<String, u64> {
     flush(&comm, &mut frames);
     m
 }
+
+/// A cgroup v2 group made for one test (`psample-test-PID-N.scope`, in the unified
+/// hierarchy whether it is mounted at /sys/fs/cgroup or, hybrid, at
+/// /sys/fs/cgroup/unified). Dropping it kills what is left in it and removes it.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// The group's path as /proc/PID/cgroup shows it on the `0::` line.
+    pub name: String,
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+            .expect("a cgroup v2 (unified) hierarchy");
+        Self::new_in(root)
+    }
+
+    /// A group in the hierarchy mounted at `root` (a cgroup v1 one too).
+    pub fn new_in(root: &Path) -> TestCgroup {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("psample-test-{}-{n}.scope", std::process::id());
+        let path = root.join(&name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TestCgroup {
+            path,
+            name: format!("/{name}"),
+        }
+    }
+
+    /// Move `pid` into the group.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..500 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                // SAFETY: kill has no memory preconditions; these are the test's processes.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// A test certificate authority and a server certificate for 127.0.0.1 it signed (EC
+/// P-256, valid one day), made with the openssl tool in `dir`.
+pub struct TestTls {
+    pub ca_pem: PathBuf,
+    pub leaf_pem: PathBuf,
+    pub leaf_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn new(dir: &Path) -> TestTls {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let openssl = |args: &[&str]| {
+            let o = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+        let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=psample test CA"];
+        ca.extend(ec);
+        ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+        openssl(&ca);
+        let (leaf_key, leaf_csr, leaf_pem, ext) =
+            (p("leaf.key"), p("leaf.csr"), p("leaf.pem"), p("ext"));
+        let mut csr = vec![
+            "req",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &leaf_key,
+            "-out",
+            &leaf_csr,
+        ];
+        csr.extend(ec);
+        openssl(&csr);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &leaf_csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf_pem,
+            "-extfile",
+            &ext,
+        ]);
+        TestTls {
+            ca_pem: ca_pem.into(),
+            leaf_pem: leaf_pem.into(),
+            leaf_key: leaf_key.into(),
+        }
+    }
+}

@@ -16,6 +16,7 @@ use perfring::attr::{sample, AttrBuilder, EventKind, RawAttr};
 use perfring::bpf::offcpu::{
     int_field, runtime_offset, state_decisions, Filter, OffcpuBpf, OffcpuOptions, SwitchFields,
 };
+use perfring::bpf::PidNamespace;
 use perfring::sys::{Ioctl, Kernel};
 use perfring::tracepoint::{StateTable, TracepointFormat};
 
@@ -93,7 +94,8 @@ fn options(
     let filter = match target {
         Target::AllCpus => Filter::All,
         Target::Tids(_) => Filter::Threads,
-        Target::Pids(_) | Target::Command(_) => Filter::Processes,
+        // --cgroup reaches offcpu as the group's processes (offcpu::cgroup_as_processes).
+        Target::Pids(_) | Target::Command(_) | Target::Cgroup(_) => Filter::Processes,
     };
     // The spill array is indexed by CPU number: room for the highest online one.
     let cpus = kernel
@@ -166,6 +168,19 @@ pub fn setup(
     // The in-kernel aggregation keys frame-pointer chains only: never worse than the ring.
     if let Some(why) = crate::oncpu::bpf::ring_only(args.session.stack) {
         return refuse(mode, why.into());
+    }
+    // The programs know threads by the kernel's global ids (sched_switch's and
+    // sched_waking's pid fields, bpf_get_current_pid_tgid); a tracepoint's fields have no
+    // namespace-relative form. In a nested pid namespace (a container, `unshare --pid`)
+    // psample, its targets and /proc use that namespace's ids: threads would be mis-named
+    // and the target filter would miss. The ring's records carry the namespace's ids.
+    if PidNamespace::own_if_nested().is_some() {
+        return refuse(
+            mode,
+            "psample runs in a nested pid namespace and the off-CPU programs see only \
+             the kernel's global pids"
+                .into(),
+        );
     }
     match load_and_attach(args, target, kernel) {
         Ok(l) => Ok(Decision::Use(Box::new(l))),
@@ -280,7 +295,7 @@ pub fn run_session(
     let plan = BpfPlan {
         target: a.target.clone(),
         pids: a.pids.clone(),
-        labels: labels(args.wakers),
+        labels: labels(args.wakers, &args.session.labels),
         wakers: args.wakers,
     };
     let mut collector = InKernel::new(plan, *loaded);

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use perfring::order::Ordered;
 use perfring::record::{Record, Sample};
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
+use serde_json::{json, Value};
 
 use super::events::{Specs, Tracepoints};
 use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
 use super::legacy;
-use super::render::OffCpuReport;
+use super::render::{OffCpuReport, ThreadLabels};
 use crate::frame::Frame;
 use crate::names::{NameId, Names};
 use crate::output::Labels;
@@ -382,9 +383,9 @@ impl Collector for OffCpu {
         self.upkeep.run(&mut self.engine);
     }
 
-    fn end_interval(&mut self, _p: &mut Pipeline) -> Box<dyn Aggregation> {
+    fn end_interval(&mut self, p: &mut Pipeline) -> Box<dyn Aggregation> {
         let report = self.end_report();
-        Box::new(OffCpuReport { report })
+        Box::new(self.labeled(p, report))
     }
 
     fn keep(&self, keep: &mut Keep) {
@@ -402,10 +403,10 @@ impl Collector for OffCpu {
         }
     }
 
-    fn finish(&mut self, _p: &mut Pipeline, stopped: &Stopped) -> Finished {
+    fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
         let (report, window) = self.finish_report(stopped);
         Finished {
-            aggregation: Box::new(OffCpuReport { report }),
+            aggregation: Box::new(self.labeled(p, report)),
             window,
         }
     }
@@ -429,6 +430,14 @@ impl Collector for OffCpu {
 }
 
 impl OffCpu {
+    /// `report` with its threads' labels (pid from the records seen, else /proc).
+    fn labeled(&self, p: &Pipeline, report: Report) -> OffCpuReport {
+        let labels = ThreadLabels::of(&report, &self.plan.labels.extra, |tid| {
+            pid_of_thread(&p.tracker, tid)
+        });
+        OffCpuReport { report, labels }
+    }
+
     /// The summary's `events` line (and `switch-ins` before 4.3).
     pub fn summarize_events(&self, s: &mut Summary) {
         let r = &self.totals;
@@ -444,6 +453,15 @@ impl OffCpu {
                 "{} switch-outs, {} switch-ins, {} wakeups{undecodable}",
                 c.switch_outs, c.switch_ins, c.wakeups
             ),
+        );
+        s.fact(
+            "events",
+            json!({
+                "switch_outs": c.switch_outs,
+                "switch_ins": c.switch_ins,
+                "wakeups": c.wakeups,
+                "undecodable": c.decode_errors,
+            }),
         );
         if self.plan.specs.cpu_switch.is_some() {
             let sys_exit = self.plan.specs.sys_exit.is_some();
@@ -482,7 +500,17 @@ impl OffCpu {
             )
         };
         s.line("filtered", filtered);
+        s.fact(
+            "not_counted",
+            json!({
+                "dropped_intervals": r.dropped_intervals,
+                "capped_intervals": r.capped_intervals,
+                "around_lost_records_s": r.dropped_ns_lost as f64 / 1e9,
+            }),
+        );
+        filtered_fact(s, r.not_blocked, r.filtered);
         s.line("mechanisms", self.plan.mechanisms.join("; "));
+        s.fact("mechanisms", self.plan.mechanisms.clone());
         if !self.plan.clock_monotonic {
             s.warnings
                 .push("no use_clockid: the window is taken from the first and last event".into());
@@ -506,19 +534,47 @@ pub(super) fn blocked_lines(r: &Report, names: &Names, window_ns: u64, s: &mut S
             r.thread_count()
         ),
     );
-    top_threads(r, names, window_ns, s);
+    let top = top_threads(r, names, window_ns, s);
+    s.fact(
+        "blocked",
+        json!({
+            "seconds": r.blocked_ns as f64 / 1e9,
+            "intervals": r.counted_intervals,
+            "threads": r.thread_count(),
+            "window_s": window_ns as f64 / 1e9,
+            "top_threads": top,
+        }),
+    );
 }
 
-/// The ten threads with the most blocked time, with their share of the window.
-fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
+/// The `filtered` counts for `--summary-json`: intervals in other states (preemptions
+/// included) and outside `-m`/`-M`.
+pub(super) fn filtered_fact(s: &mut Summary, other_states: u64, outside_min_max: u64) {
+    s.fact(
+        "filtered",
+        json!({"other_states": other_states, "outside_min_max": outside_min_max}),
+    );
+}
+
+/// The ten threads with the most blocked time, with their share of the window (also
+/// returned, as JSON).
+fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) -> Vec<Value> {
     let mut threads: Vec<(&u32, &ThreadTotals)> = r.per_thread.iter().collect();
     threads.sort_by(|a, b| b.1.blocked_ns.cmp(&a.1.blocked_ns).then(a.0.cmp(b.0)));
+    let mut top = Vec::new();
     for (tid, t) in threads.iter().take(10) {
         let pct = if window_ns > 0 {
             100.0 * t.blocked_ns as f64 / window_ns as f64
         } else {
             0.0
         };
+        top.push(json!({
+            "thread": names.get(t.who),
+            "tid": tid,
+            "blocked_s": t.blocked_ns as f64 / 1e9,
+            "window_percent": (pct * 10.0).round() / 10.0,
+            "intervals": t.intervals,
+        }));
         s.line(
             &format!("  {}/{tid}", names.get(t.who)),
             format!(
@@ -528,6 +584,7 @@ fn top_threads(r: &Report, names: &Names, window_ns: u64, s: &mut Summary) {
             ),
         );
     }
+    top
 }
 
 fn pid_of_thread(tracker: &Tracker, tid: u32) -> u32 {

@@ -231,7 +231,7 @@ pub fn complete(
         let fixed = match a.target {
             Target::AllCpus => false,
             Target::Tids(_) => true,
-            Target::Pids(_) | Target::Command(_) => !all_threads,
+            Target::Pids(_) | Target::Command(_) | Target::Cgroup(_) => !all_threads,
         };
         let filtered = fixed && filter::to_targets(a, spec, "pid");
         let what = if all_threads { "wakeups" } else { "wakers" };

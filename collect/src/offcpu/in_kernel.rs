@@ -15,9 +15,11 @@ use perfring::record::{push_stack, Record};
 use perfring::tracepoint::TaskState;
 
 use super::bpf::Loaded;
-use super::collector::{blocked_lines, proc_kernel_stack, thread_state, TRIM_THREADS};
+use super::collector::{
+    blocked_lines, filtered_fact, proc_kernel_stack, thread_state, TRIM_THREADS,
+};
 use super::intervals::{Report, StackKey, ThreadTotals, WakerKey};
-use super::render::OffCpuReport;
+use super::render::{OffCpuReport, ThreadLabels};
 use crate::frame::Frame;
 use crate::output::Labels;
 use crate::pipeline::Pipeline;
@@ -82,6 +84,8 @@ pub struct InKernel {
     window_ns: u64,
     frames: Vec<Frame>,
     addrs: Vec<u64>,
+    /// The process of each thread in the current report's keys.
+    pids: HashMap<u32, u32>,
 }
 
 fn comm(c: &[u8; 16]) -> String {
@@ -111,6 +115,7 @@ impl InKernel {
             window_ns: 0,
             frames: Vec::new(),
             addrs: Vec::new(),
+            pids: HashMap::new(),
         }
     }
 
@@ -184,6 +189,7 @@ impl InKernel {
         n: u64,
     ) {
         let who = p.name(&comm(&key.comm));
+        self.pids.insert(key.tid, key.tgid);
         let r = &mut self.report;
         *r.by_stack
             .entry(StackKey {
@@ -191,6 +197,7 @@ impl InKernel {
                 stack,
                 waker,
                 state: None,
+                tid: key.tid,
             })
             .or_insert(0) += ns;
         let t = r.per_thread.entry(key.tid).or_insert(ThreadTotals {
@@ -347,6 +354,16 @@ impl InKernel {
         }
     }
 
+    /// `report` with its threads' labels (pids from the programs' keys); the pids of the
+    /// next report are gathered afresh.
+    fn labeled(&mut self, report: Report) -> OffCpuReport {
+        let pids = std::mem::take(&mut self.pids);
+        let labels = ThreadLabels::of(&report, &self.plan.labels.extra, |tid| {
+            pids.get(&tid).copied().unwrap_or(tid)
+        });
+        OffCpuReport { report, labels }
+    }
+
     fn take_report(&mut self) -> Report {
         let report = std::mem::take(&mut self.report);
         self.totals.add_totals(&report);
@@ -452,7 +469,7 @@ impl Collector for InKernel {
         let report = self.take_report();
         self.totals
             .trim_threads(TRIM_THREADS, |tid| !target::thread_alive(tid));
-        Box::new(OffCpuReport { report })
+        Box::new(self.labeled(report))
     }
 
     fn finish(&mut self, p: &mut Pipeline, stopped: &Stopped) -> Finished {
@@ -463,7 +480,7 @@ impl Collector for InKernel {
         self.window_ns = stopped.monotonic_ns.saturating_sub(self.start_ns);
         let report = self.take_report();
         Finished {
-            aggregation: Box::new(OffCpuReport { report }),
+            aggregation: Box::new(self.labeled(report)),
             window: Duration::from_nanos(self.window_ns),
         }
     }
@@ -489,6 +506,24 @@ impl Collector for InKernel {
             ),
         );
         let lost = c.spill_failed + self.bpf.unresolved + seen.stacks_missing;
+        s.fact(
+            "bpf",
+            serde_json::json!({
+                "keys": seen.keys,
+                "spilled_intervals": seen.spilled_intervals,
+                "spilled_stacks": seen.spilled_stacks,
+                "user_stacks_not_recorded": c.user_not_recorded,
+                "kernel_stacks_not_recorded": c.kernel_not_recorded,
+                "count_map_full": c.count_map_full,
+                "lost": lost,
+                "spill_refused": c.spill_failed,
+                "unresolved_stacks": self.bpf.unresolved,
+                "spilled_stacks_missing": seen.stacks_missing,
+                "start_map_full": c.start_map_full,
+                "undecodable": seen.undecodable,
+                "skipped_runs": self.bpf.skipped_runs(),
+            }),
+        );
         s.line(
             "bpf lost",
             format!(
@@ -516,6 +551,14 @@ impl Collector for InKernel {
                 format!("{n} program runs skipped by the kernel (BPF already active on that CPU)"),
             );
         }
+        s.fact(
+            "switch_ins",
+            serde_json::json!({
+                "dated_by_cpu_time": c.ended_by_runtime,
+                "ended_at_wakeup": c.ended_at_wakeup,
+                "unpaired_dropped": c.unpaired,
+            }),
+        );
         s.line(
             "switch-ins",
             format!(
@@ -546,7 +589,10 @@ impl Collector for InKernel {
                 ),
             );
         }
+        filtered_fact(s, c.not_blocked, c.filtered);
+        s.fact("blocked_at_start_running", c.start_unconfirmed);
         s.line("mechanisms", self.mechanisms.join("; "));
+        s.fact("mechanisms", self.mechanisms.clone());
     }
 
     fn table_sizes(&self) -> String {

@@ -179,6 +179,8 @@ pub struct Options {
     /// an interval, keys carry its state, and what `states`, `min_ns` and `max_ns` leave
     /// out is counted as filtered time, so that a thread's kinds of time add up.
     pub runnable: bool,
+    /// Keep each thread's time apart ([`StackKey::tid`]), for pprof's per-thread labels.
+    pub by_thread: bool,
 }
 
 /// Who woke a blocked thread: the waker's name and stack.
@@ -203,6 +205,9 @@ pub struct StackKey {
     /// Wall mode: the letter of the blocked state (`S`, `D`, …) of blocked time; `None` for
     /// runnable time and outside wall mode.
     pub state: Option<char>,
+    /// The blocked thread, with [`Options::by_thread`] (0 otherwise: threads of one name
+    /// share the key).
+    pub tid: u32,
 }
 
 /// Blocked time of one thread.
@@ -742,6 +747,7 @@ impl Engine {
             stack: open.stack,
             waker: open.waker,
             state: self.opts.runnable.then(|| open.state.letter()),
+            tid: if self.opts.by_thread { tid } else { 0 },
         };
         let total = self.report.by_stack.entry(key).or_default();
         *total = total.saturating_add(len);
@@ -763,6 +769,7 @@ impl Engine {
             stack: open.stack,
             waker: open.waker,
             state: None,
+            tid: 0,
         };
         let total = self.report.runnable.entry(key).or_default();
         *total = total.saturating_add(len);
@@ -912,6 +919,7 @@ mod tests {
             stack,
             waker: None,
             state: None,
+            tid: 0,
         }
     }
 
@@ -934,6 +942,7 @@ mod tests {
             stack: 0,
             waker: None,
             state: None,
+            tid: 0,
         };
         assert_eq!(second.by_stack.get(&key), Some(&(15 * MS)));
         assert_eq!(second.by_stack.len(), 1);
@@ -1381,6 +1390,7 @@ mod tests {
             stack: 3,
             waker: None,
             state: None,
+            tid: 0,
         };
         assert_eq!(r.by_stack[&k], 5000 * 4);
         assert_eq!(r.blocked_ns, 5000 * 4);

@@ -85,7 +85,7 @@ const PAGES: DefaultPages = DefaultPages {
     dwarf: 512,
 };
 
-fn labels(wakers: bool) -> Labels {
+fn labels(wakers: bool, extra: &[(String, String)]) -> Labels {
     Labels {
         title: if wakers {
             "psample offcpu (with wakers)".into()
@@ -93,6 +93,7 @@ fn labels(wakers: bool) -> Labels {
             "psample offcpu".into()
         },
         count_name: "us".into(),
+        extra: extra.to_vec(),
     }
 }
 
@@ -102,7 +103,7 @@ pub fn run(
     kernel: Arc<dyn Kernel>,
     observer: &mut dyn Observer,
 ) -> Result<(), Error> {
-    let labels = labels(args.wakers);
+    let labels = labels(args.wakers, &args.session.labels);
     session::run_command(
         &args.session,
         "offcpu",
@@ -110,6 +111,28 @@ pub fn run(
         observer,
         |target, iv, obs| run_session(args, target, kernel.clone(), iv, obs),
     )
+}
+
+/// offcpu follows tasks by their switch-outs, per task: `--cgroup` profiles the processes
+/// in the group when the session starts (and the threads and children they create).
+pub(crate) fn cgroup_as_processes(target: Target) -> Result<(Target, Option<String>), Error> {
+    let Target::Cgroup(dir) = target else {
+        return Ok((target, None));
+    };
+    let procs = crate::target::cgroup_procs(&dir)
+        .map_err(|e| Error::new(format!("--cgroup: reading {}: {e}", dir.display())))?;
+    if procs.is_empty() {
+        return Err(Error::new(format!(
+            "--cgroup {}: no process in the group",
+            dir.display()
+        )));
+    }
+    let note = format!(
+        "--cgroup {}: offcpu follows the {} processes in the group at start",
+        dir.display(),
+        procs.len()
+    );
+    Ok((Target::Pids(procs), Some(note)))
 }
 
 /// One session on one target; in continuous mode (`intervals`) one profile per interval.
@@ -134,7 +157,9 @@ pub fn run_session(
         }
         bpf::Decision::NotUsed(why) => why,
     };
+    let (target, cgroup_note) = cgroup_as_processes(target)?;
     let mut s = Setup::new("offcpu", &args.session, target, kernel.clone(), PAGES)?;
+    s.session.notes.extend(cgroup_note);
     if args.bpf != bpf::BpfMode::Never {
         s.summary.line("bpf", format!("not used: {not_used}"));
     }
@@ -157,6 +182,9 @@ pub fn run_session(
             states: args.state,
             wakers: args.wakers,
             runnable: false,
+            // Per-thread keys only where they are written (pprof's pid/tid labels): keyed by
+            // name, blocked time stays bounded when threads churn (offcpu -a for hours).
+            by_thread: a.format == crate::output::Format::Pprof,
         },
         specs,
         mechanisms,
@@ -164,7 +192,7 @@ pub fn run_session(
         switch_records: support(Feature::ContextSwitch),
         target: a.target.clone(),
         pids: a.pids.clone(),
-        labels: labels(args.wakers),
+        labels: labels(args.wakers, &args.session.labels),
     };
     let mut collector = OffCpu::new(plan, &tp);
     a.run(&mut collector, intervals, observer)

@@ -3,11 +3,14 @@
 //! folded output's.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use symbolize::Symbolizer;
 
 use super::intervals::{Report, StackKey};
+use crate::container::Containers;
 use crate::output::fold::{prefetch_debuginfo, Folder};
+use crate::output::pprof::SampleLabel;
 use crate::output::{folded::escape_comm, pprof, Format, Rendered};
 use crate::session::driver::{Aggregation, Window};
 use crate::tables::Snapshot;
@@ -16,6 +19,56 @@ use crate::tables::Snapshot;
 pub struct OffCpuReport {
     /// Blocked nanoseconds per key, and the interval counters.
     pub report: Report,
+    /// The labels of its pprof samples.
+    pub labels: ThreadLabels,
+}
+
+/// What labels the pprof samples of a blocked thread, as `record` labels its samples: `pid`,
+/// `tid`, `thread`, `container` (where known) and every `--label`.
+#[derive(Default)]
+pub struct ThreadLabels {
+    pid_of: HashMap<u32, u32>,
+    container_of: HashMap<u32, Arc<str>>,
+    extra: Vec<(String, String)>,
+}
+
+impl ThreadLabels {
+    /// The labels of `report`'s threads (keys split by thread), with `pid_of` naming each
+    /// thread's process, read when the report ends: the container is the process's now.
+    pub fn of(report: &Report, extra: &[(String, String)], pid_of: impl Fn(u32) -> u32) -> Self {
+        let mut containers = Containers::default();
+        let mut out = ThreadLabels {
+            extra: extra.to_vec(),
+            ..Default::default()
+        };
+        for key in report.by_stack.keys() {
+            if key.tid == 0 || out.pid_of.contains_key(&key.tid) {
+                continue;
+            }
+            let pid = pid_of(key.tid);
+            out.pid_of.insert(key.tid, pid);
+            if let Some(c) = containers.get(pid) {
+                out.container_of.insert(pid, c);
+            }
+        }
+        out
+    }
+
+    /// A key's labels; `thread` is the blocked thread's name.
+    fn sample_labels<'a>(&'a self, key: &StackKey, thread: &'a str) -> Vec<SampleLabel<'a>> {
+        let mut labels = Vec::with_capacity(4 + self.extra.len());
+        let pid = self.pid_of.get(&key.tid).copied();
+        if let Some(pid) = pid {
+            labels.push(SampleLabel::Num("pid", pid.into()));
+            labels.push(SampleLabel::Num("tid", key.tid.into()));
+        }
+        labels.push(SampleLabel::Str("thread", thread));
+        if let Some(c) = pid.and_then(|p| self.container_of.get(&p)) {
+            labels.push(SampleLabel::Str("container", c));
+        }
+        labels.extend(self.extra.iter().map(|(k, v)| SampleLabel::Str(k, v)));
+        labels
+    }
 }
 
 impl Aggregation for OffCpuReport {
@@ -30,7 +83,7 @@ impl Aggregation for OffCpuReport {
         format: Format,
         window: Window,
     ) -> Rendered {
-        render(&self.report, t, sym, format, window)
+        render(self, t, sym, format, window)
     }
 }
 
@@ -38,12 +91,13 @@ impl Aggregation for OffCpuReport {
 /// every folded line's total is exactly the folded output's (which sums nanoseconds per
 /// line, then truncates to microseconds): largest remainders get the leftover units.
 fn render(
-    report: &Report,
+    r: &OffCpuReport,
     t: &Snapshot,
     sym: &mut Symbolizer,
     format: Format,
     window: Window,
 ) -> Rendered {
+    let report = &r.report;
     let frames = report.by_stack.keys().flat_map(|k| {
         let waker = k
             .waker
@@ -78,10 +132,12 @@ fn render(
             if us == 0 {
                 continue;
             }
-            let comm = escape_comm(names.get(key.who));
+            let thread = names.get(key.who);
+            let comm = escape_comm(thread);
             let waker_comm = key.waker.map(|w| escape_comm(names.get(w.who)));
             let nodes = key_nodes(key, stacks, &comm, waker_comm.as_deref());
-            b.add(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)]);
+            let labels = r.labels.sample_labels(key, thread);
+            b.add_labeled(&nodes, &[i64::try_from(us).unwrap_or(i64::MAX)], &labels);
         }
     }
     Rendered::Pprof(b.finish(&pprof::Meta {

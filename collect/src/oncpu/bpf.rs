@@ -8,11 +8,12 @@
 
 use std::os::fd::AsFd;
 
-use perfring::bpf::{StackCounter, StackCounterOptions};
+use perfring::bpf::{PidNamespace, StackCounter, StackCounterOptions};
 use perfring::event::Session;
 use perfring::record::push_stack;
 use perfring::sys::Ioctl;
 
+use crate::container::Containers;
 use crate::frame::Frame;
 use crate::pipeline::Pipeline;
 use crate::profile::Profile;
@@ -89,6 +90,10 @@ pub fn setup(
     }
     let opts = StackCounterOptions {
         log_verifier: verbose,
+        // In a container's pid namespace the program must name threads as psample and its
+        // /proc do: a kernel without bpf_get_ns_current_pid_tgid (before 5.7) refuses the
+        // program, and `auto` uses the ring, whose pids the kernel already translates.
+        pid_namespace: PidNamespace::own_if_nested(),
         ..Default::default()
     };
     let counter = match StackCounter::load(&opts) {
@@ -131,7 +136,12 @@ pub fn setup(
 impl BpfAggregation {
     /// Move the kernel's counts into `profile`. Errors are reported, not fatal: counts
     /// collected so far stay in the profile.
-    pub fn drain(&mut self, p: &mut Pipeline, profile: &mut Profile) -> Result<(), String> {
+    pub fn drain(
+        &mut self,
+        p: &mut Pipeline,
+        profile: &mut Profile,
+        containers: &mut Containers,
+    ) -> Result<(), String> {
         let counts = self.counter.drain().map_err(|e| e.to_string())?;
         for c in counts {
             if c.pid == p.own_pid {
@@ -147,6 +157,9 @@ impl BpfAggregation {
                 .extend(self.addrs.iter().map(|a| Frame::Kernel(*a)));
             self.addrs.clear();
             push_stack(c.user_stack.iter().copied(), &mut self.addrs);
+            if !self.addrs.is_empty() {
+                p.tracker.ensure_known(c.pid);
+            }
             for &a in &self.addrs {
                 self.frames.push(p.tracker.user_frame(c.pid, a));
             }
@@ -157,9 +170,15 @@ impl BpfAggregation {
             p.tracker.saw_thread(c.tid);
             let stack = p.intern_stack(&self.frames);
             let name = p.thread_name(c.pid, c.tid);
-            profile.add(name, stack, c.count);
+            super::collector::add_sample(profile, containers, name, stack, (c.pid, c.tid), c.count);
         }
         Ok(())
+    }
+
+    /// (samples spilled to the ring, stacks lost) in the kernel.
+    pub fn missing_counts(&self) -> (u64, u64) {
+        let m = self.counter.missing();
+        (m.spilled_samples(), m.lost_stacks())
     }
 
     /// Stacks the kernel could not record (reported like lost records).

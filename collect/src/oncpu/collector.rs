@@ -6,10 +6,12 @@ use perfring::record::Record;
 use symbolize::Symbolizer;
 
 use super::bpf::BpfAggregation;
+use crate::container::Containers;
 use crate::output::fold::{prefetch_debuginfo, Folder};
+use crate::output::pprof::SampleLabel;
 use crate::output::{folded::escape_comm, pprof, Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
-use crate::profile::Profile;
+use crate::profile::{Origin, Profile};
 use crate::session::driver::{Aggregation, Collector, Finished, Stopped, Window};
 use crate::session::Summary;
 use crate::tables::Snapshot;
@@ -24,6 +26,8 @@ pub struct Recorder {
     /// `cpu-clock at 99 Hz, call graph fp`.
     event: String,
     labels: Labels,
+    /// The container of each process sampled.
+    containers: Containers,
 }
 
 impl Recorder {
@@ -42,13 +46,17 @@ impl Recorder {
             period_ns,
             event,
             labels,
+            containers: Containers::default(),
         }
     }
 
     fn take(&mut self) -> Box<dyn Aggregation> {
+        // Pids seen in this interval may be reused by other processes in the next.
+        self.containers = Containers::default();
         Box::new(OnCpuProfile {
             profile: std::mem::take(&mut self.profile),
             period_ns: self.period_ns,
+            labels: self.labels.extra.clone(),
         })
     }
 }
@@ -70,14 +78,21 @@ impl Collector for Recorder {
         p.tracker.saw_thread(tid);
         let stack = p.sample_stack(s, pid);
         let name = p.thread_name(pid, tid);
-        self.profile.add(name, stack, 1);
+        add_sample(
+            &mut self.profile,
+            &mut self.containers,
+            name,
+            stack,
+            (pid, tid),
+            1,
+        );
         self.samples += 1;
     }
 
     fn drain(&mut self, p: &mut Pipeline) -> Result<(), String> {
         match self.bpf.as_mut() {
             Some(b) => b
-                .drain(p, &mut self.profile)
+                .drain(p, &mut self.profile, &mut self.containers)
                 .map_err(|e| format!("reading BPF counts: {e}")),
             None => Ok(()),
         }
@@ -113,6 +128,21 @@ impl Collector for Recorder {
         s.line("event", self.event.clone());
         s.line("samples", self.progress().to_string());
         s.line("threads seen", p.tracker.threads_seen().to_string());
+        s.fact("event", self.event.clone());
+        s.fact("samples", self.progress());
+        s.fact("threads_seen", p.tracker.threads_seen());
+        if let Some(b) = &self.bpf {
+            let m = b.missing_counts();
+            s.fact(
+                "bpf",
+                serde_json::json!({
+                    "samples": b.samples,
+                    "keys": b.keys,
+                    "spilled_samples": m.0,
+                    "lost_stacks": m.1,
+                }),
+            );
+        }
     }
 
     fn summarize_tail(&self, _p: &Pipeline, s: &mut Summary) {
@@ -126,12 +156,29 @@ impl Collector for Recorder {
     }
 }
 
+/// Count `n` samples of `stack` in thread `(pid, tid)`, noting its process's container.
+pub fn add_sample(
+    profile: &mut Profile,
+    containers: &mut Containers,
+    name: crate::names::NameId,
+    stack: crate::stacks::StackId,
+    (pid, tid): (u32, u32),
+    n: u64,
+) {
+    profile.add_from(name, stack, Origin { pid, tid }, n);
+    if profile.container(pid).is_none() {
+        profile.set_container(pid, containers.get(pid));
+    }
+}
+
 /// An on-CPU profile and what one sample is worth.
 pub struct OnCpuProfile {
-    /// Samples per (name, stack).
+    /// Samples per (name, stack, thread).
     pub profile: Profile,
     /// Nanoseconds of CPU time per sample.
     pub period_ns: u64,
+    /// `--label`s for every pprof sample.
+    pub labels: Vec<(String, String)>,
 }
 
 impl Aggregation for OnCpuProfile {
@@ -159,14 +206,25 @@ impl Aggregation for OnCpuProfile {
         }
         let mut b = pprof::Builder::new(sym, &t.procs, &tables.frame_names);
         let period = self.period_ns as i64;
-        for (name, stack, count) in self.profile.iter() {
-            let comm = escape_comm(tables.names.get(name));
+        for (name, stack, origin, count) in self.profile.iter_origins() {
+            let thread = tables.names.get(name);
+            let comm = escape_comm(thread);
             let frames = tables.stacks.get(stack);
             let mut nodes: Vec<pprof::Node<'_>> = Vec::with_capacity(frames.len() + 1);
             nodes.extend(frames.iter().map(|f| pprof::Node::Frame(*f)));
             nodes.push(pprof::Node::Text(&comm));
+            let mut labels = Vec::with_capacity(4 + self.labels.len());
+            if origin.pid != 0 || origin.tid != 0 {
+                labels.push(SampleLabel::Num("pid", origin.pid.into()));
+                labels.push(SampleLabel::Num("tid", origin.tid.into()));
+            }
+            labels.push(SampleLabel::Str("thread", thread));
+            if let Some(c) = self.profile.container(origin.pid) {
+                labels.push(SampleLabel::Str("container", c));
+            }
+            labels.extend(self.labels.iter().map(|(k, v)| SampleLabel::Str(k, v)));
             let count = i64::try_from(count).unwrap_or(i64::MAX);
-            b.add(&nodes, &[count, count.saturating_mul(period)]);
+            b.add_labeled(&nodes, &[count, count.saturating_mul(period)], &labels);
         }
         Rendered::Pprof(b.finish(&pprof::Meta {
             sample_types: vec![

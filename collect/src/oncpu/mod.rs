@@ -44,10 +44,11 @@ const PAGES: DefaultPages = DefaultPages {
     dwarf: 512,
 };
 
-fn labels() -> Labels {
+fn labels(extra: &[(String, String)]) -> Labels {
     Labels {
         title: "psample record".into(),
         count_name: "samples".into(),
+        extra: extra.to_vec(),
     }
 }
 
@@ -60,7 +61,7 @@ pub fn run(
     session::run_command(
         &args.session,
         "record",
-        labels(),
+        labels(&args.session.labels),
         observer,
         |target, iv, obs| run_session(args, target, kernel.clone(), iv, obs),
     )
@@ -108,6 +109,11 @@ pub fn run_session(
         }
     };
     let event = format!("{event_name} at {hz} Hz, call graph {}", mode.describe());
-    let mut recorder = Recorder::new(event, 1_000_000_000 / hz.max(1), bpf, labels());
+    let mut recorder = Recorder::new(
+        event,
+        1_000_000_000 / hz.max(1),
+        bpf,
+        labels(&args.session.labels),
+    );
     a.run(&mut recorder, intervals, observer)
 }

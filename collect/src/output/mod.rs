@@ -12,7 +12,9 @@ pub mod folded;
 pub mod input;
 pub mod outdir;
 pub mod pprof;
+pub mod sample_labels;
 pub mod sink;
+pub mod speedscope;
 pub mod svg;
 mod trust;
 
@@ -24,33 +26,59 @@ pub use sink::{check_writable, OutputFile};
 /// What kind of file to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// Brendan Gregg's folded stacks (`.folded`, or any other name).
+    /// Brendan Gregg's folded stacks (`.folded`, `.txt`, `.collapsed`, or no extension).
     Folded,
     /// An interactive SVG flame graph (`.svg`).
     Svg,
     /// Gzipped profile.proto (`.pb.gz`, `.pprof`, `.pb`).
     Pprof,
+    /// speedscope's JSON file format (`.json`, `.speedscope.json`).
+    Speedscope,
 }
 
+/// The names `-o` understands, for messages.
+const KNOWN_EXTENSIONS: &str = ".folded/.txt/.collapsed, .svg, .pb.gz/.pprof/.pb, .json";
+
 impl Format {
-    /// `.svg` → flame graph; `.pb.gz`/`.pprof`/`.pb` → pprof; anything else → folded stacks.
-    pub fn from_path(path: Option<&Path>) -> Format {
-        let name = path
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if name.ends_with(".svg") {
-            Format::Svg
-        } else if name.ends_with(".pb.gz") || name.ends_with(".pprof") || name.ends_with(".pb") {
-            Format::Pprof
-        } else {
-            Format::Folded
+    /// What a file name says to write: `.svg` → flame graph; `.pb.gz`/`.pprof`/`.pb` →
+    /// pprof; `.json` → speedscope; `.folded`/`.txt`/`.collapsed`, no extension (`out`,
+    /// `/dev/stdout`) or stdout → folded stacks. Any other extension is an error: writing
+    /// folded text into `prof.json` or `perf.data` would only surprise whoever opens it.
+    pub fn from_path(path: Option<&Path>) -> Result<Format, String> {
+        let Some(name) = path.and_then(|p| p.file_name()) else {
+            return Ok(Format::Folded);
+        };
+        let name = name.to_string_lossy().to_ascii_lowercase();
+        // A leading dot is a hidden file's name, not an extension.
+        let Some((_, ext)) = name.trim_start_matches('.').rsplit_once('.') else {
+            return Ok(Format::Folded);
+        };
+        match ext {
+            "svg" => Ok(Format::Svg),
+            "pprof" | "pb" => Ok(Format::Pprof),
+            "gz" if name.ends_with(".pb.gz") => Ok(Format::Pprof),
+            "json" => Ok(Format::Speedscope),
+            "folded" | "txt" | "collapsed" => Ok(Format::Folded),
+            _ => {
+                let hint = if name.ends_with("perf.data") || ext == "data" {
+                    " (psample does not write perf.data files)"
+                } else {
+                    ""
+                };
+                Err(format!(
+                    "cannot tell what to write into {name:?} from its extension .{ext}{hint}: \
+                     name it {KNOWN_EXTENSIONS}, or say --format folded|svg|pprof|speedscope"
+                ))
+            }
         }
     }
 
     /// The format asked for (`--format`) when given, else what the file name says.
-    pub fn resolve(explicit: Option<Format>, path: Option<&Path>) -> Format {
-        explicit.unwrap_or_else(|| Format::from_path(path))
+    pub fn resolve(explicit: Option<Format>, path: Option<&Path>) -> Result<Format, String> {
+        match explicit {
+            Some(f) => Ok(f),
+            None => Format::from_path(path),
+        }
     }
 
     /// File extension for generated names (continuous mode).
@@ -59,6 +87,7 @@ impl Format {
             Format::Folded => "folded",
             Format::Svg => "svg",
             Format::Pprof => "pb.gz",
+            Format::Speedscope => "json",
         }
     }
 }
@@ -86,6 +115,7 @@ fn encode_lines(
 ) -> io::Result<()> {
     match format {
         Format::Svg => svg::write(&mut out, lines, labels),
+        Format::Speedscope => speedscope::write(&mut out, lines, labels),
         _ => folded::write(&mut out, lines),
     }
 }
@@ -127,6 +157,8 @@ pub struct Labels {
     pub title: String,
     /// What the counts are (`samples`, `us`).
     pub count_name: String,
+    /// `--label KEY=VALUE`s, on every pprof sample.
+    pub extra: Vec<(String, String)>,
 }
 
 /// Write folded lines (`stack count`, already sorted) to `path`, or stdout when `None`:
@@ -138,7 +170,7 @@ pub fn write_profile(
 ) -> io::Result<()> {
     let path = path.map(PathBuf::as_path);
     let format = match Format::from_path(path) {
-        Format::Svg => Format::Svg,
+        Ok(Format::Svg) => Format::Svg,
         _ => Format::Folded,
     };
     write_lines(path, format, lines, labels)

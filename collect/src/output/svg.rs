@@ -133,6 +133,7 @@ mod tests {
         let labels = Labels {
             title: "t".into(),
             count_name: "samples".into(),
+            extra: Vec::new(),
         };
         write(&mut out, &[("prog;main;work".into(), 5)], &labels).unwrap();
         let s = String::from_utf8(out).unwrap();
@@ -162,6 +163,7 @@ mod tests {
         let labels = Labels {
             title: "psample wall".into(),
             count_name: "ns".into(),
+            extra: Vec::new(),
         };
         let mut out = Vec::new();
         write(&mut out, &lines, &labels).unwrap();

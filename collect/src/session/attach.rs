@@ -2,6 +2,8 @@
 //! command launched, the events opened on every thread of the target (or every CPU).
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use perfring::event::{Session, SessionError};
@@ -49,7 +51,7 @@ impl<'a> Setup<'a> {
         kernel: Arc<dyn Kernel>,
         pages: DefaultPages,
     ) -> Result<Setup<'a>, Error> {
-        let format = Format::resolve(opts.format, opts.output.as_deref());
+        let format = Format::resolve(opts.format, opts.output.as_deref()).map_err(Error::new)?;
         if let Some(p) = &opts.output {
             output::check_writable(p).map_err(Error::new)?;
         }
@@ -186,6 +188,7 @@ pub fn attach(
         }
         Target::Pids(list) => opener.open_processes(list)?,
         Target::Tids(list) => opener.open_threads(list)?,
+        Target::Cgroup(dir) => opener.open_cgroup(dir)?,
     };
     opener.open_per_cpu(a.cpu_specs)?;
     if opener.session.event_count() == 0 {
@@ -267,6 +270,53 @@ impl Opener<'_> {
             }
         }
         Ok(list.to_vec())
+    }
+
+    /// Every task spec on every CPU in perf_event's cgroup mode; where the kernel refuses
+    /// it (a v1 hierarchy without the perf_event controller, a kernel without
+    /// CONFIG_CGROUP_PERF), the processes in `cgroup.procs` now, per thread. Returns the
+    /// processes in the group.
+    fn open_cgroup(&mut self, dir: &Path) -> Result<Vec<u32>, Error> {
+        let procs = target::cgroup_procs(dir)
+            .map_err(|e| Error::new(format!("--cgroup: reading {}: {e}", dir.display())))?;
+        let group = std::fs::File::open(dir)
+            .map_err(|e| Error::new(format!("--cgroup: opening {}: {e}", dir.display())))?;
+        let mut refused = None;
+        'open: for &spec in self.task_specs {
+            for &cpu in self.cpus {
+                match self.session.open_cgroup(spec, group.as_fd(), cpu) {
+                    Ok(()) => {}
+                    Err(SessionError::Open(e)) if self.session.event_count() == 0 => {
+                        refused = Some(e.errno);
+                        break 'open;
+                    }
+                    Err(e) => return Err(open_err(self.session, spec, e)),
+                }
+            }
+        }
+        let Some(errno) = refused else {
+            self.session.notes.push(format!(
+                "--cgroup {}: perf_event cgroup mode on every CPU",
+                dir.display()
+            ));
+            return Ok(procs);
+        };
+        if procs.is_empty() {
+            return Err(Error::new(format!(
+                "--cgroup {}: the kernel refused cgroup mode ({}) and the group has no \
+                 process to profile instead",
+                dir.display(),
+                errno.desc()
+            )));
+        }
+        self.session.notes.push(format!(
+            "--cgroup {}: the kernel refused cgroup mode ({}); profiling the {} processes in \
+             cgroup.procs at start (processes that join later are not)",
+            dir.display(),
+            errno.desc(),
+            procs.len()
+        ));
+        self.open_processes(&procs)
     }
 
     /// Exactly these threads; returns their processes.

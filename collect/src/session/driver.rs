@@ -20,7 +20,7 @@ use crate::continuous::Intervals;
 use crate::output::{Format, Labels, Rendered};
 use crate::pipeline::Pipeline;
 use crate::tables::{Keep, Remap, Snapshot};
-use crate::target::Target;
+use crate::target::{self, Target};
 use crate::tracker::Tracker;
 use crate::Error;
 
@@ -129,7 +129,19 @@ fn enable(a: &mut Attached<'_>) -> Result<(), Error> {
             .map_err(|e| Error::new(e.to_string()))?;
     }
     l.start()
-        .map_err(|e| Error::new(format!("cannot start the command: {e}")))
+        .map_err(|e| Error::with_exit_code(e.message, e.code))
+}
+
+/// How the launched command ended, if it did: when it ended the session, its status; when
+/// psample stopped first on a signal (the terminal's Ctrl-C reaches the command too), a
+/// moment to exit; after `-d` it is left running.
+fn command_status(a: &Attached<'_>, cause: StopCause) -> Option<crate::launch::ExitStatus> {
+    let l = a.launched.as_ref()?;
+    match cause {
+        StopCause::TargetsExited => Some(l.wait()),
+        StopCause::Signal => l.wait_briefly(Duration::from_millis(500)),
+        StopCause::Duration => l.try_wait(),
+    }
 }
 
 /// What may be held outside the rings (the drainer's copies and the records the reader
@@ -209,6 +221,15 @@ impl<'a, 'c> Live<'a, 'c> {
             }
         }
         enable(&mut a)?;
+        if matches!(a.target, Target::Pids(_)) {
+            // Children forked between opening the inherited events and enabling them are
+            // sampled, but their FORK records were never written: snapshot them now.
+            for &pid in &a.pids {
+                for child in target::descendants_of(pid) {
+                    p.tracker.ensure_known(child);
+                }
+            }
+        }
         start_drainer(&mut a.session)?;
         let stopper = Stopper::new(a.opts.duration, &a.target, &a.pids);
         Ok(Live {
@@ -310,12 +331,27 @@ impl<'a, 'c> Live<'a, 'c> {
 
     /// The lines every command reports, around the collector's own.
     fn summarize(&mut self, stopped: &Stopped) {
+        let status = command_status(&self.a, stopped.cause);
+        let still_running = self.a.launched.as_ref().map(|l| l.pid);
         let (p, s) = (&self.p, &mut self.a.summary);
         s.line("stopped", stopped.cause.describe());
+        s.fact("stopped", stopped.cause.describe());
         s.line(
             "duration",
             format!("{:.2} s", stopped.elapsed.as_secs_f64()),
         );
+        s.fact("duration_s", stopped.elapsed.as_secs_f64());
+        match (status, still_running) {
+            (Some(st), _) => {
+                s.line("command", st.describe());
+                s.command_status = Some(st);
+            }
+            (None, Some(pid)) => s.line(
+                "command",
+                format!("still running (pid {pid}); psample's exit status is its own"),
+            ),
+            (None, None) => {}
+        }
         self.c.summarize(p, s);
         s.add_lost(&self.a.session, self.reader.stats().parse_errors);
         let throttles = p.tracker.stats.throttles;
@@ -384,8 +420,20 @@ impl<'a, 'c> Live<'a, 'c> {
                         flushed.written, flushed.write_errors
                     ),
                 );
+                summary.fact(
+                    "intervals",
+                    serde_json::json!({"written": flushed.written, "failed": flushed.write_errors}),
+                );
                 if let Some(p) = iv.push_stats() {
-                    summary.line("push", p);
+                    summary.line("push", p.describe());
+                    summary.fact("push", p.to_json());
+                    if p.not_delivered() > 0 {
+                        summary.warnings.push(format!(
+                            "--push: {} of {} intervals were not delivered",
+                            p.not_delivered(),
+                            p.not_delivered() + p.delivered
+                        ));
+                    }
                 }
                 summary.warnings.extend(flushed.warnings);
             }
@@ -404,6 +452,7 @@ impl<'a, 'c> Live<'a, 'c> {
                 let distinct = aggregation.distinct_stacks();
                 let lines = rendered.len();
                 summary.line("stacks", format!("{distinct} distinct, {lines} {what}"));
+                summary.fact("distinct_stacks", distinct as u64);
                 if let Some(d) = sym.debuginfod_summary() {
                     summary.line("debuginfod", d);
                 }
@@ -416,6 +465,7 @@ impl<'a, 'c> Live<'a, 'c> {
         );
         if let Some(p) = &opts.output {
             summary.line("written", p.display().to_string());
+            summary.fact("output", p.display().to_string());
         }
         observer.summary(&summary);
         Ok(())

@@ -50,6 +50,8 @@ pub struct SessionOptions {
     pub keep_root: bool,
     /// How frames are named after collection.
     pub symbols: symbolize::SymbolizeOptions,
+    /// `--label KEY=VALUE`s for every pprof sample (and the pushed name, see `continuous`).
+    pub labels: Vec<(String, String)>,
 }
 
 /// What the caller sees of a run while it goes: a progress counter, the summary of each

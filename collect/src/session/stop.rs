@@ -52,7 +52,7 @@ impl Stopper {
     pub fn new(duration: Option<Duration>, target: &Target, pids: &[u32]) -> Self {
         let ids: Vec<u32> = match target {
             Target::Tids(t) => t.clone(),
-            Target::AllCpus => Vec::new(),
+            Target::AllCpus | Target::Cgroup(_) => Vec::new(),
             _ => pids.to_vec(),
         };
         Stopper {
@@ -60,7 +60,7 @@ impl Stopper {
             duration,
             targets: ids.into_iter().map(Followed::new).collect(),
             last_check: Instant::now(),
-            system_wide: matches!(target, Target::AllCpus),
+            system_wide: target.cpu_wide(),
             hung_up: false,
             check_now: false,
         }

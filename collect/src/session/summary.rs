@@ -1,7 +1,13 @@
-//! The end-of-run summary on stderr: what was collected, what was lost, which fallbacks ran.
+//! The end-of-run summary: what was collected, what was lost, which fallbacks ran. The
+//! text on stderr ([`Summary::render`]) and the JSON of `--summary-json`
+//! ([`Summary::to_json`]) come from the same data: every line added here is kept as text,
+//! and the numbers behind the lines scripts care about (samples, lost records, unwinding,
+//! push results, the command's exit status) are kept as typed facts beside them.
 
 use perfring::event::Session;
+use serde_json::{json, Map, Value};
 
+use crate::launch::ExitStatus;
 use crate::session;
 use crate::stack::{StackBuilder, StackMode, UnwindStats};
 
@@ -12,6 +18,10 @@ const BROKEN_ADVICE_PCT: f64 = 5.0;
 pub struct Summary {
     command: &'static str,
     lines: Vec<(String, String)>,
+    /// Typed values behind the lines, for `--summary-json`.
+    facts: Map<String, Value>,
+    /// How a launched command (`-- CMD`) ended, when it did.
+    pub command_status: Option<ExitStatus>,
     /// Printed after the lines, one `psample: warning:` each.
     pub warnings: Vec<String>,
     /// Also list every kernel feature and its support.
@@ -26,6 +36,8 @@ impl Summary {
         Summary {
             command,
             lines: Vec::new(),
+            facts: Map::new(),
+            command_status: None,
             warnings: Vec::new(),
             verbose: false,
             fallbacks: Vec::new(),
@@ -36,6 +48,22 @@ impl Summary {
     /// Add a `key value` line.
     pub fn line(&mut self, key: &str, value: impl Into<String>) {
         self.lines.push((key.to_string(), value.into()));
+    }
+
+    /// Record a typed value for `--summary-json` (`samples`, `lost`, `push`…); a later
+    /// fact of the same key replaces it.
+    pub fn fact(&mut self, key: &str, value: impl Into<Value>) {
+        self.facts.insert(key.to_string(), value.into());
+    }
+
+    /// The command this summary is of (`record`, `offcpu`).
+    pub fn command(&self) -> &str {
+        self.command
+    }
+
+    /// A typed value recorded with [`Self::fact`].
+    pub fn get_fact(&self, key: &str) -> Option<&Value> {
+        self.facts.get(key)
     }
 
     /// Lost records per ring: always reported, never silent.
@@ -51,7 +79,22 @@ impl Summary {
         if corrupt > 0 || parse_errors > 0 {
             v.push_str(&format!(", {} malformed", corrupt + parse_errors));
         }
+        let per_cpu: Map<String, Value> = stats
+            .iter()
+            .filter(|(_, s)| s.lost_records > 0)
+            .map(|(cpu, s)| (cpu.to_string(), json!(s.lost_records)))
+            .collect();
         let held = session.drained_peak();
+        self.fact(
+            "lost",
+            json!({
+                "records": lost,
+                "samples_dropped_by_kernel": lost_samples,
+                "malformed": corrupt + parse_errors,
+                "per_cpu": per_cpu,
+                "held_outside_rings_peak_bytes": held,
+            }),
+        );
         if held > 0 {
             v.push_str(&format!(
                 " (the reader fell behind: up to {:.1} MiB held outside the rings)",
@@ -94,6 +137,15 @@ impl Summary {
             v.push_str(&format!("; truncated by: {}", top.join(", ")));
         }
         self.line("unwinding", v);
+        self.fact(
+            "unwinding",
+            json!({
+                "user_stacks": u.samples,
+                "complete": u.complete,
+                "complete_percent": (pct * 10.0).round() / 10.0,
+                "truncated_by": u.reasons,
+            }),
+        );
     }
 
     /// Per call-graph mode: how user stacks were unwound (DWARF, hybrid) and, in every mode,
@@ -124,6 +176,16 @@ impl Summary {
             ));
         }
         self.line("stack health", v);
+        self.fact(
+            "stack_health",
+            json!({
+                "user_stacks": h.stacks,
+                "broken_percent": (h.broken_pct() * 10.0).round() / 10.0,
+                "outside_executable_mappings": h.outside,
+                "stopped_at_sampled_address": h.ip_only,
+                "cut_at_stack_copy_end": h.cut,
+            }),
+        );
         if !matches!(b.mode, StackMode::Dwarf(_)) && h.broken_pct() > BROKEN_ADVICE_PCT {
             self.warnings.push(format!(
                 "{:.0}% of user stacks are broken: code built without frame pointers is on \
@@ -177,6 +239,32 @@ impl Summary {
             .collect();
     }
 
+    /// The summary as JSON: the command, every line's text under `lines`, the typed facts
+    /// at the top level, fallbacks, warnings, and what psample's symbolizer left out.
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("command".into(), json!(self.command));
+        for (k, v) in &self.facts {
+            o.insert(k.clone(), v.clone());
+        }
+        if let Some(s) = self.command_status {
+            o.insert("command_exit".into(), exit_json(s));
+        }
+        o.insert("fallbacks".into(), json!(self.fallbacks));
+        if self.verbose {
+            o.insert("features".into(), json!(self.features));
+        }
+        o.insert("budget".into(), json!(symbolize::budget::report()));
+        o.insert("warnings".into(), json!(self.warnings));
+        let lines: Vec<Value> = self
+            .lines
+            .iter()
+            .map(|(k, v)| json!({"key": k.trim(), "value": v}))
+            .collect();
+        o.insert("lines".into(), Value::Array(lines));
+        Value::Object(o)
+    }
+
     /// The summary as the command line prints it: a heading, aligned `key  value` lines,
     /// the fallbacks (and when verbose every feature), then the warnings.
     pub fn render(&self) -> String {
@@ -208,5 +296,16 @@ impl Summary {
             let _ = writeln!(out, "psample: warning: {w}");
         }
         out
+    }
+}
+
+/// `{"status": 3}`, `{"signal": 9, "status": 137}`.
+fn exit_json(s: ExitStatus) -> Value {
+    match s {
+        ExitStatus::Exited(c) => json!({"code": c, "status": c, "describe": s.describe()}),
+        ExitStatus::Signaled(n) => {
+            json!({"signal": n, "status": 128 + n, "describe": s.describe()})
+        }
+        ExitStatus::Unknown => json!({"status": null, "describe": s.describe()}),
     }
 }

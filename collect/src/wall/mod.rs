@@ -64,6 +64,7 @@ pub fn labels(wakers: bool) -> Labels {
     Labels {
         title: format!("psample wall{what}: on-CPU (warm), off-CPU (blue), runnable (purple)"),
         count_name: "ns".into(),
+        extra: Vec::new(),
     }
 }
 
@@ -91,7 +92,9 @@ pub fn run_session(
     observer: &mut dyn Observer,
 ) -> Result<StopCause, Error> {
     let mode = args.session.stack;
+    let (target, cgroup_note) = crate::offcpu::cgroup_as_processes(target)?;
     let mut s = Setup::new("wall", &args.session, target, kernel.clone(), PAGES)?;
+    s.session.notes.extend(cgroup_note);
     if let Some(max) = args.max_us.filter(|&m| m < args.min_us) {
         return Err(Error::new(format!(
             "-M {max} is below -m {}: no interval could match",
@@ -120,6 +123,7 @@ pub fn run_session(
             states: StateFilter::Blocked,
             wakers: args.wakers,
             runnable: true,
+            by_thread: false,
         },
         specs,
         mechanisms,

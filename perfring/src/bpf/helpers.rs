@@ -15,6 +15,8 @@ pub const KTIME_GET_NS: i32 = 5;
 pub const GET_SMP_PROCESSOR_ID: i32 = 8;
 /// `bpf_get_current_pid_tgid()`: tgid << 32 | tid.
 pub const GET_CURRENT_PID_TGID: i32 = 14;
+/// `bpf_get_ns_current_pid_tgid(dev, ino, nsdata, size)`: ids in a pid namespace (5.7).
+pub const GET_NS_CURRENT_PID_TGID: i32 = 120;
 /// `bpf_get_current_comm(buf, size)` (4.2).
 pub const GET_CURRENT_COMM: i32 = 16;
 /// `bpf_get_current_task()`: the current `task_struct` as a plain address (4.8).

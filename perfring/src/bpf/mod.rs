@@ -19,5 +19,6 @@ pub mod sys;
 
 pub use error::BpfError;
 pub use stack_counter::{
-    probe, MissingStacks, StackCount, StackCounter, StackCounterOptions, StackFailures,
+    probe, MissingStacks, PidNamespace, StackCount, StackCounter, StackCounterOptions,
+    StackFailures,
 };

@@ -52,6 +52,38 @@ const ONE_OFF: i16 = -32; // u64 initial count
 const SLOT_OFF: i16 = -36; // u32 counter index
 const ZERO_OFF: i16 = -40; // u32 key of the epoch array
 const KEY_SIZE: usize = 20;
+const NSDATA_OFF: i16 = -48; // struct bpf_pidns_info {u32 pid (thread), u32 tgid}
+
+/// The pid namespace psample names processes in, as `bpf_get_ns_current_pid_tgid` takes
+/// it: the device (kernel encoding, `MAJOR << 20 | MINOR`) and inode of `/proc/self/ns/pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidNamespace {
+    /// Device of the nsfs inode, kernel `dev_t` encoding.
+    pub dev: u64,
+    /// Inode number: the namespace's id.
+    pub ino: u64,
+}
+
+/// Inode of the initial pid namespace (`PROC_PID_INIT_INO`, a fixed kernel constant).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+impl PidNamespace {
+    /// psample's own pid namespace when it is not the initial one (in a container, or under
+    /// `unshare --pid`): there the kernel's global pids are not the ones psample and /proc
+    /// use. `None` in the initial namespace or when it cannot be told.
+    pub fn own_if_nested() -> Option<PidNamespace> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/proc/self/ns/pid").ok()?;
+        if m.ino() == INIT_PID_NS_INO {
+            return None;
+        }
+        let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+        Some(PidNamespace {
+            dev: (major << 20) | minor,
+            ino: m.ino(),
+        })
+    }
+}
 
 /// Largest callchain the stack map stores per stack, the perf default and the historic
 /// fixed limit (RHEL 7 has no perf_event_max_stack sysctl).
@@ -70,6 +102,9 @@ pub struct StackCounterOptions {
     pub kernel_stacks: bool,
     /// Always capture the verifier log (otherwise only on a failed load).
     pub log_verifier: bool,
+    /// Name threads by their ids in this pid namespace (`None`: the kernel's global ids).
+    /// A thread outside it is counted as pid 0 / tid 0, as perf's ring reports it.
+    pub pid_namespace: Option<PidNamespace>,
 }
 
 impl Default for StackCounterOptions {
@@ -80,6 +115,7 @@ impl Default for StackCounterOptions {
             user_stacks: true,
             kernel_stacks: true,
             log_verifier: false,
+            pid_namespace: None,
         }
     }
 }
@@ -262,7 +298,44 @@ fn emit_stack_ids(a: &mut Asm, maps: &ProgramMaps, user: bool, kernel: bool) {
 /// it to the event's ring as usual, with its callchain) when it could not be: a stack
 /// that did not fit the stack map, a full count map, an insert race. So the in-kernel
 /// path loses nothing the ring path would have kept.
-fn build_program(maps: &ProgramMaps, user: bool, kernel: bool) -> Result<Vec<Insn>, BpfError> {
+/// Emit: the key's tgid and tid, from the current task's global ids or, with `ns`, its ids
+/// in that namespace (0 and 0 when it is not in it). Clobbers r0-r5; r6 is kept.
+fn store_ids(a: &mut Asm, ns: Option<PidNamespace>) {
+    let Some(ns) = ns else {
+        a.call(helper::GET_CURRENT_PID_TGID)
+            // tid = low half. The idle task (tid 0) is counted too: a system-wide profile
+            // shows idle time as `swapper`, as perf's does and as the ring-buffer path does.
+            .mov64_reg(Reg::R1, Reg::R0)
+            .alu64_imm(alu::LSH, Reg::R1, 32)
+            .alu64_imm(alu::RSH, Reg::R1, 32)
+            .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
+            .alu64_imm(alu::RSH, Reg::R0, 32)
+            .store_reg(size::W, FP, KEY_OFF, Reg::R0);
+        return;
+    };
+    let found = a.new_label();
+    // On failure the helper zeroes nsdata: the key gets pid 0, tid 0.
+    a.ld_imm64(Reg::R1, ns.dev)
+        .ld_imm64(Reg::R2, ns.ino)
+        .mov64_reg(Reg::R3, FP)
+        .alu64_imm(alu::ADD, Reg::R3, i32::from(NSDATA_OFF))
+        .mov64_imm(Reg::R4, 8)
+        .call(helper::GET_NS_CURRENT_PID_TGID)
+        .jmp_imm(jmp::JEQ, Reg::R0, 0, found)
+        .store_imm(size::DW, FP, NSDATA_OFF, 0);
+    a.bind(found);
+    a.load(size::W, Reg::R1, FP, NSDATA_OFF)
+        .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
+        .load(size::W, Reg::R1, FP, NSDATA_OFF + 4)
+        .store_reg(size::W, FP, KEY_OFF, Reg::R1);
+}
+
+fn build_program(
+    maps: &ProgramMaps,
+    user: bool,
+    kernel: bool,
+    ns: Option<PidNamespace>,
+) -> Result<Vec<Insn>, BpfError> {
     let mut a = Asm::new();
     let counted = a.new_label();
     let spill = a.new_label();
@@ -271,16 +344,8 @@ fn build_program(maps: &ProgramMaps, user: bool, kernel: bool) -> Result<Vec<Ins
         key_off: SLOT_OFF,
     };
 
-    a.mov64_reg(Reg::R6, Reg::R1)
-        .call(helper::GET_CURRENT_PID_TGID)
-        // tid = low half. The idle task (tid 0) is counted too: a system-wide profile shows
-        // idle time as `swapper`, as perf's does and as the ring-buffer path does.
-        .mov64_reg(Reg::R1, Reg::R0)
-        .alu64_imm(alu::LSH, Reg::R1, 32)
-        .alu64_imm(alu::RSH, Reg::R1, 32)
-        .store_reg(size::W, FP, KEY_OFF + 4, Reg::R1)
-        .alu64_imm(alu::RSH, Reg::R0, 32)
-        .store_reg(size::W, FP, KEY_OFF, Reg::R0);
+    a.mov64_reg(Reg::R6, Reg::R1);
+    store_ids(&mut a, ns);
     emit_stack_ids(&mut a, maps, user, kernel);
     a.jmp_imm(jmp::JNE, Reg::R9, 0, spill);
 
@@ -456,6 +521,7 @@ impl StackCounter {
             },
             opts.user_stacks,
             opts.kernel_stacks,
+            opts.pid_namespace,
         )?;
         let (prog, log) = load_program(
             sys::prog_type::PERF_EVENT,
@@ -600,6 +666,7 @@ pub fn probe() -> Result<(), BpfError> {
         user_stacks: true,
         kernel_stacks: true,
         log_verifier: false,
+        pid_namespace: PidNamespace::own_if_nested(),
     })
     .map(drop)
 }
@@ -621,6 +688,7 @@ mod tests {
             },
             user,
             kernel,
+            None,
         )
         .expect("assembles")
     }

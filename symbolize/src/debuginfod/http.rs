@@ -23,7 +23,9 @@ pub(crate) enum Fetched {
     Failed(String),
 }
 
-fn roots() -> RootCerts {
+/// The roots HTTPS trusts: the system's CA store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured),
+/// else Mozilla's bundled set. Shared with `--push` (collect), loaded once.
+pub fn roots() -> RootCerts {
     static ROOTS: OnceLock<RootCerts> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

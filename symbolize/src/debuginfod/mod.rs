@@ -23,6 +23,7 @@ use object::Object;
 
 use crate::bytes::FileBytes;
 use cache::{Cache, Entry};
+pub use http::roots as tls_roots;
 use http::Fetched;
 
 /// Default for the whole run's network work (`--debuginfod-deadline`).

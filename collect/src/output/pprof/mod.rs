@@ -9,7 +9,11 @@
 //! - the thread name (comm) as the root-most location, so the stacks are exactly the folded
 //!   output's and [`to_folded`] turns a profile back into the same folded lines;
 //! - function names carry the folded suffixes that are not implied by the layout (`_[k]`
-//!   kernel, `_[j]` JIT, `_[w]` waker), so folded and pprof inputs diff cleanly.
+//!   kernel, `_[j]` JIT, `_[w]` waker), so folded and pprof inputs diff cleanly;
+//! - sample labels where the collector knows them (`pid`, `tid`, `thread`, `container`) and
+//!   the user's `--label`s, for `go tool pprof -tags`/`-tagfocus` and backends' filters;
+//! - the executable first among the mappings: pprof tools take the first mapping for the
+//!   main binary (see [`Builder::finish`]).
 
 pub mod proto;
 pub mod wire;
@@ -23,7 +27,7 @@ use crate::frame::Frame;
 use crate::names::Names;
 use crate::output::folded::escape_frame;
 pub use proto::Profile;
-use proto::{Function, Line, Location, Mapping, Sample, ValueType};
+use proto::{Function, Label, Line, Location, Mapping, Sample, ValueType};
 
 /// Upper bound for a decompressed pprof file read by `diff`/`report`.
 pub const MAX_DECODED_BYTES: u64 = 1 << 30;
@@ -38,6 +42,15 @@ pub enum Node<'a> {
     Waker(Frame),
     /// A plain name (thread names, separators).
     Text(&'a str),
+}
+
+/// A label on a sample, before interning.
+#[derive(Debug, Clone, Copy)]
+pub enum SampleLabel<'a> {
+    /// `key` = a string.
+    Str(&'a str, &'a str),
+    /// `key` = a number.
+    Num(&'a str, i64),
 }
 
 /// A location line before interning: function name, source file, line.
@@ -78,8 +91,10 @@ pub struct Builder<'a> {
     mapping_ids: HashMap<MappingId, (u64, ModuleHandle)>,
     locations: Vec<Location>,
     location_ids: HashMap<LocKey, u64>,
-    samples: HashMap<Vec<u64>, Vec<i64>>,
+    samples: HashMap<(Vec<u64>, Vec<Label>), Vec<i64>>,
     scratch: Vec<u64>,
+    /// Sample references per mapping id, to find the main binary.
+    mapping_samples: HashMap<u64, u64>,
 }
 
 impl<'a> Builder<'a> {
@@ -99,6 +114,7 @@ impl<'a> Builder<'a> {
             location_ids: HashMap::new(),
             samples: HashMap::new(),
             scratch: Vec::new(),
+            mapping_samples: HashMap::new(),
         }
     }
 
@@ -260,23 +276,102 @@ impl<'a> Builder<'a> {
 
     /// Add `values` to a stack given leaf first (the thread name is its last, root-most node).
     pub fn add(&mut self, nodes: &[Node<'_>], values: &[i64]) {
+        self.add_labeled(nodes, values, &[]);
+    }
+
+    /// [`Self::add`] with labels on the sample; samples of one stack with different labels
+    /// stay apart.
+    pub fn add_labeled(&mut self, nodes: &[Node<'_>], values: &[i64], labels: &[SampleLabel<'_>]) {
         let mut ids = std::mem::take(&mut self.scratch);
         ids.clear();
         for n in nodes {
             let id = self.location(*n);
             ids.push(id);
         }
-        match self.samples.get_mut(&ids) {
+        let mut interned: Vec<Label> = labels
+            .iter()
+            .map(|l| match *l {
+                SampleLabel::Str(k, v) => Label {
+                    key: self.string(k),
+                    str: self.string(v),
+                    num: 0,
+                },
+                SampleLabel::Num(k, n) => Label {
+                    key: self.string(k),
+                    str: 0,
+                    num: n,
+                },
+            })
+            .collect();
+        interned.sort();
+        // Weighted by the first value; each mapping once per stack.
+        let weight = values.first().map_or(1, |v| (*v).max(0) as u64);
+        let mut seen: Vec<u64> = ids
+            .iter()
+            .filter_map(|id| self.location_mapping(*id))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for m in seen {
+            *self.mapping_samples.entry(m).or_insert(0) += weight;
+        }
+        let key = (ids, interned);
+        match self.samples.get_mut(&key) {
             Some(v) => {
                 for (a, b) in v.iter_mut().zip(values) {
                     *a = a.saturating_add(*b);
                 }
             }
             None => {
-                self.samples.insert(ids.clone(), values.to_vec());
+                self.samples.insert(key.clone(), values.to_vec());
             }
         }
-        self.scratch = ids;
+        self.scratch = key.0;
+    }
+
+    /// The mapping of a location (`None` for kernel and named frames).
+    fn location_mapping(&self, id: u64) -> Option<u64> {
+        let m = self.locations.get(id.checked_sub(1)? as usize)?.mapping_id;
+        (m != 0).then_some(m)
+    }
+
+    /// Put the executable first, as pprof tools expect: among the mappings sampled, the one
+    /// in the stacks of the most samples that is not a shared library (`*.so`, `*.so.N`)
+    /// or a kernel-made mapping (`[vdso]`). Mapping ids are renumbered to match.
+    fn main_mapping_first(&mut self) {
+        let is_executable = |m: &Mapping, strings: &[String]| {
+            let path = strings.get(m.filename as usize).map_or("", String::as_str);
+            let name = path.rsplit('/').next().unwrap_or(path);
+            path.starts_with('/') && !name.ends_with(".so") && !name.contains(".so.")
+        };
+        let Some(main) = self
+            .mappings
+            .iter()
+            .filter(|m| is_executable(m, &self.strings))
+            .max_by_key(|m| {
+                let n = self.mapping_samples.get(&m.id).copied().unwrap_or(0);
+                (n, std::cmp::Reverse(m.id))
+            })
+            .map(|m| m.id)
+        else {
+            return;
+        };
+        if main == 1 {
+            return;
+        }
+        // Swap ids 1 and `main`: positions in `mappings` are id - 1.
+        let swap = |id: u64| match id {
+            1 => main,
+            x if x == main => 1,
+            x => x,
+        };
+        self.mappings.swap(0, main as usize - 1);
+        for m in &mut self.mappings {
+            m.id = swap(m.id);
+        }
+        for l in &mut self.locations {
+            l.mapping_id = swap(l.mapping_id);
+        }
     }
 
     /// The profile, with `meta` describing its values (samples sorted: the same profile always encodes to the same bytes).
@@ -293,17 +388,18 @@ impl<'a> Builder<'a> {
             ty: self.string(&meta.period_type.0),
             unit: self.string(&meta.period_type.1),
         });
+        self.main_mapping_first();
         // Sorted so the same profile always encodes to the same bytes.
-        let samples: BTreeMap<Vec<u64>, Vec<i64>> = self.samples.drain().collect();
+        let samples: BTreeMap<(Vec<u64>, Vec<Label>), Vec<i64>> = self.samples.drain().collect();
         Profile {
             sample_type,
             sample: samples
                 .into_iter()
                 .filter(|(_, v)| v.iter().any(|x| *x != 0))
-                .map(|(location_id, value)| Sample {
+                .map(|((location_id, label), value)| Sample {
                     location_id,
                     value,
-                    label: Vec::new(),
+                    label,
                 })
                 .collect(),
             mapping: self.mappings,

@@ -15,7 +15,7 @@ pub struct ValueType {
 }
 
 /// `Label`: a key and a string or number attached to a sample.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
     /// The key (string table index).
     pub key: i64,
@@ -32,7 +32,7 @@ pub struct Sample {
     pub location_id: Vec<u64>,
     /// One value per `sample_type`.
     pub value: Vec<i64>,
-    /// Labels (psample writes none).
+    /// Labels: pid, tid, thread, container, and the user's `--label`s.
     pub label: Vec<Label>,
 }
 
