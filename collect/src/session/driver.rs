@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use perfring::features::{Feature, Support};
 use perfring::order::{Ordered, OrderedReader};
+use perfring::record::{Comm, Record};
 use symbolize::Symbolizer;
 
 use super::{Attached, Observer, StopCause, Stopper, Summary};
@@ -165,6 +166,20 @@ fn start_drainer(session: &mut perfring::event::Session) -> Result<(), Error> {
         .map_err(|e| Error::new(format!("cannot start the ring drainer thread: {e}")))
 }
 
+/// One record, in time order: to the tracker, then the collector. Before an exec replaces a
+/// process's address space, what the kernel aggregated (BPF counts carry no time) is drained,
+/// so counts from before the exec are named with the image they ran in. Drains read only
+/// what was counted since the last one, so an exec storm costs map reads, not memory.
+fn apply(p: &mut Pipeline, c: &mut dyn Collector, o: &Ordered<'_>, warnings: &mut Vec<String>) {
+    if matches!(o.record, Record::Comm(Comm { exec: true, .. })) {
+        if let Err(e) = c.drain(p) {
+            warnings.push(e);
+        }
+    }
+    p.tracker.on_record(&o.record);
+    c.record(p, o);
+}
+
 /// A session while it samples.
 struct Live<'a, 'c> {
     a: Attached<'a>,
@@ -277,10 +292,9 @@ impl<'a, 'c> Live<'a, 'c> {
     /// One round over the rings; every record goes to the tracker, then the collector.
     fn pump(&mut self) {
         let (p, c) = (&mut self.p, &mut *self.c);
-        self.reader.pump(&mut self.a.session, |o| {
-            p.tracker.on_record(&o.record);
-            c.record(p, o);
-        });
+        let warnings = &mut self.a.summary.warnings;
+        self.reader
+            .pump(&mut self.a.session, |o| apply(p, c, o, warnings));
     }
 
     fn drain(&mut self) {
@@ -315,10 +329,8 @@ impl<'a, 'c> Live<'a, 'c> {
         let at = Instant::now();
         self.pump();
         let (p, c) = (&mut self.p, &mut *self.c);
-        self.reader.finish(|o| {
-            p.tracker.on_record(&o.record);
-            c.record(p, o);
-        });
+        let warnings = &mut self.a.summary.warnings;
+        self.reader.finish(|o| apply(p, c, o, warnings));
         self.drain();
         observer.progress_done();
         Stopped {
