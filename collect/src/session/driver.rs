@@ -169,12 +169,12 @@ fn start_drainer(session: &mut perfring::event::Session) -> Result<(), Error> {
 /// One record, in time order: to the tracker, then the collector. Before an exec replaces a
 /// process's address space, what the kernel aggregated (BPF counts carry no time) is drained,
 /// so counts from before the exec are named with the image they ran in. Drains read only
-/// what was counted since the last one, so an exec storm costs map reads, not memory.
-fn apply(p: &mut Pipeline, c: &mut dyn Collector, o: &Ordered<'_>, warnings: &mut Vec<String>) {
+/// what was counted since the last one, so an exec storm costs map reads, not memory. A
+/// failed drain here is not reported: the periodic drain reports it once a second, and one
+/// warning per exec would grow without bound under an exec storm.
+fn apply(p: &mut Pipeline, c: &mut dyn Collector, o: &Ordered<'_>) {
     if matches!(o.record, Record::Comm(Comm { exec: true, .. })) {
-        if let Err(e) = c.drain(p) {
-            warnings.push(e);
-        }
+        let _ = c.drain(p);
     }
     p.tracker.on_record(&o.record);
     c.record(p, o);
@@ -292,9 +292,7 @@ impl<'a, 'c> Live<'a, 'c> {
     /// One round over the rings; every record goes to the tracker, then the collector.
     fn pump(&mut self) {
         let (p, c) = (&mut self.p, &mut *self.c);
-        let warnings = &mut self.a.summary.warnings;
-        self.reader
-            .pump(&mut self.a.session, |o| apply(p, c, o, warnings));
+        self.reader.pump(&mut self.a.session, |o| apply(p, c, o));
     }
 
     fn drain(&mut self) {
@@ -329,8 +327,7 @@ impl<'a, 'c> Live<'a, 'c> {
         let at = Instant::now();
         self.pump();
         let (p, c) = (&mut self.p, &mut *self.c);
-        let warnings = &mut self.a.summary.warnings;
-        self.reader.finish(|o| apply(p, c, o, warnings));
+        self.reader.finish(|o| apply(p, c, o));
         self.drain();
         observer.progress_done();
         Stopped {
