@@ -65,7 +65,10 @@ fn dispatch(command: args::Command) -> Result<i32, Error> {
             outcome::finish(result, &terminal, json)
         }
         args::Command::Wall(a) => {
-            collect::wall::run(&options::wall(&a)?, kernel(), &mut terminal).map(|()| 0)
+            let json = outcome::SummaryJson::new("wall", a.common.summary_json.as_deref())?;
+            let result =
+                options::wall(&a).and_then(|o| collect::wall::run(&o, kernel(), &mut terminal));
+            outcome::finish(result, &terminal, json)
         }
         args::Command::Check(a) => check::run(a),
         args::Command::Completions(a) => shell::completions(&a),

@@ -398,6 +398,21 @@ impl Session {
             .map(|e| e.fd.as_fd())
     }
 
+    /// The kernel's counters of `spec`'s events per CPU (summed over a CPU's events), or
+    /// None when a counter cannot be read. With a sample period of 1 a counter minus the
+    /// samples that arrived is what the kernel counted but never wrote.
+    pub fn counters_of(&self, spec: usize) -> Option<Vec<(u32, u64)>> {
+        let mut per_cpu: Vec<(u32, u64)> = Vec::new();
+        for e in self.events.iter().filter(|e| e.spec == spec) {
+            let n = self.kernel.read_counter(e.fd.as_fd()).ok()?;
+            match per_cpu.iter_mut().find(|(cpu, _)| *cpu == e.cpu) {
+                Some((_, sum)) => *sum = sum.saturating_add(n),
+                None => per_cpu.push((e.cpu, n)),
+            }
+        }
+        Some(per_cpu)
+    }
+
     /// Threads that have an event of `spec` open.
     pub fn threads_of(&self, spec: usize) -> impl Iterator<Item = u32> + '_ {
         self.events

@@ -111,6 +111,12 @@ pub trait Kernel: Send + Sync {
         })
     }
 
+    /// The event's counter, read(2)'s first value: how often it fired, whether or not
+    /// its sample reached the ring. Emulated kernels keep no counter (ENOSYS).
+    fn read_counter(&self, _fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+        Err(Errno::ENOSYS)
+    }
+
     /// Read a small integer sysctl such as `kernel/perf_event_paranoid`.
     fn sysctl_i64(&self, name: &str) -> Option<i64> {
         let path = format!("/proc/sys/{name}");
@@ -296,6 +302,17 @@ impl Kernel for LinuxKernel {
             )
         })
         .map_err(io::Error::from)
+    }
+
+    fn read_counter(&self, fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+        // {value, id} with the read_format sessions use; room for the time fields too.
+        let mut buf = [0u8; 32];
+        // SAFETY: reading into a local buffer of the given length from a borrowed fd.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 8 {
+            return Err(if n < 0 { Errno::last() } else { Errno::EIO });
+        }
+        Ok(u64::from_ne_bytes(buf[..8].try_into().unwrap_or([0; 8])))
     }
 
     fn page_size(&self) -> usize {

@@ -10,6 +10,7 @@ use perfring::record::{Record, Sample};
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TaskState};
 use serde_json::{json, Value};
 
+use super::delivery::Delivery;
 use super::events::{Specs, Tracepoints};
 use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
 use super::legacy;
@@ -31,6 +32,9 @@ struct Counts {
     switch_ins: u64,
     wakeups: u64,
     decode_errors: u64,
+    lost_records: u64,
+    /// Wakeup samples that arrived, against the kernel's counters.
+    delivery: Delivery,
 }
 
 /// How the session was set up, as the collector needs it.
@@ -339,6 +343,9 @@ impl Collector for OffCpu {
         let ev = match &o.record {
             Record::Sample(s) => {
                 let spec = s.id.and_then(|id| self.plan.specs.ids.get(&id).copied());
+                if spec.is_some() && spec == self.plan.specs.wakeup {
+                    self.counts.delivery.arrived(cpu);
+                }
                 match (spec, s.raw) {
                     (Some(spec), Some(raw)) if spec == self.plan.specs.switch => {
                         self.on_switch(p, s, raw, spec, cpu)
@@ -363,11 +370,14 @@ impl Collector for OffCpu {
                 return self.on_switch_record(time, cpu, sw.sample_id.tid, true);
             }
             // Untimed (no sample_id_all): the reader dates it by the ring's last record.
-            Record::Lost(l) => OffcpuEvent::Lost {
-                cpu,
-                time: o.time,
-                count: l.lost,
-            },
+            Record::Lost(l) => {
+                self.counts.lost_records += l.lost;
+                OffcpuEvent::Lost {
+                    cpu,
+                    time: o.time,
+                    count: l.lost,
+                }
+            }
             Record::Exit(e) => OffcpuEvent::Exit {
                 time: e.time,
                 pid: e.pid,
@@ -381,6 +391,12 @@ impl Collector for OffCpu {
 
     fn upkeep(&mut self, _p: &mut Pipeline) {
         self.upkeep.run(&mut self.engine);
+    }
+
+    fn counters(&mut self, session: &perfring::event::Session) {
+        if let Some(spec) = self.plan.specs.wakeup {
+            self.counts.delivery.counted(session.counters_of(spec));
+        }
     }
 
     fn end_interval(&mut self, p: &mut Pipeline) -> Box<dyn Aggregation> {
@@ -463,6 +479,12 @@ impl OffCpu {
                 "undecodable": c.decode_errors,
             }),
         );
+        let what = if self.plan.options.wakers {
+            "waker stack"
+        } else {
+            "runnable part"
+        };
+        c.delivery.summarize(what, c.lost_records > 0, s);
         if self.plan.specs.cpu_switch.is_some() {
             let sys_exit = self.plan.specs.sys_exit.is_some();
             // Wall mode sees every wakeup (without stacks): the bound is measured.

@@ -25,6 +25,7 @@
 //! - [`legacy`]: where switch-ins come from on kernels without context-switch records;
 //! - [`filter`]: kernel-side filters passing only the targets' threads;
 //! - [`collector`]: records to engine events, threads blocked at the start;
+//! - [`delivery`]: wakeups the kernel counted but never wrote as samples;
 //! - [`intervals`]: the engine that turns switch-out / switch-in / wakeup / lost / exit
 //!   events into blocked intervals, aggregated per stack (and waker stack) — pure logic, no
 //!   syscalls, tested on synthetic event streams;
@@ -45,6 +46,7 @@ use crate::Error;
 
 pub mod bpf;
 pub mod collector;
+pub mod delivery;
 pub mod events;
 pub mod filter;
 pub mod in_kernel;

@@ -84,6 +84,9 @@ pub trait Collector {
     fn drain(&mut self, _p: &mut Pipeline) -> Result<(), String> {
         Ok(())
     }
+    /// Recording stopped and every record was read: compare with the kernel's event
+    /// counters, e.g. to find samples the kernel counted but never wrote.
+    fn counters(&mut self, _session: &perfring::event::Session) {}
     /// The interval ended: hand over its aggregation and start a new one.
     fn end_interval(&mut self, p: &mut Pipeline) -> Box<dyn Aggregation>;
     /// Ids the collector still refers to after [`Collector::end_interval`].
@@ -329,6 +332,7 @@ impl<'a, 'c> Live<'a, 'c> {
         let (p, c) = (&mut self.p, &mut *self.c);
         self.reader.finish(|o| apply(p, c, o));
         self.drain();
+        self.c.counters(&self.a.session);
         observer.progress_done();
         Stopped {
             cause,

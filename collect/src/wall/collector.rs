@@ -110,6 +110,10 @@ impl Collector for Wall {
         self.off.upkeep(p);
     }
 
+    fn counters(&mut self, session: &perfring::event::Session) {
+        self.off.counters(session);
+    }
+
     fn end_interval(&mut self, _p: &mut Pipeline) -> Box<dyn Aggregation> {
         let report = self.off.end_report();
         self.take(report)
