@@ -275,17 +275,27 @@ fn counts_frame_pointer_stacks_of_a_busy_child() {
 
     // cpu-clock fires once per 1/FREQ s of the child's CPU time, so scale by what it got
     // (other builds may share these two cores).
+    // Samples whose stack collided in the stack map (a hash table: two stacks in one bucket,
+    // ~2 % of runs here with ~25 distinct kernel stacks) are spilled to the ring, which the
+    // production path reads; this test has no ring, so it counts them as seen.
+    let spilled = missing.spilled_samples();
     let expected = FREQ as f64 * cpu_ns as f64 / 1e9;
-    let ratio = total as f64 / expected;
+    let ratio = (total + spilled) as f64 / expected;
     assert!(
         (0.7..=1.3).contains(&ratio),
-        "{total} samples, expected ≈{expected:.0} (ratio {ratio:.2})"
+        "{total} samples + {spilled} spilled, expected ≈{expected:.0} (ratio {ratio:.2})"
     );
     assert!(
         counts.iter().all(|c| c.pid == pid && c.tid == pid),
         "foreign pid/tid in {counts:?}"
     );
-    assert_eq!(missing.spilled_samples(), 0, "{missing:?}");
+    // Every spill has a cause the program counted (a stack it could not record, a full
+    // count map, a drain racing the insert).
+    let causes = missing.user.not_recorded()
+        + missing.kernel.not_recorded()
+        + missing.count_map_full
+        + missing.insert_race;
+    assert!(spilled <= causes, "unexplained spills: {missing:?}");
     assert_eq!(missing.lost_stacks(), 0, "{missing:?}");
 
     let mut in_leaf = 0u64;
