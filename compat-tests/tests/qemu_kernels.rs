@@ -908,5 +908,8 @@ fn first_symptom_names_the_oops_of_a_boot_that_never_reached_init() {
         first_symptom(log),
         "[    2.19] BUG: unable to handle page fault for address: ff3e922596401000"
     );
-    assert_eq!(first_symptom("[    0.1] Linux version\n"), "no oops in the log");
+    assert_eq!(
+        first_symptom("[    0.1] Linux version\n"),
+        "no oops in the log"
+    );
 }

@@ -85,7 +85,7 @@ fn single_thread_chain_is_complete_and_split_is_70_30() {
     let mut procs = Processes::new();
     procs.load_proc_maps(target.pid()).expect("read maps");
     let mut sampler = Sampler::attach(target.pid());
-    let samples = sampler.run(800, Duration::from_micros(700));
+    let samples = sampler.run_progressing(800, Duration::from_micros(700));
     assert!(samples.len() >= 700, "only {} samples", samples.len());
 
     let t = unwind_all(&procs, target.pid(), &samples);
@@ -124,7 +124,7 @@ fn threads_created_after_attach_unwind() {
     target.go();
     sampler.attach_new_threads();
     assert_eq!(sampler.tids().len(), 3, "main + 2 workers");
-    let samples = sampler.run(1200, Duration::from_micros(400));
+    let samples = sampler.run_progressing(1200, Duration::from_micros(400));
     let busy: Vec<Sample> = samples
         .into_iter()
         .filter(|s| s.tid != target.pid())

@@ -268,6 +268,43 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// Like [`Sampler::run`], but a thread is sampled again only once it has run 100 µs more
+    /// CPU time (its schedstat): on a loaded machine a preempted thread would otherwise give
+    /// the same point sample after sample, so a split's spread would grow with the load.
+    pub fn run_progressing(&mut self, count: usize, gap: Duration) -> Vec<Sample> {
+        let mut last: std::collections::HashMap<u32, u64> = Default::default();
+        let mut out = Vec::with_capacity(count);
+        let mut attempts = 0;
+        while out.len() < count && attempts < count * 20 {
+            attempts += 1;
+            let tid = self.tids[attempts % self.tids.len()];
+            let ran = self.cpu_ns(tid);
+            let moved = match (ran, last.get(&tid)) {
+                (Some(now), Some(&before)) => now >= before + 100_000,
+                _ => true,
+            };
+            if moved {
+                if let Some(s) = self.sample(tid) {
+                    if let Some(now) = ran {
+                        last.insert(tid, now);
+                    }
+                    out.push(s);
+                }
+            }
+            std::thread::sleep(gap);
+        }
+        out
+    }
+
+    /// The thread's CPU time in ns (the first field of /proc/PID/task/TID/schedstat).
+    fn cpu_ns(&self, tid: u32) -> Option<u64> {
+        let path = format!("/proc/{}/task/{tid}/schedstat", self.pid);
+        let text = std::fs::read_to_string(path).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+}
+
 impl Drop for Sampler {
     /// Detach so the target can be killed and reaped normally: traced threads that exit
     /// would otherwise wait for us (the tracer) to reap them, and the leader with them.
