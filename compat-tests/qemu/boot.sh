@@ -4,6 +4,11 @@
 # panic into a prompt exit, and the timeout covers a hang.
 #
 # Why these options:
+#   thread=single   one host thread runs every vCPU in turn. With multi-threaded TCG, a vCPU
+#                   could run kernel text another vCPU was patching (static keys flipped
+#                   through int3): 6.12 oopsed "int3" in __schedule when psample enabled its
+#                   perf hooks, and in psi_task_switch during boot (2 guests in ~12 runs).
+#                   Guests take as long as before (16-18 s each).
 #   -cpu max,-cx16  with QEMU 7.2's multi-threaded TCG, Debian's 6.12 double-faults during
 #                   boot at a cmpxchg16b in kmem_cache_alloc (seen on 5 of 6 parallel boots,
 #                   with both qemu64 and max); without CX16 the guest kernel uses its
@@ -17,7 +22,7 @@ kernel=$1
 initrd=$2
 limit=${3:-180}
 exec timeout --kill-after=5 "$limit" "${QEMU:-qemu-system-x86_64}" \
-	-accel tcg \
+	-accel "${QEMU_ACCEL:-tcg,thread=single}" \
 	-cpu "${QEMU_CPU:-max,-cx16}" \
 	-m "${QEMU_MEM:-512M}" \
 	-smp "${QEMU_SMP:-2}" \
