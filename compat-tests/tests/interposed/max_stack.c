@@ -1,10 +1,13 @@
 /*
  * max_stack: opens a cpu-clock event on itself with a callchain limited by
  * attr.sample_max_stack = 2 (and FD_CLOEXEC), spins in a 6-deep call chain, and prints the
- * callchain length of its first sample and whether the fd is close-on-exec:
+ * longest callchain of its first SAMPLES samples and whether the fd is close-on-exec:
  *   nr=N cloexec=0|1
- * A kernel that honours sample_max_stack (4.8+) gives nr <= 2 plus context markers; RHEL 7.9
- * accepts the field as padding and ignores it, so the full chain comes back.
+ * A kernel that honours sample_max_stack (4.8+) gives nr <= 2 plus context markers in every
+ * sample; RHEL 7.9 accepts the field as padding and ignores it, so the full chain comes back.
+ * The longest of many samples, not the first: a sample can land in main (its first touch of
+ * the ring pages faults, and on a loaded machine the timer may fire during the fault), whose
+ * chain is short anyway; the deep chain is where nearly all the CPU time goes.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -15,6 +18,8 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#define SAMPLES 50
 
 static volatile uint64_t sink;
 
@@ -49,19 +54,30 @@ int main(void)
         return 1;
     }
     const char *data = (const char *)pg + 4096;
-    for (int round = 0; round < 100000; round++) {
+    const uint64_t size = 8 * 4096;
+    uint64_t longest = 0;
+    int seen = 0;
+    for (int round = 0; round < 1000000 && seen < SAMPLES; round++) {
         d1();
         uint64_t head = __atomic_load_n(&pg->data_head, __ATOMIC_ACQUIRE);
-        for (uint64_t pos = pg->data_tail; pos < head;) {
-            const struct perf_event_header *h = (const void *)(data + (pos % (8 * 4096)));
-            if (h->type == PERF_RECORD_SAMPLE) {
-                uint64_t nr;
-                memcpy(&nr, (const char *)h + sizeof *h, sizeof nr);
-                printf("nr=%llu cloexec=%d\n", (unsigned long long)nr, cloexec);
-                return 0;
+        for (uint64_t pos = pg->data_tail; pos < head && seen < SAMPLES;) {
+            struct perf_event_header h;
+            memcpy(&h, data + pos % size, sizeof h); /* 8-byte aligned: never wraps */
+            if (h.size == 0)
+                break;
+            if (h.type == PERF_RECORD_SAMPLE) {
+                uint64_t nr; /* the record may wrap: nr is the next aligned word */
+                memcpy(&nr, data + (pos + sizeof h) % size, sizeof nr);
+                longest = nr > longest ? nr : longest;
+                seen++;
             }
-            pos += h->size;
+            pos += h.size;
         }
+        __atomic_store_n(&pg->data_tail, head, __ATOMIC_RELEASE);
+    }
+    if (seen > 0) {
+        printf("nr=%llu cloexec=%d\n", (unsigned long long)longest, cloexec);
+        return 0;
     }
     fprintf(stderr, "no sample\n");
     return 1;
