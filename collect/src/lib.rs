@@ -32,6 +32,7 @@
 pub mod container;
 pub mod continuous;
 pub mod error;
+pub mod fast_map;
 pub mod follow;
 pub mod frame;
 pub mod launch;

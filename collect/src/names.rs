@@ -1,7 +1,7 @@
 //! Interned strings (thread names, frame names): small ids in per-sample keys, and a bound
 //! on how many distinct strings a long run can accumulate.
 
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 
 /// Distinct strings kept before new ones share [`OVERFLOW`]. Thread names repeat (a host
 /// runs a few hundred distinct programs), so this is only reached when something invents
@@ -17,7 +17,7 @@ pub type NameId = u32;
 #[derive(Default, Clone, Debug)]
 pub struct Names {
     names: Vec<String>,
-    ids: HashMap<String, u32>,
+    ids: FastMap<String, u32>,
 }
 
 impl Names {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::fast_map::FastMap;
 use crate::names::NameId;
 use crate::stacks::StackId;
 
@@ -21,7 +22,7 @@ pub struct Origin {
 /// [`crate::tables::Tables`].
 #[derive(Default, Debug, Clone)]
 pub struct Profile {
-    counts: HashMap<(NameId, StackId, Origin), u64>,
+    counts: FastMap<(NameId, StackId, Origin), u64>,
     /// The container of each process sampled in one (see [`crate::container`]).
     containers: HashMap<u32, Arc<str>>,
     total: u64,

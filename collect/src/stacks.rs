@@ -4,8 +4,7 @@
 //! intervals, wakers), so aggregation keys stay small and a stack seen a million times costs
 //! its frames once.
 
-use std::collections::HashMap;
-
+use crate::fast_map::FastMap;
 use crate::frame::Frame;
 
 /// A stack's id in its [`Stacks`] table.
@@ -15,7 +14,7 @@ pub type StackId = u32;
 #[derive(Default, Clone, Debug)]
 pub struct Stacks {
     list: Vec<Box<[Frame]>>,
-    ids: HashMap<Box<[Frame]>, StackId>,
+    ids: FastMap<Box<[Frame]>, StackId>,
 }
 
 impl Stacks {

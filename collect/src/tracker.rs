@@ -1,13 +1,14 @@
 //! Following the targets' processes and threads from side-band records: names (COMM),
 //! address spaces (MMAP/MMAP2, FORK, EXIT, exec), so samples can be attributed correctly.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use perfring::record::{Comm, Mmap, MmapFileId, Record, TaskEvent};
 use symbolize::identity::ProcessIdentity;
 use unwind::Processes;
 
+use crate::fast_map::{FastMap, FastSet};
 use crate::frame::Frame;
 use crate::target;
 
@@ -49,14 +50,14 @@ pub struct SidebandStats {
 pub struct Tracker {
     /// Address spaces and mappings.
     pub procs: Processes,
-    comms: HashMap<u32, String>,
-    pid_of: HashMap<u32, u32>,
+    comms: FastMap<u32, String>,
+    pid_of: FastMap<u32, u32>,
     /// Whether COMM records carry the exec flag (comm_exec accepted by the kernel).
     pub comm_exec: bool,
     /// Side-band records seen.
     pub stats: SidebandStats,
     /// Threads seen in samples that have not exited (and been reaped) yet.
-    sampled: HashSet<u32>,
+    sampled: FastSet<u32>,
     /// Threads that were in `sampled` and have been reaped since.
     sampled_gone: u64,
     /// Threads that exited, oldest first, with when we saw it; reaped after [`EXIT_GRACE`]:
@@ -64,7 +65,7 @@ pub struct Tracker {
     exited: VecDeque<Exited>,
     /// Processes sampled before any record or snapshot described them, read from /proc
     /// once each (see [`Tracker::ensure_known`]).
-    looked_up: HashSet<u32>,
+    looked_up: FastSet<u32>,
 }
 
 /// Processes [`Tracker::ensure_known`] remembers having read; past this it starts over.
@@ -82,14 +83,14 @@ impl Tracker {
     pub fn new(comm_exec: bool) -> Self {
         Tracker {
             procs: Processes::new(),
-            comms: HashMap::new(),
-            pid_of: HashMap::new(),
+            comms: FastMap::default(),
+            pid_of: FastMap::default(),
             comm_exec,
             stats: SidebandStats::default(),
-            sampled: HashSet::new(),
+            sampled: FastSet::default(),
             sampled_gone: 0,
             exited: VecDeque::new(),
-            looked_up: HashSet::new(),
+            looked_up: FastSet::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use super::events::{Specs, Tracepoints};
 use super::intervals::{Engine, OffcpuEvent, Options, Report, ThreadTotals};
 use super::legacy;
 use super::render::{OffCpuReport, ThreadLabels};
+use crate::fast_map::FastSet;
 use crate::frame::Frame;
 use crate::names::{NameId, Names};
 use crate::output::Labels;
@@ -66,7 +67,7 @@ pub struct OffCpu {
     /// Continuous mode: the counters of the intervals already written, for the summary.
     totals: Report,
     counts: Counts,
-    targets: HashSet<u32>,
+    targets: FastSet<u32>,
     start_ns: u64,
     first_time: Option<u64>,
     last_time: u64,

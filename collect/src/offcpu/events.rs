@@ -3,14 +3,13 @@
 //! records for switch-ins (before 4.3 CPU-wide `sched_switch` and per-task syscall exits,
 //! see [`super::legacy`]), `sched_wakeup` per CPU for wakers.
 
-use std::collections::HashMap;
-
 use perfring::attr::{flag, sample, AttrBuilder, EventKind, RawAttr};
 use perfring::features::{Feature, Support};
 use perfring::sys::Kernel;
 use perfring::tracepoint::{SchedSwitchDecoder, SchedWakeupDecoder, TracepointFormat, Tracing};
 
 use super::{filter, legacy};
+use crate::fast_map::FastMap;
 use crate::session::{Attached, Setup};
 use crate::stack::StackMode;
 use crate::target::Target;
@@ -84,7 +83,7 @@ pub struct Specs {
     /// [`super::legacy`]).
     pub sys_exit: Option<usize>,
     /// Event id → spec, for telling the samples apart.
-    pub ids: HashMap<u64, usize>,
+    pub ids: FastMap<u64, usize>,
 }
 
 /// A tracepoint sampled on every hit, with the stack the mode asks for.
@@ -249,7 +248,7 @@ pub fn complete(
         wakeup,
         cpu_switch,
         sys_exit,
-        ids: a.session.id_table(),
+        ids: a.session.id_table().into_iter().collect(),
     };
     Ok((specs, mechanisms))
 }

@@ -10,8 +10,7 @@
 //! wakeup of a blocked interval to its switch-in. A thread is then, at every instant between
 //! its switch-out and its switch-in, either blocked or runnable, never both.
 
-use std::collections::HashMap;
-
+use crate::fast_map::FastMap;
 use perfring::tracepoint::TaskState;
 
 /// A thread's name (comm) as interned by the caller when the event was read. Blocked time
@@ -261,10 +260,10 @@ impl ThreadTotals {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Blocked nanoseconds per stack.
-    pub by_stack: HashMap<StackKey, u64>,
+    pub by_stack: FastMap<StackKey, u64>,
     /// Per thread id: live threads and the threads with the most blocked time (see
     /// [`Report::trim_threads`]).
-    pub per_thread: HashMap<u32, ThreadTotals>,
+    pub per_thread: FastMap<u32, ThreadTotals>,
     /// Exited threads whose `per_thread` entry was dropped to bound memory.
     pub threads_forgotten: u64,
     /// Blocked time of all intervals counted, including forgotten threads'.
@@ -300,7 +299,7 @@ pub struct Report {
     pub ran_unbounded: u64,
     /// Wall mode: runnable nanoseconds per key (preempted: the stack it was preempted at;
     /// woken: its blocked stack, and waker).
-    pub runnable: HashMap<StackKey, u64>,
+    pub runnable: FastMap<StackKey, u64>,
     /// Wall mode: runnable time of all intervals, including forgotten threads'.
     pub runnable_ns: u64,
     /// Wall mode: blocked time the filters (`states`, `min_ns`, `max_ns`) left out.
@@ -428,9 +427,9 @@ pub struct Engine {
     /// Latest event time processed; event times are clamped to it so that a stray
     /// out-of-order event cannot make intervals overlap.
     now: u64,
-    threads: HashMap<u32, Thread>,
+    threads: FastMap<u32, Thread>,
     /// Time of the last record seen from each CPU's ring: where a loss window on it begins.
-    cpu_last: HashMap<u32, u64>,
+    cpu_last: FastMap<u32, u64>,
     report: Report,
 }
 
@@ -443,8 +442,8 @@ impl Engine {
             start_time,
             start_from_first_event: start_time == 0,
             now: start_time,
-            threads: HashMap::new(),
-            cpu_last: HashMap::new(),
+            threads: FastMap::default(),
+            cpu_last: FastMap::default(),
             report: Report::default(),
         }
     }

@@ -3,12 +3,11 @@
 //! there); every other record goes to offcpu's collector, whose engine in wall mode counts
 //! blocked and runnable time.
 
-use std::collections::HashMap;
-
 use perfring::order::Ordered;
 use perfring::record::Record;
 
 use super::render::WallProfile;
+use crate::fast_map::FastMap;
 use crate::names::Names;
 use crate::offcpu::events::Tracepoints;
 use crate::offcpu::{OffCpu, Plan, Report, ThreadTotals};
@@ -25,7 +24,7 @@ pub struct Wall {
     labels: Labels,
     /// The on-CPU sampling spec, and event id → spec.
     oncpu_spec: usize,
-    ids: HashMap<u64, usize>,
+    ids: FastMap<u64, usize>,
     /// On-CPU nanoseconds per (name, stack).
     profile: Profile,
     samples: u64,
