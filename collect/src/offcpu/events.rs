@@ -161,10 +161,13 @@ pub fn add_specs(
     let (inherit, on_exec) = (s.inherit(), s.is_command());
     s.session.ladder.allow_user_only = false;
     let mut switch_attr = tracepoint_attr(tp.switch_id, mode, inherit, on_exec, true);
-    // Switch-ins come from context-switch records, also system-wide: the sched_switch
-    // tracepoint does not fire for switches away from the idle task on every CPU (seen on
-    // 6.18: never on CPU 1), so its next_pid misses the switch-ins of tasks woken on an idle
-    // CPU, while the SWITCH_CPU_WIDE records come from the scheduler's perf hooks.
+    // Switch-ins come from context-switch records, also system-wide: perf does not write
+    // every sched_switch sample of a switch away from the idle task (on the 6.18 VM: none
+    // on CPU 1, some on CPU 0; the event counts them and a BPF program on the tracepoint
+    // sees them), so next_pid misses the switch-ins of tasks woken on an idle CPU, while
+    // the SWITCH_CPU_WIDE records come from the scheduler's perf hooks. Taking next_pid on
+    // CPUs seen to write such samples was tried (branch experiment/switch-handoff) and lost
+    // switch-ins on CPU 0.
     switch_attr.set(flag::CONTEXT_SWITCH, true);
     let switch = s.session.add_spec("sched:sched_switch", switch_attr);
     // Wakeups are opened per CPU for every task: per-task events only see wakeups their own
