@@ -10,8 +10,9 @@
 //! wakeup of a blocked interval to its switch-in. A thread is then, at every instant between
 //! its switch-out and its switch-in, either blocked or runnable, never both.
 
-use crate::fast_map::FastMap;
 use perfring::tracepoint::TaskState;
+
+use crate::fast_map::FastMap;
 
 /// A thread's name (comm) as interned by the caller when the event was read. Blocked time
 /// is keyed by name, not by thread id, so a host that starts thousands of short-lived
